@@ -1,0 +1,1 @@
+"""Shared code of the emoji reaction pipeline: configuration, Kafka clients, message formats."""

@@ -1,0 +1,143 @@
+"""The one configuration module: every host, port, topic, path and tuning knob of the system.
+
+Each setting has a default and can be overridden by an environment variable of the same name
+(upper case).  Shell scripts read the same values with ``python3 -m emojistream.config --shell``,
+so there is exactly one place where defaults live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_EMOJIS = "😀,😍,🎉,👏,❤️,🏏,🎯,🔥,😂,😮,😢,😡"
+
+
+def _env_default(name: str, default):
+    return field(default=default, metadata={"env": name})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the project keeps its data, logs and pid files.
+    var_dir: str = _env_default("VAR_DIR", str(REPO_ROOT / "var"))
+
+    # Kafka.  KAFKA_BOOTSTRAP_SERVERS is what every client uses; the local broker started by
+    # scripts/kafka.sh listens on KAFKA_HOST:KAFKA_PORT (controller on KAFKA_CONTROLLER_PORT).
+    kafka_host: str = _env_default("KAFKA_HOST", "localhost")
+    kafka_port: int = _env_default("KAFKA_PORT", 9092)
+    kafka_controller_port: int = _env_default("KAFKA_CONTROLLER_PORT", 9093)
+    kafka_bootstrap_servers: str = _env_default("KAFKA_BOOTSTRAP_SERVERS", "")
+    kafka_heap: str = _env_default("KAFKA_HEAP", "1g")
+    kafka_home: str = _env_default("KAFKA_HOME", "")
+
+    # Topics.  "{n}" in a cluster topic template is the cluster number (1-based).
+    emoji_events_topic: str = _env_default("EMOJI_EVENTS_TOPIC", "emoji-events")
+    aggregated_topic: str = _env_default("AGGREGATED_TOPIC", "aggregated-emoji-topic")
+    cluster_topic_template: str = _env_default("CLUSTER_TOPIC_TEMPLATE", "cluster{n}-topic")
+    subscribers_topic_template: str = _env_default(
+        "SUBSCRIBERS_TOPIC_TEMPLATE", "cluster{n}-topic-subscribers")
+    cluster_count: int = _env_default("CLUSTER_COUNT", 3)
+    emoji_events_partitions: int = _env_default("EMOJI_EVENTS_PARTITIONS", 4)
+    topic_partitions: int = _env_default("TOPIC_PARTITIONS", 1)
+    replication_factor: int = _env_default("REPLICATION_FACTOR", 1)
+
+    # Spark.
+    spark_master: str = _env_default("SPARK_MASTER", "local[*]")
+    spark_connector_jars_dir: str = _env_default(
+        "SPARK_CONNECTOR_JARS_DIR", str(REPO_ROOT / "lib" / "spark-kafka"))
+    spark_shuffle_partitions: int = _env_default("SPARK_SHUFFLE_PARTITIONS", 4)
+    spark_driver_memory: str = _env_default("SPARK_DRIVER_MEMORY", "2g")
+    spark_ui_enabled: str = _env_default("SPARK_UI_ENABLED", "false")
+    spark_log_level: str = _env_default("SPARK_LOG_LEVEL", "WARN")
+
+    def __post_init__(self):
+        if not self.kafka_bootstrap_servers:
+            object.__setattr__(
+                self, "kafka_bootstrap_servers", f"{self.kafka_host}:{self.kafka_port}")
+
+    def cluster_topic(self, n: int) -> str:
+        return self.cluster_topic_template.format(n=n)
+
+    def subscribers_topic(self, n: int) -> str:
+        return self.subscribers_topic_template.format(n=n)
+
+    @property
+    def clusters(self) -> range:
+        return range(1, self.cluster_count + 1)
+
+    @property
+    def var_path(self) -> Path:
+        return Path(self.var_dir)
+
+
+class ConfigError(ValueError):
+    """A setting from the environment has a value of the wrong kind."""
+
+
+def _convert(raw: str, kind, name: str):
+    if kind is int or kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if kind is float or kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    return raw
+
+
+def load(environ=None, **overrides) -> Settings:
+    """Settings from the defaults, then the environment, then explicit ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        if name in environ:
+            values[f.name] = _convert(environ[name], f.type, name)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def as_shell(settings: Settings) -> str:
+    """``NAME=value`` lines for ``eval`` in shell scripts, plus the derived topic lists."""
+    lines = [f"{f.metadata['env']}={shlex.quote(str(getattr(settings, f.name)))}"
+             for f in fields(settings)]
+    lines.append("CLUSTER_TOPICS=" + shlex.quote(
+        " ".join(settings.cluster_topic(n) for n in settings.clusters)))
+    lines.append("SUBSCRIBERS_TOPICS=" + shlex.quote(
+        " ".join(settings.subscribers_topic(n) for n in settings.clusters)))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m emojistream.config",
+        description="Print the effective configuration (defaults overridden by the environment).")
+    parser.add_argument("--shell", action="store_true",
+                        help="print NAME=value lines for eval in a shell script")
+    args = parser.parse_args(argv)
+    try:
+        settings = load()
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    if args.shell:
+        print(as_shell(settings))
+    else:
+        for f in fields(settings):
+            print(f"{f.metadata['env']:<28} {getattr(settings, f.name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Kafka client setup in one place, so every component connects the same way."""
+
+from __future__ import annotations
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from .config import Settings
+
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka could not be reached at the configured bootstrap servers."""
+
+
+def client_options(settings: Settings, connect_timeout_s: float) -> dict:
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+            "bootstrap_timeout_ms": int(connect_timeout_s * 1000)}
+
+
+def _connect(client_class, settings: Settings, connect_timeout_s: float, *args, **options):
+    try:
+        return client_class(*args, **client_options(settings, connect_timeout_s), **options)
+    except KafkaError as err:
+        raise KafkaUnavailable(
+            f"Kafka is not reachable at {settings.kafka_bootstrap_servers} "
+            f"({type(err).__name__}); is it running? (scripts/kafka.sh status)") from None
+
+
+def admin_client(settings: Settings,
+                 connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> KafkaAdminClient:
+    return _connect(KafkaAdminClient, settings, connect_timeout_s)
+
+
+def wait_for_kafka(settings: Settings,
+                   connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    """Return once Kafka answers; raise KafkaUnavailable otherwise."""
+    admin_client(settings, connect_timeout_s).close()
+
+
+def producer(settings: Settings, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+             **options) -> KafkaProducer:
+    return _connect(KafkaProducer, settings, connect_timeout_s, **options)
+
+
+def consumer(settings: Settings, *topics: str,
+             connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, **options) -> KafkaConsumer:
+    return _connect(KafkaConsumer, settings, connect_timeout_s, *topics, **options)
