@@ -58,6 +58,51 @@ class Settings:
     spark_ui_enabled: str = _env_default("SPARK_UI_ENABLED", "false")
     spark_log_level: str = _env_default("SPARK_LOG_LEVEL", "WARN")
 
+    # Events and windows.
+    emojis: str = _env_default("EMOJIS", DEFAULT_EMOJIS)
+    window_seconds: int = _env_default("WINDOW_SECONDS", 2)
+    # The aggregator keeps a window open until the watermark (latest event time seen minus this
+    # delay) passes its end. The ingest API keeps a client's timestamp only when it is at most
+    # MAX_EVENT_AGE_S old and at most MAX_EVENT_FUTURE_S ahead, and uses its own receive time
+    # otherwise, so MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S < WATERMARK_DELAY_S leaves every accepted
+    # event room to be counted (the rest of the delay covers Kafka and Spark lag).
+    watermark_delay_s: int = _env_default("WATERMARK_DELAY_S", 10)
+    max_event_age_s: float = _env_default("MAX_EVENT_AGE_S", 3.0)
+    max_event_future_s: float = _env_default("MAX_EVENT_FUTURE_S", 5.0)
+    normalize_threshold: int = _env_default("NORMALIZE_THRESHOLD", 20)
+    normalize_divisor: int = _env_default("NORMALIZE_DIVISOR", 100)
+    # unique_users is estimated with Apache DataSketches' HLL sketch (Spark's hll_sketch_agg) of
+    # 2^UNIQUE_USERS_LG_K buckets: relative standard error 1.04/sqrt(2^k), 0.8% at k=14, and exact
+    # for small counts.
+    unique_users_lg_k: int = _env_default("UNIQUE_USERS_LG_K", 14)
+    spark_trigger_seconds: float = _env_default("SPARK_TRIGGER_SECONDS", 0.5)
+    spark_max_offsets_per_trigger: int = _env_default("SPARK_MAX_OFFSETS_PER_TRIGGER", 1_000_000)
+
+    # Ingest API (emoji_api.py).
+    api_host: str = _env_default("API_HOST", "localhost")
+    api_port: int = _env_default("API_PORT", 5000)
+    api_workers: int = _env_default("API_WORKERS", 2)
+    api_threads: int = _env_default("API_THREADS", 8)
+    api_max_batch: int = _env_default("API_MAX_BATCH", 10_000)
+    api_max_body_bytes: int = _env_default("API_MAX_BODY_BYTES", 2 * 1024 * 1024)
+    producer_linger_ms: int = _env_default("PRODUCER_LINGER_MS", 500)
+    producer_batch_records: int = _env_default("PRODUCER_BATCH_RECORDS", 20_000)
+    producer_buffer_bytes: int = _env_default("PRODUCER_BUFFER_BYTES", 64 * 1024 * 1024)
+    producer_compression: str = _env_default("PRODUCER_COMPRESSION", "lz4")
+    # The ingest API answers 503 while records have waited this long for Kafka's acknowledgement
+    # (Kafka down or stalled) instead of buffering more that might never be delivered.
+    producer_ack_timeout_s: float = _env_default("PRODUCER_ACK_TIMEOUT_S", 5.0)
+
+    # Registration API and WebSocket servers. Cluster N's server listens on WS_BASE_PORT + N.
+    registration_host: str = _env_default("REGISTRATION_HOST", "localhost")
+    registration_port: int = _env_default("REGISTRATION_PORT", 5001)
+    ws_host: str = _env_default("WS_HOST", "localhost")
+    ws_base_port: int = _env_default("WS_BASE_PORT", 5001)
+    # What viewers are told to connect to: "{host}" and "{port}" are filled in per cluster.
+    ws_public_url_template: str = _env_default("WS_PUBLIC_URL_TEMPLATE", "ws://{host}:{port}/")
+    subscribers_per_cluster: int = _env_default("SUBSCRIBERS_PER_CLUSTER", 2)
+    subscriber_key: str = _env_default("SUBSCRIBER_KEY", "")
+
     def __post_init__(self):
         if not self.kafka_bootstrap_servers:
             object.__setattr__(
@@ -68,6 +113,16 @@ class Settings:
 
     def subscribers_topic(self, n: int) -> str:
         return self.subscribers_topic_template.format(n=n)
+
+    def ws_port(self, n: int) -> int:
+        return self.ws_base_port + n
+
+    def ws_public_url(self, n: int) -> str:
+        return self.ws_public_url_template.format(host=self.ws_host, port=self.ws_port(n))
+
+    @property
+    def allowed_emojis(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.emojis.split(",") if e.strip())
 
     @property
     def clusters(self) -> range:

@@ -1,0 +1,274 @@
+"""HTTP ingest of emoji reactions: validates them and hands them to Kafka.
+
+    POST /emoji    one event: {"user_id": "client_1", "emoji_type": "🔥",
+                               "timestamp": "2026-11-27T07:15:56.123Z"}  ->  {"status": "success"}
+    POST /emojis   a JSON array of events (at most API_MAX_BATCH); invalid ones are reported
+                   by index, the valid ones are accepted
+    GET  /health   200 while Kafka takes records, else 503
+
+Every failure is answered with JSON {"error": "..."}: 4xx for bad input, 503 while Kafka cannot
+take records (so clients retry instead of losing events). Served by gunicorn with threaded workers;
+each worker has its own Kafka producer, created after the fork and flushed when the worker exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+
+from flask import Flask, request
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from emojistream import config, ingest, kafka_clients
+from emojistream.events import EventValidator, InvalidEvent
+from emojistream.ingest import KafkaEventSink, SinkUnavailable
+from emojistream.logs import FORMAT, setup_logging
+
+log = logging.getLogger("emoji_api")
+
+SINK = "emoji_sink"  # key of the sink in app.extensions
+RETRY_AFTER_S = "1"
+
+
+class ApiError(Exception):
+    """An answer other than success: its status and JSON body."""
+
+    def __init__(self, status: int, message: str, body: dict | None = None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.body = {**(body or {}), "error": message}
+        self.headers = headers or {}
+
+
+def create_app(settings: config.Settings | None = None, sink=None) -> Flask:
+    """The ingest app; ``sink`` (default: a KafkaEventSink for ``settings``) takes the events."""
+    settings = settings or config.load()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings)
+    _add_routes(app, settings)
+    _add_error_handlers(app, settings)
+    return app
+
+
+def _add_routes(app: Flask, settings: config.Settings) -> None:
+    validator = EventValidator.from_settings(settings)
+    sink = app.extensions[SINK]
+
+    @app.post("/emoji")
+    def post_emoji():
+        event = _canonical(validator, _json_body(), _now())
+        _send(sink, [event])
+        return {"status": "success"}
+
+    @app.post("/emojis")
+    def post_emojis():
+        items = _json_body()
+        _check_batch(items, settings.api_max_batch)
+        received_at = _now()
+        accepted, rejected = [], []
+        for index, item in enumerate(items):
+            try:
+                accepted.append(_canonical(validator, item, received_at))
+            except InvalidEvent as err:
+                rejected.append({"index": index, "error": str(err)})
+        body = {"status": "success", "accepted": len(accepted), "rejected": rejected}
+        if not accepted:
+            raise ApiError(400, f"none of the {len(items)} events is valid",
+                           {**body, "status": "error"})
+        _send(sink, accepted)
+        return body
+
+    @app.get("/health")
+    def health():
+        problem = sink.problem()
+        if problem is not None:
+            raise _unavailable(problem)
+        return {"status": "ok"}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_body():
+    """The parsed body, whatever its Content-Type says."""
+    try:
+        return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "body is not valid JSON") from None
+
+
+def _check_batch(items, max_batch: int) -> None:
+    if not isinstance(items, list):
+        raise ApiError(400, "body must be a JSON array of events")
+    if not items:
+        raise ApiError(400, "empty batch")
+    if len(items) > max_batch:
+        raise ApiError(413, f"batch has {len(items)} events; at most {max_batch} are allowed")
+
+
+def _canonical(validator: EventValidator, item, received_at: datetime) -> dict:
+    """The event as it goes to Kafka; ApiError (single event) or InvalidEvent (batch item)."""
+    event = validator.validate(item, received_at=received_at)
+    try:
+        event["user_id"].encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("user_id must be valid Unicode (it has a lone surrogate)") from None
+    return event
+
+
+def _send(sink, events: list[dict]) -> None:
+    try:
+        sink.send(events)
+    except SinkUnavailable as err:
+        raise _unavailable(str(err)) from None
+
+
+def _unavailable(reason: str) -> ApiError:
+    return ApiError(503, f"Kafka is unavailable ({reason}); try again shortly",
+                    headers={"Retry-After": RETRY_AFTER_S})
+
+
+def _json_error(status: int, message: str, headers=None):
+    return {"error": message}, status, headers or {}
+
+
+def _add_error_handlers(app: Flask, settings: config.Settings) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return err.body, err.status, err.headers
+
+    @app.errorhandler(InvalidEvent)
+    def invalid_event(err: InvalidEvent):
+        return _json_error(400, str(err))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_err):
+        return _json_error(413, f"body is larger than {settings.api_max_body_bytes} bytes")
+
+    @app.errorhandler(NotFound)
+    def not_found(_err):
+        return _json_error(404, f"no such endpoint: {request.path} "
+                                "(there are POST /emoji, POST /emojis and GET /health)")
+
+    @app.errorhandler(MethodNotAllowed)
+    def wrong_method(err: MethodNotAllowed):
+        allowed = ", ".join(sorted(err.valid_methods or ()))
+        return _json_error(405, f"{request.method} is not allowed on {request.path}; "
+                                f"use {allowed}", {"Allow": allowed})
+
+    @app.errorhandler(HTTPException)
+    def other_http_error(err: HTTPException):
+        return _json_error(err.code or 500, err.description or err.name)
+
+    @app.errorhandler(Exception)
+    def internal_error(_err):
+        log.exception("request %s %s failed", request.method, request.path)
+        return _json_error(500, "internal error")
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own log lines in the project's format."""
+
+    error_fmt = FORMAT
+    datefmt = None
+
+
+def close_sink(_arbiter, worker) -> None:
+    """gunicorn's worker_exit hook: deliver what this worker accepted before it goes."""
+    app = getattr(worker, "wsgi", None)
+    sink = getattr(app, "extensions", {}).get(SINK)
+    if sink is not None:
+        sink.close()
+
+
+def gunicorn_options(settings: config.Settings) -> dict:
+    host = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
+    return {
+        "bind": f"{host}:{settings.api_port}",
+        "workers": settings.api_workers,
+        "worker_class": "gthread",
+        "threads": settings.api_threads,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": os.environ.get("LOG_LEVEL", "info").lower(),
+        "logger_class": GunicornLogger,
+        "worker_exit": close_sink,
+        "proc_name": "emoji_api",
+        # gunicorn's control socket defaults to one path per user, shared by every instance.
+        "control_socket_disable": True,
+    }
+
+
+class IngestServer(BaseApplication):
+    """gunicorn, configured from the settings rather than its command line."""
+
+    def __init__(self, settings: config.Settings):
+        self.settings = settings
+        super().__init__(prog="emoji_api")
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        """Runs in each worker after the fork, so every worker has its own producer."""
+        app = create_app(self.settings)
+        problem = app.extensions[SINK].problem()
+        if problem is not None:
+            log.warning("worker %d starts without Kafka: %s", os.getpid(), problem)
+        return app
+
+
+def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="emoji_api.py",
+        description="HTTP ingest of emoji reactions into Kafka (POST /emoji, POST /emojis, "
+                    "GET /health). Options override API_HOST, API_PORT and API_WORKERS.")
+    parser.add_argument("--host", default=settings.api_host,
+                        help=f"address to listen on (default {settings.api_host})")
+    parser.add_argument("--port", type=int, default=settings.api_port,
+                        help=f"port to listen on (default {settings.api_port})")
+    parser.add_argument("--workers", type=int, default=settings.api_workers,
+                        help=f"worker processes, each with {settings.api_threads} threads "
+                             f"(default {settings.api_workers})")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    setup_logging("emoji_api")
+    try:
+        settings = config.load()
+        args = parse_args(argv, settings)
+        settings = dataclasses.replace(settings, api_host=args.host, api_port=args.port,
+                                       api_workers=args.workers)
+        ingest.compression_type(settings)
+    except (config.ConfigError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    try:
+        ingest.require_topic(settings)
+    except (kafka_clients.KafkaUnavailable, ingest.MissingTopic) as err:
+        log.error("%s", err)
+        return 1
+    log.info("listening on %s:%d, %d worker(s) with %d threads, producing to %s",
+             settings.api_host, settings.api_port, settings.api_workers, settings.api_threads,
+             settings.emoji_events_topic)
+    IngestServer(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Message formats of the pipeline and the validation of incoming emoji events.
+
+An emoji event, as clients send it and as it travels on the emoji-events topic:
+
+    {"user_id": "client_1", "emoji_type": "🔥", "timestamp": "2026-11-27T07:15:56.123Z"}
+
+A window update, as the aggregator writes it and as every later stage forwards it to viewers:
+
+    {"window_start": "...Z", "window_end": "...Z",
+     "aggregates": [{"emoji_type": "🔥", "count": 1234, "normalized_count": 13,
+                     "unique_users": 57}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from datetime import datetime, timedelta, timezone
+
+MAX_USER_ID_LENGTH = 64
+EVENT_FIELDS = ("user_id", "emoji_type", "timestamp")
+
+
+class InvalidEvent(ValueError):
+    """An event that must not enter the pipeline; the message says what is wrong."""
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and a Z, the one timestamp format on the topics."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(value) -> datetime:
+    """An aware UTC datetime from an ISO-8601 string (UTC when it has no offset) or from epoch
+    milliseconds given as a JSON number."""
+    if isinstance(value, bool):
+        raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds, "
+                           f"got {json.dumps(value)}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise InvalidEvent("timestamp must be a finite number of epoch milliseconds")
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidEvent(f"timestamp {value} is out of range") from None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"timestamp {value[:64]!r} is not ISO-8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
+    raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds, "
+                       f"got {_json_type(value)}")
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text)
+
+
+class EventValidator:
+    """Checks events against the configured rules and returns them in canonical form."""
+
+    def __init__(self, allowed_emojis, max_age_s: float, max_future_s: float):
+        self.allowed_emojis = frozenset(allowed_emojis)
+        self._allowed_list = ", ".join(allowed_emojis)
+        self.max_age = timedelta(seconds=max_age_s)
+        self.max_future = timedelta(seconds=max_future_s)
+
+    @classmethod
+    def from_settings(cls, settings) -> "EventValidator":
+        return cls(settings.allowed_emojis, settings.max_event_age_s, settings.max_event_future_s)
+
+    def validate(self, event, received_at: datetime) -> dict:
+        """The event as it goes to Kafka, or InvalidEvent naming the first problem found.
+
+        A timestamp older than the aggregator could still count, or too far in the future, is
+        replaced by ``received_at``, so a wrong client clock neither loses the event nor lands it
+        in a window nobody watches.
+        """
+        if not isinstance(event, dict):
+            raise InvalidEvent(f"an event must be a JSON object, got {_json_type(event)}")
+        missing = [name for name in EVENT_FIELDS if name not in event]
+        if missing:
+            raise InvalidEvent("missing field(s): " + ", ".join(missing))
+        user_id, emoji, timestamp = (event[name] for name in EVENT_FIELDS)
+        self._check_user_id(user_id)
+        self._check_emoji(emoji)
+        moment = parse_timestamp(timestamp)
+        if not (received_at - self.max_age <= moment <= received_at + self.max_future):
+            moment = received_at
+        return {"user_id": user_id, "emoji_type": emoji, "timestamp": format_timestamp(moment)}
+
+    @staticmethod
+    def _check_user_id(user_id) -> None:
+        if not isinstance(user_id, str):
+            raise InvalidEvent(f"user_id must be a string, got {_json_type(user_id)}")
+        if not user_id.strip():
+            raise InvalidEvent("user_id must not be empty")
+        if len(user_id) > MAX_USER_ID_LENGTH:
+            raise InvalidEvent(f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
+        if _has_control_characters(user_id):
+            raise InvalidEvent("user_id must not contain control characters")
+
+    def _check_emoji(self, emoji) -> None:
+        if not isinstance(emoji, str):
+            raise InvalidEvent(f"emoji_type must be a string, got {_json_type(emoji)}")
+        if emoji not in self.allowed_emojis:
+            raise InvalidEvent(f"emoji_type {emoji[:16]!r} is not one of the allowed emojis: "
+                               f"{self._allowed_list}")
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def encode(message: dict) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_window_update(raw: bytes) -> dict:
+    """A window update from a topic record, or InvalidEvent when it is not one."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, TypeError):
+        raise InvalidEvent("record is not JSON") from None
+    if not isinstance(message, dict):
+        raise InvalidEvent("record is not a JSON object")
+    for name in ("window_start", "window_end"):
+        if not isinstance(message.get(name), str):
+            raise InvalidEvent(f"record has no {name}")
+    aggregates = message.get("aggregates")
+    if not isinstance(aggregates, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("emoji_type"), str)
+            and type(a.get("count")) is int for a in aggregates):
+        raise InvalidEvent("record has no valid aggregates list")
+    return message
+
+
+def normalized_count(count: int, threshold: int, divisor: int) -> int:
+    """ceil(count / divisor) once count reaches the threshold, else 0 (the aggregator computes
+    the same in Spark; this is its reference)."""
+    return math.ceil(count / divisor) if count >= threshold else 0
+
+
+def window_bounds(moment: datetime, window_seconds: int) -> tuple[datetime, datetime]:
+    """The tumbling window, aligned to the epoch, that holds ``moment``."""
+    epoch_s = moment.timestamp()
+    start = math.floor(epoch_s / window_seconds) * window_seconds
+    start_dt = datetime.fromtimestamp(start, tz=timezone.utc)
+    return start_dt, start_dt + timedelta(seconds=window_seconds)
