@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
     try:
         spark.streams.addListener(ProgressLog(log, args.progress_interval))
         query = start_query(spark, settings, checkpoint)
-        log.info("aggregating %s into %s: %s-second windows, watermark %s s, master %s",
+        log.info("ready: aggregating %s into %s: %s-second windows, watermark %s s, master %s",
                  settings.emoji_events_topic, settings.aggregated_topic,
                  settings.window_seconds, settings.watermark_delay_s, settings.spark_master)
         # Wait in short steps: a signal handler only runs between Python calls.
@@ -187,12 +188,23 @@ def main(argv=None) -> int:
             if query.awaitTermination(1):
                 return 1
         return 0
+    except Py4JError:
+        if stopping.is_set():
+            return 0
+        log.exception("lost Spark's JVM")
+        return 1
     finally:
-        log.info("stopping")
-        for active in spark.streams.active:
-            active.stop()
-        spark.stop()
+        stop_spark(spark, log)
 
+
+def stop_spark(spark, log) -> None:
+    log.info("stopping")
+    try:
+        for query in spark.streams.active:
+            query.stop()
+        spark.stop()
+    except Py4JError:
+        log.info("Spark's JVM has already stopped")
 
 if __name__ == "__main__":
     sys.exit(main())

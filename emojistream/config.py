@@ -101,7 +101,26 @@ class Settings:
     # What viewers are told to connect to: "{host}" and "{port}" are filled in per cluster.
     ws_public_url_template: str = _env_default("WS_PUBLIC_URL_TEMPLATE", "ws://{host}:{port}/")
     subscribers_per_cluster: int = _env_default("SUBSCRIBERS_PER_CLUSTER", 2)
+    # Subscribers authenticate to the WebSocket servers with this key; when empty, every process
+    # shares the one generated in VAR_DIR/secrets/subscriber.key.
     subscriber_key: str = _env_default("SUBSCRIBER_KEY", "")
+    # The registration API keeps its registry in memory: one gunicorn worker with this many
+    # threads.
+    registration_threads: int = _env_default("REGISTRATION_THREADS", 8)
+    # WebSocket keepalive: a connection whose pong is this late is dropped (0 disables).
+    ws_ping_interval_s: float = _env_default("WS_PING_INTERVAL_S", 20.0)
+    ws_ping_timeout_s: float = _env_default("WS_PING_TIMEOUT_S", 20.0)
+    # A WebSocket server remembers the last update it sent for this many windows, to drop
+    # identical ones delivered again (after a subscriber failover).
+    ws_dedup_windows: int = _env_default("WS_DEDUP_WINDOWS", 64)
+    # The two subscribers of a cluster share a consumer group; the standby takes the partition
+    # over once the owner has missed heartbeats for the session timeout.
+    subscriber_session_timeout_ms: int = _env_default("SUBSCRIBER_SESSION_TIMEOUT_MS", 6000)
+    subscriber_heartbeat_ms: int = _env_default("SUBSCRIBER_HEARTBEAT_MS", 1000)
+    # Reconnect delays (exponential backoff with jitter) of subscribers and viewers.
+    subscriber_retry_max_s: float = _env_default("SUBSCRIBER_RETRY_MAX_S", 2.0)
+    viewer_retry_initial_s: float = _env_default("VIEWER_RETRY_INITIAL_S", 0.5)
+    viewer_retry_max_s: float = _env_default("VIEWER_RETRY_MAX_S", 8.0)
 
     def __post_init__(self):
         if not self.kafka_bootstrap_servers:

@@ -13,4 +13,6 @@ def setup_logging(component: str) -> logging.Logger:
     # kafka-python logs every failed reconnect attempt as an ERROR; the components report
     # what matters (Kafka unreachable) themselves.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    # py4j (pyspark's bridge to the JVM) logs every call at INFO.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     return logging.getLogger(component)

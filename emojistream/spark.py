@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Settings
+from .config import REPO_ROOT, Settings
+
+LOG_CONFIG = REPO_ROOT / "config" / "spark-log4j2.properties"
 
 
 class ConnectorMissing(RuntimeError):
@@ -35,7 +37,10 @@ def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = N
                .config("spark.sql.shuffle.partitions", settings.spark_shuffle_partitions)
                .config("spark.ui.enabled", str(settings.spark_ui_enabled).lower())
                .config("spark.driver.memory", settings.spark_driver_memory)
-               .config("spark.sql.session.timeZone", "UTC"))
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.extraJavaOptions",
+                       f"-Dlog4j2.configurationFile={LOG_CONFIG}"))
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

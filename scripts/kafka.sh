@@ -89,7 +89,7 @@ start() {
   write_properties
   format_storage_once
   # shellcheck disable=SC2046
-  nohup java $(java_opts) -cp "$(kafka_classpath)" kafka.Kafka "$PROPERTIES" \
+  setsid java $(java_opts) -cp "$(kafka_classpath)" kafka.Kafka "$PROPERTIES" \
     > "$LOG_DIR/stdout.log" 2>&1 < /dev/null &
   echo $! > "$PID_FILE"
   say "starting Kafka (pid $!) on $KAFKA_HOST:$KAFKA_PORT, logs in $LOG_DIR"

@@ -32,20 +32,51 @@ def run_script(script: str, *args: str, env: dict, timeout: float = 120,
                           capture_output=True, text=True, timeout=timeout, check=check)
 
 
-@pytest.fixture(scope="session")
-def test_env(tmp_path_factory) -> dict:
-    """Environment variables that point every component at the test run's own services."""
-    var_dir = tmp_path_factory.mktemp("var")
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (cluster N's WebSocket server listens on
+    WS_BASE_PORT + N)."""
+    for _ in range(100):
+        first = free_port()
+        if all(_port_is_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
+    """Environment variables that give a whole system of its own: data folder, Kafka ports, the
+    APIs' and WebSocket servers' ports, and a fresh subscriber key."""
     env = dict(os.environ)
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_HOME", "SUBSCRIBER_KEY"):
+        env.pop(name, None)
     env.update({
         "VAR_DIR": str(var_dir),
         "KAFKA_HOST": "localhost",
         "KAFKA_PORT": str(free_port()),
         "KAFKA_CONTROLLER_PORT": str(free_port()),
         "KAFKA_HEAP": "512m",
+        "API_PORT": str(free_port()),
+        "REGISTRATION_PORT": str(free_port()),
+        "WS_BASE_PORT": str(free_port_run(cluster_count + 1)),
+        "CLUSTER_COUNT": str(cluster_count),
+        "SPARK_SHUFFLE_PARTITIONS": "2",
+        "SPARK_DRIVER_MEMORY": "1g",
     })
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def test_env(tmp_path_factory) -> dict:
+    """Environment variables that point every component at the test run's own services."""
+    return isolated_env(tmp_path_factory.mktemp("var"))
 
 
 @pytest.fixture(scope="session")

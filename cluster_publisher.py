@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Cluster publisher: forwards cluster N's updates from clusterN-topic to
+clusterN-topic-subscribers, where that cluster's subscribers read them.
+
+One script for every cluster: ``cluster_publisher.py --cluster 2``. Settings from the environment
+(see emojistream/config.py): KAFKA_BOOTSTRAP_SERVERS, CLUSTER_TOPIC_TEMPLATE,
+SUBSCRIBERS_TOPIC_TEMPLATE, CLUSTER_COUNT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emojistream import config, kafka_clients
+from emojistream.lifecycle import stop_on_signals
+from emojistream.logs import setup_logging
+from emojistream.relay import relay
+
+
+def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cluster", type=int, required=True,
+                        choices=list(settings.clusters), metavar="N",
+                        help=f"cluster number, 1 to {settings.cluster_count}")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    settings = config.load()
+    args = parse_args(argv, settings)
+    log = setup_logging(f"cluster_publisher[{args.cluster}]")
+    stop = stop_on_signals()
+    try:
+        relay(settings, settings.cluster_topic(args.cluster),
+              [settings.subscribers_topic(args.cluster)],
+              f"cluster{args.cluster}-publisher", log, stop)
+    except kafka_clients.KafkaUnavailable as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Secrets shared by the processes of one installation, generated on first use.
+
+A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), else from
+``$VAR_DIR/secrets/<name>.key``. The first process that needs the file creates it with a random
+value, readable by its owner only. Processes starting at the same moment agree on one value: each
+writes its candidate to a temporary file and hard-links it to the final name, which succeeds for
+exactly one of them; the others read the winner's file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random_tokens
+import tempfile
+from pathlib import Path
+
+from .config import Settings
+
+TOKEN_BYTES = 32
+SUBSCRIBER_KEY = "subscriber"
+
+
+class SecretError(RuntimeError):
+    """A secret file exists but cannot be used; the message says which and why."""
+
+
+def secret_path(settings: Settings, name: str) -> Path:
+    return settings.var_path / "secrets" / f"{name}.key"
+
+
+def shared_secret(settings: Settings, name: str, configured_value: str) -> str:
+    """``configured_value`` when set, else the installation's secret ``name`` (created if
+    missing). Raises SecretError or OSError when the file cannot be read or created."""
+    if configured_value:
+        return configured_value
+    path = secret_path(settings, name)
+    if not path.exists():
+        _create_once(path)
+    return _read(path)
+
+
+def subscriber_key(settings: Settings) -> str:
+    """The key subscribers present to the WebSocket servers' /publish endpoint."""
+    return shared_secret(settings, SUBSCRIBER_KEY, settings.subscriber_key)
+
+
+def _create_once(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as file:  # mkstemp creates it with mode 0600
+            file.write(random_tokens.token_urlsafe(TOKEN_BYTES) + "\n")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process was first; its value is the one
+    finally:
+        os.unlink(temporary)
+
+
+def _read(path: Path) -> str:
+    value = path.read_text().strip()
+    if not value:
+        raise SecretError(f"secret file {path} is empty; delete it to have a new one generated")
+    return value

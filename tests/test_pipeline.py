@@ -1,0 +1,194 @@
+"""End to end: the whole system started by scripts/start_all.sh on its own Kafka and ports.
+
+Viewers register, connect to their clusters' WebSocket servers, and must receive for a window
+exactly the counts of the emojis sent into it through both ingest endpoints, however the events
+were split over users, requests and late arrivals; malformed records written straight into the
+events topic are skipped without stopping the aggregator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from emojistream import config, kafka_clients
+from emojistream.events import encode, format_timestamp, window_bounds
+from tests.conftest import isolated_env, run_script
+
+UNIQUE_USERS_TOLERANCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    env = isolated_env(tmp_path_factory.mktemp("system"))
+    try:
+        started = run_script("start_all.sh", env=env, timeout=400, check=False)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield config.load(env)
+    finally:
+        stopped = run_script("stop_all.sh", env=env, timeout=180, check=False)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert not list((Path(env["VAR_DIR"]) / "run").glob("*.pid"))
+
+
+class Viewer:
+    """A registered viewer whose WebSocket messages are collected by a thread."""
+
+    def __init__(self, settings, client_id: str):
+        url = f"http://{settings.registration_host}:{settings.registration_port}/register"
+        answer = requests.post(url, json={"client_id": client_id}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        self.assignment = answer.json()
+        self.messages: list[dict] = []
+        self.socket = connect(self.assignment["subscriber_endpoint"], open_timeout=10)
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self):
+        for text in self.socket:
+            self.messages.append(json.loads(text))
+
+    def last_for(self, window_start: str) -> dict | None:
+        matching = [m for m in self.messages if m["window_start"] == window_start]
+        return matching[-1] if matching else None
+
+    def close(self):
+        self.socket.close()
+        self.thread.join(timeout=5)
+
+
+def counts_of(message: dict | None) -> dict[str, int]:
+    if message is None:
+        return {}
+    return {a["emoji_type"]: a["count"] for a in message["aggregates"]}
+
+
+def wait_for(condition, timeout_s: float, interval_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return condition()
+
+
+def post_single(settings, events):
+    url = f"http://{settings.api_host}:{settings.api_port}/emoji"
+    with requests.Session() as session:
+        for event in events:
+            answer = session.post(url, json=event, timeout=10)
+            assert (answer.status_code, answer.json()) == (200, {"status": "success"})
+
+
+def post_batch(settings, events):
+    url = f"http://{settings.api_host}:{settings.api_port}/emojis"
+    answer = requests.post(url, json=events, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "success", "accepted": len(events), "rejected": []}
+
+
+def event(user: str, emoji: str, moment: datetime) -> dict:
+    return {"user_id": user, "emoji_type": emoji, "timestamp": format_timestamp(moment)}
+
+
+def next_window_start(settings) -> datetime:
+    """The start of the next window, waited for, so a whole window lies ahead."""
+    now = datetime.now(timezone.utc)
+    start, end = window_bounds(now, settings.window_seconds)
+    time.sleep((end - now).total_seconds())
+    return end
+
+
+def test_viewers_receive_exact_window_counts(system):
+    viewers = [Viewer(system, f"e2e-viewer-{i}") for i in range(system.cluster_count)]
+    try:
+        assert sorted(v.assignment["cluster_id"] for v in viewers) == [
+            f"cluster{n}" for n in system.clusters]
+
+        window_start = next_window_start(system)
+        inside = window_start + timedelta(milliseconds=700)
+        fire = [event(f"fan-{i % 60}", "🔥", inside) for i in range(150)]
+        laugh = [event(f"laugh-{i}", "😂", inside) for i in range(25)]
+        clap = [event(f"clap-{i % 5}", "👏", inside) for i in range(19)]
+        party = [event("party-1", "🎉", inside)]
+        post_batch(system, fire)
+        post_single(system, laugh + party)
+        post_batch(system, clap)
+        poison = [b"\xff\xfe not json", b"[1, 2, 3]",
+                  encode(event("x", "🍕", inside)), encode(event("", "🔥", inside)),
+                  encode({"user_id": "y", "emoji_type": "🔥", "timestamp": "yesterday"})]
+        producer = kafka_clients.producer(system)
+        for record in poison:
+            producer.send(system.emoji_events_topic, record)
+        producer.flush()
+
+        key = format_timestamp(window_start)
+        expected = {"🔥": 150, "😂": 25, "👏": 19, "🎉": 1}
+        assert wait_for(lambda: all(counts_of(v.last_for(key)) == expected for v in viewers),
+                        timeout_s=90), [counts_of(v.last_for(key)) for v in viewers]
+
+        # A late event, written after its window has been reported but within the watermark,
+        # still counts: the window is sent again with it.
+        late = [event("late-1", "🎯", inside), event("late-2", "🎯", inside)]
+        for record in late:
+            producer.send(system.emoji_events_topic, encode(record))
+        producer.flush()
+        producer.close()
+        expected["🎯"] = 2
+        assert wait_for(lambda: all(counts_of(v.last_for(key)) == expected for v in viewers),
+                        timeout_s=60), [counts_of(v.last_for(key)) for v in viewers]
+        time.sleep(system.watermark_delay_s)
+
+        distinct_users = {"🔥": 60, "😂": 25, "👏": 5, "🎉": 1, "🎯": 2}
+        for viewer in viewers:
+            final = viewer.last_for(key)
+            assert final["window_end"] == format_timestamp(
+                window_start + timedelta(seconds=system.window_seconds))
+            by_emoji = {a["emoji_type"]: a for a in final["aggregates"]}
+            assert {e: a["count"] for e, a in by_emoji.items()} == expected
+            assert {e: a["normalized_count"] for e, a in by_emoji.items()} == {
+                "🔥": 2, "😂": 1, "👏": 0, "🎉": 0, "🎯": 0}
+            for emoji, users in distinct_users.items():
+                assert abs(by_emoji[emoji]["unique_users"] - users) <= math.ceil(
+                    users * UNIQUE_USERS_TOLERANCE), (emoji, by_emoji[emoji])
+    finally:
+        for viewer in viewers:
+            viewer.close()
+
+
+def skipped_so_far(settings) -> int:
+    """Records the aggregator has logged as skipped."""
+    log = Path(settings.var_dir) / "logs" / "spark_aggregator.log"
+    return sum(int(line.split("skipped ")[1].split()[0])
+               for line in log.read_text().splitlines() if "not valid events" in line)
+
+
+def test_malformed_records_neither_stop_nor_count(system):
+    skipped_before = skipped_so_far(system)
+    viewer = Viewer(system, "e2e-poison-watcher")
+    try:
+        window_start = next_window_start(system)
+        inside = window_start + timedelta(milliseconds=500)
+        producer = kafka_clients.producer(system)
+        for record in (b"\x00\x01 random bytes", b'{"user_id": 7}', b"x" * 200_000,
+                       encode(event("ok-1", "😮", inside))):
+            producer.send(system.emoji_events_topic, record)
+        producer.flush()
+        producer.close()
+
+        key = format_timestamp(window_start)
+        assert wait_for(lambda: counts_of(viewer.last_for(key)) == {"😮": 1}, timeout_s=90), \
+            viewer.messages[-3:]
+        assert wait_for(lambda: skipped_so_far(system) == skipped_before + 3, timeout_s=30)
+        pid = int((Path(system.var_dir) / "run" / "spark_aggregator.pid").read_text())
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        viewer.close()
