@@ -22,14 +22,12 @@ import sys
 from datetime import datetime, timezone
 
 from flask import Flask, request
-from gunicorn import glogging
-from gunicorn.app.base import BaseApplication
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from emojistream import config, ingest, kafka_clients
+from emojistream import config, ingest, kafka_clients, wsgi
 from emojistream.events import EventValidator, InvalidEvent
 from emojistream.ingest import KafkaEventSink, SinkUnavailable
-from emojistream.logs import FORMAT, setup_logging
+from emojistream.logs import setup_logging
 
 log = logging.getLogger("emoji_api")
 
@@ -64,7 +62,7 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
 
     @app.post("/emoji")
     def post_emoji():
-        event = _canonical(validator, _json_body(), _now())
+        event = validator.validate(_json_body(), _now())
         _send(sink, [event])
         return {"status": "success"}
 
@@ -76,7 +74,7 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
         accepted, rejected = [], []
         for index, item in enumerate(items):
             try:
-                accepted.append(_canonical(validator, item, received_at))
+                accepted.append(validator.validate(item, received_at))
             except InvalidEvent as err:
                 rejected.append({"index": index, "error": str(err)})
         body = {"status": "success", "accepted": len(accepted), "rejected": rejected}
@@ -117,16 +115,6 @@ def _check_batch(items, max_batch: int) -> None:
         raise ApiError(400, "empty batch")
     if len(items) > max_batch:
         raise ApiError(413, f"batch has {len(items)} events; at most {max_batch} are allowed")
-
-
-def _canonical(validator: EventValidator, item, received_at: datetime) -> dict:
-    """The event as it goes to Kafka; ApiError (single event) or InvalidEvent (batch item)."""
-    event = validator.validate(item, received_at=received_at)
-    try:
-        event["user_id"].encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEvent("user_id must be valid Unicode (it has a lone surrogate)") from None
-    return event
 
 
 def _send(sink, events: list[dict]) -> None:
@@ -179,13 +167,6 @@ def _add_error_handlers(app: Flask, settings: config.Settings) -> None:
         return _json_error(500, "internal error")
 
 
-class GunicornLogger(glogging.Logger):
-    """gunicorn's own log lines in the project's format."""
-
-    error_fmt = FORMAT
-    datefmt = None
-
-
 def close_sink(_arbiter, worker) -> None:
     """gunicorn's worker_exit hook: deliver what this worker accepted before it goes."""
     app = getattr(worker, "wsgi", None)
@@ -194,42 +175,13 @@ def close_sink(_arbiter, worker) -> None:
         sink.close()
 
 
-def gunicorn_options(settings: config.Settings) -> dict:
-    host = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
-    return {
-        "bind": f"{host}:{settings.api_port}",
-        "workers": settings.api_workers,
-        "worker_class": "gthread",
-        "threads": settings.api_threads,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": os.environ.get("LOG_LEVEL", "info").lower(),
-        "logger_class": GunicornLogger,
-        "worker_exit": close_sink,
-        "proc_name": "emoji_api",
-        # gunicorn's control socket defaults to one path per user, shared by every instance.
-        "control_socket_disable": True,
-    }
-
-
-class IngestServer(BaseApplication):
-    """gunicorn, configured from the settings rather than its command line."""
-
-    def __init__(self, settings: config.Settings):
-        self.settings = settings
-        super().__init__(prog="emoji_api")
-
-    def load_config(self) -> None:
-        for key, value in gunicorn_options(self.settings).items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        """Runs in each worker after the fork, so every worker has its own producer."""
-        app = create_app(self.settings)
-        problem = app.extensions[SINK].problem()
-        if problem is not None:
-            log.warning("worker %d starts without Kafka: %s", os.getpid(), problem)
-        return app
+def worker_app(settings: config.Settings) -> Flask:
+    """Runs in each worker after the fork, so every worker has its own producer."""
+    app = create_app(settings)
+    problem = app.extensions[SINK].problem()
+    if problem is not None:
+        log.warning("worker %d starts without Kafka: %s", os.getpid(), problem)
+    return app
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
@@ -266,7 +218,13 @@ def main(argv=None) -> int:
     log.info("listening on %s:%d, %d worker(s) with %d threads, producing to %s",
              settings.api_host, settings.api_port, settings.api_workers, settings.api_threads,
              settings.emoji_events_topic)
-    IngestServer(settings).run()
+    try:
+        wsgi.serve(lambda: worker_app(settings), name="emoji_api", host=settings.api_host,
+                   port=settings.api_port, workers=settings.api_workers,
+                   threads=settings.api_threads, worker_exit=close_sink)
+    except wsgi.PortInUse as err:
+        log.error("%s", err)
+        return 1
     return 0
 
 

@@ -43,14 +43,18 @@ MAX_USER_ID_LENGTH = 64
 
 
 def read_events(spark, settings) -> DataFrame:
-    """The raw records of the events topic, with a flag telling valid events from the rest."""
-    raw = (spark.readStream.format("kafka")
-           .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-           .option("subscribe", settings.emoji_events_topic)
-           .option("startingOffsets", "earliest")
-           .option("failOnDataLoss", "false")
-           .option("maxOffsetsPerTrigger", settings.spark_max_offsets_per_trigger)
-           .load())
+    """The raw records of the events topic."""
+    return (spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+            .option("subscribe", settings.emoji_events_topic)
+            .option("startingOffsets", "earliest")
+            .option("failOnDataLoss", "false")
+            .option("maxOffsetsPerTrigger", settings.spark_max_offsets_per_trigger)
+            .load())
+
+
+def parse_events(raw: DataFrame, settings) -> DataFrame:
+    """Events from the records' JSON values, with a flag telling valid events from the rest."""
     event = F.from_json(F.col("value").cast("string"), EVENT_SCHEMA)
     parsed = raw.select(event["user_id"].alias("user_id"),
                         event["emoji_type"].alias("emoji_type"),
@@ -103,7 +107,7 @@ def to_window_updates(windows: DataFrame, settings) -> DataFrame:
 
 
 def start_query(spark, settings, checkpoint: Path):
-    records = count_skipped(read_events(spark, settings))
+    records = count_skipped(parse_events(read_events(spark, settings), settings))
     windows = aggregate_windows(records.where("valid"), settings)
     return (to_window_updates(windows, settings).writeStream
             .format("kafka")

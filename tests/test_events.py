@@ -91,6 +91,7 @@ def test_shape_and_missing_fields_are_named(validator, item, message):
     # like a zero-width space, a soft hyphen or a right-to-left override would make two
     # user ids look the same.
     ("bad\u200bid", "user_id must not contain control characters"),
+    ("lone\ud800surrogate", "user_id must not contain control characters"),
     ("bad\u00adid", "user_id must not contain control characters"),
     ("bad\u202eid", "user_id must not contain control characters"),
     ("bad\u2028id", "user_id must not contain control characters"),
