@@ -40,6 +40,20 @@ def wait_for_kafka(settings: Settings,
     admin_client(settings, connect_timeout_s).close()
 
 
+class MissingTopic(KafkaUnavailable):
+    """A topic the component needs does not exist (the broker creates none on demand)."""
+
+
+def require_topics(client: KafkaConsumer, topics: list[str]) -> None:
+    """Fetch the topics' metadata now, so that a group joined next sees their partitions (a
+    consumer that joins before knowing a topic is assigned nothing until its next metadata
+    refresh, minutes later); MissingTopic when one does not exist."""
+    missing = [topic for topic in topics if not client.partitions_for_topic(topic)]
+    if missing:
+        raise MissingTopic(f"topic(s) {', '.join(missing)} do not exist; "
+                           "run scripts/create_topics.sh")
+
+
 def producer(settings: Settings, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
              **options) -> KafkaProducer:
     return _connect(KafkaProducer, settings, connect_timeout_s, **options)

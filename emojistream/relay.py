@@ -25,6 +25,10 @@ class _ReadyLog(ConsumerRebalanceListener):
         self.log, self.source, self.targets = log, source, targets
 
     def on_partitions_assigned(self, assigned):
+        if not assigned:
+            self.log.info("in the group with no partition of %s (another member has them)",
+                          self.source)
+            return
         partitions = sorted(tp.partition for tp in assigned)
         self.log.info("ready: forwarding %s partition(s) %s to %s",
                       self.source, partitions, ", ".join(self.targets))
@@ -41,11 +45,15 @@ def relay(settings: Settings, source: str, targets: list[str], group_id: str,
     consumer = kafka_clients.consumer(settings, group_id=group_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest")
     producer = kafka_clients.producer(settings, acks="all", linger_ms=5)
-    consumer.subscribe([source], listener=_ReadyLog(log, source, targets))
     forwarded = skipped = 0
     try:
+        kafka_clients.require_topics(consumer, [source, *targets])
+        consumer.subscribe([source], listener=_ReadyLog(log, source, targets))
         while not stop.is_set():
-            for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
+            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            if not polled:
+                continue
+            for records in polled.values():
                 for record in records:
                     if _is_window_update(record, log):
                         for target in targets:

@@ -12,6 +12,7 @@ import json
 import math
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -48,7 +49,9 @@ class Viewer:
         assert answer.status_code == 200, answer.text
         self.assignment = answer.json()
         self.messages: list[dict] = []
-        self.socket = connect(self.assignment["subscriber_endpoint"], open_timeout=10)
+        self._resources = ExitStack()
+        self.socket = self._resources.enter_context(
+            connect(self.assignment["subscriber_endpoint"], open_timeout=10))
         self.thread = threading.Thread(target=self._receive, daemon=True)
         self.thread.start()
 
@@ -61,7 +64,7 @@ class Viewer:
         return matching[-1] if matching else None
 
     def close(self):
-        self.socket.close()
+        self._resources.close()
         self.thread.join(timeout=5)
 
 
