@@ -113,8 +113,11 @@ class Settings:
     # A WebSocket server remembers the last update it sent for this many windows, to drop
     # identical ones delivered again (after a subscriber failover).
     ws_dedup_windows: int = _env_default("WS_DEDUP_WINDOWS", 64)
-    # The two subscribers of a cluster share a consumer group; the standby takes the partition
-    # over once the owner has missed heartbeats for the session timeout.
+    # The two subscribers of a cluster share a consumer group ("{n}": the cluster number); the
+    # standby takes the partition over once the owner has missed heartbeats for the session
+    # timeout.
+    subscriber_group_template: str = _env_default(
+        "SUBSCRIBER_GROUP_TEMPLATE", "cluster{n}-subscribers")
     subscriber_session_timeout_ms: int = _env_default("SUBSCRIBER_SESSION_TIMEOUT_MS", 6000)
     subscriber_heartbeat_ms: int = _env_default("SUBSCRIBER_HEARTBEAT_MS", 1000)
     # Reconnect delays (exponential backoff with jitter) of subscribers and viewers.
@@ -132,6 +135,9 @@ class Settings:
 
     def subscribers_topic(self, n: int) -> str:
         return self.subscribers_topic_template.format(n=n)
+
+    def subscriber_group(self, n: int) -> str:
+        return self.subscriber_group_template.format(n=n)
 
     def ws_port(self, n: int) -> int:
         return self.ws_base_port + n

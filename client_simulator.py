@@ -1,0 +1,349 @@
+"""A simulated viewer: registers, watches its cluster's window updates, and sends emojis.
+
+It registers CLIENT_ID with the registration API, connects to the WebSocket endpoint it is given
+and prints each window update it receives as one line (stdout), while it sends random emojis to
+the ingest API at --rate events per second (one per POST /emoji, or --batch B per POST /emojis).
+When the connection drops it registers again and reconnects, with exponential backoff and
+jitter. After --duration seconds, or on Ctrl-C / SIGTERM, it deregisters and exits 0.
+
+Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
+message as received, one JSON document per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import signal
+import sys
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+import requests
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
+
+from emojistream import config
+from emojistream.backoff import Backoff
+from emojistream.events import InvalidEvent, decode_window_update, format_timestamp
+from emojistream.logs import setup_logging
+from emojistream.viewer import RegistrationClient, RegistrationError, format_window
+
+log = logging.getLogger("client_simulator")
+
+HTTP_TIMEOUT_S = (2.0, 5.0)  # connect, read
+CONNECT_TIMEOUT_S = 10.0
+# A repeated warning (ingest API down, 503s) is logged at most once per this interval.
+WARNING_INTERVAL_S = 5.0
+# How many windows are remembered to mark an update that replaces an earlier one.
+REMEMBERED_WINDOWS = 64
+
+
+class ThrottledWarnings:
+    """Logs a warning at most once per interval per kind, counting the ones left out."""
+
+    def __init__(self, interval_s: float = WARNING_INTERVAL_S):
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += f" ({suppressed} more like it not logged)"
+        self._last[kind] = now
+        log.warning(message, *args)
+
+
+class Sender:
+    """Sends random emojis to the ingest API at a steady rate; failures are logged, never
+    fatal."""
+
+    def __init__(self, api_url: str, client_id: str, rate: float, batch: int, emojis):
+        self.api_url = api_url.rstrip("/")
+        self.client_id = client_id
+        self.interval_s = batch / rate
+        self.batch = batch
+        self.emojis = emojis
+        self.sent = self.accepted = 0
+        self._session = requests.Session()
+        self._warnings = ThrottledWarnings()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send until ``stop`` is set; a request under way is finished, not abandoned."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not stop.is_set():
+            await asyncio.to_thread(self._post, [self._event() for _ in range(self.batch)])
+            next_at += self.interval_s
+            if next_at < loop.time() - 1.0:  # far behind (slow API): carry on, do not burst
+                next_at = loop.time()
+            await _wait(stop, next_at - loop.time())
+
+    def _event(self) -> dict:
+        return {"user_id": self.client_id, "emoji_type": random.choice(self.emojis),
+                "timestamp": format_timestamp(datetime.now(timezone.utc))}
+
+    def _post(self, events: list[dict]) -> None:
+        path, body = ("/emojis", events) if self.batch > 1 else ("/emoji", events[0])
+        self.sent += len(events)
+        try:
+            answer = self._session.post(self.api_url + path, json=body, timeout=HTTP_TIMEOUT_S)
+        except requests.RequestException as err:
+            self._warnings.warn("unreachable", "ingest API %s is not reachable (%s)",
+                                self.api_url, type(err).__name__)
+            return
+        if answer.status_code == 200:
+            self.accepted += len(events) if self.batch == 1 else _accepted(answer)
+        else:
+            self._warnings.warn(f"status {answer.status_code}", "ingest API answered %d: %s",
+                                answer.status_code, answer.text.strip()[:200])
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _accepted(answer: requests.Response) -> int:
+    try:
+        return int(answer.json()["accepted"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+class Display:
+    """Shows each received message on stdout: as a readable line, as raw JSON, or not at all."""
+
+    def __init__(self, mode: str):
+        self.mode = mode  # "lines", "json" or "quiet"
+        self.received = 0
+        self._windows: deque[str] = deque(maxlen=REMEMBERED_WINDOWS)
+
+    def show(self, message) -> None:
+        self.received += 1
+        log.debug("received message %d (%d characters)", self.received, len(message))
+        if self.mode == "json":
+            _print(_one_line(message))
+            return
+        try:
+            update = decode_window_update(message)
+        except InvalidEvent as err:
+            log.warning("received a message that is not a window update (%s)", err)
+            return
+        window = update["window_start"]
+        seen = window in self._windows
+        if not seen:
+            self._windows.append(window)
+        if self.mode == "lines":
+            _print(format_window(update, replaces_earlier=seen))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event``, at most ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, seconds))
+    except TimeoutError:
+        pass
+
+
+def _one_line(message) -> str:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    if "\n" not in text:
+        return text
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return text.replace("\n", " ")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+class Watcher:
+    """Keeps a WebSocket connection to the client's endpoint, registering again and
+    reconnecting with backoff whenever it drops."""
+
+    def __init__(self, registration: RegistrationClient, client_id: str, display: Display,
+                 settings: config.Settings):
+        self.registration = registration
+        self.client_id = client_id
+        self.display = display
+        self.settings = settings
+        self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
+
+    async def run(self, assignment: dict) -> None:
+        while True:
+            if assignment is not None:
+                reason = await self._watch(assignment)
+            else:
+                reason = "registration failed"
+            delay = self._backoff.next_delay()
+            log.warning("not connected (%s); registering again and reconnecting in %.1f s "
+                        "(attempt %d)", reason, delay, self._backoff.attempts)
+            await asyncio.sleep(delay)
+            assignment = await self._register_again()
+
+    async def _watch(self, assignment: dict) -> str:
+        """Receive until the connection ends; the reason it ended."""
+        endpoint = assignment["subscriber_endpoint"]
+        try:
+            async with connect(endpoint, open_timeout=CONNECT_TIMEOUT_S,
+                               ping_interval=self.settings.ws_ping_interval_s or None,
+                               ping_timeout=self.settings.ws_ping_timeout_s or None
+                               ) as connection:
+                log.info("connected to %s (%s)", endpoint, assignment.get("cluster_id"))
+                self._backoff.reset()
+                try:
+                    async for message in connection:
+                        self.display.show(message)
+                except asyncio.CancelledError:
+                    await connection.close()  # a normal closure (1000) when the viewer stops
+                    raise
+            return f"{endpoint} closed the connection (code {connection.close_code})"
+        except (OSError, WebSocketException, TimeoutError) as err:
+            return f"{endpoint}: {str(err) or type(err).__name__}"
+
+    async def _register_again(self) -> dict | None:
+        try:
+            assignment = await asyncio.to_thread(self.registration.register, self.client_id)
+        except RegistrationError as err:
+            log.warning("could not register again: %s", err)
+            return None
+        log.info("registered again: %s", assignment.get("cluster_id"))
+        return assignment
+
+
+async def simulate(args: argparse.Namespace, settings: config.Settings) -> int:
+    stop = _stop_event(args.duration)
+    registration = RegistrationClient(args.registration_url)
+    try:
+        assignment = await asyncio.to_thread(registration.register, args.client_id)
+    except RegistrationError as err:
+        log.error("%s", err)
+        return 1
+    log.info("registered %r: %s at %s", args.client_id, assignment.get("cluster_id"),
+             assignment["subscriber_endpoint"])
+    display = Display("quiet" if args.quiet else "json" if args.print_json else "lines")
+    watcher = Watcher(registration, args.client_id, display, settings)
+    watching = asyncio.create_task(watcher.run(assignment))
+    sender = sending = None
+    if args.rate > 0:
+        sender = Sender(args.api_url, args.client_id, args.rate, args.batch,
+                        settings.allowed_emojis)
+        sending = asyncio.create_task(sender.run(stop))
+        log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
+                 f" in batches of {args.batch}" if args.batch > 1 else "")
+    failed = await _run_until(stop, watching, sending)
+    await _deregister(registration, args.client_id)
+    _log_summary(display, sender)
+    if sender is not None:
+        sender.close()
+    registration.close()
+    return 1 if failed else 0
+
+
+def _stop_event(duration: float | None) -> asyncio.Event:
+    """Set by SIGINT, SIGTERM or after ``duration`` seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    return stop
+
+
+async def _run_until(stop: asyncio.Event, watching: asyncio.Task,
+                     sending: asyncio.Task | None) -> bool:
+    """Run until ``stop`` is set (or a task fails), then cancel the watcher and let the sender
+    finish its request; True if a task failed."""
+    tasks = [task for task in (watching, sending) if task is not None]
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    watching.cancel()
+    results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
+    failures = [result for result in results if isinstance(result, Exception)]
+    for failure in failures:
+        log.error("stopping after an unexpected error", exc_info=failure)
+    return bool(failures)
+
+
+async def _deregister(registration: RegistrationClient, client_id: str) -> None:
+    try:
+        known = await asyncio.to_thread(registration.deregister, client_id)
+    except RegistrationError as err:
+        log.warning("could not deregister: %s", err)
+        return
+    log.info("deregistered %r%s", client_id, "" if known else " (it was not registered)")
+
+
+def _log_summary(display: Display, sender: Sender | None) -> None:
+    sent = f"; sent {sender.sent} emoji(s), {sender.accepted} accepted" if sender else ""
+    log.info("received %d message(s)%s", display.received, sent)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="client_simulator.py",
+        description="A simulated viewer: registers CLIENT_ID, prints the window updates of its "
+                    "cluster (stdout), sends random emojis to the ingest API, and deregisters "
+                    "on exit (after --duration, Ctrl-C or SIGTERM).")
+    parser.add_argument("client_id", metavar="CLIENT_ID", help="the viewer's id (and user_id)")
+    parser.add_argument("--rate", type=non_negative_float, default=5.0,
+                        help="emojis sent per second (default 5; 0 sends none)")
+    parser.add_argument("--batch", type=positive_int, default=1,
+                        help="emojis per request: 1 posts /emoji, more post /emojis arrays "
+                             "(default 1)")
+    parser.add_argument("--duration", type=non_negative_float, default=None, metavar="S",
+                        help="stop after S seconds (default: run until stopped)")
+    parser.add_argument("--registration-url",
+                        default=f"http://{settings.registration_host}:"
+                                f"{settings.registration_port}",
+                        help="registration API (default from REGISTRATION_HOST and "
+                             "REGISTRATION_PORT: %(default)s)")
+    parser.add_argument("--api-url", default=f"http://{settings.api_host}:{settings.api_port}",
+                        help="ingest API (default from API_HOST and API_PORT: %(default)s)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="print no window updates")
+    output.add_argument("--print-json", action="store_true",
+                        help="print each received message as one raw JSON line")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    setup_logging("client_simulator")
+    try:
+        settings = config.load()
+    except config.ConfigError as err:
+        log.error("%s", err)
+        return 2
+    args = parse_args(argv, settings)
+    sys.stdout.reconfigure(errors="backslashreplace")
+    return asyncio.run(simulate(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

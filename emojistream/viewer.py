@@ -1,0 +1,113 @@
+"""What a viewer client needs: registering with the registration API, and showing window
+updates as one readable line each."""
+
+from __future__ import annotations
+
+import requests
+
+from .events import InvalidEvent, parse_timestamp
+
+HTTP_TIMEOUT_S = (3.0, 5.0)  # connect, read
+
+
+class RegistrationError(RuntimeError):
+    """The registration API refused the request; the message is its answer."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class RegistrationUnavailable(RegistrationError):
+    """The registration API could not be reached."""
+
+
+class RegistrationClient:
+    """POST /register and /deregister of the registration API at ``base_url``."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+        self._session = requests.Session()
+
+    def register(self, client_id: str) -> dict:
+        """The assignment: {"cluster_id": ..., "subscriber_endpoint": ...}."""
+        assignment = self._post("/register", client_id)
+        if not isinstance(assignment, dict) or not isinstance(
+                assignment.get("subscriber_endpoint"), str):
+            raise RegistrationError(f"/register answered without a subscriber_endpoint: "
+                                    f"{str(assignment)[:200]}")
+        return assignment
+
+    def deregister(self, client_id: str) -> bool:
+        """True when the client was registered, False when the API did not know it."""
+        try:
+            self._post("/deregister", client_id)
+        except RegistrationError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _post(self, path: str, client_id: str) -> dict:
+        url = self.base_url + path
+        try:
+            answer = self._session.post(url, json={"client_id": client_id},
+                                        timeout=HTTP_TIMEOUT_S)
+        except requests.RequestException as err:
+            raise RegistrationUnavailable(
+                f"the registration API at {self.base_url} is not reachable "
+                f"({type(err).__name__}); is registration_api.py running?") from None
+        if answer.status_code != 200:
+            raise RegistrationError(f"{path} answered {answer.status_code}: "
+                                    f"{_error_message(answer)}", answer.status_code)
+        try:
+            return answer.json()
+        except ValueError:
+            raise RegistrationError(f"{url} did not answer with JSON; is {self.base_url} the "
+                                    "registration API?") from None
+
+
+def _error_message(answer: requests.Response) -> str:
+    try:
+        return answer.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return answer.text.strip()[:200] or answer.reason
+
+
+def format_window(update: dict, replaces_earlier: bool = False) -> str:
+    """One line for a window update, most frequent emoji first, e.g.
+
+        07:15:56–07:15:58  🔥 ×1234 (13)  😂 ×5  [users: 🔥 57, 😂 3]
+
+    "(13)" is the normalized count (shown when above 0); ``replaces_earlier`` marks an update
+    for a window shown before ("↻")."""
+    aggregates = sorted(update["aggregates"], key=lambda a: (-a["count"], a["emoji_type"]))
+    counts = "  ".join(_count(a) for a in aggregates) or "(no reactions)"
+    users = ", ".join(f"{a['emoji_type']} {a['unique_users']}" for a in aggregates
+                      if "unique_users" in a)
+    line = f"{_span(update)}  {counts}"
+    if users:
+        line += f"  [users: {users}]"
+    return line + ("  ↻" if replaces_earlier else "")
+
+
+def _count(aggregate: dict) -> str:
+    text = f"{aggregate['emoji_type']} ×{aggregate['count']}"
+    normalized = aggregate.get("normalized_count")
+    return f"{text} ({normalized})" if normalized else text
+
+
+def _span(update: dict) -> str:
+    return f"{_clock(update['window_start'])}–{_clock(update['window_end'])}"
+
+
+def _clock(timestamp: str) -> str:
+    """Local wall-clock time of a UTC timestamp, or the timestamp itself if unreadable."""
+    try:
+        return parse_timestamp(timestamp).astimezone().strftime("%H:%M:%S")
+    except InvalidEvent:
+        return timestamp
+

@@ -1,0 +1,296 @@
+"""Cluster N's subscriber: hands the cluster's window updates from Kafka to its WebSocket server.
+
+Failover through the consumer group. Both subscribers of a cluster (--id 1 and --id 2) consume
+clusterN-topic-subscribers in the one group "clusterN-subscribers" (SUBSCRIBER_GROUP_TEMPLATE).
+Kafka gives each partition to one member of the group; the other subscriber is a hot standby,
+connected and polling. When the owner stops (it leaves the group) or dies (it misses heartbeats
+for SUBSCRIBER_SESSION_TIMEOUT_MS), Kafka reassigns the partition and the standby resumes from
+the last committed offset.
+
+At-least-once: offsets are committed only for records the WebSocket server has received (a
+batch is sent, then a ping whose pong confirms the server read everything before it). When the
+connection fails, the subscriber reconnects with exponential backoff and sends again from the
+first unconfirmed record; the server drops an update identical to the last one it sent for that
+window, so viewers see a repeat once. Records that are not window updates are skipped, counted,
+logged and committed: they never block the stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.protocol import State
+from websockets.sync.client import ClientConnection, connect
+
+from emojistream import config, kafka_clients, secrets
+from emojistream.backoff import Backoff
+from emojistream.events import InvalidEvent, decode_window_update
+from emojistream.lifecycle import stop_on_signals
+from emojistream.logs import setup_logging
+
+log = logging.getLogger("subscriber")
+
+POLL_TIMEOUT_MS = 500
+COMMIT_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 2.0
+ACK_TIMEOUT_S = 5.0
+RETRY_INITIAL_S = 0.1
+
+
+class KeyRejected(RuntimeError):
+    """The WebSocket server refused the subscriber key: retrying cannot help."""
+
+
+class MissingTopic(RuntimeError):
+    """The topic to consume does not exist (the broker does not create topics on demand)."""
+
+
+class HandOverFailed(RuntimeError):
+    """The WebSocket server did not confirm it received the updates sent."""
+
+
+class Outlet:
+    """How to reach the cluster's WebSocket server's /publish endpoint."""
+
+    def __init__(self, url: str, key: str, settings: config.Settings):
+        self.url = url
+        self._headers = {"Authorization": f"Bearer {key}"}
+        self._ping_interval = settings.ws_ping_interval_s or None
+        self._ping_timeout = settings.ws_ping_timeout_s or None
+
+    def connect(self) -> ClientConnection:
+        """A new connection, to be used as a context manager. Raises KeyRejected when the
+        server refuses the key, OSError, WebSocketException or TimeoutError otherwise."""
+        try:
+            return connect(self.url, additional_headers=self._headers,
+                           open_timeout=CONNECT_TIMEOUT_S, close_timeout=CLOSE_TIMEOUT_S,
+                           ping_interval=self._ping_interval, ping_timeout=self._ping_timeout)
+        except InvalidStatus as err:
+            if err.response.status_code == 401:
+                raise KeyRejected(f"{self.url} refused the subscriber key (HTTP 401); "
+                                  "SUBSCRIBER_KEY (or VAR_DIR/secrets/subscriber.key) must be "
+                                  "the WebSocket server's") from None
+            raise
+
+
+def deliver(connection: ClientConnection, texts: list[str]) -> None:
+    """Send ``texts`` in order and return once the server has read them all (a pong answers
+    a ping only after the frames before it); HandOverFailed otherwise."""
+    for text in texts:
+        connection.send(text)
+    pong = connection.ping(ack_on_close=True)
+    if not (pong.wait(ACK_TIMEOUT_S) and connection.state is State.OPEN):
+        raise HandOverFailed(f"{len(texts)} update(s) not confirmed: connection lost or no "
+                             f"answer within {ACK_TIMEOUT_S:.0f} s")
+
+
+class _ReadyLog(ConsumerRebalanceListener):
+    """Logs each assignment. Runs on kafka-python's own loop: it must not call the consumer."""
+
+    def __init__(self, topic: str, group: str):
+        self.topic, self.group = topic, group
+
+    def on_partitions_assigned(self, assigned):
+        partitions = sorted(tp.partition for tp in assigned)
+        role = f"owns partition(s) {partitions}" if partitions else "standby (no partition)"
+        log.info("ready: in group %s for %s, %s", self.group, self.topic, role)
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            log.info("partition(s) %s of %s revoked",
+                     sorted(tp.partition for tp in revoked), self.topic)
+
+
+class Subscriber:
+    """Polls a batch, hands its valid updates over, commits; repeats until stopped."""
+
+    def __init__(self, consumer: KafkaConsumer, outlet: Outlet, stop: threading.Event,
+                 backoff: Backoff):
+        self.consumer = consumer
+        self.outlet = outlet
+        self.stop = stop
+        self.backoff = backoff
+        self.stats = {"handed_over": 0, "skipped": 0}
+        self._positions_logged: set[TopicPartition] = set()
+
+    def run(self) -> None:
+        """Connect and forward until stopped, reconnecting with backoff after failures.
+        Raises KeyRejected."""
+        while not self.stop.is_set():
+            try:
+                with self.outlet.connect() as connection:
+                    log.info("connected to %s", self.outlet.url)
+                    self.backoff.reset()
+                    self._forward_while_open(connection)
+            except (HandOverFailed, OSError, WebSocketException, TimeoutError) as err:
+                delay = self.backoff.next_delay()
+                log.warning("no connection to %s (%s); retrying in %.1f s (attempt %d)",
+                            self.outlet.url, describe(err), delay, self.backoff.attempts)
+                self.stop.wait(delay)
+
+    def _forward_while_open(self, connection: ClientConnection) -> None:
+        """Poll and hand over until stopped; HandOverFailed (or the connection's error) when
+        the server is gone. Nothing is polled without a connection to hand it to."""
+        while not self.stop.is_set():
+            if connection.state is not State.OPEN:
+                raise HandOverFailed("the server closed the connection")
+            batches = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            self._log_new_partitions(batches)
+            self._forward(connection, batches)
+
+    def _log_new_partitions(self, batches: dict) -> None:
+        """Log where each newly owned partition starts: the first record polled, else the
+        position (the last commit, or the end of the partition for a new group)."""
+        owned = self.consumer.assignment()
+        self._positions_logged &= owned
+        for tp in sorted(owned - self._positions_logged):
+            start = batches[tp][0].offset if tp in batches else self._position(tp)
+            if start is not None:  # else known after a later poll
+                log.info("owns %s partition %d from offset %d", tp.topic, tp.partition, start)
+                self._positions_logged.add(tp)
+
+    def _position(self, tp: TopicPartition) -> int | None:
+        try:
+            return self.consumer.position(tp, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError:
+            return None
+
+    def _forward(self, connection: ClientConnection, batches: dict) -> None:
+        """Hand over each partition's records. Whatever goes wrong, the partitions not handed
+        over are rewound to their first record, so the next poll returns them again."""
+        pending = list(batches.items())
+        try:
+            while pending:
+                self._hand_over(connection, *pending[0])
+                pending.pop(0)
+        finally:
+            for tp, records in pending:
+                self._rewind(tp, records[0].offset)
+
+    def _rewind(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self.consumer.seek(tp, offset)
+        except KafkaError as err:  # no longer ours: its new owner starts from the last commit
+            log.info("not rewinding %s[%d] (%s)", tp.topic, tp.partition, describe(err))
+
+    def _hand_over(self, connection: ClientConnection, tp: TopicPartition, records: list) -> None:
+        texts = [text for text in map(self._update_text, records) if text is not None]
+        if texts:
+            deliver(connection, texts)
+        self.stats["handed_over"] += len(texts)
+        self._commit(tp, records[-1].offset + 1)
+
+    def _update_text(self, record) -> str | None:
+        """The record's value as text when it is a window update, else None (logged)."""
+        try:
+            decode_window_update(record.value)
+            return record.value.decode("utf-8")
+        except (InvalidEvent, UnicodeDecodeError) as err:
+            self.stats["skipped"] += 1
+            log.warning("skipping record at %s[%d]@%d: %s", record.topic, record.partition,
+                        record.offset, err)
+            return None
+
+    def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(offset, "", -1)},
+                                 timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as err:
+            # The partition may have moved to the standby; it resumes from the last commit,
+            # and the WebSocket server drops the repeats.
+            log.warning("could not commit %s[%d]@%d (%s)", tp.topic, tp.partition, offset,
+                        type(err).__name__)
+
+
+def describe(err: Exception) -> str:
+    return str(err) or type(err).__name__
+
+
+def open_consumer(settings: config.Settings, cluster: int, member: int) -> KafkaConsumer:
+    """The cluster's group consumer, subscribed; KafkaUnavailable or MissingTopic."""
+    topic = settings.subscribers_topic(cluster)
+    group = settings.subscriber_group(cluster)
+    consumer = kafka_clients.consumer(
+        settings, group_id=group, client_id=f"{group}-{member}", enable_auto_commit=False,
+        auto_offset_reset="latest", allow_auto_create_topics=False,
+        session_timeout_ms=settings.subscriber_session_timeout_ms,
+        heartbeat_interval_ms=settings.subscriber_heartbeat_ms)
+    try:
+        topics = consumer.topics()
+    except KafkaError as err:
+        consumer.close()
+        raise kafka_clients.KafkaUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers} did not list its topics "
+            f"({type(err).__name__})") from None
+    if topic not in topics:
+        consumer.close()
+        raise MissingTopic(f"topic {topic} does not exist at "
+                           f"{settings.kafka_bootstrap_servers}; run scripts/create_topics.sh")
+    consumer.subscribe([topic], listener=_ReadyLog(topic, group))
+    return consumer
+
+
+def publish_url(settings: config.Settings, cluster: int) -> str:
+    host = f"[{settings.ws_host}]" if ":" in settings.ws_host else settings.ws_host
+    return f"ws://{host}:{settings.ws_port(cluster)}/publish"
+
+
+def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="subscriber.py",
+        description="Hands cluster N's window updates (SUBSCRIBERS_TOPIC_TEMPLATE) to the "
+                    "cluster's WebSocket server (WS_HOST, port WS_BASE_PORT + N). Run two per "
+                    "cluster: one owns the partition, the other takes over when it fails.")
+    parser.add_argument("--cluster", type=int, required=True, metavar="N",
+                        help=f"cluster number, 1 to {settings.cluster_count}")
+    parser.add_argument("--id", type=int, required=True, metavar="K", dest="member",
+                        help="this subscriber's number within the cluster (for logs and the "
+                             "Kafka client id)")
+    args = parser.parse_args(argv)
+    if args.cluster not in settings.clusters:
+        parser.error(f"--cluster must be between 1 and {settings.cluster_count} (CLUSTER_COUNT)")
+    return args
+
+
+def main(argv=None) -> int:
+    setup_logging("subscriber")
+    try:
+        settings = config.load()
+    except config.ConfigError as err:
+        log.error("%s", err)
+        return 2
+    args = parse_args(argv, settings)
+    stop = stop_on_signals()
+    try:
+        key = secrets.subscriber_key(settings)
+        consumer = open_consumer(settings, args.cluster, args.member)
+    except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable, MissingTopic) as err:
+        log.error("%s", err)
+        return 1
+    outlet = Outlet(publish_url(settings, args.cluster), key, settings)
+    subscriber = Subscriber(consumer, outlet, stop,
+                            Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s))
+    log.info("cluster %d subscriber %d: %s -> %s", args.cluster, args.member,
+             settings.subscribers_topic(args.cluster), outlet.url)
+    try:
+        subscriber.run()
+    except KeyRejected as err:
+        log.error("%s", err)
+        return 1
+    finally:
+        consumer.close()
+    log.info("stopped: %(handed_over)d update(s) handed over, %(skipped)d record(s) skipped",
+             subscriber.stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

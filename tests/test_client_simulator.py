@@ -1,0 +1,289 @@
+"""client_simulator.py as a real process, with a real registration API and WebSocket server and
+a fake publisher (a WebSocket client with the subscriber key)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from websockets.sync.client import connect
+
+from emojistream import config
+from tests.conftest import free_port
+from tests.services import (Service, assert_clean_log, get_json, run, wait_for_health,
+                            wait_until)
+
+KEY = "simulator-test-key"
+UNREACHABLE = "http://localhost:1"
+UPDATE = {"window_start": "2026-11-27T07:00:00.000Z", "window_end": "2026-11-27T07:00:02.000Z",
+          "aggregates": [{"emoji_type": "🔥", "count": 1234, "normalized_count": 13,
+                          "unique_users": 57},
+                         {"emoji_type": "😂", "count": 5, "normalized_count": 0,
+                          "unique_users": 3}]}
+
+
+def text(message: dict) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+class Services:
+    """A registration API and cluster 1's WebSocket server (the only cluster)."""
+
+    def __init__(self, test_env: dict, log_dir, stack: ExitStack):
+        self.log_dir = log_dir
+        self.stack = stack
+        self.ws_port = free_port()
+        self.registration_port = free_port()
+        self.env = dict(test_env, CLUSTER_COUNT="1", WS_BASE_PORT=str(self.ws_port - 1),
+                        REGISTRATION_PORT=str(self.registration_port), SUBSCRIBER_KEY=KEY,
+                        VIEWER_RETRY_INITIAL_S="0.2", VIEWER_RETRY_MAX_S="1")
+        self.registration_url = f"http://localhost:{self.registration_port}"
+        registration = self.start("registration_api", "registration_api.py")
+        wait_for_health(f"{self.registration_url}/health", registration)
+        self.ws_server = self.start_ws_server()
+
+    def start(self, name: str, *args: str, **options) -> Service:
+        service = Service(self.log_dir, name, *args, env=self.env, **options)
+        self.stack.callback(service.kill)
+        return service
+
+    def start_ws_server(self) -> Service:
+        service = self.start(f"ws_server_{time.monotonic_ns()}", "ws_server.py", "--cluster", "1")
+        wait_for_health(f"http://localhost:{self.ws_port}/health", service)
+        return service
+
+    def simulator(self, client_id: str, *args: str, name: str = "simulator") -> Service:
+        stdout = open(self.log_dir / f"{name}.out", "w")
+        self.stack.callback(stdout.close)
+        return self.start(name, "client_simulator.py", client_id, "--registration-url",
+                          self.registration_url, *args, stdout=stdout)
+
+    def output(self, name: str = "simulator") -> str:
+        return (self.log_dir / f"{name}.out").read_text(encoding="utf-8")
+
+    def registered(self) -> int:
+        return get_json(f"{self.registration_url}/clusters")[1][0]["registered_viewers"]
+
+    def viewers(self) -> int:
+        return get_json(f"http://localhost:{self.ws_port}/health")[1]["viewers"]
+
+    def wait_for_viewer(self) -> None:
+        wait_until(lambda: self.registered() == 1 and self.viewers() == 1, timeout_s=30,
+                   message="the simulator did not register and connect")
+
+    def publish(self, *messages: dict) -> None:
+        with connect(f"ws://localhost:{self.ws_port}/publish",
+                     additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=5) as ws:
+            for message in messages:
+                ws.send(text(message))
+            ws.ping().wait(5)
+
+
+@pytest.fixture
+def services(test_env, tmp_path):
+    with ExitStack() as stack:
+        yield Services(test_env, tmp_path, stack)
+
+
+def test_print_json_prints_each_update_exactly_and_sigterm_deregisters(services):
+    simulator = services.simulator("sim-json", "--print-json", "--api-url", UNREACHABLE)
+    services.wait_for_viewer()
+    newer = dict(UPDATE, aggregates=[dict(UPDATE["aggregates"][0], count=1300)])
+    services.publish(UPDATE, newer)
+    wait_until(lambda: services.output().count("\n") == 2, timeout_s=10,
+               message="the updates were not printed")
+    assert simulator.stop() == 0
+    assert services.output() == text(UPDATE) + "\n" + text(newer) + "\n"
+    assert services.registered() == 0
+    log = simulator.log()
+    assert_clean_log(log)
+    assert f"WARNING client_simulator: ingest API {UNREACHABLE} is not reachable" in log
+    assert "INFO    client_simulator: deregistered 'sim-json'" in log
+    assert "INFO    client_simulator: received 2 message(s); sent " in log
+
+
+def test_readable_lines_one_per_update(services):
+    services.env["TZ"] = "UTC"
+    simulator = services.simulator("sim-lines", "--rate", "0")
+    services.wait_for_viewer()
+    newer = dict(UPDATE, aggregates=[UPDATE["aggregates"][0],
+                                     dict(UPDATE["aggregates"][1], count=6)])
+    later = {"window_start": "2026-11-27T07:00:02.000Z",
+             "window_end": "2026-11-27T07:00:04.000Z", "aggregates": []}
+    services.publish(UPDATE, newer, later)
+    wait_until(lambda: services.output().count("\n") == 3, timeout_s=10)
+    assert simulator.stop() == 0
+    assert services.output().splitlines() == [
+        "07:00:00–07:00:02  🔥 ×1234 (13)  😂 ×5  [users: 🔥 57, 😂 3]",
+        "07:00:00–07:00:02  🔥 ×1234 (13)  😂 ×6  [users: 🔥 57, 😂 3]  ↻",
+        "07:00:02–07:00:04  (no reactions)",
+    ]
+
+
+def test_quiet_prints_nothing(services):
+    services.env["LOG_LEVEL"] = "DEBUG"
+    simulator = services.simulator("sim-quiet", "--quiet", "--rate", "0")
+    services.wait_for_viewer()
+    services.publish(UPDATE)
+    simulator.wait_for_log("DEBUG   client_simulator: received message 1 (")
+    assert simulator.stop() == 0
+    assert services.output() == ""
+    assert "INFO    client_simulator: received 1 message(s)" in simulator.log()
+
+
+def test_duration_ends_the_run_and_deregisters(services):
+    started = time.monotonic()
+    simulator = services.simulator("sim-short", "--duration", "2", "--rate", "0")
+    assert simulator.process.wait(timeout=60) == 0
+    assert time.monotonic() - started >= 2
+    assert services.registered() == 0
+    assert "INFO    client_simulator: deregistered 'sim-short'" in simulator.log()
+
+
+def test_sigint_deregisters_and_exits_0(services):
+    simulator = services.simulator("sim-int", "--rate", "0")
+    services.wait_for_viewer()
+    simulator.process.send_signal(signal.SIGINT)
+    assert simulator.process.wait(timeout=30) == 0
+    assert services.registered() == 0
+    assert_clean_log(simulator.log())
+
+
+def test_a_dropped_connection_is_reestablished(services):
+    simulator = services.simulator("sim-again", "--print-json", "--rate", "0")
+    services.wait_for_viewer()
+    assert services.ws_server.stop() == 0
+    simulator.wait_for_log("registering again and reconnecting in")
+    services.ws_server = services.start_ws_server()
+    services.wait_for_viewer()
+    services.publish(UPDATE)
+    wait_until(lambda: services.output() == text(UPDATE) + "\n", timeout_s=10)
+    assert simulator.stop() == 0
+    log = simulator.log()
+    assert_clean_log(log)
+    assert "INFO    client_simulator: registered again: cluster1" in log
+    assert services.registered() == 0
+
+
+def test_an_unreachable_registration_api_is_a_one_line_error(test_env):
+    result = run("client_simulator.py", "sim-x", "--registration-url", UNREACHABLE,
+                 env=test_env, timeout_s=30)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith(f"ERROR   client_simulator: the registration API at {UNREACHABLE} "
+                             "is not reachable (ConnectionError); is registration_api.py "
+                             "running?")
+
+
+def test_a_refused_client_id_is_a_one_line_error(services):
+    result = run("client_simulator.py", "x" * 65, "--registration-url",
+                 services.registration_url, env=services.env, timeout_s=30)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("ERROR   client_simulator: /register answered 400: client_id is "
+                             "longer than 64 characters")
+
+
+@pytest.mark.parametrize("args", [["--rate", "-1"], ["--batch", "0"], ["--rate", "fast"]])
+def test_bad_options_are_usage_errors(args):
+    result = run("client_simulator.py", "sim", *args, env=dict(os.environ))
+    assert result.returncode == 2
+    assert "usage: client_simulator.py" in result.stderr
+
+
+def test_help_exits_0():
+    result = run("client_simulator.py", "--help", env=dict(os.environ))
+    assert result.returncode == 0
+    for option in ("--rate", "--batch", "--duration", "--registration-url", "--api-url",
+                   "--quiet", "--print-json"):
+        assert option in result.stdout
+
+
+# --- sending emojis ---------------------------------------------------------------------------
+
+class FakeIngest:
+    """An ingest API that records what it is sent and answers 503 to the first request."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, object]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append((self.path, body))
+                if len(fake.requests) == 1:
+                    self._answer(503, {"error": "Kafka is unavailable; try again shortly"})
+                elif isinstance(body, list):
+                    self._answer(200, {"status": "success", "accepted": len(body),
+                                       "rejected": []})
+                else:
+                    self._answer(200, {"status": "success"})
+
+            def _answer(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("localhost", 0), Handler)
+        self.url = f"http://localhost:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def ingest():
+    fake = FakeIngest()
+    yield fake
+    fake.close()
+
+
+def assert_valid_event(event: dict, client_id: str, started: datetime) -> None:
+    assert set(event) == {"user_id", "emoji_type", "timestamp"}
+    assert event["user_id"] == client_id
+    assert event["emoji_type"] in config.load().allowed_emojis
+    assert event["timestamp"].endswith("Z")
+    moment = datetime.fromisoformat(event["timestamp"])
+    assert started - timedelta(seconds=1) <= moment <= datetime.now(timezone.utc)
+
+
+@pytest.mark.parametrize("batch, path", [(1, "/emoji"), (5, "/emojis")])
+def test_emojis_are_sent_at_the_rate_and_a_503_does_not_stop_it(services, ingest, batch, path):
+    started = datetime.now(timezone.utc)
+    simulator = services.simulator("sim-sender", "--quiet", "--rate", "20", "--batch",
+                                   str(batch), "--api-url", ingest.url, "--duration", "3")
+    assert simulator.process.wait(timeout=60) == 0
+    # 20 events/s for 3 s: 60 events, give or take the machine's timing.
+    sent = ingest.requests
+    assert 30 <= len(sent) * batch <= 70, len(sent)
+    assert {p for p, _ in sent} == {path}
+    if batch > 1:
+        assert all(len(body) == batch for _, body in sent)
+    events = [e for _, body in sent for e in (body if batch > 1 else [body])]
+    for event in events:
+        assert_valid_event(event, "sim-sender", started)
+    log = simulator.log()
+    assert_clean_log(log)
+    assert 'WARNING client_simulator: ingest API answered 503: {"error": "Kafka is unavailable; ' \
+           'try again shortly"}' in log
+    assert f"sent {len(events)} emoji(s), {len(events) - batch} accepted" in log

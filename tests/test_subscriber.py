@@ -1,0 +1,250 @@
+"""subscriber.py against a real Kafka broker and a real ws_server.py: in-order delivery,
+poison records, consumer-group failover, and at-least-once hand-over across server restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from contextlib import ExitStack
+
+import pytest
+from kafka import TopicPartition
+from kafka.admin import NewTopic
+from websockets.sync.client import connect
+
+from emojistream import config, kafka_clients
+from tests.conftest import free_port
+from tests.services import (Service, assert_clean_log, get_json, run, wait_for_health,
+                            wait_until)
+
+CLUSTER = 1
+KEY = "subscriber-test-key"
+QUIET_S = 2.0
+FAILOVER_TIMEOUT_S = 30  # session timeout (6 s) plus a rebalance, on a busy machine
+
+
+def update(second: int, fire: int) -> bytes:
+    """A window update as the cluster publisher writes it."""
+    message = {"window_start": f"2026-11-27T07:00:{second:02d}.000Z",
+               "window_end": f"2026-11-27T07:00:{second + 2:02d}.000Z",
+               "aggregates": [{"emoji_type": "🔥", "count": fire, "normalized_count": 0,
+                               "unique_users": 1}]}
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Cluster:
+    """Cluster 1's topic, WebSocket server and subscribers, on the test's own names and ports."""
+
+    def __init__(self, kafka: config.Settings, test_env: dict, log_dir, stack: ExitStack):
+        suffix = uuid.uuid4().hex[:10]
+        self.port = free_port()
+        self.env = dict(test_env, SUBSCRIBERS_TOPIC_TEMPLATE=f"subs-{suffix}-{{n}}",
+                        SUBSCRIBER_GROUP_TEMPLATE=f"subs-{suffix}-group-{{n}}",
+                        WS_BASE_PORT=str(self.port - CLUSTER), SUBSCRIBER_KEY=KEY)
+        self.settings = config.load(self.env)
+        self.topic = self.settings.subscribers_topic(CLUSTER)
+        self.log_dir = log_dir
+        self.stack = stack
+        self.subscribers: dict[int, Service] = {}
+        self.servers: list[Service] = []
+        admin = kafka_clients.admin_client(kafka)
+        try:
+            admin.create_topics([NewTopic(self.topic, 1, 1)])
+        finally:
+            admin.close()
+        self.producer = kafka_clients.producer(kafka)
+        stack.callback(self.producer.close)
+
+    @property
+    def server(self) -> Service:
+        return self.servers[-1]
+
+    def health(self) -> dict:
+        return get_json(f"http://localhost:{self.port}/health")[1]
+
+    def start_server(self) -> Service:
+        service = self._start(f"ws_server_{len(self.servers)}", "ws_server.py", "--cluster",
+                              str(CLUSTER))
+        self.servers.append(service)
+        wait_for_health(f"http://localhost:{self.port}/health", service)
+        return service
+
+    def start_subscriber(self, member: int) -> Service:
+        service = self._start(f"subscriber_{member}", "subscriber.py", "--cluster",
+                              str(CLUSTER), "--id", str(member))
+        self.subscribers[member] = service
+        return service
+
+    def _start(self, name: str, *args: str) -> Service:
+        service = Service(self.log_dir, name, *args, env=self.env)
+        self.stack.callback(service.kill)
+        return service
+
+    def owner(self, offset: int, timeout_s: float = FAILOVER_TIMEOUT_S) -> int:
+        """The member that logged it owns the partition from ``offset``."""
+        line = f"owns {self.topic} partition 0 from offset {offset}"
+        found = []
+        wait_until(lambda: found.extend(m for m, s in self.subscribers.items()
+                                        if line in s.log()) or found, timeout_s=timeout_s,
+                   message=f"no subscriber logged {line!r}")
+        return found[0]
+
+    def viewer(self):
+        return connect(f"ws://localhost:{self.port}/?client_id=test", open_timeout=5)
+
+    def committed_offset(self) -> int | None:
+        """The subscribers' group's committed offset of the partition."""
+        reader = kafka_clients.consumer(self.settings,
+                                        group_id=self.settings.subscriber_group(CLUSTER),
+                                        enable_auto_commit=False)
+        try:  # reads the group's offsets without joining it
+            return reader.committed(TopicPartition(self.topic, 0))
+        finally:
+            reader.close()
+
+    def produce(self, *values: bytes) -> None:
+        for value in values:
+            self.producer.send(self.topic, value=value).get(timeout=10)
+
+
+@pytest.fixture
+def cluster(kafka, test_env, tmp_path):
+    with ExitStack() as stack:
+        yield Cluster(kafka, test_env, tmp_path, stack)
+
+
+def receive(viewer, count: int, timeout_s: float = FAILOVER_TIMEOUT_S) -> list[bytes]:
+    return [viewer.recv(timeout=timeout_s).encode() for _ in range(count)]
+
+
+def assert_nothing_arrives(viewer) -> None:
+    with pytest.raises(TimeoutError):
+        viewer.recv(timeout=QUIET_S)
+
+
+def test_updates_arrive_once_in_order_and_survive_the_owner_being_killed(cluster):
+    cluster.start_server()
+    for member in (1, 2):
+        cluster.start_subscriber(member).wait_for_log("ready: in group")
+    owner = cluster.owner(offset=0)
+    standby = 2 if owner == 1 else 1
+    assert "standby (no partition)" in cluster.subscribers[standby].log()
+    wait_until(lambda: cluster.health()["subscribers"] == 2)
+
+    first = [update(0, 10), update(2, 20), update(4, 30)]
+    poison = os.urandom(64)
+    with cluster.viewer() as viewer:
+        wait_until(lambda: cluster.health()["viewers"] == 1)
+        cluster.produce(first[0], first[1], poison, first[2])
+        assert receive(viewer, 3) == first
+        # The same record twice, as after a failover: the viewer sees it once.
+        cluster.produce(first[2])
+        assert_nothing_arrives(viewer)
+
+        cluster.subscribers[owner].process.send_signal(signal.SIGKILL)
+        cluster.subscribers[owner].process.wait(timeout=10)
+        after = [update(6, 40), update(8, 50), update(10, 60)]
+        cluster.produce(*after)
+        assert receive(viewer, 3) == after
+        assert_nothing_arrives(viewer)
+
+    # The standby resumed exactly after the last record the owner committed.
+    assert cluster.owner(offset=5) == standby
+    owner_log = cluster.subscribers[owner].log()
+    assert f"WARNING subscriber: skipping record at {cluster.topic}[0]@2: " in owner_log
+    assert cluster.subscribers[standby].stop() == 0
+    standby_log = cluster.subscribers[standby].log()
+    assert_clean_log(standby_log)
+    assert "INFO    subscriber: stopped: 3 update(s) handed over, 0 record(s) skipped" \
+        in standby_log
+
+
+def test_a_stopped_owner_exits_0_and_the_standby_takes_over(cluster):
+    cluster.start_server()
+    for member in (1, 2):
+        cluster.start_subscriber(member).wait_for_log("ready: in group")
+    owner = cluster.owner(offset=0)
+    standby = 2 if owner == 1 else 1
+    with cluster.viewer() as viewer:
+        wait_until(lambda: cluster.health() == {"cluster": 1, "status": "ok", "viewers": 1,
+                                                "subscribers": 2})
+        cluster.produce(update(0, 1))
+        assert receive(viewer, 1) == [update(0, 1)]
+        assert cluster.subscribers[owner].stop() == 0
+        cluster.produce(update(2, 2))
+        assert receive(viewer, 1) == [update(2, 2)]
+        assert_nothing_arrives(viewer)
+    assert cluster.owner(offset=1) == standby
+    owner_log = cluster.subscribers[owner].log()
+    assert_clean_log(owner_log)
+    assert "INFO    subscriber: stopped: 1 update(s) handed over, 0 record(s) skipped" \
+        in owner_log
+
+
+def test_updates_wait_in_kafka_while_the_websocket_server_is_down(cluster):
+    first_server = cluster.start_server()
+    subscriber = cluster.start_subscriber(1)
+    cluster.owner(offset=0)
+    with cluster.viewer() as viewer:
+        wait_until(lambda: cluster.health()["viewers"] == 1)
+        cluster.produce(update(0, 1))
+        assert receive(viewer, 1) == [update(0, 1)]
+    assert first_server.stop() == 0
+    cluster.produce(update(2, 2), b"not an update", update(4, 3))
+    subscriber.wait_for_log(f"no connection to ws://localhost:{cluster.port}/publish")
+    second_server = cluster.start_server()
+    wait_until(lambda: cluster.committed_offset() == 4, timeout_s=FAILOVER_TIMEOUT_S,
+               message="the records held back were not handed over to the new server")
+    assert subscriber.stop() == 0
+    assert "stopped: 3 update(s) handed over, 1 record(s) skipped" in subscriber.log()
+    assert second_server.stop() == 0
+    assert ("stopped: 2 update(s) broadcast, 0 repeated and 0 invalid dropped"
+            in second_server.log())
+
+
+def test_a_missing_topic_is_a_one_line_error(kafka, test_env):
+    result = run("subscriber.py", "--cluster", "1", "--id", "1",
+                 env=dict(test_env, SUBSCRIBERS_TOPIC_TEMPLATE="no-such-topic-{n}",
+                          SUBSCRIBER_KEY=KEY))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith(f"ERROR   subscriber: topic no-such-topic-1 does not exist at "
+                             f"{kafka.kafka_bootstrap_servers}; run scripts/create_topics.sh")
+
+
+def test_unreachable_kafka_is_a_one_line_error(test_env):
+    result = run("subscriber.py", "--cluster", "1", "--id", "1",
+                 env=dict(test_env, KAFKA_BOOTSTRAP_SERVERS="localhost:1", SUBSCRIBER_KEY=KEY))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "ERROR   subscriber: Kafka is not reachable at localhost:1" in lines[0]
+
+
+def test_a_refused_key_is_a_one_line_error(cluster):
+    cluster.start_server()
+    result = run("subscriber.py", "--cluster", "1", "--id", "1",
+                 env=dict(cluster.env, SUBSCRIBER_KEY="wrong"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        f"ERROR   subscriber: ws://localhost:{cluster.port}/publish refused the subscriber key "
+        "(HTTP 401); SUBSCRIBER_KEY (or VAR_DIR/secrets/subscriber.key) must be the WebSocket "
+        "server's")
+
+
+def test_without_a_websocket_server_it_keeps_trying_and_stops_cleanly(cluster):
+    subscriber = cluster.start_subscriber(1)
+    subscriber.wait_for_log(f"no connection to ws://localhost:{cluster.port}/publish", count=3)
+    assert "ready" not in subscriber.log()  # it does not take records it cannot hand over
+    assert subscriber.stop() == 0
+    assert_clean_log(subscriber.log())
+
+
+def test_help_exits_0():
+    result = run("subscriber.py", "--help", env=dict(os.environ))
+    assert result.returncode == 0
+    assert "--cluster" in result.stdout and "--id" in result.stdout

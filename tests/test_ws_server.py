@@ -1,0 +1,378 @@
+"""ws_server.py as a real process: fan-out, deduplication, subscriber authentication, health."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import uuid
+from contextlib import ExitStack
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import free_port
+from tests.services import (Service, assert_clean_log, get_json, run, running, wait_for_health,
+                            wait_until)
+
+CLUSTER = 2
+KEY = "test-subscriber-key"
+QUIET_S = 1.0  # how long "nothing arrives" is watched for
+
+
+def update(window_start: str, **counts) -> dict:
+    """A window update; ``counts`` maps names in EMOJI to counts."""
+    return {"window_start": window_start, "window_end": window_start.replace(":00.", ":02."),
+            "aggregates": [{"emoji_type": EMOJI[name], "count": count,
+                            "normalized_count": 0, "unique_users": 1}
+                           for name, count in counts.items()]}
+
+
+EMOJI = {"fire": "🔥", "laugh": "😂", "clap": "👏"}
+
+
+def unique_window() -> str:
+    """A window start no other test uses (the server remembers windows across connections)."""
+    minute = uuid.uuid4().int % 60
+    hour = uuid.uuid4().int % 24
+    return f"2026-11-{10 + uuid.uuid4().int % 18:02d}T{hour:02d}:{minute:02d}:00.000Z"
+
+
+def text(message: dict) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+class Server:
+    """A running ws_server.py for cluster 2 and ways to reach it."""
+
+    def __init__(self, service: Service, port: int):
+        self.service = service
+        self.port = port
+        self.url = f"ws://localhost:{port}"
+        self.health_url = f"http://localhost:{port}/health"
+
+    def viewer(self, client_id: str = "viewer"):
+        return connect(f"{self.url}/?client_id={client_id}", open_timeout=5)
+
+    def publisher(self, key: str | None = KEY):
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        return connect(f"{self.url}/publish", additional_headers=headers, open_timeout=5)
+
+    def health(self) -> dict:
+        status, body = get_json(self.health_url)
+        assert status == 200
+        return body
+
+    def wait_for_counts(self, viewers: int, subscribers: int, timeout_s: float = 10) -> None:
+        expected = {"cluster": CLUSTER, "status": "ok", "viewers": viewers,
+                    "subscribers": subscribers}
+        wait_until(lambda: self.health() == expected, timeout_s=timeout_s,
+                   message=f"health never became {expected}; last {self.health()}")
+
+
+def server_env(test_env: dict, port: int, **extra) -> dict:
+    return dict(test_env, WS_BASE_PORT=str(port - CLUSTER), SUBSCRIBER_KEY=KEY,
+                **{name: str(value) for name, value in extra.items()})
+
+
+@pytest.fixture
+def start_server(test_env, tmp_path):
+    """Starts ws_server.py --cluster 2 on a free port (with extra environment variables)."""
+    started = []
+
+    def start(**extra) -> Server:
+        port = free_port()
+        service = Service(tmp_path, f"ws_server_{len(started)}", "ws_server.py", "--cluster",
+                          str(CLUSTER), env=server_env(test_env, port, **extra))
+        started.append(service)
+        server = Server(service, port)
+        wait_for_health(server.health_url, service)
+        return server
+
+    yield start
+    for service in started:
+        service.kill()
+
+
+@pytest.fixture
+def server(start_server) -> Server:
+    return start_server()
+
+
+def assert_nothing_arrives(connection) -> None:
+    with pytest.raises(TimeoutError):
+        connection.recv(timeout=QUIET_S)
+
+
+# --- fan-out ----------------------------------------------------------------------------------
+
+def test_an_update_reaches_every_viewer_exactly(server):
+    message = update(unique_window(), fire=1234, laugh=5)
+    with server.viewer("a") as first, server.viewer("b") as second, \
+            server.publisher() as publisher:
+        server.wait_for_counts(viewers=2, subscribers=1)
+        publisher.send(text(message))
+        for viewer in (first, second):
+            received = viewer.recv(timeout=5)
+            assert received == text(message)
+            assert json.loads(received) == message
+            assert_nothing_arrives(viewer)
+
+
+def test_an_identical_update_for_a_window_is_not_sent_again(server):
+    window = unique_window()
+    first, changed = update(window, fire=10), update(window, fire=11)
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(text(first))
+        assert viewer.recv(timeout=5) == text(first)
+        publisher.send(text(first))
+        assert_nothing_arrives(viewer)
+        publisher.send(text(changed))
+        assert viewer.recv(timeout=5) == text(changed)
+
+
+def test_repeats_are_recognised_by_content_and_across_subscriber_connections(server):
+    window = unique_window()
+    message = update(window, laugh=3, clap=1)
+    with server.viewer() as viewer:
+        with server.publisher() as owner:
+            server.wait_for_counts(viewers=1, subscribers=1)
+            owner.send(text(message))
+            assert viewer.recv(timeout=5) == text(message)
+        # The standby redelivers the same record after a failover, formatted differently.
+        with server.publisher() as standby:
+            standby.send(json.dumps(message, indent=2))
+            assert_nothing_arrives(viewer)
+            newer = update(window, laugh=4, clap=1)
+            standby.send(text(newer))
+            assert viewer.recv(timeout=5) == text(newer)
+
+
+def test_the_latest_update_for_a_window_replaces_the_earlier(server):
+    """Only a repeat of the last update sent for a window is dropped, not of older ones."""
+    window = unique_window()
+    old, new = update(window, fire=1), update(window, fire=2)
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        for message in (old, new, old):
+            publisher.send(text(message))
+            assert viewer.recv(timeout=5) == text(message)
+
+
+def test_deduplication_remembers_a_bounded_number_of_windows(start_server):
+    server = start_server(WS_DEDUP_WINDOWS=2)
+    first, second, third = (update(unique_window(), fire=n) for n in (1, 2, 3))
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        for message in (first, second, third, second, first):
+            publisher.send(text(message))
+        received = [viewer.recv(timeout=5) for _ in range(4)]
+        # second is still remembered (dropped); first was forgotten when third came.
+        assert received == [text(first), text(second), text(third), text(first)]
+        assert_nothing_arrives(viewer)
+
+
+def test_what_a_viewer_sends_reaches_nobody(server):
+    message = update(unique_window(), clap=7)
+    with server.viewer("talker") as talker, server.viewer("listener") as listener, \
+            server.publisher() as publisher:
+        server.wait_for_counts(viewers=2, subscribers=1)
+        talker.send(text(update(unique_window(), fire=99)))
+        talker.send("hello everyone")
+        assert_nothing_arrives(listener)
+        assert_nothing_arrives(talker)
+        publisher.send(text(message))
+        assert listener.recv(timeout=5) == text(message)
+        assert talker.recv(timeout=5) == text(message)
+
+
+def test_a_viewer_receives_nothing_a_publisher_did_not_send_to_viewers(server):
+    """Publishers are not viewers: they receive no broadcast."""
+    message = update(unique_window(), fire=1)
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(text(message))
+        assert viewer.recv(timeout=5) == text(message)
+        assert_nothing_arrives(publisher)
+
+
+@pytest.mark.parametrize("bad", [
+    "not json",
+    "[1, 2, 3]",
+    '{"window_start": "2026-11-27T07:00:00.000Z"}',
+    '{"window_start": "a", "window_end": "b", "aggregates": [{"emoji_type": "🔥"}]}',
+    '{"window_start": "a", "window_end": "b", "aggregates": [{"emoji_type": "🔥", '
+    '"count": "12"}]}',
+    b'{"window_start": "a", "window_end": "b", "aggregates": []}',
+])
+def test_an_invalid_publisher_message_is_skipped_and_the_server_keeps_working(server, bad):
+    good = update(unique_window(), fire=5)
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(bad)
+        assert_nothing_arrives(viewer)
+        publisher.send(text(good))  # on the same connection
+        assert viewer.recv(timeout=5) == text(good)
+    log = server.service.log()
+    assert "WARNING ws_server: skipped an invalid update from 127.0.0.1:" in log
+
+
+# --- subscriber authentication ----------------------------------------------------------------
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": f"Bearer {KEY}x"},
+    {"Authorization": "Bearer "},
+    {"Authorization": KEY},
+    {"Authorization": "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()},
+], ids=["missing", "wrong", "empty", "no-scheme", "basic"])
+def test_a_publisher_without_the_key_is_refused_with_401(server, headers):
+    with server.viewer() as viewer:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{server.url}/publish", additional_headers=headers, open_timeout=5)
+        response = refused.value.response
+        assert response.status_code == 401
+        assert response.body.decode() == ("missing or wrong subscriber key "
+                                          "(send Authorization: Bearer <key>)\n")
+        server.wait_for_counts(viewers=1, subscribers=0)
+    assert "WARNING ws_server: refused a subscriber from 127.0.0.1:" in server.service.log()
+
+
+def test_the_key_scheme_is_case_insensitive(server):
+    with connect(f"{server.url}/publish", additional_headers={"Authorization": f"bearer {KEY}"},
+                 open_timeout=5):
+        server.wait_for_counts(viewers=0, subscribers=1)
+
+
+def test_the_key_is_generated_once_in_var_dir_when_not_configured(test_env, tmp_path):
+    env = dict(test_env, VAR_DIR=str(tmp_path / "var"))
+    env.pop("SUBSCRIBER_KEY", None)
+    port = free_port()
+    env["WS_BASE_PORT"] = str(port - CLUSTER)
+    with running(tmp_path, "ws_server", "ws_server.py", "--cluster", str(CLUSTER),
+                 env=env) as service:
+        wait_for_health(f"http://localhost:{port}/health", service)
+        key_file = tmp_path / "var" / "secrets" / "subscriber.key"
+        assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+        key = key_file.read_text().strip()
+        assert len(key) == 43
+        with connect(f"ws://localhost:{port}/publish",
+                     additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=5):
+            pass
+        assert service.stop() == 0
+
+
+# --- health and plain HTTP --------------------------------------------------------------------
+
+def test_health_counts_live_connections_exactly(server):
+    assert server.health() == {"cluster": 2, "status": "ok", "viewers": 0, "subscribers": 0}
+    with ExitStack() as connections:
+        viewers = [connections.enter_context(server.viewer(f"v{i}")) for i in range(3)]
+        publisher = connections.enter_context(server.publisher())
+        server.wait_for_counts(viewers=3, subscribers=1)
+        viewers.pop().close()
+        server.wait_for_counts(viewers=2, subscribers=1)
+        publisher.close()
+        server.wait_for_counts(viewers=2, subscribers=0)
+    server.wait_for_counts(viewers=0, subscribers=0)
+
+
+def http_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("localhost", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        return answer
+
+
+def test_health_is_json_over_plain_http(server):
+    answer = http_request(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert head.lower().count(b"content-type:") == 1
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body) == {"cluster": 2, "status": "ok", "viewers": 0, "subscribers": 0}
+
+
+@pytest.mark.parametrize("request_line, status, body", [
+    (b"GET /nowhere HTTP/1.1", b"404 Not Found",
+     b"no such endpoint: /nowhere (viewers connect to /, subscribers to /publish)\n"),
+    (b"POST /health HTTP/1.1", b"405 Method Not Allowed",
+     b"POST is not allowed on /health; use GET\n"),
+])
+def test_other_http_requests_get_a_clear_answer(server, request_line, status, body):
+    answer = http_request(server.port, request_line + b"\r\nHost: x\r\n\r\n")
+    head, answer_body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 " + status)
+    assert answer_body == body
+
+
+def test_a_viewer_that_stops_answering_pings_is_dropped(start_server):
+    server = start_server(WS_PING_INTERVAL_S=0.3, WS_PING_TIMEOUT_S=0.3)
+    # A bare TCP client that completes the handshake, then never reads again (no pongs).
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection(("localhost", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /?client_id=frozen HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        with server.viewer("alive") as alive:
+            server.wait_for_counts(viewers=2, subscribers=0)
+            # The frozen one is gone after the ping timeout and the closing handshake's
+            # timeout (10 s).
+            server.wait_for_counts(viewers=1, subscribers=0, timeout_s=30)
+            assert_nothing_arrives(alive)  # and the one answering pings stays connected
+        server.wait_for_counts(viewers=0, subscribers=0)
+
+
+# --- the process ------------------------------------------------------------------------------
+
+def test_help_exits_0():
+    result = run("ws_server.py", "--help", env=dict(os.environ))
+    assert result.returncode == 0
+    assert "--cluster" in result.stdout
+
+
+def test_a_cluster_outside_the_configuration_is_a_usage_error(test_env):
+    result = run("ws_server.py", "--cluster", "4", env=dict(test_env, CLUSTER_COUNT="3"))
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "error: --cluster must be between 1 and 3 (CLUSTER_COUNT)")
+
+
+def test_a_taken_port_is_a_one_line_error(server, test_env):
+    result = run("ws_server.py", "--cluster", str(CLUSTER),
+                 env=server_env(test_env, server.port))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith(f"ERROR   ws_server: port {server.port} on localhost is already in "
+                             f"use (is cluster {CLUSTER}'s server running already?)")
+
+
+def test_sigterm_closes_connections_and_exits_0(server):
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(text(update(unique_window(), fire=1)))
+        viewer.recv(timeout=5)
+        publisher.send("junk")
+        assert server.service.stop() == 0
+        with pytest.raises(ConnectionClosed) as closed:
+            viewer.recv(timeout=5)
+        assert closed.value.rcvd.code == 1001
+    log = server.service.log()
+    assert_clean_log(log)
+    assert (f"INFO    ws_server: ready: cluster 2 serving viewers at ws://localhost:{server.port}/"
+            ", subscribers at /publish, health at /health") in log
+    assert ("INFO    ws_server: stopped: 1 update(s) broadcast, 0 repeated and 1 invalid "
+            "dropped, 0 viewer message(s) discarded") in log
+
+
+def test_sigint_exits_0_too(server):
+    server.service.process.send_signal(signal.SIGINT)
+    assert server.service.process.wait(timeout=10) == 0
