@@ -1,0 +1,58 @@
+"""A whole system of its own on free ports and a folder of its own, for tests and benchmarks.
+
+A demo running on the default ports is left alone: everything started with ``isolated_env``
+(scripts/start_all.sh included) uses its own Kafka, APIs, WebSocket servers and VAR_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (cluster N's WebSocket server listens on
+    WS_BASE_PORT + N)."""
+    for _ in range(100):
+        first = free_port()
+        if all(_port_is_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
+    """Environment variables that give a whole system of its own: data folder, Kafka ports, the
+    APIs' and WebSocket servers' ports, and fresh secrets."""
+    env = dict(os.environ)
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_HOME", "SUBSCRIBER_KEY", "TOKEN_SECRET"):
+        env.pop(name, None)
+    env.update({
+        "VAR_DIR": str(var_dir),
+        "KAFKA_HOST": "localhost",
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_HEAP": "512m",
+        "API_PORT": str(free_port()),
+        "REGISTRATION_PORT": str(free_port()),
+        "WS_BASE_PORT": str(free_port_run(cluster_count + 1)),
+        "CLUSTER_COUNT": str(cluster_count),
+        "SPARK_SHUFFLE_PARTITIONS": "2",
+        "SPARK_DRIVER_MEMORY": "1g",
+    })
+    return env
