@@ -108,3 +108,16 @@ def test_kafka_console_tools_work_as_in_kafka_bin(kafka, test_env, topic_name):
                           "--topic", topic_name, "--from-beginning", "--max-messages", "2",
                           env=test_env)
     assert consumed.stdout.splitlines() == ["first", "second"]
+
+
+def test_restart_reuses_the_formatted_storage(kafka, test_env, topic_name):
+    create_topic(kafka, topic_name, partitions=2)
+    stopped = run_script("kafka.sh", "stop", env=test_env)
+    assert stopped.stdout.strip().endswith("Kafka stopped")
+    status = run_script("kafka.sh", "status", env=test_env, check=False)
+    assert (status.returncode, status.stdout.strip()) == (3, "kafka.sh: Kafka is not running")
+
+    started = run_script("kafka.sh", "start", env=test_env)
+    assert "formatting storage" not in started.stdout
+    assert started.stdout.strip().endswith(f"Kafka is up on localhost:{test_env['KAFKA_PORT']}")
+    assert describe(kafka)[topic_name] == 2
