@@ -32,3 +32,9 @@ def test_ingest_runs_and_counts_landed_records():
         "POST /emojis, 1,000 per request", "kafka-python directly (no HTTP)"]
     landed = [float(row.split("|")[2].strip().replace(",", "")) for row in rows]
     assert all(rate > 0 for rate in landed), rows
+
+
+def test_aggregation_runs():
+    out = run_bench("bench/aggregation.py", "--rates", "2000", "--batches", "2")
+    row = [line for line in out.splitlines() if line.startswith("| 2,000 |")]
+    assert len(row) == 1 and row[0].split("|")[2].strip() == "1,000", out
