@@ -1,10 +1,18 @@
 """A simulated viewer: registers, watches its cluster's window updates, and sends emojis.
 
 It registers CLIENT_ID with the registration API, connects to the WebSocket endpoint it is given
-and prints each window update it receives as one line (stdout), while it sends random emojis to
-the ingest API at --rate events per second (one per POST /emoji, or --batch B per POST /emojis).
-When the connection drops it registers again and reconnects, with exponential backoff and
-jitter. After --duration seconds, or on Ctrl-C / SIGTERM, it deregisters and exits 0.
+(which carries its token) and prints each window update it receives as one line (stdout), while
+it sends random emojis to the ingest API at --rate events per second (one per POST /emoji, or
+--batch B per POST /emojis). After --duration seconds, or on Ctrl-C / SIGTERM, it deregisters
+and exits 0.
+
+Reconnection. When the connection drops (its WebSocket server died, a network failure, no pong)
+or the server refuses the token (close code 4401: missing, invalid or expired; 4403: issued for
+another cluster), it registers again, which gets a fresh token and, when its cluster's server
+is down, another cluster, and reconnects. Attempts are spaced by exponential backoff with jitter
+(VIEWER_RETRY_INITIAL_S doubling up to VIEWER_RETRY_MAX_S, each varied by up to 30%), so that
+thousands of viewers dropped together do not come back in one burst. The backoff starts again
+from the beginning only after a connection that delivered an update or lasted STABLE_S.
 
 Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
 message as received, one JSON document per line.
@@ -25,7 +33,7 @@ from datetime import datetime, timezone
 
 import requests
 from websockets.asyncio.client import connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from emojistream import config
 from emojistream.backoff import Backoff
@@ -41,6 +49,10 @@ CONNECT_TIMEOUT_S = 10.0
 WARNING_INTERVAL_S = 5.0
 # How many windows are remembered to mark an update that replaces an earlier one.
 REMEMBERED_WINDOWS = 64
+# A connection that lasted this long (or delivered an update) resets the reconnect backoff.
+STABLE_S = 5.0
+# Close codes of a refused token (emojistream/tokens.py).
+TOKEN_REFUSED = {4401, 4403}
 
 
 class ThrottledWarnings:
@@ -168,8 +180,8 @@ def _print(line: str) -> None:
 
 
 class Watcher:
-    """Keeps a WebSocket connection to the client's endpoint, registering again and
-    reconnecting with backoff whenever it drops."""
+    """Keeps a WebSocket connection to the client's endpoint, registering again (fresh token,
+    possibly another cluster) and reconnecting with backoff whenever it drops or is refused."""
 
     def __init__(self, registration: RegistrationClient, client_id: str, display: Display,
                  settings: config.Settings):
@@ -178,11 +190,15 @@ class Watcher:
         self.display = display
         self.settings = settings
         self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
+        self.cluster: str | None = None
 
     async def run(self, assignment: dict) -> None:
         while True:
             if assignment is not None:
-                reason = await self._watch(assignment)
+                self.cluster = assignment.get("cluster_id")
+                reason, stable = await self._watch(assignment)
+                if stable:
+                    self._backoff.reset()
             else:
                 reason = "registration failed"
             delay = self._backoff.next_delay()
@@ -191,25 +207,36 @@ class Watcher:
             await asyncio.sleep(delay)
             assignment = await self._register_again()
 
-    async def _watch(self, assignment: dict) -> str:
-        """Receive until the connection ends; the reason it ended."""
+    async def _watch(self, assignment: dict) -> tuple[str, bool]:
+        """Receive until the connection ends: why it ended, and whether it was stable (it
+        delivered an update or lasted STABLE_S)."""
         endpoint = assignment["subscriber_endpoint"]
+        shown = _without_token(endpoint)
+        received = self.display.received
+        loop = asyncio.get_running_loop()
+        opened_at = None
         try:
             async with connect(endpoint, open_timeout=CONNECT_TIMEOUT_S,
                                ping_interval=self.settings.ws_ping_interval_s or None,
                                ping_timeout=self.settings.ws_ping_timeout_s or None
                                ) as connection:
-                log.info("connected to %s (%s)", endpoint, assignment.get("cluster_id"))
-                self._backoff.reset()
+                opened_at = loop.time()
+                log.info("connected to %s (%s)", shown, assignment.get("cluster_id"))
                 try:
                     async for message in connection:
                         self.display.show(message)
                 except asyncio.CancelledError:
                     await connection.close()  # a normal closure (1000) when the viewer stops
                     raise
-            return f"{endpoint} closed the connection (code {connection.close_code})"
+            reason = _closed(shown, connection.close_code, connection.close_reason)
+        except ConnectionClosed as err:
+            reason = _closed(shown, err.rcvd.code if err.rcvd else None,
+                             err.rcvd.reason if err.rcvd else "")
         except (OSError, WebSocketException, TimeoutError) as err:
-            return f"{endpoint}: {str(err) or type(err).__name__}"
+            reason = f"{shown}: {str(err) or type(err).__name__}"
+        stable = self.display.received > received or (
+            opened_at is not None and loop.time() - opened_at >= STABLE_S)
+        return reason, stable
 
     async def _register_again(self) -> dict | None:
         try:
@@ -217,20 +244,38 @@ class Watcher:
         except RegistrationError as err:
             log.warning("could not register again: %s", err)
             return None
-        log.info("registered again: %s", assignment.get("cluster_id"))
+        cluster = assignment.get("cluster_id")
+        log.info("registered again: %s%s", cluster,
+                 f" (was {self.cluster})" if self.cluster and cluster != self.cluster else "")
         return assignment
+
+
+def _closed(endpoint: str, code: int | None, reason: str | None) -> str:
+    if code in TOKEN_REFUSED:
+        return f"{endpoint} refused the token: {code} {reason}"
+    if code is None:
+        return f"{endpoint}: connection lost (no close frame)"
+    return f"{endpoint} closed the connection (code {code})"
+
+
+def _without_token(endpoint: str) -> str:
+    """The endpoint for log lines: a token is a credential."""
+    return endpoint.split("?", 1)[0]
 
 
 async def simulate(args: argparse.Namespace, settings: config.Settings) -> int:
     stop = _stop_event(args.duration)
     registration = RegistrationClient(args.registration_url)
     try:
-        assignment = await asyncio.to_thread(registration.register, args.client_id)
+        assignment = await _first_registration(registration, args.client_id, stop, settings)
     except RegistrationError as err:
         log.error("%s", err)
         return 1
+    if assignment is None:  # stopped while waiting for a cluster
+        registration.close()
+        return 0
     log.info("registered %r: %s at %s", args.client_id, assignment.get("cluster_id"),
-             assignment["subscriber_endpoint"])
+             _without_token(assignment["subscriber_endpoint"]))
     display = Display("quiet" if args.quiet else "json" if args.print_json else "lines")
     watcher = Watcher(registration, args.client_id, display, settings)
     watching = asyncio.create_task(watcher.run(assignment))
@@ -248,6 +293,25 @@ async def simulate(args: argparse.Namespace, settings: config.Settings) -> int:
         sender.close()
     registration.close()
     return 1 if failed else 0
+
+
+async def _first_registration(registration: RegistrationClient, client_id: str,
+                              stop: asyncio.Event, settings: config.Settings) -> dict | None:
+    """The first assignment. While no cluster is available (503: every WebSocket server is
+    down, or the system is starting) it tries again with backoff; None if stopped meanwhile.
+    Any other refusal raises RegistrationError."""
+    backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
+    while True:
+        try:
+            return await asyncio.to_thread(registration.register, client_id)
+        except RegistrationError as err:
+            if err.status != 503:
+                raise
+            delay = backoff.next_delay()
+            log.warning("%s; trying again in %.1f s", err, delay)
+        await _wait(stop, delay)
+        if stop.is_set():
+            return None
 
 
 def _stop_event(duration: float | None) -> asyncio.Event:

@@ -6,6 +6,10 @@
                    by index, the valid ones are accepted
     GET  /health   200 while Kafka takes records, else 503
 
+Browsers may call it from the pages of the origins in API_CORS_ORIGINS ("*", the default: any):
+preflight OPTIONS requests are answered, answers carry Access-Control-Allow-Origin, and a request
+from a browser page of another origin is refused with 403.
+
 Every failure is answered with JSON {"error": "..."}: 4xx for bad input, 503 while Kafka cannot
 take records (so clients retry instead of losing events). Served by gunicorn with threaded workers;
 each worker has its own Kafka producer, created after the fork and flushed when the worker exits.
@@ -52,8 +56,57 @@ def create_app(settings: config.Settings | None = None, sink=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings)
     _add_routes(app, settings)
+    _add_cors(app, settings)
     _add_error_handlers(app, settings)
     return app
+
+
+# --- CORS: which web pages may send reactions (the web page of the registration API) ----------
+
+CORS_ALLOW_METHODS = "GET, POST, OPTIONS"
+CORS_ALLOW_HEADERS = "Content-Type"
+CORS_EXPOSE_HEADERS = "Retry-After"
+CORS_MAX_AGE_S = "600"  # how long a browser may reuse a preflight answer
+
+
+def _add_cors(app: Flask, settings: config.Settings) -> None:
+    """Answer preflight requests and label answers for the origins of API_CORS_ORIGINS.
+
+    A request without an Origin header (curl, the simulator, other servers) is not concerned.
+    A browser request from an origin that is not allowed is refused with 403 before anything
+    is sent to Kafka (a browser would hide the answer from the page anyway).
+    """
+    origins = settings.cors_origins
+    any_origin = "*" in origins
+
+    def allowed(origin: str) -> bool:
+        return any_origin or origin.rstrip("/") in origins
+
+    @app.before_request
+    def check_origin():
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        if not allowed(origin):
+            raise ApiError(403, f"origin {origin} is not allowed (API_CORS_ORIGINS)")
+        if (request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+                and request.url_rule is not None):
+            response = app.make_response(("", 204))
+            response.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
+            response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+            response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE_S
+            return response
+        return None
+
+    @app.after_request
+    def label(response):
+        origin = request.headers.get("Origin")
+        if origin is not None and allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        if not any_origin:
+            response.vary.add("Origin")
+        return response
 
 
 def _add_routes(app: Flask, settings: config.Settings) -> None:

@@ -1,18 +1,23 @@
 """Cluster N's subscriber: hands the cluster's window updates from Kafka to its WebSocket server.
 
-Failover through the consumer group. Both subscribers of a cluster (--id 1 and --id 2) consume
-clusterN-topic-subscribers in the one group "clusterN-subscribers" (SUBSCRIBER_GROUP_TEMPLATE).
-Kafka gives each partition to one member of the group; the other subscriber is a hot standby,
-connected and polling. When the owner stops (it leaves the group) or dies (it misses heartbeats
-for SUBSCRIBER_SESSION_TIMEOUT_MS), Kafka reassigns the partition and the standby resumes from
-the last committed offset.
+Redundancy by duplication, not failover. Each subscriber of a cluster (--id 1 and --id 2)
+consumes clusterN-topic-subscribers in a consumer group of its own ("clusterN-subscriber-K",
+SUBSCRIBER_GROUP_TEMPLATE), so both receive and forward every update. The WebSocket server
+broadcasts the first copy of each version of a window and drops the second (it keeps, for each
+recent window, the content hashes it has sent; see ws_server.py). Killing either subscriber
+(even with SIGKILL) therefore stops nothing: the other one has been forwarding all along, and
+there is no session timeout to wait for, as there would be for a consumer-group failover.
+Because each subscriber forwards its partition in order, whichever copy of a version comes
+first, it comes after the versions before it: a lagging subscriber never makes the server send
+an older version again.
 
-At-least-once: offsets are committed only for records the WebSocket server has received (a
-batch is sent, then a ping whose pong confirms the server read everything before it). When the
-connection fails, the subscriber reconnects with exponential backoff and sends again from the
-first unconfirmed record; the server drops an update identical to the last one it sent for that
-window, so viewers see a repeat once. Records that are not window updates are skipped, counted,
-logged and committed: they never block the stream.
+At-least-once: offsets are committed (in the subscriber's own group) only for records the
+WebSocket server has received (a batch is sent, then a ping whose pong confirms the server read
+everything before it). When the connection fails, the subscriber reconnects with exponential
+backoff and sends again from the first unconfirmed record; a restarted subscriber resumes from
+its last commit. The server drops what it has already broadcast, so viewers see each version
+once. Records that are not window updates are skipped, counted, logged and committed: they
+never block the stream.
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ class _ReadyLog(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned):
         partitions = sorted(tp.partition for tp in assigned)
-        role = f"owns partition(s) {partitions}" if partitions else "standby (no partition)"
+        role = f"owns partition(s) {partitions}" if partitions else "no partition"
         log.info("ready: in group %s for %s, %s", self.group, self.topic, role)
 
     def on_partitions_revoked(self, revoked):
@@ -178,7 +183,7 @@ class Subscriber:
     def _rewind(self, tp: TopicPartition, offset: int) -> None:
         try:
             self.consumer.seek(tp, offset)
-        except KafkaError as err:  # no longer ours: its new owner starts from the last commit
+        except KafkaError as err:  # no longer ours (a rebalance): resumed from the last commit
             log.info("not rewinding %s[%d] (%s)", tp.topic, tp.partition, describe(err))
 
     def _hand_over(self, connection: ClientConnection, tp: TopicPartition, records: list) -> None:
@@ -204,8 +209,8 @@ class Subscriber:
             self.consumer.commit({tp: OffsetAndMetadata(offset, "", -1)},
                                  timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as err:
-            # The partition may have moved to the standby; it resumes from the last commit,
-            # and the WebSocket server drops the repeats.
+            # Sent again after a restart (from the last commit); the WebSocket server drops
+            # the repeats.
             log.warning("could not commit %s[%d]@%d (%s)", tp.topic, tp.partition, offset,
                         type(err).__name__)
 
@@ -215,11 +220,12 @@ def describe(err: Exception) -> str:
 
 
 def open_consumer(settings: config.Settings, cluster: int, member: int) -> KafkaConsumer:
-    """The cluster's group consumer, subscribed; KafkaUnavailable or MissingTopic."""
+    """This subscriber's consumer, in its own group, subscribed; KafkaUnavailable or
+    MissingTopic."""
     topic = settings.subscribers_topic(cluster)
-    group = settings.subscriber_group(cluster)
+    group = settings.subscriber_group(cluster, member)
     consumer = kafka_clients.consumer(
-        settings, group_id=group, client_id=f"{group}-{member}", enable_auto_commit=False,
+        settings, group_id=group, client_id=group, enable_auto_commit=False,
         auto_offset_reset="latest", allow_auto_create_topics=False,
         session_timeout_ms=settings.subscriber_session_timeout_ms,
         heartbeat_interval_ms=settings.subscriber_heartbeat_ms)
@@ -248,12 +254,13 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
         prog="subscriber.py",
         description="Hands cluster N's window updates (SUBSCRIBERS_TOPIC_TEMPLATE) to the "
                     "cluster's WebSocket server (WS_HOST, port WS_BASE_PORT + N). Run two per "
-                    "cluster: one owns the partition, the other takes over when it fails.")
+                    "cluster: each consumes in its own group and forwards everything; the "
+                    "server drops the second copy, so either may fail without a gap.")
     parser.add_argument("--cluster", type=int, required=True, metavar="N",
                         help=f"cluster number, 1 to {settings.cluster_count}")
     parser.add_argument("--id", type=int, required=True, metavar="K", dest="member",
-                        help="this subscriber's number within the cluster (for logs and the "
-                             "Kafka client id)")
+                        help="this subscriber's number within the cluster (names its "
+                             "consumer group, SUBSCRIBER_GROUP_TEMPLATE)")
     args = parser.parse_args(argv)
     if args.cluster not in settings.clusters:
         parser.error(f"--cluster must be between 1 and {settings.cluster_count} (CLUSTER_COUNT)")

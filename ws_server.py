@@ -1,16 +1,39 @@
 """Cluster N's WebSocket server: fans window updates out to the cluster's viewers.
 
-    ws://HOST:PORT/           viewers (the query string may carry client_id); what they send is
+    ws://HOST:PORT/?token=T   viewers, with the token the registration API gave them (see
+                              emojistream/tokens.py). The handshake is accepted, then a
+                              connection without a valid token for this cluster is closed with
+                              4401 "missing token" / "invalid token" / "token expired", or 4403
+                              "token is for cluster M, this is cluster N". What viewers send is
                               read and discarded, never forwarded to anyone
     ws://HOST:PORT/publish    the cluster's subscribers, with "Authorization: Bearer <key>"
-                              (secrets.subscriber_key); a wrong or missing key is refused with
-                              HTTP 401. Every text message must be a window update
+                              (secrets.subscriber_key, a credential distinct from the token
+                              secret); a wrong or missing key is refused with HTTP 401. Every
+                              text message must be a window update
     GET http://HOST:PORT/health   {"cluster": N, "status": "ok", "viewers": V, "subscribers": S}
+                              V counts the live, authenticated viewers; the registration API
+                              polls it to balance its assignments
 
-An update is broadcast to every connected viewer, unless it is identical to the last one sent
-for its window: both subscribers of a cluster may deliver the same record (redelivery after a
-failover), and viewers should see it once. A different update for a window is sent again; the
-latest for a window replaces the earlier ones. One asyncio event loop, no threads.
+Deduplication by window and content. Both subscribers of a cluster forward every update (each
+in a consumer group of its own), so each update normally arrives twice. For each of the
+WS_DEDUP_WINDOWS most recent windows the server keeps the set of content hashes it has broadcast
+for that window (a seen set, not just the last one): the first copy of every version is
+broadcast, the second is dropped. Because each subscriber forwards its partition in order, the
+first arrival of every version of a window comes in order, so a lagging subscriber's copy of an
+older version is always recognised and never re-sent after a newer one. Updates for windows
+older than every remembered one, once the memory is full, are dropped as stale.
+
+Heartbeats: every connection is pinged every WS_PING_INTERVAL_S; one that does not answer
+within WS_PING_TIMEOUT_S is dropped and leaves the live counts.
+
+Scale (one asyncio event loop, no threads). An update is sent with websockets' broadcast(),
+which writes the frame to each connection without awaiting any (a slow viewer never holds up
+the others; what it cannot take yet waits in its own buffer until its pings time out). For
+10,000 viewers that is 10,000 socket writes, most of a second on a busy 2-core machine, so one
+task broadcasts the updates in order, WS_BROADCAST_BATCH viewers per broadcast() call, and lets
+the loop run between batches: health checks, pings, handshakes and the subscribers'
+acknowledgements are never held up by more than one batch. At start the server raises its
+open-file limit (RLIMIT_NOFILE) to the hard limit: each viewer is one file descriptor.
 """
 
 from __future__ import annotations
@@ -19,22 +42,24 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import hashlib
 import hmac
 import http
 import json
 import logging
+import resource
 import signal
 import sys
-from collections import OrderedDict
-from urllib.parse import urlsplit
+import time
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from emojistream import config, secrets
-from emojistream.events import InvalidEvent, decode_window_update
+from emojistream import config, secrets, tokens
+from emojistream.events import InvalidEvent, decode_window_update, parse_timestamp
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("ws_server")
@@ -45,34 +70,62 @@ HEALTH_PATH = "/health"
 
 
 class WindowDeduplicator:
-    """Remembers the last update sent for each of the ``capacity`` most recent windows."""
+    """The content hashes of the updates broadcast for each of the ``capacity`` most recent
+    windows (by window start)."""
+
+    NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
     def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._last: OrderedDict[str, dict] = OrderedDict()
+        self.capacity = max(1, capacity)
+        self._seen: dict[float, set[bytes]] = {}
+        self._horizon: float | None = None  # the newest window forgotten so far
 
-    def is_new(self, update: dict) -> bool:
-        """True (and remembered) unless ``update`` equals the last one sent for its window."""
-        window = update["window_start"]
-        if self._last.get(window) == update:
-            return False
-        self._last[window] = update
-        self._last.move_to_end(window)
-        while len(self._last) > self.capacity:
-            self._last.popitem(last=False)
-        return True
+    def check(self, update: dict) -> str:
+        """NEW (and remembered) for a version of a window not broadcast before; DUPLICATE for
+        one that was; STALE for a window older than all remembered ones. InvalidEvent when the
+        window start is not a timestamp."""
+        start = parse_timestamp(update["window_start"]).timestamp()
+        if self._horizon is not None and start <= self._horizon:
+            return self.STALE
+        seen = self._seen.get(start)
+        if seen is None:
+            if len(self._seen) >= self.capacity and start < min(self._seen):
+                return self.STALE
+            seen = self._seen[start] = set()
+        digest = _content_hash(update)
+        if digest in seen:
+            return self.DUPLICATE
+        seen.add(digest)
+        while len(self._seen) > self.capacity:
+            oldest = min(self._seen)
+            del self._seen[oldest]
+            self._horizon = oldest if self._horizon is None else max(self._horizon, oldest)
+        return self.NEW
+
+
+def _content_hash(update: dict) -> bytes:
+    """The same for the same update however it is formatted (key order, whitespace)."""
+    canonical = json.dumps(update, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).digest()
 
 
 class Hub:
     """The cluster's connections and what flows between them."""
 
-    def __init__(self, cluster: int, subscriber_key: str, dedup_windows: int):
+    def __init__(self, cluster: int, subscriber_key: str, token_secret: str,
+                 dedup_windows: int, broadcast_batch: int = 250):
         self.cluster = cluster
+        self.broadcast_batch = max(1, broadcast_batch)
+        # Updates waiting to be broadcast, in order; created by start() in the running loop.
+        self._outbox: asyncio.Queue | None = None
+        self._broadcaster: asyncio.Task | None = None
         self._key = subscriber_key.encode("utf-8")
+        self._token_secret = token_secret
         self.viewers: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
         self.dedup = WindowDeduplicator(dedup_windows)
-        self.stats = {"broadcast": 0, "duplicate": 0, "invalid": 0, "from_viewers": 0}
+        self.stats = {"broadcast": 0, "duplicate": 0, "stale": 0, "invalid": 0,
+                      "from_viewers": 0, "refused": 0}
 
     # --- HTTP, before the WebSocket handshake ---
 
@@ -116,15 +169,25 @@ class Hub:
 
     async def handle(self, connection: ServerConnection) -> None:
         if urlsplit(connection.request.path).path == PUBLISH_PATH:
-            await self._serve(connection, self.subscribers, "subscriber", self._on_update)
-        else:
-            await self._serve(connection, self.viewers, "viewer", self._on_viewer_message)
+            await self._serve(connection, self.subscribers, "subscriber", self._on_update,
+                              logging.INFO)
+            return
+        try:
+            client_id = tokens.verify(self._token_secret, _token(connection.request.path),
+                                      self.cluster, time.time())
+        except tokens.TokenError as err:
+            self.stats["refused"] += 1
+            log.info("refused a viewer from %s: %s (%d)", _peer(connection), err.reason,
+                     err.code)
+            await connection.close(err.code, err.reason)
+            return
+        await self._serve(connection, self.viewers, f"viewer {client_id!r}",
+                          self._on_viewer_message, logging.DEBUG)
 
-    async def _serve(self, connection, group: set, kind: str, on_message) -> None:
+    async def _serve(self, connection, group: set, kind: str, on_message, level: int) -> None:
         group.add(connection)
-        log.info("%s connected from %s (%s); %d viewer(s), %d subscriber(s)", kind,
-                 _peer(connection), connection.request.path, len(self.viewers),
-                 len(self.subscribers))
+        log.log(level, "%s connected from %s; %d viewer(s), %d subscriber(s)", kind,
+                _peer(connection), len(self.viewers), len(self.subscribers))
         try:
             async for message in connection:
                 on_message(connection, message)
@@ -132,9 +195,9 @@ class Hub:
             pass
         finally:
             group.discard(connection)
-            log.info("%s from %s disconnected (code %s); %d viewer(s), %d subscriber(s)", kind,
-                     _peer(connection), connection.close_code, len(self.viewers),
-                     len(self.subscribers))
+            log.log(level, "%s from %s disconnected (code %s); %d viewer(s), %d subscriber(s)",
+                    kind, _peer(connection), connection.close_code, len(self.viewers),
+                    len(self.subscribers))
 
     def _on_viewer_message(self, connection: ServerConnection, _message) -> None:
         self.stats["from_viewers"] += 1
@@ -145,16 +208,55 @@ class Hub:
             if not isinstance(message, str):
                 raise InvalidEvent("binary message (updates are text)")
             update = decode_window_update(message)
+            verdict = self.dedup.check(update)
         except InvalidEvent as err:
             self.stats["invalid"] += 1
             log.warning("skipped an invalid update from %s: %s", _peer(connection), err)
             return
-        if not self.dedup.is_new(update):
-            self.stats["duplicate"] += 1
-            log.debug("dropped a repeated update for window %s", update["window_start"])
+        if verdict != WindowDeduplicator.NEW:
+            self.stats[verdict] += 1
+            log.debug("dropped a %s update for window %s", verdict, update["window_start"])
             return
-        broadcast(self.viewers, message)
+        self._outbox.put_nowait((update["window_start"], message.encode("utf-8")))
         self.stats["broadcast"] += 1
+
+    # --- broadcasting ---
+
+    def start(self) -> None:
+        """Start the broadcasting task (in the running event loop)."""
+        self._outbox = asyncio.Queue()
+        self._broadcaster = asyncio.create_task(self._broadcast_forever())
+
+    async def stop(self) -> None:
+        if self._broadcaster is not None:
+            self._broadcaster.cancel()
+            try:
+                await self._broadcaster
+            except asyncio.CancelledError:
+                pass
+
+    async def _broadcast_forever(self) -> None:
+        while True:
+            window, data = await self._outbox.get()
+            await self._broadcast(window, data)
+
+    async def _broadcast(self, window: str, data: bytes) -> None:
+        """``data`` (encoded once) to every viewer connected now, a batch at a time."""
+        started = time.perf_counter()
+        viewers = list(self.viewers)
+        for first in range(0, len(viewers), self.broadcast_batch):
+            if first:
+                await asyncio.sleep(0)  # let the loop run between batches
+            # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
+            broadcast(viewers[first:first + self.broadcast_batch], data, text=True)
+        log.debug("broadcast window %s to %d viewer(s) in %.1f ms", window, len(viewers),
+                  1000 * (time.perf_counter() - started))
+
+
+def _token(path: str) -> str | None:
+    """The token of the query string, if any."""
+    values = parse_qs(urlsplit(path).query).get("token")
+    return values[0] if values else None
 
 
 def _peer(connection: ServerConnection) -> str:
@@ -167,25 +269,44 @@ def keepalive(seconds: float) -> float | None:
     return seconds if seconds > 0 else None
 
 
-async def run(settings: config.Settings, cluster: int, key: str) -> None:
-    hub = Hub(cluster, key, settings.ws_dedup_windows)
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the resulting soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+async def run(settings: config.Settings, cluster: int, key: str, token_secret: str,
+              open_files: int) -> None:
+    hub = Hub(cluster, key, token_secret, settings.ws_dedup_windows,
+              settings.ws_broadcast_batch)
+    hub.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     port = settings.ws_port(cluster)
+    # No compression: broadcast() would compress each copy separately, and every compressed
+    # connection holds zlib buffers.
     async with serve(hub.handle, settings.ws_host, port, process_request=hub.process_request,
                      ping_interval=keepalive(settings.ws_ping_interval_s),
-                     ping_timeout=keepalive(settings.ws_ping_timeout_s)):
+                     ping_timeout=keepalive(settings.ws_ping_timeout_s),
+                     compression=None, backlog=settings.ws_listen_backlog):
         log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
-                 "health at %s", cluster, settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH,
-                 HEALTH_PATH)
+                 "health at %s; open-file limit %d (one per connection)", cluster,
+                 settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH, HEALTH_PATH, open_files)
         await stop.wait()
         log.info("stopping: closing %d viewer and %d subscriber connection(s)",
                  len(hub.viewers), len(hub.subscribers))
-    log.info("stopped: %(broadcast)d update(s) broadcast, %(duplicate)d repeated and "
-             "%(invalid)d invalid dropped, %(from_viewers)d viewer message(s) discarded",
-             hub.stats)
+        await hub.stop()
+    log.info("stopped: %(broadcast)d update(s) broadcast, %(duplicate)d repeated, %(stale)d "
+             "stale and %(invalid)d invalid dropped, %(from_viewers)d viewer message(s) "
+             "discarded, %(refused)d viewer(s) refused", hub.stats)
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
@@ -219,11 +340,12 @@ def main(argv=None) -> int:
     settings = dataclasses.replace(settings, ws_host=args.host)
     try:
         key = secrets.subscriber_key(settings)
+        token_secret = secrets.token_secret(settings)
     except (OSError, secrets.SecretError) as err:
-        log.error("cannot read the subscriber key: %s", err)
+        log.error("cannot read the subscriber key or the token secret: %s", err)
         return 1
     try:
-        asyncio.run(run(settings, args.cluster, key))
+        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit()))
     except OSError as err:
         if err.errno != errno.EADDRINUSE:
             raise

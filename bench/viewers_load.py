@@ -213,18 +213,18 @@ class System:
     """A registration API and the WebSocket servers, started on free ports in a temporary
     VAR_DIR, each stopped by its pid."""
 
-    def __init__(self, clusters: int):
+    def __init__(self, clusters: int, log_dir: str | None = None, log_level: str = "WARNING"):
         from emojistream.sandbox import isolated_env
         self._dir = tempfile.TemporaryDirectory(prefix="viewers-load-")
         var_dir = Path(self._dir.name)
         self.env = isolated_env(var_dir, cluster_count=clusters)
         self.key = random_tokens.token_urlsafe(32)
         self.env.update(SUBSCRIBER_KEY=self.key, TOKEN_SECRET=random_tokens.token_urlsafe(32),
-                        REGISTRATION_THREADS="16", LOG_LEVEL="WARNING")
+                        REGISTRATION_THREADS="16", LOG_LEVEL=log_level)
         self.settings = config.load(self.env)
         self.registration_url = f"http://localhost:{self.settings.registration_port}"
-        self.log_dir = var_dir / "logs"
-        self.log_dir.mkdir()
+        self.log_dir = Path(log_dir) if log_dir else var_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> None:
@@ -362,6 +362,7 @@ def analyse(summaries: list[tuple], windows: list[str], handed_over: dict) -> di
 
 def run(args: argparse.Namespace) -> int:
     limit = raise_open_file_limit()
+    load_before = os.getloadavg()[0]
     system = None
     workers: list = []
     try:
@@ -370,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
             from emojistream import secrets
             key = secrets.subscriber_key(config.load())
         else:
-            system = System(args.clusters)
+            system = System(args.clusters, args.log_dir, args.log_level)
             print(f"starting a registration API and {args.clusters} WebSocket server(s) "
                   f"(logs in {system.log_dir})", flush=True)
             system.start()
@@ -417,8 +418,9 @@ def run(args: argparse.Namespace) -> int:
             kind, payload = pipe.recv()
             summaries.extend(payload)
         figures = analyse(summaries, windows, handed_over)
+        load = (load_before, os.getloadavg()[0])
         report(args, figures, windows, connected, connect_s, spread, health_s, limit,
-               len(urls))
+               len(urls), load)
         return 0
     finally:
         for process, _pipe in workers:
@@ -431,7 +433,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(args, figures: dict, windows: list[str], connected: int, connect_s: float,
-           spread: str, health_s: list[float], limit: int, servers: int) -> None:
+           spread: str, health_s: list[float], limit: int, servers: int,
+           load: tuple[float, float]) -> None:
     rows = []
     all_delays: list[float] = []
     delivered = duplicates = 0
@@ -454,11 +457,13 @@ def report(args, figures: dict, windows: list[str], connected: int, connect_s: f
              f"{connect_s:.1f} s from {args.processes} process(es) ({spread}). Delay: from "
              f"the publisher handing an update to a WebSocket server's /publish (as a "
              f"subscriber does) to a viewer receiving it, viewers and servers on the same "
-             f"2-core machine. GET /health answered right after each hand-over in "
-             f"p50 {1000 * percentile(health_sorted, 0.5):.0f} ms, max "
-             f"{1000 * health_sorted[-1]:.0f} ms (the broadcast holds the server's loop no "
-             f"longer than that). websockets {websockets.__version__}; open-file limit "
-             f"{limit}.")
+             f"2-core machine. A GET /health sent to each server right after each hand-over, "
+             f"while it was broadcasting, was answered in p50 "
+             f"{1000 * percentile(health_sorted, 0.5):.0f} ms, max "
+             f"{1000 * health_sorted[-1]:.0f} ms (the event loop keeps serving during the "
+             f"fan-out). Load average (1 min) {load[0]:.1f} before the run, "
+             f"{load[1]:.1f} at the end, other work included. websockets "
+             f"{websockets.__version__}; open-file limit {limit}.")
     title = (f"Viewers: {args.viewers:,} concurrent viewers on {servers} WebSocket "
              f"server(s), {len(windows)} updates")
     if args.no_report:
@@ -508,6 +513,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--registration-url", default=None,
                         help="measure a running system at this registration API instead of "
                              "starting one")
+    parser.add_argument("--log-dir", default=None,
+                        help="keep the started system's logs in this folder (default: a "
+                             "temporary one, deleted)")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="LOG_LEVEL of the started system (default WARNING; DEBUG logs "
+                             "each broadcast's duration)")
     parser.add_argument("--no-report", action="store_true",
                         help="print the figures without appending them to docs/benchmarks.md")
     args = parser.parse_args(argv)

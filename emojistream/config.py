@@ -107,23 +107,56 @@ class Settings:
     # The registration API keeps its registry in memory: one gunicorn worker with this many
     # threads.
     registration_threads: int = _env_default("REGISTRATION_THREADS", 8)
-    # WebSocket keepalive: a connection whose pong is this late is dropped (0 disables).
-    ws_ping_interval_s: float = _env_default("WS_PING_INTERVAL_S", 20.0)
-    ws_ping_timeout_s: float = _env_default("WS_PING_TIMEOUT_S", 20.0)
-    # A WebSocket server remembers the last update it sent for this many windows, to drop
-    # identical ones delivered again (after a subscriber failover).
+    # WebSocket keepalive (heartbeats): every connection is pinged every WS_PING_INTERVAL_S; one
+    # whose pong is WS_PING_TIMEOUT_S late is dropped and leaves the live counts (0 disables).
+    ws_ping_interval_s: float = _env_default("WS_PING_INTERVAL_S", 10.0)
+    ws_ping_timeout_s: float = _env_default("WS_PING_TIMEOUT_S", 10.0)
+    # A WebSocket server remembers which versions of an update it has broadcast for this many
+    # windows (the most recent ones), to drop the second copy forwarded by the other subscriber.
     ws_dedup_windows: int = _env_default("WS_DEDUP_WINDOWS", 64)
-    # The two subscribers of a cluster share a consumer group ("{n}": the cluster number); the
-    # standby takes the partition over once the owner has missed heartbeats for the session
-    # timeout.
+    # A WebSocket server broadcasts an update to this many viewers at a time, letting its event
+    # loop run (health checks, pings, new connections, the next update) between batches.
+    ws_broadcast_batch: int = _env_default("WS_BROADCAST_BATCH", 250)
+    # Pending connections the WebSocket servers' listening socket queues (capped by the kernel's
+    # net.core.somaxconn): thousands of viewers reconnecting at once.
+    ws_listen_backlog: int = _env_default("WS_LISTEN_BACKLOG", 4096)
+    # Each subscriber of a cluster consumes in a consumer group of its own ("{n}": the cluster
+    # number, "{k}": the subscriber's --id): both forward every update, and the WebSocket server
+    # drops the second copy, so killing either one loses nothing and delays nothing.
     subscriber_group_template: str = _env_default(
-        "SUBSCRIBER_GROUP_TEMPLATE", "cluster{n}-subscribers")
+        "SUBSCRIBER_GROUP_TEMPLATE", "cluster{n}-subscriber-{k}")
     subscriber_session_timeout_ms: int = _env_default("SUBSCRIBER_SESSION_TIMEOUT_MS", 6000)
     subscriber_heartbeat_ms: int = _env_default("SUBSCRIBER_HEARTBEAT_MS", 1000)
+    # Viewer tokens: the registration API signs (HMAC-SHA256) each viewer's client id, cluster
+    # and expiry with TOKEN_SECRET; the WebSocket servers check it. When empty, every process
+    # shares the one generated in VAR_DIR/secrets/token.key (distinct from the subscriber key).
+    token_secret: str = _env_default("TOKEN_SECRET", "")
+    # How long a token admits a connection (checked when the connection opens).
+    token_ttl_s: float = _env_default("TOKEN_TTL_S", 3600.0)
+    # The registration API polls every WebSocket server's health (its live viewer count) this
+    # often; a server that does not answer within WS_HEALTH_TIMEOUT_S is down and gets no new
+    # viewers. "{host}" and "{port}" are the server's WS_HOST and port.
+    ws_health_poll_s: float = _env_default("WS_HEALTH_POLL_S", 1.0)
+    ws_health_timeout_s: float = _env_default("WS_HEALTH_TIMEOUT_S", 2.0)
+    ws_health_url_template: str = _env_default(
+        "WS_HEALTH_URL_TEMPLATE", "http://{host}:{port}/health")
     # Reconnect delays (exponential backoff with jitter) of subscribers and viewers.
     subscriber_retry_max_s: float = _env_default("SUBSCRIBER_RETRY_MAX_S", 2.0)
     viewer_retry_initial_s: float = _env_default("VIEWER_RETRY_INITIAL_S", 0.5)
     viewer_retry_max_s: float = _env_default("VIEWER_RETRY_MAX_S", 8.0)
+
+    # The web page (static/, served at / by the registration API; see docs/web.md). Browsers
+    # send reactions to API_PUBLIC_URL (empty: http://API_HOST:API_PORT, with the page's own
+    # host name when API_HOST is a wildcard address like 0.0.0.0) and register at
+    # REGISTRATION_PUBLIC_URL (empty: where the page itself was loaded from).
+    api_public_url: str = _env_default("API_PUBLIC_URL", "")
+    registration_public_url: str = _env_default("REGISTRATION_PUBLIC_URL", "")
+    # Origins whose pages may call the ingest API (CORS): "*" for any, or a comma-separated list
+    # of origins like "http://localhost:5001,https://cricket.example". The API takes no
+    # credentials (no cookies), so "*" exposes nothing a plain HTTP client could not send.
+    api_cors_origins: str = _env_default("API_CORS_ORIGINS", "*")
+    # How often the page asks GET /clusters for the number of viewers online.
+    web_stats_interval_s: float = _env_default("WEB_STATS_INTERVAL_S", 5.0)
 
     def __post_init__(self):
         if not self.kafka_bootstrap_servers:
@@ -136,14 +169,36 @@ class Settings:
     def subscribers_topic(self, n: int) -> str:
         return self.subscribers_topic_template.format(n=n)
 
-    def subscriber_group(self, n: int) -> str:
-        return self.subscriber_group_template.format(n=n)
+    def subscriber_group(self, n: int, k: int) -> str:
+        return self.subscriber_group_template.format(n=n, k=k)
 
     def ws_port(self, n: int) -> int:
         return self.ws_base_port + n
 
     def ws_public_url(self, n: int) -> str:
         return self.ws_public_url_template.format(host=self.ws_host, port=self.ws_port(n))
+
+    def ws_health_url(self, n: int) -> str:
+        """Where the registration API polls cluster N's server (a wildcard listening address
+        is reached on localhost)."""
+        host = "localhost" if self.ws_host in WILDCARD_HOSTS else self.ws_host
+        host = f"[{host}]" if ":" in host else host
+        return self.ws_health_url_template.format(host=host, port=self.ws_port(n))
+
+    def api_url(self) -> str:
+        """The ingest API's URL for browsers (API_PUBLIC_URL, or from API_HOST and API_PORT)."""
+        return (self.api_public_url or _http_url(self.api_host, self.api_port)).rstrip("/")
+
+    def registration_url(self) -> str:
+        """The registration API's (and the web page's) URL for browsers."""
+        return (self.registration_public_url
+                or _http_url(self.registration_host, self.registration_port)).rstrip("/")
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """API_CORS_ORIGINS as a tuple: ("*",) allows any origin."""
+        return tuple(o.strip().rstrip("/") for o in self.api_cors_origins.split(",")
+                     if o.strip())
 
     @property
     def allowed_emojis(self) -> tuple[str, ...]:
@@ -156,6 +211,16 @@ class Settings:
     @property
     def var_path(self) -> Path:
         return Path(self.var_dir)
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def _http_url(host: str, port: int) -> str:
+    """http://host:port; a wildcard listening address is reached at localhost."""
+    host = "localhost" if host in WILDCARD_HOSTS else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
 
 
 class ConfigError(ValueError):
@@ -196,6 +261,7 @@ def as_shell(settings: Settings) -> str:
         " ".join(settings.cluster_topic(n) for n in settings.clusters)))
     lines.append("SUBSCRIBERS_TOPICS=" + shlex.quote(
         " ".join(settings.subscribers_topic(n) for n in settings.clusters)))
+    lines.append("WEB_PAGE_URL=" + shlex.quote(settings.registration_url() + "/"))
     return "\n".join(lines)
 
 

@@ -7,14 +7,21 @@ A demo running on the default ports is left alone: everything started with ``iso
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
+# Below Linux's range of ephemeral ports (32768-60999), so that no outgoing connection takes a
+# port between the moment it is chosen here and the moment its server binds it.
+PORT_RANGE = (20000, 32767)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for _ in range(1000):
+        port = random.randint(*PORT_RANGE)
+        if _port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def _port_is_free(port: int) -> bool:

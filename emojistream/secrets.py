@@ -1,5 +1,12 @@
 """Secrets shared by the processes of one installation, generated on first use.
 
+    subscriber   SUBSCRIBER_KEY: subscribers present it to their WebSocket server's /publish
+    token        TOKEN_SECRET: the registration API signs viewer tokens with it, the WebSocket
+                 servers check them (emojistream/tokens.py)
+
+Two different secrets: a viewer's token never lets it publish. ``python -m emojistream.secrets``
+(run by setup) creates the files that are missing and prints where they are, not their values.
+
 A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), else from
 ``$VAR_DIR/secrets/<name>.key``. The first process that needs the file creates it with a random
 value, readable by its owner only. Processes starting at the same moment agree on one value: each
@@ -11,13 +18,16 @@ from __future__ import annotations
 
 import os
 import secrets as random_tokens
+import sys
 import tempfile
 from pathlib import Path
 
+from . import config
 from .config import Settings
 
 TOKEN_BYTES = 32
 SUBSCRIBER_KEY = "subscriber"
+TOKEN_SECRET = "token"
 
 
 class SecretError(RuntimeError):
@@ -44,6 +54,29 @@ def subscriber_key(settings: Settings) -> str:
     return shared_secret(settings, SUBSCRIBER_KEY, settings.subscriber_key)
 
 
+def token_secret(settings: Settings) -> str:
+    """The secret viewer tokens are signed with (registration API) and checked with (WebSocket
+    servers)."""
+    return shared_secret(settings, TOKEN_SECRET, settings.token_secret)
+
+
+def ensure_all(settings: Settings) -> list[str]:
+    """Create every secret that is neither configured nor on disk; one line per secret saying
+    where it comes from."""
+    lines = []
+    for name, configured, variable in ((SUBSCRIBER_KEY, settings.subscriber_key,
+                                        "SUBSCRIBER_KEY"),
+                                       (TOKEN_SECRET, settings.token_secret, "TOKEN_SECRET")):
+        if configured:
+            lines.append(f"{name}: from {variable}")
+            continue
+        path = secret_path(settings, name)
+        existed = path.exists()
+        shared_secret(settings, name, "")
+        lines.append(f"{name}: {path}{'' if existed else ' (new)'}")
+    return lines
+
+
 def _create_once(path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -63,3 +96,18 @@ def _read(path: Path) -> str:
     if not value:
         raise SecretError(f"secret file {path} is empty; delete it to have a new one generated")
     return value
+
+
+def main() -> int:
+    try:
+        settings = config.load()
+        for line in ensure_all(settings):
+            print(line)
+    except (config.ConfigError, OSError, SecretError) as err:
+        print(f"secrets: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

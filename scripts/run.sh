@@ -25,6 +25,7 @@ stop_everything() {
 trap stop_everything INT TERM EXIT
 
 "$REPO_ROOT/scripts/start_all.sh"
+say "the live page: $WEB_PAGE_URL (open it in a browser)"
 
 RUN_DIR="$VAR_DIR/run"
 for i in $(seq 2 "$VIEWERS"); do

@@ -3,7 +3,11 @@
 #   - .venv/ with the pinned Python packages of requirements.txt;
 #   - lib/kafka/: the Apache Kafka broker and tools, from Maven Central (jvm/kafka/pom.xml);
 #   - lib/spark-kafka/: Spark's Kafka source and sink at the pyspark version, without the jars
-#     pyspark already ships (jvm/spark-kafka/pom.xml).
+#     pyspark already ships (jvm/spark-kafka/pom.xml);
+#   - Debian's chromium (and an emoji font), for the web page's browser tests, which Playwright
+#     drives (Playwright's own browser download is not used): installed with apt-get when
+#     /usr/bin/chromium is missing;
+#   - the token secret and the subscriber key under $VAR_DIR/secrets, when not configured.
 # Requires Python 3.11+, Java 17+ and Maven.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -79,8 +83,37 @@ check_connector_version() {
     || die "jvm/spark-kafka/pom.xml must name spark.version $pyspark_version, the pyspark version of requirements.txt"
 }
 
+# Debian's chromium, which tests/test_web_page.py drives through Playwright, and a colour emoji
+# font so that the page's screenshot shows emojis. Only the browser tests need them: without
+# apt-get this says what to install and carries on.
+BROWSER_PACKAGES=(chromium fonts-noto-color-emoji)
+setup_browser() {
+  if [ -x /usr/bin/chromium ] && dpkg-query -W -f='${Status}' fonts-noto-color-emoji 2>/dev/null \
+       | grep -q "ok installed"; then
+    return
+  fi
+  if ! command -v apt-get >/dev/null; then
+    say "WARNING: /usr/bin/chromium is missing and apt-get is not available here; the browser"
+    say "WARNING: tests (tests/test_web_page.py) need Chromium at /usr/bin/chromium: install it"
+    say "WARNING: (Debian/Ubuntu packages: ${BROWSER_PACKAGES[*]}) and run setup again"
+    return
+  fi
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null \
+      || die "installing ${BROWSER_PACKAGES[*]} needs root: run 'apt-get install ${BROWSER_PACKAGES[*]}' as root"
+    sudo=(sudo)
+  fi
+  say "installing Debian's ${BROWSER_PACKAGES[*]} (apt-get) for the browser tests"
+  "${sudo[@]}" apt-get update -qq || die "apt-get update failed (see above)"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${BROWSER_PACKAGES[@]}" \
+    || die "apt-get could not install ${BROWSER_PACKAGES[*]} (see above)"
+  [ -x /usr/bin/chromium ] || die "apt-get installed chromium, but /usr/bin/chromium is missing"
+}
+
 main() {
   check_prerequisites
+  setup_browser
   setup_python
   mkdir -p lib
   if [ -z "${KAFKA_HOME:-}" ]; then
@@ -89,7 +122,8 @@ main() {
   fetch_jars spark-kafka
   drop_jars_pyspark_ships
   check_connector_version
-  mkdir -p var
+  # The token secret and the subscriber key, random, under $VAR_DIR/secrets unless configured.
+  .venv/bin/python -m emojistream.secrets
   say "ready"
 }
 

@@ -43,11 +43,18 @@ class Services:
         self.registration_port = free_port()
         self.env = dict(test_env, CLUSTER_COUNT="1", WS_BASE_PORT=str(self.ws_port - 1),
                         REGISTRATION_PORT=str(self.registration_port), SUBSCRIBER_KEY=KEY,
+                        TOKEN_SECRET="simulator-test-token-secret", WS_HEALTH_POLL_S="0.2",
                         VIEWER_RETRY_INITIAL_S="0.2", VIEWER_RETRY_MAX_S="1")
         self.registration_url = f"http://localhost:{self.registration_port}"
         registration = self.start("registration_api", "registration_api.py")
         wait_for_health(f"{self.registration_url}/health", registration)
         self.ws_server = self.start_ws_server()
+        self.wait_for_cluster(healthy=True)
+
+    def wait_for_cluster(self, healthy: bool) -> None:
+        """Wait until the registration API's health polls see the server up (or down)."""
+        wait_until(lambda: get_json(f"{self.registration_url}/clusters")[1][0]["healthy"]
+                   is healthy, timeout_s=15, message=f"cluster1 never became healthy={healthy}")
 
     def start(self, name: str, *args: str, **options) -> Service:
         service = Service(self.log_dir, name, *args, env=self.env, **options)
@@ -161,6 +168,9 @@ def test_a_dropped_connection_is_reestablished(services):
     services.wait_for_viewer()
     assert services.ws_server.stop() == 0
     simulator.wait_for_log("registering again and reconnecting in")
+    # The only cluster is down: registering again is a 503 until it is back.
+    simulator.wait_for_log("WARNING client_simulator: could not register again: /register "
+                           "answered 503: no cluster is available")
     services.ws_server = services.start_ws_server()
     services.wait_for_viewer()
     services.publish(UPDATE)
@@ -169,7 +179,45 @@ def test_a_dropped_connection_is_reestablished(services):
     log = simulator.log()
     assert_clean_log(log)
     assert "INFO    client_simulator: registered again: cluster1" in log
+    assert "token=" not in log  # a credential is not logged
     assert services.registered() == 0
+
+
+def test_a_refused_token_makes_it_register_again(services):
+    """The server refuses a token signed with another secret (4401): the simulator registers
+    again and reconnects, with backoff; once the secrets agree it receives."""
+    services.ws_server.stop()
+    services.env["TOKEN_SECRET"] = "another-secret"
+    services.ws_server = services.start_ws_server()
+    services.wait_for_cluster(healthy=True)
+    simulator = services.simulator("sim-token", "--print-json", "--rate", "0")
+    simulator.wait_for_log("refused the token: 4401 invalid token); registering again and "
+                           "reconnecting in", count=2)
+    log = simulator.log()
+    # Backoff: the attempts are numbered, the delays grow.
+    assert "(attempt 1)" in log and "(attempt 2)" in log
+    services.ws_server.stop()
+    services.env["TOKEN_SECRET"] = "simulator-test-token-secret"
+    services.ws_server = services.start_ws_server()
+    services.wait_for_viewer()
+    services.publish(UPDATE)
+    wait_until(lambda: services.output() == text(UPDATE) + "\n", timeout_s=10)
+    assert simulator.stop() == 0
+    assert_clean_log(simulator.log())
+
+
+def test_it_waits_for_a_cluster_when_none_is_available_at_start(services):
+    services.ws_server.stop()
+    services.wait_for_cluster(healthy=False)
+    simulator = services.simulator("sim-wait", "--print-json", "--rate", "0")
+    simulator.wait_for_log("WARNING client_simulator: /register answered 503: no cluster is "
+                           "available")
+    services.ws_server = services.start_ws_server()
+    services.wait_for_viewer()
+    services.publish(UPDATE)
+    wait_until(lambda: services.output() == text(UPDATE) + "\n", timeout_s=10)
+    assert simulator.stop() == 0
+    assert_clean_log(simulator.log())
 
 
 def test_an_unreachable_registration_api_is_a_one_line_error(test_env):

@@ -1,4 +1,6 @@
-"""The registration API: assignment of viewers to clusters, every bad input, and the script."""
+"""The registration API: assignment of viewers to healthy clusters by load, tokens, every bad
+input, and the script. A fake health source stands in for the WebSocket servers here;
+tests/test_delivery.py runs the real ones."""
 
 from __future__ import annotations
 
@@ -6,17 +8,35 @@ import json
 import os
 import signal
 import threading
+import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from emojistream import config
-from registration_api import Registry, create_app
+import registration_api
+from emojistream import config, tokens
+from registration_api import HealthMonitor, Registry, create_app
 from tests.conftest import free_port
 from tests.services import assert_clean_log, run, running, wait_for_health
 
+SECRET = "registration-test-secret"
 ENV = {"CLUSTER_COUNT": "3", "WS_HOST": "localhost", "WS_BASE_PORT": "5001",
-       "WS_PUBLIC_URL_TEMPLATE": "ws://{host}:{port}/"}
+       "WS_PUBLIC_URL_TEMPLATE": "ws://{host}:{port}/", "TOKEN_SECRET": SECRET,
+       "TOKEN_TTL_S": "3600"}
+
+
+class FakeHealth:
+    """The WebSocket servers' answers: live viewers per cluster, None for a server that is
+    down. Counts the polls."""
+
+    def __init__(self, live: dict[int, int | None] | None = None):
+        self.live = live if live is not None else {1: 0, 2: 0, 3: 0}
+        self.polls = 0
+
+    def __call__(self, cluster: int) -> int | None:
+        self.polls += 1
+        return self.live[cluster]
 
 
 @pytest.fixture
@@ -25,12 +45,31 @@ def settings() -> config.Settings:
 
 
 @pytest.fixture
-def client(settings):
-    return create_app(settings).test_client()
+def health() -> FakeHealth:
+    return FakeHealth()
+
+
+@pytest.fixture
+def app(settings, health):
+    return create_app(settings, probe=health, poll=False)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def poll(app) -> None:
+    """One round of health polls, as the background threads do every WS_HEALTH_POLL_S."""
+    app.extensions[registration_api.MONITOR].poll_all()
 
 
 def register(client, client_id):
     return client.post("/register", json={"client_id": client_id})
+
+
+def cluster_of(client, client_id) -> str:
+    return register(client, client_id).get_json()["cluster_id"]
 
 
 def deregister(client, client_id):
@@ -41,71 +80,149 @@ def clusters(client) -> dict[str, int]:
     return {c["cluster_id"]: c["registered_viewers"] for c in client.get("/clusters").get_json()}
 
 
+def token_of(endpoint: str) -> str:
+    return parse_qs(urlsplit(endpoint).query)["token"][0]
+
+
 # --- assignment -------------------------------------------------------------------------------
 
-def test_register_answers_the_cluster_and_its_endpoint(client):
+def test_register_answers_the_cluster_and_its_endpoint_with_a_token(client):
+    before = time.time()
     response = register(client, "client_1")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "success", "cluster_id": "cluster1",
-                                   "subscriber_endpoint": "ws://localhost:5002/?client_id=client_1"}
+    answer = response.get_json()
+    assert set(answer) == {"status", "cluster_id", "subscriber_endpoint"}
+    assert (answer["status"], answer["cluster_id"]) == ("success", "cluster1")
+    endpoint = answer["subscriber_endpoint"]
+    assert endpoint.startswith("ws://localhost:5002/?token=")
+    token = token_of(endpoint)
+    assert tokens.verify(SECRET, token, 1, time.time()) == "client_1"
+    # Valid for TOKEN_TTL_S, and for cluster 1 only.
+    with pytest.raises(tokens.TokenError, match="token expired"):
+        tokens.verify(SECRET, token, 1, before + 3601)
+    with pytest.raises(tokens.TokenError, match="token is for cluster 1, this is cluster 2"):
+        tokens.verify(SECRET, token, 2, time.time())
 
 
 def test_nine_viewers_spread_round_robin_over_three_clusters(client):
-    assigned = [register(client, f"viewer-{i}").get_json()["cluster_id"] for i in range(9)]
+    assigned = [cluster_of(client, f"viewer-{i}") for i in range(9)]
     assert assigned == ["cluster1", "cluster2", "cluster3"] * 3
     assert clusters(client) == {"cluster1": 3, "cluster2": 3, "cluster3": 3}
 
 
 def test_endpoints_follow_the_cluster(client):
     endpoints = [register(client, f"v{i}").get_json()["subscriber_endpoint"] for i in range(3)]
-    assert endpoints == ["ws://localhost:5002/?client_id=v0", "ws://localhost:5003/?client_id=v1",
-                         "ws://localhost:5004/?client_id=v2"]
+    assert [e.split("?")[0] for e in endpoints] == [
+        "ws://localhost:5002/", "ws://localhost:5003/", "ws://localhost:5004/"]
+    assert [tokens.verify(SECRET, token_of(e), n, time.time())
+            for n, e in enumerate(endpoints, start=1)] == ["v0", "v1", "v2"]
 
 
-def test_a_new_viewer_goes_to_the_cluster_with_fewest_viewers(client):
-    for i in range(6):
-        register(client, f"v{i}")  # v0, v3 on cluster1; v1, v4 on cluster2; v2, v5 on cluster3
-    assert deregister(client, "v1").status_code == 200
-    assert deregister(client, "v4").status_code == 200
-    assert register(client, "new-1").get_json()["cluster_id"] == "cluster2"
-    assert register(client, "new-2").get_json()["cluster_id"] == "cluster2"
-    # A tie again: round-robin goes on after the cluster chosen last.
-    assert register(client, "new-3").get_json()["cluster_id"] == "cluster3"
-    assert clusters(client) == {"cluster1": 2, "cluster2": 2, "cluster3": 3}
+def test_the_load_is_the_live_count_plus_the_viewers_assigned_since(app, client, health):
+    health.live = {1: 5, 2: 0, 3: 2}
+    poll(app)
+    # loads 5, 0, 2 -> cluster2 until it reaches 2, then cluster2 and cluster3 alternate
+    assert [cluster_of(client, f"a{i}") for i in range(6)] == [
+        "cluster2", "cluster2", "cluster3", "cluster2", "cluster3", "cluster2"]
+    # Those 6 connected (5+0+2 became 5+4+4): the next poll replaces the estimate.
+    health.live = {1: 5, 2: 4, 3: 4}
+    poll(app)
+    assert [cluster_of(client, f"b{i}") for i in range(3)] == ["cluster3", "cluster2",
+                                                              "cluster3"]
 
 
-def test_registering_again_returns_the_existing_assignment(client):
+def test_a_burst_of_registrations_before_anyone_connects_is_spread_evenly(app, client):
+    assigned = []
+    for i in range(30):
+        assigned.append(cluster_of(client, f"v{i}"))
+        if i in (7, 16, 22):
+            poll(app)  # nobody has connected yet: live counts are still 0
+    assert {c: assigned.count(c) for c in set(assigned)} == {
+        "cluster1": 10, "cluster2": 10, "cluster3": 10}
+
+
+def test_a_cluster_whose_server_is_down_is_not_assigned(app, client, health):
+    health.live[2] = None
+    poll(app)
+    assert [cluster_of(client, f"v{i}") for i in range(6)] == ["cluster1", "cluster3"] * 3
+    health.live = {1: 3, 2: 0, 3: 3}
+    poll(app)  # back up: assignable again, and the least loaded
+    assert [cluster_of(client, f"w{i}") for i in range(3)] == ["cluster2"] * 3
+
+
+def test_registering_again_keeps_the_cluster_with_a_fresh_token(client):
     first = register(client, "again").get_json()
     register(client, "other")
     second = register(client, "again")
     assert second.status_code == 200
-    assert second.get_json() == first
+    assert second.get_json()["cluster_id"] == first["cluster_id"] == "cluster1"
+    assert tokens.verify(SECRET, token_of(second.get_json()["subscriber_endpoint"]), 1,
+                         time.time()) == "again"
     assert clusters(client) == {"cluster1": 1, "cluster2": 1, "cluster3": 0}
 
 
-def test_the_client_id_is_url_encoded_in_the_endpoint(client):
-    answer = register(client, "ana maría/ü?&=#🔥").get_json()
-    assert answer["subscriber_endpoint"] == (
-        "ws://localhost:5002/?client_id=ana%20mar%C3%ADa%2F%C3%BC%3F%26%3D%23%F0%9F%94%A5")
+def test_registering_again_while_the_cluster_is_down_moves_the_client(app, client, health):
+    assert cluster_of(client, "mover") == "cluster1"
+    health.live[1] = None
+    poll(app)
+    answer = register(client, "mover").get_json()
+    assert answer["cluster_id"] == "cluster2"
+    assert tokens.verify(SECRET, token_of(answer["subscriber_endpoint"]), 2,
+                         time.time()) == "mover"
+    assert clusters(client) == {"cluster1": 0, "cluster2": 1, "cluster3": 0}
 
 
-def test_a_public_url_template_with_a_query_gets_the_client_id_appended():
+def test_registering_again_rechecks_the_cluster_at_once(app, client, health, monkeypatch):
+    """A viewer registers again when its connection dropped: its server is polled then and
+    there (not only every WS_HEALTH_POLL_S)."""
+    monkeypatch.setattr(registration_api, "RECHECK_S", 0.0)
+    assert cluster_of(client, "dropped") == "cluster1"
+    health.live[1] = None  # died; the background poll has not noticed yet
+    polls = health.polls
+    assert cluster_of(client, "dropped") == "cluster2"
+    assert health.polls == polls + 1
+    assert client.get("/clusters").get_json()[0]["healthy"] is False
+
+
+def test_a_recheck_is_skipped_when_the_cluster_was_just_polled(app, client, health):
+    assert cluster_of(client, "x") == "cluster1"
+    polls = health.polls
+    assert cluster_of(client, "x") == "cluster1"  # polled at start, less than RECHECK_S ago
+    assert health.polls == polls
+
+
+def test_no_healthy_cluster_is_a_503(app, client, health):
+    register(client, "known")
+    health.live = {1: None, 2: None, 3: None}
+    poll(app)
+    for client_id in ("new", "known"):
+        response = register(client, client_id)
+        assert response.status_code == 503
+        assert response.get_json() == {"error": registration_api.NO_CLUSTER}
+        assert response.get_json()["error"].startswith("no cluster is available")
+        assert response.headers["Retry-After"] == "1"
+    # The known client keeps its registration until a cluster is back.
+    assert clusters(client) == {"cluster1": 1, "cluster2": 0, "cluster3": 0}
+
+
+def test_the_client_id_may_be_anything_printable(client):
+    client_id = "ana maría/ü?&=#🔥"
+    endpoint = register(client, client_id).get_json()["subscriber_endpoint"]
+    assert tokens.verify(SECRET, token_of(endpoint), 1, time.time()) == client_id
+    assert "client_id" not in endpoint and "ana" not in endpoint
+
+
+def test_a_public_url_template_with_a_query_gets_the_token_appended():
     settings = config.load(dict(ENV, WS_PUBLIC_URL_TEMPLATE="wss://{host}/ws?port={port}"))
-    answer = register(create_app(settings).test_client(), "x").get_json()
-    assert answer["subscriber_endpoint"] == "wss://localhost/ws?port=5002&client_id=x"
-
-
-def test_the_load_measure_is_pluggable(settings):
-    live = {1: 5, 2: 0, 3: 2}
-    registry = Registry(settings.clusters, load=live.__getitem__)
-    client = create_app(settings, registry=registry).test_client()
-    assert register(client, "a").get_json()["cluster_id"] == "cluster2"
-    live[2] = 9
-    assert register(client, "b").get_json()["cluster_id"] == "cluster3"
+    app = create_app(settings, probe=FakeHealth(), poll=False)
+    endpoint = register(app.test_client(), "x").get_json()["subscriber_endpoint"]
+    assert endpoint.startswith("wss://localhost/ws?port=5002&token=")
 
 
 def test_concurrent_registrations_are_spread_evenly(settings):
     registry = Registry(settings.clusters)
+    for n in settings.clusters:
+        registry.report(n, 0, time.monotonic())
     threads = [threading.Thread(target=lambda i=i: [registry.register(f"t{i}-{j}")
                                                     for j in range(100)]) for i in range(6)]
     for thread in threads:
@@ -114,6 +231,42 @@ def test_concurrent_registrations_are_spread_evenly(settings):
         thread.join()
     assert [registry.registered_count(n) for n in settings.clusters] == [200, 200, 200]
     assert registry.total() == 600
+
+
+def test_a_late_answer_to_an_older_poll_does_not_replace_a_newer_report(settings):
+    registry = Registry(settings.clusters)
+    registry.report(1, 7, requested_at=10.0)
+    registry.report(1, 3, requested_at=9.0)
+    assert registry.live_count(1) == 7
+
+
+def test_the_monitor_polls_in_the_background_and_stops(settings):
+    registry = Registry(settings.clusters)
+    health = FakeHealth({1: 0, 2: 4, 3: None})
+    monitor = HealthMonitor(registry, health, interval_s=0.05)
+    monitor.start()
+    try:
+        deadline = time.monotonic() + 10
+        while health.polls < 12:
+            assert time.monotonic() < deadline, "the monitor did not poll"
+            time.sleep(0.01)
+    finally:
+        monitor.stop()
+    assert [registry.is_healthy(n) for n in settings.clusters] == [True, True, False]
+    assert [registry.live_count(n) for n in settings.clusters] == [0, 4, None]
+    polls = health.polls
+    time.sleep(0.2)
+    assert health.polls == polls  # stopped
+
+
+def test_a_failing_probe_marks_the_cluster_down(settings):
+    def broken(cluster):
+        raise RuntimeError("probe bug")
+
+    registry = Registry(settings.clusters)
+    registry.report(1, 0, time.monotonic())
+    HealthMonitor(registry, broken, interval_s=1).poll_all()
+    assert not registry.is_healthy(1)
 
 
 # --- deregistration ---------------------------------------------------------------------------
@@ -203,10 +356,12 @@ def test_a_wrong_method_is_a_json_405_with_allow(client, method, path, allowed):
 
 
 def test_an_internal_error_is_a_json_500_without_details(settings):
-    def broken(_cluster):
-        raise RuntimeError("secret detail")
+    class Broken(Registry):
+        def register(self, client_id):
+            raise RuntimeError("secret detail")
 
-    app = create_app(settings, registry=Registry(settings.clusters, load=broken))
+    app = create_app(settings, registry=Broken(settings.clusters), probe=FakeHealth(),
+                     poll=False)
     response = app.test_client().post("/register", json={"client_id": "x"})
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal error"}
@@ -214,15 +369,20 @@ def test_an_internal_error_is_a_json_500_without_details(settings):
 
 # --- clusters and health ----------------------------------------------------------------------
 
-def test_clusters_lists_each_cluster_with_its_endpoint_and_viewers(client):
+def test_clusters_lists_each_cluster_with_its_health_and_viewers(app, client, health):
+    health.live = {1: 4, 2: 0, 3: None}
+    poll(app)
     register(client, "a")
     register(client, "b")
     response = client.get("/clusters")
     assert response.status_code == 200
     assert response.get_json() == [
-        {"cluster_id": "cluster1", "endpoint": "ws://localhost:5002/", "registered_viewers": 1},
-        {"cluster_id": "cluster2", "endpoint": "ws://localhost:5003/", "registered_viewers": 1},
-        {"cluster_id": "cluster3", "endpoint": "ws://localhost:5004/", "registered_viewers": 0},
+        {"cluster_id": "cluster1", "endpoint": "ws://localhost:5002/", "healthy": True,
+         "live_connections": 4, "registered_viewers": 0},
+        {"cluster_id": "cluster2", "endpoint": "ws://localhost:5003/", "healthy": True,
+         "live_connections": 0, "registered_viewers": 2},
+        {"cluster_id": "cluster3", "endpoint": "ws://localhost:5004/", "healthy": False,
+         "live_connections": None, "registered_viewers": 0},
     ]
 
 
@@ -242,28 +402,33 @@ def test_help_exits_0():
 
 
 def test_script_serves_with_one_gunicorn_worker_and_stops_on_sigterm(test_env, tmp_path):
+    """No WebSocket server runs on ports 7001-7002: both clusters are down, registration is a
+    503 (tests/test_delivery.py runs the script with real WebSocket servers)."""
     port = free_port()
-    env = dict(test_env, CLUSTER_COUNT="2", WS_BASE_PORT="7000")
+    env = dict(test_env, CLUSTER_COUNT="2", WS_BASE_PORT="7000", WS_HEALTH_POLL_S="0.2")
     with running(tmp_path, "registration_api", "registration_api.py", "--port", str(port),
                  env=env) as service:
         base = f"http://localhost:{port}"
         assert wait_for_health(f"{base}/health", service) == {"status": "ok",
                                                               "registered_viewers": 0}
-        answers = [requests.post(f"{base}/register", json={"client_id": f"c{i}"}, timeout=5)
-                   for i in range(4)]
-        assert [a.json()["cluster_id"] for a in answers] == ["cluster1", "cluster2"] * 2
-        assert answers[0].json()["subscriber_endpoint"] == "ws://localhost:7001/?client_id=c0"
+        answer = requests.post(f"{base}/register", json={"client_id": "c0"}, timeout=5)
+        assert (answer.status_code, answer.json()) == (503, {"error": registration_api.NO_CLUSTER})
         bad = requests.post(f"{base}/register", data=b"{", timeout=5)
         assert (bad.status_code, bad.json()) == (400, {"error": "body is not valid JSON"})
         assert requests.get(f"{base}/clusters", timeout=5).json() == [
-            {"cluster_id": "cluster1", "endpoint": "ws://localhost:7001/", "registered_viewers": 2},
-            {"cluster_id": "cluster2", "endpoint": "ws://localhost:7002/", "registered_viewers": 2},
+            {"cluster_id": "cluster1", "endpoint": "ws://localhost:7001/", "healthy": False,
+             "live_connections": None, "registered_viewers": 0},
+            {"cluster_id": "cluster2", "endpoint": "ws://localhost:7002/", "healthy": False,
+             "live_connections": None, "registered_viewers": 0},
         ]
+        time.sleep(0.5)  # a few background polls
         assert service.stop() == 0
     log = service.log()
     assert_clean_log(log)
     assert log.count("gunicorn.error: Booting worker with pid") == 1
-    assert "INFO    registration_api: registered 'c3' on cluster2" in log
+    # Down is logged once per cluster, not at every poll.
+    assert log.count("WARNING registration_api: cluster1 is down") == 1
+    assert log.count("WARNING registration_api: cluster2 is down") == 1
 
 
 def test_script_stops_on_sigint_too(test_env, tmp_path):

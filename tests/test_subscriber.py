@@ -1,11 +1,14 @@
 """subscriber.py against a real Kafka broker and a real ws_server.py: in-order delivery,
-poison records, consumer-group failover, and at-least-once hand-over across server restarts."""
+poison records, two subscribers each in its own group (the server drops the second copy), a
+killed or restarted subscriber, and at-least-once hand-over across server restarts.
+(tests/test_delivery.py measures the gap when a subscriber is killed mid-stream.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 import uuid
 from contextlib import ExitStack
 
@@ -14,15 +17,16 @@ from kafka import TopicPartition
 from kafka.admin import NewTopic
 from websockets.sync.client import connect
 
-from emojistream import config, kafka_clients
+from emojistream import config, kafka_clients, tokens
 from tests.conftest import free_port
 from tests.services import (Service, assert_clean_log, get_json, run, wait_for_health,
                             wait_until)
 
 CLUSTER = 1
 KEY = "subscriber-test-key"
+TOKEN_SECRET = "subscriber-test-token-secret"
 QUIET_S = 2.0
-FAILOVER_TIMEOUT_S = 30  # session timeout (6 s) plus a rebalance, on a busy machine
+TIMEOUT_S = 30  # generous: a busy machine
 
 
 def update(second: int, fire: int) -> bytes:
@@ -41,8 +45,9 @@ class Cluster:
         suffix = uuid.uuid4().hex[:10]
         self.port = free_port()
         self.env = dict(test_env, SUBSCRIBERS_TOPIC_TEMPLATE=f"subs-{suffix}-{{n}}",
-                        SUBSCRIBER_GROUP_TEMPLATE=f"subs-{suffix}-group-{{n}}",
-                        WS_BASE_PORT=str(self.port - CLUSTER), SUBSCRIBER_KEY=KEY)
+                        SUBSCRIBER_GROUP_TEMPLATE=f"subs-{suffix}-group-{{n}}-{{k}}",
+                        WS_BASE_PORT=str(self.port - CLUSTER), SUBSCRIBER_KEY=KEY,
+                        TOKEN_SECRET=TOKEN_SECRET)
         self.settings = config.load(self.env)
         self.topic = self.settings.subscribers_topic(CLUSTER)
         self.log_dir = log_dir
@@ -82,22 +87,20 @@ class Cluster:
         self.stack.callback(service.kill)
         return service
 
-    def owner(self, offset: int, timeout_s: float = FAILOVER_TIMEOUT_S) -> int:
-        """The member that logged it owns the partition from ``offset``."""
-        line = f"owns {self.topic} partition 0 from offset {offset}"
-        found = []
-        wait_until(lambda: found.extend(m for m, s in self.subscribers.items()
-                                        if line in s.log()) or found, timeout_s=timeout_s,
-                   message=f"no subscriber logged {line!r}")
-        return found[0]
+    def wait_until_consuming(self, member: int, offset: int, count: int = 1) -> None:
+        """Wait until ``member`` logged that it consumes the partition from ``offset``."""
+        self.subscribers[member].wait_for_log(
+            f"owns {self.topic} partition 0 from offset {offset}", timeout_s=TIMEOUT_S,
+            count=count)
 
     def viewer(self):
-        return connect(f"ws://localhost:{self.port}/?client_id=test", open_timeout=5)
+        token = tokens.issue(TOKEN_SECRET, "test", CLUSTER, 60, time.time())
+        return connect(f"ws://localhost:{self.port}/?token={token}", open_timeout=5)
 
-    def committed_offset(self) -> int | None:
-        """The subscribers' group's committed offset of the partition."""
+    def committed_offset(self, member: int) -> int | None:
+        """The committed offset of the partition in ``member``'s own group."""
         reader = kafka_clients.consumer(self.settings,
-                                        group_id=self.settings.subscriber_group(CLUSTER),
+                                        group_id=self.settings.subscriber_group(CLUSTER, member),
                                         enable_auto_commit=False)
         try:  # reads the group's offsets without joining it
             return reader.committed(TopicPartition(self.topic, 0))
@@ -115,7 +118,7 @@ def cluster(kafka, test_env, tmp_path):
         yield Cluster(kafka, test_env, tmp_path, stack)
 
 
-def receive(viewer, count: int, timeout_s: float = FAILOVER_TIMEOUT_S) -> list[bytes]:
+def receive(viewer, count: int, timeout_s: float = TIMEOUT_S) -> list[bytes]:
     return [viewer.recv(timeout=timeout_s).encode() for _ in range(count)]
 
 
@@ -124,14 +127,21 @@ def assert_nothing_arrives(viewer) -> None:
         viewer.recv(timeout=QUIET_S)
 
 
-def test_updates_arrive_once_in_order_and_survive_the_owner_being_killed(cluster):
+def start_both(cluster) -> None:
     cluster.start_server()
     for member in (1, 2):
-        cluster.start_subscriber(member).wait_for_log("ready: in group")
-    owner = cluster.owner(offset=0)
-    standby = 2 if owner == 1 else 1
-    assert "standby (no partition)" in cluster.subscribers[standby].log()
+        cluster.start_subscriber(member)
+    for member in (1, 2):
+        cluster.wait_until_consuming(member, offset=0)
     wait_until(lambda: cluster.health()["subscribers"] == 2)
+
+
+def test_both_forward_everything_and_viewers_get_each_update_once_even_when_one_is_killed(
+        cluster):
+    start_both(cluster)
+    for member in (1, 2):  # each in a group of its own
+        assert (f"ready: in group {cluster.settings.subscriber_group(CLUSTER, member)} for "
+                f"{cluster.topic}, owns partition(s) [0]") in cluster.subscribers[member].log()
 
     first = [update(0, 10), update(2, 20), update(4, 30)]
     poison = os.urandom(64)
@@ -139,54 +149,74 @@ def test_updates_arrive_once_in_order_and_survive_the_owner_being_killed(cluster
         wait_until(lambda: cluster.health()["viewers"] == 1)
         cluster.produce(first[0], first[1], poison, first[2])
         assert receive(viewer, 3) == first
-        # The same record twice, as after a failover: the viewer sees it once.
+        # The same record twice: the viewer sees it once.
         cluster.produce(first[2])
         assert_nothing_arrives(viewer)
 
-        cluster.subscribers[owner].process.send_signal(signal.SIGKILL)
-        cluster.subscribers[owner].process.wait(timeout=10)
+        cluster.subscribers[1].process.send_signal(signal.SIGKILL)
+        cluster.subscribers[1].process.wait(timeout=10)
         after = [update(6, 40), update(8, 50), update(10, 60)]
         cluster.produce(*after)
         assert receive(viewer, 3) == after
         assert_nothing_arrives(viewer)
 
-    # The standby resumed exactly after the last record the owner committed.
-    assert cluster.owner(offset=5) == standby
-    owner_log = cluster.subscribers[owner].log()
-    assert f"WARNING subscriber: skipping record at {cluster.topic}[0]@2: " in owner_log
-    assert cluster.subscribers[standby].stop() == 0
-    standby_log = cluster.subscribers[standby].log()
-    assert_clean_log(standby_log)
-    assert "INFO    subscriber: stopped: 3 update(s) handed over, 0 record(s) skipped" \
-        in standby_log
-
-
-def test_a_stopped_owner_exits_0_and_the_standby_takes_over(cluster):
-    cluster.start_server()
     for member in (1, 2):
-        cluster.start_subscriber(member).wait_for_log("ready: in group")
-    owner = cluster.owner(offset=0)
-    standby = 2 if owner == 1 else 1
+        assert (f"WARNING subscriber: skipping record at {cluster.topic}[0]@2: "
+                in cluster.subscribers[member].log())
+    assert cluster.subscribers[2].stop() == 0
+    survivor_log = cluster.subscribers[2].log()
+    assert_clean_log(survivor_log)
+    assert "INFO    subscriber: stopped: 7 update(s) handed over, 1 record(s) skipped" \
+        in survivor_log
+    assert cluster.committed_offset(2) == 8
+    assert cluster.server.stop() == 0
+    # Every update came twice while both ran; the server broadcast each version once.
+    assert "stopped: 6 update(s) broadcast, " in cluster.server.log()
+
+
+def test_a_stopped_subscriber_exits_0_and_the_other_carries_on(cluster):
+    start_both(cluster)
     with cluster.viewer() as viewer:
         wait_until(lambda: cluster.health() == {"cluster": 1, "status": "ok", "viewers": 1,
                                                 "subscribers": 2})
         cluster.produce(update(0, 1))
         assert receive(viewer, 1) == [update(0, 1)]
-        assert cluster.subscribers[owner].stop() == 0
+        assert cluster.subscribers[1].stop() == 0
         cluster.produce(update(2, 2))
         assert receive(viewer, 1) == [update(2, 2)]
         assert_nothing_arrives(viewer)
-    assert cluster.owner(offset=1) == standby
-    owner_log = cluster.subscribers[owner].log()
-    assert_clean_log(owner_log)
+    stopped_log = cluster.subscribers[1].log()
+    assert_clean_log(stopped_log)
     assert "INFO    subscriber: stopped: 1 update(s) handed over, 0 record(s) skipped" \
-        in owner_log
+        in stopped_log
+
+
+def test_a_restarted_subscriber_catches_up_from_its_commit_without_duplicates(cluster):
+    start_both(cluster)
+    with cluster.viewer() as viewer:
+        wait_until(lambda: cluster.health()["viewers"] == 1)
+        cluster.produce(update(0, 1), update(2, 1))
+        assert receive(viewer, 2) == [update(0, 1), update(2, 1)]
+        wait_until(lambda: cluster.committed_offset(2) == 2, timeout_s=TIMEOUT_S)
+        cluster.subscribers[2].process.send_signal(signal.SIGKILL)
+        cluster.subscribers[2].process.wait(timeout=10)
+        missed = [update(0, 2), update(4, 1)]  # a newer version of a window, and a new one
+        cluster.produce(*missed)
+        assert receive(viewer, 2) == missed
+        cluster.start_subscriber(2)
+        # It resumes where it left off and hands over what it missed: all repeats, dropped.
+        cluster.wait_until_consuming(2, offset=2)
+        wait_until(lambda: cluster.committed_offset(2) == 4, timeout_s=TIMEOUT_S)
+        assert_nothing_arrives(viewer)
+        cluster.produce(update(6, 1))
+        assert receive(viewer, 1) == [update(6, 1)]
+        assert_nothing_arrives(viewer)
 
 
 def test_updates_wait_in_kafka_while_the_websocket_server_is_down(cluster):
     first_server = cluster.start_server()
     subscriber = cluster.start_subscriber(1)
-    cluster.owner(offset=0)
+    cluster.wait_until_consuming(1, offset=0)
     with cluster.viewer() as viewer:
         wait_until(lambda: cluster.health()["viewers"] == 1)
         cluster.produce(update(0, 1))
@@ -195,12 +225,12 @@ def test_updates_wait_in_kafka_while_the_websocket_server_is_down(cluster):
     cluster.produce(update(2, 2), b"not an update", update(4, 3))
     subscriber.wait_for_log(f"no connection to ws://localhost:{cluster.port}/publish")
     second_server = cluster.start_server()
-    wait_until(lambda: cluster.committed_offset() == 4, timeout_s=FAILOVER_TIMEOUT_S,
+    wait_until(lambda: cluster.committed_offset(1) == 4, timeout_s=TIMEOUT_S,
                message="the records held back were not handed over to the new server")
     assert subscriber.stop() == 0
     assert "stopped: 3 update(s) handed over, 1 record(s) skipped" in subscriber.log()
     assert second_server.stop() == 0
-    assert ("stopped: 2 update(s) broadcast, 0 repeated and 0 invalid dropped"
+    assert ("stopped: 2 update(s) broadcast, 0 repeated, 0 stale and 0 invalid dropped"
             in second_server.log())
 
 

@@ -1,4 +1,5 @@
-"""ws_server.py as a real process: fan-out, deduplication, subscriber authentication, health."""
+"""ws_server.py as a real process: fan-out, deduplication, viewer tokens, subscriber
+authentication, health. (tests/test_delivery.py covers the token refusals and the scale.)"""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
 from contextlib import ExitStack
+from urllib.parse import quote
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from emojistream import tokens
 from tests.conftest import free_port
 from tests.services import (Service, assert_clean_log, get_json, run, running, wait_for_health,
                             wait_until)
 
 CLUSTER = 2
 KEY = "test-subscriber-key"
+TOKEN_SECRET = "test-token-secret"
 QUIET_S = 1.0  # how long "nothing arrives" is watched for
 
 
@@ -41,6 +46,10 @@ def unique_window() -> str:
     return f"2026-11-{10 + uuid.uuid4().int % 18:02d}T{hour:02d}:{minute:02d}:00.000Z"
 
 
+def token(client_id: str, cluster: int = CLUSTER, ttl_s: float = 60) -> str:
+    return tokens.issue(TOKEN_SECRET, client_id, cluster, ttl_s, time.time())
+
+
 def text(message: dict) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
@@ -55,7 +64,7 @@ class Server:
         self.health_url = f"http://localhost:{port}/health"
 
     def viewer(self, client_id: str = "viewer"):
-        return connect(f"{self.url}/?client_id={client_id}", open_timeout=5)
+        return connect(f"{self.url}/?token={quote(token(client_id))}", open_timeout=5)
 
     def publisher(self, key: str | None = KEY):
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
@@ -75,6 +84,7 @@ class Server:
 
 def server_env(test_env: dict, port: int, **extra) -> dict:
     return dict(test_env, WS_BASE_PORT=str(port - CLUSTER), SUBSCRIBER_KEY=KEY,
+                TOKEN_SECRET=TOKEN_SECRET,
                 **{name: str(value) for name, value in extra.items()})
 
 
@@ -152,28 +162,82 @@ def test_repeats_are_recognised_by_content_and_across_subscriber_connections(ser
             assert viewer.recv(timeout=5) == text(newer)
 
 
-def test_the_latest_update_for_a_window_replaces_the_earlier(server):
-    """Only a repeat of the last update sent for a window is dropped, not of older ones."""
+def test_a_newer_update_for_a_window_replaces_the_earlier(server):
     window = unique_window()
     old, new = update(window, fire=1), update(window, fire=2)
     with server.viewer() as viewer, server.publisher() as publisher:
         server.wait_for_counts(viewers=1, subscribers=1)
-        for message in (old, new, old):
+        for message in (old, new):
             publisher.send(text(message))
             assert viewer.recv(timeout=5) == text(message)
+        # A repeat of an older version (a lagging subscriber's copy) is not sent after the newer.
+        publisher.send(text(old))
+        assert_nothing_arrives(viewer)
+
+
+def test_two_subscribers_forwarding_everything_deliver_each_version_once_in_order(server):
+    """Both subscribers of a cluster forward every update; one lags behind the other."""
+    window, later = unique_window(), unique_window()
+    versions = [update(window, fire=1), update(window, fire=2), update(later, clap=1),
+                update(window, fire=3), update(later, clap=2)]
+    with server.viewer() as viewer, server.publisher() as ahead, \
+            server.publisher() as behind:
+        server.wait_for_counts(viewers=1, subscribers=2)
+
+        def first_copy(publisher, version):
+            publisher.send(text(version))
+            assert viewer.recv(timeout=5) == text(version)
+
+        first_copy(ahead, versions[0])
+        first_copy(ahead, versions[1])
+        behind.send(text(versions[0]))
+        first_copy(ahead, versions[2])
+        behind.send(text(versions[1]))
+        behind.send(text(versions[2]))
+        first_copy(behind, versions[3])  # this time the lagging one is first
+        ahead.send(text(versions[3]))
+        first_copy(ahead, versions[4])
+        behind.send(text(versions[4]))
+        assert_nothing_arrives(viewer)
+    assert server.service.stop() == 0
+    assert "stopped: 5 update(s) broadcast, 5 repeated, 0 stale" in server.service.log()
+
+
+def window_at(second: int) -> str:
+    return f"2026-11-27T07:00:{second:02d}.000Z"
 
 
 def test_deduplication_remembers_a_bounded_number_of_windows(start_server):
     server = start_server(WS_DEDUP_WINDOWS=2)
-    first, second, third = (update(unique_window(), fire=n) for n in (1, 2, 3))
+    first, second, third = (update(window_at(s), fire=s) for s in (0, 2, 4))
     with server.viewer() as viewer, server.publisher() as publisher:
         server.wait_for_counts(viewers=1, subscribers=1)
-        for message in (first, second, third, second, first):
+        for message in (first, second, third, second, first,
+                        update(window_at(0), fire=99), update(window_at(2), fire=99)):
             publisher.send(text(message))
         received = [viewer.recv(timeout=5) for _ in range(4)]
-        # second is still remembered (dropped); first was forgotten when third came.
-        assert received == [text(first), text(second), text(third), text(first)]
+        # second is still remembered (its repeat dropped); first was forgotten when third came,
+        # and anything for a window older than those remembered is stale.
+        assert received == [text(first), text(second), text(third),
+                            text(update(window_at(2), fire=99))]
         assert_nothing_arrives(viewer)
+    assert server.service.stop() == 0
+    assert ("stopped: 4 update(s) broadcast, 1 repeated, 2 stale and 0 invalid dropped"
+            in server.service.log())
+
+
+def test_a_broadcast_in_batches_reaches_every_viewer_in_order(start_server):
+    server = start_server(WS_BROADCAST_BATCH=2)
+    messages = [update(window_at(s), fire=s) for s in (10, 12, 14)]
+    with ExitStack() as connections:
+        viewers = [connections.enter_context(server.viewer(f"v{i}")) for i in range(5)]
+        publisher = connections.enter_context(server.publisher())
+        server.wait_for_counts(viewers=5, subscribers=1)
+        for message in messages:
+            publisher.send(text(message))
+        for viewer in viewers:
+            assert [viewer.recv(timeout=5) for _ in messages] == [text(m) for m in messages]
+            assert_nothing_arrives(viewer)
 
 
 def test_what_a_viewer_sends_reaches_nobody(server):
@@ -207,6 +271,7 @@ def test_a_viewer_receives_nothing_a_publisher_did_not_send_to_viewers(server):
     '{"window_start": "a", "window_end": "b", "aggregates": [{"emoji_type": "🔥"}]}',
     '{"window_start": "a", "window_end": "b", "aggregates": [{"emoji_type": "🔥", '
     '"count": "12"}]}',
+    '{"window_start": "not a time", "window_end": "b", "aggregates": []}',
     b'{"window_start": "a", "window_end": "b", "aggregates": []}',
 ])
 def test_an_invalid_publisher_message_is_skipped_and_the_server_keeps_working(server, bad):
@@ -242,15 +307,26 @@ def test_a_publisher_without_the_key_is_refused_with_401(server, headers):
     assert "WARNING ws_server: refused a subscriber from 127.0.0.1:" in server.service.log()
 
 
+def test_a_viewer_token_is_not_a_subscriber_key(server):
+    """A viewer can never publish: its token does not open /publish, in any form."""
+    viewer_token = token("intruder")
+    for headers in ({"Authorization": f"Bearer {viewer_token}"}, {}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{server.url}/publish?token={quote(viewer_token)}",
+                    additional_headers=headers, open_timeout=5)
+        assert refused.value.response.status_code == 401
+
+
 def test_the_key_scheme_is_case_insensitive(server):
     with connect(f"{server.url}/publish", additional_headers={"Authorization": f"bearer {KEY}"},
                  open_timeout=5):
         server.wait_for_counts(viewers=0, subscribers=1)
 
 
-def test_the_key_is_generated_once_in_var_dir_when_not_configured(test_env, tmp_path):
+def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env, tmp_path):
     env = dict(test_env, VAR_DIR=str(tmp_path / "var"))
     env.pop("SUBSCRIBER_KEY", None)
+    env.pop("TOKEN_SECRET", None)
     port = free_port()
     env["WS_BASE_PORT"] = str(port - CLUSTER)
     with running(tmp_path, "ws_server", "ws_server.py", "--cluster", str(CLUSTER),
@@ -263,6 +339,14 @@ def test_the_key_is_generated_once_in_var_dir_when_not_configured(test_env, tmp_
         with connect(f"ws://localhost:{port}/publish",
                      additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=5):
             pass
+        token_file = tmp_path / "var" / "secrets" / "token.key"
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        secret = token_file.read_text().strip()
+        assert len(secret) == 43 and secret != key
+        viewer_token = tokens.issue(secret, "v", CLUSTER, 60, time.time())
+        with connect(f"ws://localhost:{port}/?token={viewer_token}", open_timeout=5) as viewer:
+            wait_until(lambda: get_json(f"http://localhost:{port}/health")[1]["viewers"] == 1)
+            assert_nothing_arrives(viewer)
         assert service.stop() == 0
 
 
@@ -317,7 +401,8 @@ def test_a_viewer_that_stops_answering_pings_is_dropped(start_server):
     # A bare TCP client that completes the handshake, then never reads again (no pongs).
     key = base64.b64encode(os.urandom(16))
     with socket.create_connection(("localhost", server.port), timeout=5) as sock:
-        sock.sendall(b"GET /?client_id=frozen HTTP/1.1\r\nHost: localhost\r\n"
+        sock.sendall(b"GET /?token=" + token("frozen").encode() + b" HTTP/1.1\r\n"
+                     b"Host: localhost\r\n"
                      b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 101")
@@ -369,8 +454,9 @@ def test_sigterm_closes_connections_and_exits_0(server):
     assert_clean_log(log)
     assert (f"INFO    ws_server: ready: cluster 2 serving viewers at ws://localhost:{server.port}/"
             ", subscribers at /publish, health at /health") in log
-    assert ("INFO    ws_server: stopped: 1 update(s) broadcast, 0 repeated and 1 invalid "
-            "dropped, 0 viewer message(s) discarded") in log
+    assert ("INFO    ws_server: stopped: 1 update(s) broadcast, 0 repeated, 0 stale and 1 "
+            "invalid dropped, 0 viewer message(s) discarded, 0 viewer(s) refused") in log
+    assert "; open-file limit " in log
 
 
 def test_sigint_exits_0_too(server):

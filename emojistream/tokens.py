@@ -1,0 +1,116 @@
+"""Viewer tokens: what admits a viewer to one cluster's WebSocket server, for a while.
+
+The registration API issues a token with each assignment; the viewer presents it in the query
+string of the endpoint it was given (ws://host:port/?token=...); the WebSocket server checks it.
+Both share the secret (TOKEN_SECRET, else VAR_DIR/secrets/token.key). A token is
+
+    base64url(payload) "." base64url(HMAC-SHA256(secret, base64url(payload)))
+
+without padding, where the payload is the JSON object {"sub": client id, "cl": cluster number,
+"exp": expiry in epoch seconds}. It binds the client id to one cluster until the expiry: it
+cannot be altered (the signature would not match), moved to another cluster, or used after it
+expires. Pure functions: the caller passes the time.
+
+A rejected token is a TokenError carrying the WebSocket close code and reason the server sends:
+
+    4401 "missing token"       no token in the query string
+    4401 "invalid token"       malformed, or the signature does not match (forged, altered)
+    4401 "token expired"       signed correctly, but its expiry has passed
+    4403 "token is for cluster M, this is cluster N"
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+
+UNAUTHORIZED = 4401  # like HTTP 401: no valid credential; registering again gets one
+FORBIDDEN = 4403     # like HTTP 403: a valid credential, but not for this server
+# Longer strings are not tokens this module issued (a 64-character client id gives ~230).
+MAX_TOKEN_LENGTH = 1024
+
+
+class TokenError(ValueError):
+    """A token that admits nobody: the close code and reason to send."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def missing() -> TokenError:
+    return TokenError(UNAUTHORIZED, "missing token")
+
+
+def _invalid() -> TokenError:
+    return TokenError(UNAUTHORIZED, "invalid token")
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    if not text or len(text) % 4 == 1 or not text.isascii():
+        raise _invalid()
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise _invalid() from None
+
+
+def _key(secret: str | bytes) -> bytes:
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    if not key:
+        raise ValueError("the token secret must not be empty")
+    return key
+
+
+def _signature(key: bytes, payload_b64: str) -> bytes:
+    return hmac.new(key, payload_b64.encode("ascii"), hashlib.sha256).digest()
+
+
+def issue(secret: str | bytes, client_id: str, cluster: int, ttl_s: float, now: float) -> str:
+    """A token admitting ``client_id`` to ``cluster`` until ``now + ttl_s`` (epoch seconds,
+    rounded down to a whole second)."""
+    payload = json.dumps({"sub": client_id, "cl": cluster, "exp": int(now + ttl_s)},
+                         ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    payload_b64 = _b64encode(payload.encode("utf-8"))
+    return f"{payload_b64}.{_b64encode(_signature(_key(secret), payload_b64))}"
+
+
+def verify(secret: str | bytes, token: str | None, cluster: int, now: float) -> str:
+    """The client id of a token valid for ``cluster`` at ``now``; TokenError otherwise. The
+    signature is checked first: only a genuine token is told it expired or is for elsewhere."""
+    key = _key(secret)
+    if not token:
+        raise missing()
+    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+        raise _invalid()
+    payload_b64, signature_b64 = token.split(".")
+    if not payload_b64.isascii():
+        raise _invalid()
+    expected = _b64encode(_signature(key, payload_b64))
+    if not hmac.compare_digest(signature_b64.encode("utf-8"), expected.encode("ascii")):
+        raise _invalid()
+    try:
+        payload = json.loads(_b64decode(payload_b64))
+    except (ValueError, UnicodeDecodeError):
+        raise _invalid() from None
+    if not (isinstance(payload, dict) and isinstance(payload.get("sub"), str)
+            and _is_int(payload.get("cl")) and _is_int(payload.get("exp"))):
+        raise _invalid()
+    if now >= payload["exp"]:
+        raise TokenError(UNAUTHORIZED, "token expired")
+    if payload["cl"] != cluster:
+        raise TokenError(FORBIDDEN, f"token is for cluster {payload['cl']}, this is cluster "
+                                    f"{cluster}")
+    return payload["sub"]
+
+
+def _is_int(value) -> bool:
+    return type(value) is int

@@ -1,0 +1,194 @@
+// The viewers' page: registers, watches its cluster's window updates, sends reactions.
+// It knows no host or port: config.json (served beside this page by the registration API) says
+// where the ingest API and the registration API are, and POST /register where to connect.
+
+import {Sender} from "./sender.js";
+import {Chart, Swarm, buildButtons, showCluster, showSent, showState, showViewersOnline}
+  from "./view.js";
+import {Viewer, deregister} from "./viewer.js";
+
+const CLIENT_ID_KEY = "emojiswarm.client_id";
+const MAX_CLIENT_ID_LENGTH = 64;
+
+function generatedClientId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(4));
+  return "viewer-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The rules the registration API applies to a client_id; a problem, or "". */
+function clientIdProblem(id) {
+  if (!id.trim()) {
+    return "the id must not be empty";
+  }
+  if (id.length > MAX_CLIENT_ID_LENGTH) {
+    return `the id must be at most ${MAX_CLIENT_ID_LENGTH} characters`;
+  }
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(id)) {
+    return "the id must not contain control characters";
+  }
+  return "";
+}
+
+function storedClientId() {
+  try {
+    return localStorage.getItem(CLIENT_ID_KEY);
+  } catch {
+    return null; // storage disabled
+  }
+}
+
+function storeClientId(id) {
+  try {
+    localStorage.setItem(CLIENT_ID_KEY, id);
+  } catch {
+    // storage disabled: the id lasts as long as the page
+  }
+}
+
+function initialClientId() {
+  for (const candidate of [new URLSearchParams(location.search).get("client_id"),
+                           storedClientId()]) {
+    if (candidate && !clientIdProblem(candidate)) {
+      return candidate;
+    }
+  }
+  return generatedClientId();
+}
+
+async function loadConfig() {
+  const response = await fetch("config.json", {cache: "no-store"});
+  if (!response.ok) {
+    throw new Error(`config.json answered ${response.status}`);
+  }
+  return response.json();
+}
+
+/** Polls GET /clusters: viewers online are the live connections where the API reports them,
+ * else the registered viewers. */
+function watchViewersOnline(registrationUrl, intervalS) {
+  async function poll() {
+    try {
+      const response = await fetch(`${registrationUrl}/clusters`, {
+        cache: "no-store", signal: AbortSignal.timeout(5000)});
+      const clusters = response.ok ? await response.json() : null;
+      if (!Array.isArray(clusters)) {
+        throw new Error("no cluster list");
+      }
+      let total = 0;
+      for (const cluster of clusters) {
+        const live = cluster && cluster.live_connections;
+        const registered = cluster && cluster.registered_viewers;
+        total += Number.isFinite(live) ? live : Number.isFinite(registered) ? registered : 0;
+      }
+      showViewersOnline(total);
+    } catch {
+      showViewersOnline(null);
+    }
+  }
+  poll();
+  setInterval(poll, Math.max(1, intervalS) * 1000);
+  return poll;
+}
+
+async function main() {
+  let config;
+  try {
+    config = await loadConfig();
+  } catch (err) {
+    showState("reconnecting", `cannot load the page's configuration (${err.message}); reload to retry`);
+    return;
+  }
+  const emojis = Array.isArray(config.emojis) ? config.emojis.filter((e) => typeof e === "string")
+                                              : [];
+  const windowSeconds = Number(config.window_seconds) || 2;
+  const chart = new Chart(emojis);
+  const swarm = new Swarm(windowSeconds);
+  let latestWindowMs = -Infinity;
+
+  let sentTotal = 0;
+  const sender = new Sender(String(config.api_url), ({sent, error}) => {
+    sentTotal += sent;
+    showSent(sentTotal, error);
+  });
+  buildButtons(emojis, (button, emoji) => sender.attach(button, emoji));
+
+  const pollViewers = watchViewersOnline(String(config.registration_url),
+                                         Number(config.stats_interval_s) || 5);
+
+  function onUpdate(update) {
+    swarm.show(update);
+    const windowMs = Date.parse(update.window_start);
+    // The chart shows the newest window; an update for an older one (late events) only swarms.
+    if (windowMs >= latestWindowMs) {
+      latestWindowMs = windowMs;
+      chart.show(update);
+    }
+  }
+
+  let viewer = null;
+  function connect(clientId) {
+    if (viewer) {
+      viewer.stop();
+    }
+    sender.userId = clientId;
+    const current = new Viewer({
+      registrationUrl: String(config.registration_url),
+      clientId,
+      retryInitialS: Number(config.retry_initial_s) || 0.5,
+      retryMaxS: Number(config.retry_max_s) || 8,
+      onState: (state, detail) => {
+        if (viewer === current) {
+          showState(state, detail);
+          if (state === "live") {
+            pollViewers();
+          }
+        }
+      },
+      onAssignment: (answer) => {
+        if (viewer === current) {
+          showCluster(typeof answer.cluster_id === "string" ? answer.cluster_id : "?");
+        }
+      },
+      onUpdate: (update) => {
+        if (viewer === current) {
+          onUpdate(update);
+        }
+      },
+    });
+    viewer = current;
+    viewer.start();
+  }
+
+  let clientId = initialClientId();
+  storeClientId(clientId);
+  const input = document.querySelector('[data-testid="client-id"]');
+  input.value = clientId;
+  document.querySelector('[data-testid="client-form"]').addEventListener("submit", (event) => {
+    event.preventDefault();
+    const wanted = input.value.trim();
+    const problem = clientIdProblem(wanted);
+    input.setCustomValidity(problem);
+    if (problem) {
+      input.reportValidity();
+      return;
+    }
+    if (wanted !== clientId) {
+      deregister(String(config.registration_url), clientId);
+      clientId = wanted;
+      storeClientId(clientId);
+      showCluster(null);
+      connect(clientId);
+    }
+  });
+  input.addEventListener("input", () => input.setCustomValidity(""));
+
+  window.addEventListener("online", () => viewer && viewer.retryNow());
+  window.addEventListener("pagehide", (event) => {
+    if (!event.persisted) {
+      deregister(String(config.registration_url), clientId);
+    }
+  });
+  connect(clientId);
+}
+
+main();

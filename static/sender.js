@@ -1,0 +1,105 @@
+// Sends the viewer's reactions to the ingest API: one POST /emoji per tap, and while a button is
+// held, a burst of BURST_PER_TICK events every BURST_TICK_MS in POST /emojis batches.
+
+import {failure} from "./viewer.js";
+
+const HOLD_MS = 450;        // held this long, a button starts a burst
+const BURST_TICK_MS = 100;
+const BURST_PER_TICK = 10;  // 100 reactions a second while held
+const REQUEST_TIMEOUT_MS = 10000;
+
+export class Sender {
+  /** onResult({sent, error}) after each request: the events it carried, and a problem or "". */
+  constructor(apiUrl, onResult) {
+    this.apiUrl = apiUrl;
+    this.userId = "";
+    this.onResult = onResult;
+  }
+
+  event(emoji) {
+    return {user_id: this.userId, emoji_type: emoji, timestamp: new Date().toISOString()};
+  }
+
+  sendOne(emoji) {
+    return this.post("/emoji", this.event(emoji), 1);
+  }
+
+  sendMany(emoji, count) {
+    const events = Array.from({length: count}, () => this.event(emoji));
+    return this.post("/emojis", events, count);
+  }
+
+  async post(path, body, count) {
+    let response;
+    try {
+      response = await fetch(this.apiUrl + path, {
+        method: "POST",
+        headers: {"Content-Type": "application/json"},
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      });
+    } catch (err) {
+      this.onResult({sent: 0, error: `ingest API ${failure(err)}`});
+      return;
+    }
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch {
+      // reported below
+    }
+    if (response.ok) {
+      const accepted = answer && Number.isFinite(answer.accepted) ? answer.accepted : count;
+      this.onResult({sent: accepted, error: ""});
+    } else {
+      const reason = answer && typeof answer.error === "string" ? answer.error
+                                                                 : response.statusText;
+      this.onResult({sent: 0, error: `ingest API answered ${response.status}: ${reason}`});
+    }
+  }
+
+  /** Wire a button: a click sends one reaction, holding it sends a burst. */
+  attach(button, emoji) {
+    let holdTimer = null;
+    let burstTimer = null;
+    let suppressClick = false;
+
+    const stopHold = () => {
+      clearTimeout(holdTimer);
+      holdTimer = null;
+      if (burstTimer !== null) {
+        clearInterval(burstTimer);
+        burstTimer = null;
+        button.classList.remove("bursting");
+        // The click that ends a hold is not one more reaction; a click is dispatched in the
+        // same task as the pointerup, so forget the suppression afterwards.
+        setTimeout(() => { suppressClick = false; }, 0);
+      }
+    };
+
+    button.addEventListener("pointerdown", (event) => {
+      if (event.button !== 0) {
+        return;
+      }
+      stopHold();
+      holdTimer = setTimeout(() => {
+        holdTimer = null;
+        suppressClick = true;
+        button.classList.add("bursting");
+        this.sendMany(emoji, BURST_PER_TICK);
+        burstTimer = setInterval(() => this.sendMany(emoji, BURST_PER_TICK), BURST_TICK_MS);
+      }, HOLD_MS);
+    });
+    for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
+      button.addEventListener(type, stopHold);
+    }
+    button.addEventListener("contextmenu", (event) => event.preventDefault());
+    button.addEventListener("click", () => {
+      if (suppressClick) {
+        suppressClick = false;
+        return;
+      }
+      this.sendOne(emoji);
+    });
+  }
+}

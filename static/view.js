@@ -1,0 +1,189 @@
+// What the page shows: the connection state, the latest window's bar chart and totals, and the
+// swarm. Every value from data goes into the DOM as text (textContent) or a data attribute,
+// never as HTML.
+
+const REMEMBERED_WINDOWS = 64;
+const MAX_PARTICLES = 400;       // on screen at once; more would only slow the page down
+const MAX_PER_UPDATE = 150;      // copies of one emoji started by one update
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+function byTestId(id) {
+  return document.querySelector(`[data-testid="${id}"]`);
+}
+
+export function showState(state, detail) {
+  const node = byTestId("connection-state");
+  node.dataset.state = state;
+  node.textContent = state;
+  node.title = detail || "";
+  byTestId("message").textContent = detail && state !== "live" ? detail : "";
+}
+
+export function showCluster(clusterId) {
+  byTestId("cluster").textContent = clusterId || "–";
+}
+
+export function showViewersOnline(count) {
+  byTestId("viewers-online").textContent = count === null ? "–" : String(count);
+}
+
+export function showSent(total, error) {
+  byTestId("sent-count").textContent = String(total);
+  byTestId("send-error").textContent = error ? ` · ${error}` : "";
+}
+
+/** The row of emoji buttons; onButton(button, emoji) wires each. */
+export function buildButtons(emojis, onButton) {
+  const row = byTestId("emoji-buttons");
+  row.replaceChildren();
+  for (const emoji of emojis) {
+    const button = element("button", "emoji-button", emoji);
+    button.type = "button";
+    button.dataset.testid = "emoji-button";
+    button.dataset.emoji = emoji;
+    button.setAttribute("aria-label", `send ${emoji}`);
+    row.append(button);
+    onButton(button, emoji);
+  }
+}
+
+/** The latest window's counts as a column chart, one column per emoji. */
+export class Chart {
+  constructor(emojis) {
+    this.section = byTestId("window");
+    this.list = byTestId("chart");
+    this.columns = new Map();
+    this.list.replaceChildren();
+    for (const emoji of emojis) {
+      this.column(emoji);
+    }
+  }
+
+  column(emoji) {
+    let column = this.columns.get(emoji);
+    if (!column) {
+      const item = element("li", "column");
+      item.dataset.testid = "bar";
+      item.dataset.emoji = emoji;
+      const count = element("span", "count", "0");
+      count.dataset.testid = "bar-count";
+      const track = element("span", "track");
+      const fill = element("span", "fill");
+      track.append(fill);
+      const label = element("span", "emoji", emoji);
+      const normalized = element("span", "normalized", "");
+      normalized.dataset.testid = "bar-normalized";
+      item.append(count, track, label, normalized);
+      this.list.append(item);
+      column = {item, count, fill, normalized};
+      this.columns.set(emoji, column);
+    }
+    return column;
+  }
+
+  show(update) {
+    const byEmoji = new Map(update.aggregates.map((a) => [a.emoji_type, a]));
+    for (const emoji of byEmoji.keys()) {
+      this.column(emoji); // an emoji the configuration did not list still gets a column
+    }
+    const highest = Math.max(1, ...update.aggregates.map((a) => a.count));
+    let total = 0;
+    for (const [emoji, column] of this.columns) {
+      const aggregate = byEmoji.get(emoji);
+      const count = aggregate ? aggregate.count : 0;
+      const normalized = aggregate ? aggregate.normalized_count : 0;
+      total += count;
+      column.item.dataset.count = String(count);
+      column.item.dataset.normalized = String(normalized);
+      column.item.dataset.users = aggregate && aggregate.unique_users !== null
+        ? String(aggregate.unique_users) : "0";
+      column.item.classList.toggle("empty", count === 0);
+      column.item.title = `${emoji}: ${count} in this window` +
+        (aggregate && aggregate.unique_users !== null ? ` from ${aggregate.unique_users} viewer(s)` : "") +
+        `, ${normalized} floating`;
+      column.count.textContent = String(count);
+      column.normalized.textContent = normalized > 0 ? `×${normalized}` : "";
+      column.fill.style.setProperty("--level", String(count / highest));
+    }
+    this.section.dataset.windowStart = update.window_start;
+    this.section.dataset.windowEnd = update.window_end;
+    byTestId("window-time").textContent = `${clock(update.window_start)}–${clock(update.window_end)}`;
+    byTestId("total-events").textContent = String(total);
+  }
+}
+
+function clock(timestamp) {
+  const moment = new Date(timestamp);
+  if (Number.isNaN(moment.getTime())) {
+    return "?";
+  }
+  return moment.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+}
+
+/** Floating emojis: each window's normalized_count copies of each emoji, once per window. */
+export class Swarm {
+  constructor(windowSeconds) {
+    this.node = byTestId("swarm");
+    this.windowMs = windowSeconds * 1000;
+    this.spawned = new Map(); // window_start -> Map(emoji -> copies started)
+    this.total = 0;
+    this.reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  }
+
+  /** Start the copies this update asks for beyond those already started for its window (an
+   * update for a window repeats the earlier ones with higher counts). */
+  show(update) {
+    let started = this.spawned.get(update.window_start);
+    if (!started) {
+      started = new Map();
+      this.spawned.set(update.window_start, started);
+      while (this.spawned.size > REMEMBERED_WINDOWS) {
+        this.spawned.delete(this.spawned.keys().next().value);
+      }
+    }
+    for (const aggregate of update.aggregates) {
+      const already = started.get(aggregate.emoji_type) || 0;
+      const wanted = aggregate.normalized_count;
+      if (wanted <= already) {
+        continue;
+      }
+      started.set(aggregate.emoji_type, wanted);
+      const copies = Math.min(wanted - already, MAX_PER_UPDATE);
+      for (let i = 0; i < copies; i += 1) {
+        this.launch(aggregate.emoji_type);
+      }
+    }
+  }
+
+  launch(emoji) {
+    this.total += 1;
+    this.node.dataset.spawned = String(this.total);
+    if (this.node.childElementCount >= MAX_PARTICLES) {
+      return;
+    }
+    const particle = element("span", "particle", emoji);
+    particle.dataset.emoji = emoji;
+    const rand = (low, high) => low + Math.random() * (high - low);
+    particle.style.setProperty("--x", `${rand(3, 94).toFixed(1)}%`);
+    particle.style.setProperty("--drift", `${rand(-12, 12).toFixed(1)}vw`);
+    particle.style.setProperty("--size", `${rand(26, 48).toFixed(0)}px`);
+    particle.style.setProperty("--spin", `${rand(-25, 25).toFixed(0)}deg`);
+    particle.style.setProperty("--duration", `${rand(3.2, 5.5).toFixed(2)}s`);
+    // Spread a window's copies over about a window's time, so they stream rather than pop.
+    particle.style.setProperty("--delay", `${(Math.random() * this.windowMs * 0.8).toFixed(0)}ms`);
+    particle.addEventListener("animationend", () => particle.remove());
+    // Should animations not run at all (a hidden tab), do not let the particles pile up.
+    setTimeout(() => particle.remove(), this.windowMs + 6000);
+    this.node.append(particle);
+  }
+}

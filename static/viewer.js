@@ -1,0 +1,215 @@
+// The viewer's side of the delivery tier: register with the registration API, keep a WebSocket
+// to the endpoint it answers, and register again and reconnect (exponential backoff with
+// jitter) whenever the connection drops, as client_simulator.py does.
+
+const REGISTER_TIMEOUT_MS = 10000;
+const CONNECT_TIMEOUT_MS = 10000;
+
+/** Delays that double from initialS up to maxS, each varied by up to ±jitter. */
+export class Backoff {
+  constructor(initialS, maxS, jitter = 0.3) {
+    this.initialS = initialS;
+    this.maxS = Math.max(maxS, initialS);
+    this.jitter = jitter;
+    this.attempts = 0;
+  }
+
+  nextDelayS() {
+    const base = Math.min(this.initialS * 2 ** Math.min(this.attempts, 32), this.maxS);
+    this.attempts += 1;
+    return base * (1 + this.jitter * (2 * Math.random() - 1));
+  }
+
+  reset() {
+    this.attempts = 0;
+  }
+}
+
+export class RegistrationError extends Error {}
+
+/** Why a fetch() failed, in words. */
+export function failure(err) {
+  return err.name === "TimeoutError" || err.name === "AbortError" ? "did not answer in time"
+                                                                  : "unreachable";
+}
+
+/** POST /register: {cluster_id, subscriber_endpoint, ...}. */
+export async function register(registrationUrl, clientId) {
+  let response;
+  try {
+    response = await fetch(`${registrationUrl}/register`, {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({client_id: clientId}),
+      signal: AbortSignal.timeout(REGISTER_TIMEOUT_MS),
+    });
+  } catch (err) {
+    throw new RegistrationError(`registration API ${failure(err)}`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: reported below
+  }
+  if (!response.ok) {
+    const reason = body && typeof body.error === "string" ? body.error : response.statusText;
+    throw new RegistrationError(`registration refused (${response.status}: ${reason})`);
+  }
+  if (!body || typeof body.subscriber_endpoint !== "string") {
+    throw new RegistrationError("registration answer has no subscriber_endpoint");
+  }
+  return body;
+}
+
+/** Best effort, also while the page goes away. */
+export function deregister(registrationUrl, clientId) {
+  const body = JSON.stringify({client_id: clientId});
+  if (navigator.sendBeacon) {
+    // text/plain: no preflight; the registration API reads JSON whatever the Content-Type.
+    navigator.sendBeacon(`${registrationUrl}/deregister`, body);
+  }
+}
+
+/** A window update as the WebSocket servers send it, or null if the message is not one. */
+export function parseUpdate(text) {
+  let update;
+  try {
+    update = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!update || typeof update !== "object" || typeof update.window_start !== "string"
+      || Number.isNaN(Date.parse(update.window_start)) || !Array.isArray(update.aggregates)) {
+    return null;
+  }
+  const aggregates = update.aggregates.filter((a) =>
+    a && typeof a.emoji_type === "string" && Number.isFinite(a.count) && a.count >= 0
+    && Number.isFinite(a.normalized_count) && a.normalized_count >= 0);
+  return {
+    window_start: update.window_start,
+    window_end: typeof update.window_end === "string" ? update.window_end : "",
+    aggregates: aggregates.map((a) => ({
+      emoji_type: a.emoji_type,
+      count: Math.floor(a.count),
+      normalized_count: Math.floor(a.normalized_count),
+      unique_users: Number.isFinite(a.unique_users) ? Math.floor(a.unique_users) : null,
+    })),
+  };
+}
+
+/**
+ * Keeps one viewer connected. Callbacks:
+ *   onState(state, detail)    "connecting" | "live" | "reconnecting"
+ *   onAssignment(answer)      each successful registration
+ *   onUpdate(update)          each window update received (parsed)
+ */
+export class Viewer {
+  constructor({registrationUrl, clientId, retryInitialS, retryMaxS, onState, onAssignment,
+               onUpdate}) {
+    this.registrationUrl = registrationUrl;
+    this.clientId = clientId;
+    this.backoff = new Backoff(retryInitialS, retryMaxS);
+    this.onState = onState;
+    this.onAssignment = onAssignment;
+    this.onUpdate = onUpdate;
+    this.stopped = false;
+    this.socket = null;
+    this.wake = null; // ends the current wait between attempts early
+  }
+
+  start() {
+    this.run();
+  }
+
+  stop() {
+    this.stopped = true;
+    if (this.socket) {
+      this.socket.close(1000, "viewer left");
+    }
+    this.retryNow();
+  }
+
+  /** Skip the rest of the current backoff delay (the browser came back online). */
+  retryNow() {
+    if (this.wake) {
+      this.wake();
+    }
+  }
+
+  async run() {
+    this.onState("connecting", "registering");
+    while (!this.stopped) {
+      let reason;
+      try {
+        const assignment = await register(this.registrationUrl, this.clientId);
+        if (this.stopped) {
+          break;
+        }
+        this.onAssignment(assignment);
+        reason = await this.watch(assignment);
+      } catch (err) {
+        reason = err.message;
+      }
+      if (this.stopped) {
+        break;
+      }
+      const delayS = this.backoff.nextDelayS();
+      this.onState("reconnecting",
+                   `${reason}; registering again in ${delayS.toFixed(1)} s ` +
+                   `(attempt ${this.backoff.attempts})`);
+      await this.sleep(delayS * 1000);
+    }
+  }
+
+  sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      const self = this;
+      function done() {
+        clearTimeout(timer);
+        self.wake = null;
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  /** Receive until the connection ends; resolves with the reason it ended. */
+  watch(assignment) {
+    return new Promise((resolve) => {
+      const where = typeof assignment.cluster_id === "string" ? assignment.cluster_id : "cluster";
+      let socket;
+      try {
+        socket = new WebSocket(assignment.subscriber_endpoint);
+      } catch (err) {
+        resolve(`cannot connect to ${where} (${err.name})`);
+        return;
+      }
+      this.socket = socket;
+      let opened = false;
+      const timeout = setTimeout(() => socket.close(), CONNECT_TIMEOUT_MS);
+      socket.addEventListener("open", () => {
+        clearTimeout(timeout);
+        opened = true;
+        this.backoff.reset();
+        this.onState("live", `connected to ${where}`);
+      });
+      socket.addEventListener("message", (event) => {
+        if (typeof event.data !== "string") {
+          return;
+        }
+        const update = parseUpdate(event.data);
+        if (update) {
+          this.onUpdate(update);
+        }
+      });
+      socket.addEventListener("close", (event) => {
+        clearTimeout(timeout);
+        this.socket = null;
+        resolve(opened ? `${where} closed the connection (code ${event.code})`
+                       : `cannot connect to ${where}`);
+      });
+    });
+  }
+}

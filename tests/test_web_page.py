@@ -1,0 +1,592 @@
+"""The viewers' web page (static/, served by the registration API) and the ingest API's CORS.
+
+First without a browser: the page's routes and config.json, CORS answers of the ingest API, and
+the static files' rules (no HTML from data, no host names). Then in a real browser, Debian's
+headless Chromium driven by Playwright, against the whole system started by
+scripts/start_all.sh: the page goes live, 25 clicks on 🔥 show up as one window's count 25 and
+normalized count 1, holding a button sends a burst, and killing the page's WebSocket server
+makes it reconnect to another cluster. The page is opened under a host name other than
+localhost (the browser maps it to this machine) and is told another one for the ingest API, so
+every address it uses must come from config.json and POST /register.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from flask import Flask
+
+import registration_api
+from emoji_api import create_app as create_api_app
+from emojistream import config
+from emojistream.events import format_timestamp
+from emojistream.web import STATIC_DIR, add_web_page, page_config
+from tests.conftest import REPO_ROOT, isolated_env, run_script
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-quic", "--no-first-run", "--disable-component-update",
+                 "--disable-sync"]
+PAGE_HOST = "emoji.test"      # the browser resolves both to this machine
+API_HOST = "emoji-api.test"
+SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
+CLICKS = 25
+CLICK_ATTEMPTS = 3
+UPDATE_TIMEOUT_S = 90         # Kafka, Spark and the delivery tier, on a busy 2-core machine
+
+
+# --- the page's routes, without a browser ---------------------------------------------------
+
+@pytest.fixture
+def web_client():
+    app = Flask("web_test")
+    add_web_page(app, config.load({}, api_port=5000))
+    return app.test_client()
+
+
+def test_the_page_is_served_at_the_root_with_a_strict_policy(web_client):
+    response = web_client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert 'src="assets/app.js"' in response.get_data(as_text=True)
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'self'" in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("name, mimetype", [("app.js", "text/javascript"),
+                                            ("viewer.js", "text/javascript"),
+                                            ("sender.js", "text/javascript"),
+                                            ("view.js", "text/javascript"),
+                                            ("style.css", "text/css")])
+def test_assets_are_served_with_their_types(web_client, name, mimetype):
+    response = web_client.get(f"/assets/{name}")
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+    assert response.get_data() == (STATIC_DIR / name).read_bytes()
+
+
+def test_an_unknown_asset_is_a_404(web_client):
+    assert web_client.get("/assets/nope.js").status_code == 404
+
+
+def test_config_json_comes_from_the_settings_and_the_pages_own_address(web_client):
+    response = web_client.get("/config.json", base_url="http://stream.example:5001")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.get_json() == {
+        "api_url": "http://localhost:5000",
+        "registration_url": "http://stream.example:5001",
+        "emojis": list(config.load({}).allowed_emojis),
+        "window_seconds": 2,
+        "retry_initial_s": 0.5,
+        "retry_max_s": 8.0,
+        "stats_interval_s": 5.0,
+    }
+
+
+def test_public_urls_override_the_derived_ones():
+    settings = config.load({"API_PUBLIC_URL": "https://api.example/ingest/",
+                            "REGISTRATION_PUBLIC_URL": "https://join.example/",
+                            "EMOJIS": "🔥,😂", "WINDOW_SECONDS": "5"})
+    answer = page_config(settings, "http://anything:5001/")
+    assert answer["api_url"] == "https://api.example/ingest"
+    assert answer["registration_url"] == "https://join.example"
+    assert answer["emojis"] == ["🔥", "😂"]
+    assert answer["window_seconds"] == 5
+
+
+@pytest.mark.parametrize("api_host", ["0.0.0.0", "::"])
+def test_an_api_on_every_address_is_reached_by_the_pages_host_name(api_host):
+    settings = config.load({"API_HOST": api_host, "API_PORT": "5400"})
+    assert page_config(settings, "http://stream.example:5001/")["api_url"] == \
+        "http://stream.example:5400"
+    assert page_config(settings, "http://[2001:db8::1]:5001/")["api_url"] == \
+        "http://[2001:db8::1]:5400"
+
+
+def test_the_shell_configuration_names_the_pages_url():
+    shell = config.as_shell(config.load({"REGISTRATION_HOST": "0.0.0.0",
+                                         "REGISTRATION_PORT": "6001"}))
+    assert "WEB_PAGE_URL=http://localhost:6001/" in shell.splitlines()
+
+
+def test_the_registration_api_serves_the_page(tmp_path):
+    settings = config.load(isolated_env(tmp_path))
+    app = registration_api.create_app(settings, poll=False) if _takes_poll() else \
+        registration_api.create_app(settings)
+    client = app.test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "Content-Security-Policy" in page.headers, \
+        "GET / is not served by emojistream.web.add_web_page (another route for / comes first)"
+    assert client.get("/assets/app.js").status_code == 200
+    assert client.get("/config.json").get_json()["emojis"] == list(settings.allowed_emojis)
+
+
+def _takes_poll() -> bool:
+    import inspect
+    return "poll" in inspect.signature(registration_api.create_app).parameters
+
+
+# --- the static files' rules ----------------------------------------------------------------
+
+SCRIPTS = sorted(STATIC_DIR.glob("*.js"))
+
+
+def test_the_page_has_its_scripts():
+    assert {p.name for p in SCRIPTS} >= {"app.js", "viewer.js", "sender.js", "view.js"}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_no_script_inserts_html(path):
+    code = path.read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function"):
+        assert sink not in code, f"{path.name} uses {sink}"
+
+
+@pytest.mark.parametrize("path", sorted(STATIC_DIR.iterdir()), ids=lambda p: p.name)
+def test_no_static_file_names_a_host_or_port(path):
+    text = path.read_text()
+    for pattern in (r"localhost", r"127\.0\.0\.1", r"\b(https?|wss?)://", r":\d{2,5}\b"):
+        assert not re.search(pattern, text), f"{path.name} holds {pattern!r}"
+
+
+# --- CORS of the ingest API -----------------------------------------------------------------
+
+class RecordingSink:
+    def __init__(self):
+        self.events = []
+
+    def send(self, events):
+        self.events.extend(events)
+
+    def problem(self):
+        return None
+
+    def close(self, *_args):
+        pass
+
+
+def api_client(**environ):
+    sink = RecordingSink()
+    app = create_api_app(config.load(environ), sink=sink)
+    return app.test_client(), sink
+
+
+def event(emoji="🔥"):
+    return {"user_id": "page-1", "emoji_type": emoji,
+            "timestamp": format_timestamp(datetime.now(timezone.utc))}
+
+
+def preflight(client, path, origin):
+    return client.options(path, headers={"Origin": origin,
+                                         "Access-Control-Request-Method": "POST",
+                                         "Access-Control-Request-Headers": "content-type"})
+
+
+@pytest.mark.parametrize("path", ["/emoji", "/emojis"])
+def test_any_origin_may_send_by_default(path):
+    client, sink = api_client()
+    answer = preflight(client, path, "http://stream.example:5001")
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
+    assert answer.headers["Access-Control-Allow-Headers"].lower() == "content-type"
+    assert int(answer.headers["Access-Control-Max-Age"]) > 0
+    body = event() if path == "/emoji" else [event(), event("😂")]
+    sent = client.post(path, json=body, headers={"Origin": "http://stream.example:5001"})
+    assert sent.status_code == 200
+    assert sent.headers["Access-Control-Allow-Origin"] == "*"
+    assert [e["emoji_type"] for e in sink.events] == (["🔥"] if path == "/emoji"
+                                                      else ["🔥", "😂"])
+
+
+def test_errors_carry_cors_headers_so_the_page_can_read_them():
+    client, _sink = api_client()
+    answer = client.post("/emoji", json={"user_id": "x"}, headers={"Origin": "http://a.example"})
+    assert answer.status_code == 400
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Retry-After" in answer.headers["Access-Control-Expose-Headers"]
+
+
+def test_a_listed_origin_is_echoed_and_others_are_refused():
+    client, sink = api_client(API_CORS_ORIGINS="http://localhost:5001, https://cricket.example/")
+    allowed = preflight(client, "/emoji", "https://cricket.example")
+    assert allowed.status_code == 204
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://cricket.example"
+    assert "Origin" in allowed.headers["Vary"]
+    sent = client.post("/emoji", json=event(), headers={"Origin": "http://localhost:5001"})
+    assert sent.status_code == 200
+    assert sent.headers["Access-Control-Allow-Origin"] == "http://localhost:5001"
+
+    refused = preflight(client, "/emoji", "http://evil.example")
+    assert refused.status_code == 403
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    posted = client.post("/emoji", json=event(), headers={"Origin": "http://evil.example"})
+    assert posted.status_code == 403
+    assert posted.get_json() == {"error": "origin http://evil.example is not allowed "
+                                          "(API_CORS_ORIGINS)"}
+    assert len(sink.events) == 1  # only the allowed origin's
+
+
+def test_requests_without_an_origin_are_not_concerned():
+    client, sink = api_client(API_CORS_ORIGINS="https://cricket.example")
+    answer = client.post("/emoji", json=event())
+    assert answer.status_code == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    allow = client.options("/emoji").headers["Allow"]
+    assert {method.strip() for method in allow.split(",")} == {"OPTIONS", "POST"}
+    assert len(sink.events) == 1
+
+
+# --- in a real browser, against the whole system --------------------------------------------
+
+START_ATTEMPTS = 2
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    """The whole system, started as scripts/start_all.sh starts it, on its own Kafka and ports;
+    browsers are sent to the ingest API under another host name.
+
+    The free ports of isolated_env are free when chosen, but on a busy machine one of them may be
+    taken (as the local port of some connection) before its server binds it: then the system
+    is stopped and started once more on other ports."""
+    failures = []
+    for _attempt in range(START_ATTEMPTS):
+        env = isolated_env(tmp_path_factory.mktemp("web"))
+        env["API_PUBLIC_URL"] = f"http://{API_HOST}:{env['API_PORT']}"
+        try:
+            started = run_script("start_all.sh", env=env, timeout=400, check=False)
+            if started.returncode == 0:
+                yield config.load(env)
+                return
+            failures.append(started.stdout + started.stderr)
+        finally:
+            stopped = run_script("stop_all.sh", env=env, timeout=180, check=False)
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            assert not list((Path(env["VAR_DIR"]) / "run").glob("*.pid"))
+    pytest.fail("scripts/start_all.sh failed:\n" + "\n".join(failures))
+
+
+class Recorder:
+    """What the page did on the network, and what went wrong in it."""
+
+    def __init__(self, page):
+        self.requests: list[str] = []
+        self.websockets: list[str] = []
+        self.register_answers = []
+        self.errors: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("websocket", lambda socket: self.websockets.append(socket.url))
+        page.on("response", self._response)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def _response(self, response):
+        if urlsplit(response.url).path == "/register" and response.request.method == "POST":
+            self.register_answers.append(response)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+    playwright = sync_playwright().start()
+    try:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
+            headless=True, viewport={"width": 1100, "height": 720},
+            args=[*CHROMIUM_ARGS,
+                  f"--host-resolver-rules=MAP {PAGE_HOST} localhost, MAP {API_HOST} localhost"])
+        try:
+            yield context
+        finally:
+            context.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def page(system, browser):
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.set_default_timeout(30_000)
+    recorder = Recorder(page)
+    page.goto(f"http://{PAGE_HOST}:{system.registration_port}/?client_id=browser-viewer")
+    page.recorder = recorder
+    return page
+
+
+def by_testid(page, testid):
+    return page.locator(f'[data-testid="{testid}"]')
+
+
+def state(page) -> str:
+    return by_testid(page, "connection-state").get_attribute("data-state")
+
+
+def wait_live(page, timeout_s=60):
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid="connection-state"]')
+                   .dataset.state === "live" """, timeout=timeout_s * 1000)
+
+
+def test_the_page_registers_and_goes_live(system, page):
+    wait_live(page)
+    assert by_testid(page, "connection-state").text_content() == "live"
+    cluster = by_testid(page, "cluster").text_content()
+    assert re.fullmatch(r"cluster\d+", cluster), cluster
+    assert by_testid(page, "client-id").input_value() == "browser-viewer"
+
+    buttons = by_testid(page, "emoji-button")
+    assert [buttons.nth(i).text_content() for i in range(buttons.count())] == \
+        list(system.allowed_emojis)
+    bars = by_testid(page, "bar")
+    assert [bars.nth(i).get_attribute("data-emoji") for i in range(bars.count())] == \
+        list(system.allowed_emojis)
+    page.wait_for_function(
+        """() => /^[1-9][0-9]*$/.test(
+               document.querySelector('[data-testid="viewers-online"]').textContent)""")
+
+    # Every address came from config.json and POST /register: the page was loaded from
+    # PAGE_HOST and was told nothing else for HTTP; it connected where /register said.
+    recorder = page.recorder
+    hosts = {urlsplit(url).hostname for url in recorder.requests}
+    assert hosts == {PAGE_HOST}, recorder.requests
+    assignment = recorder.register_answers[-1].json()
+    assert assignment["cluster_id"] == cluster
+    assert recorder.websockets[-1] == assignment["subscriber_endpoint"]
+    assert recorder.errors == []
+
+
+def window_start_ms(moment_ms: int, window_seconds: int) -> int:
+    return moment_ms - moment_ms % (window_seconds * 1000)
+
+
+def wait_for_window_boundary(window_seconds: int, margin_s: float = 0.05) -> None:
+    now = time.time()
+    time.sleep(math.floor(now / window_seconds + 1) * window_seconds - now + margin_s)
+
+
+def sent_count(page) -> int:
+    return int(by_testid(page, "sent-count").text_content())
+
+
+def shown_window(page, emoji: str) -> dict:
+    return page.evaluate(
+        """(emoji) => {
+             const section = document.querySelector('[data-testid="window"]');
+             const bar = document.querySelector(`[data-testid="bar"][data-emoji="${CSS.escape(emoji)}"]`);
+             return {start: Date.parse(section.dataset.windowStart),
+                     count: Number(bar.dataset.count),
+                     normalized: Number(bar.dataset.normalized),
+                     shownCount: bar.querySelector('[data-testid="bar-count"]').textContent,
+                     total: document.querySelector('[data-testid="total-events"]').textContent};
+           }""", emoji)
+
+
+def wait_until(page, condition: str, timeout_s: float, arg=None) -> bool:
+    """Whether the JavaScript function ``condition`` returns true within ``timeout_s``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:
+        page.wait_for_function(condition, arg=arg, timeout=timeout_s * 1000, polling=200)
+        return True
+    except PlaywrightTimeout:
+        return False
+
+
+def wait_for_window(page, start_ms: int, emoji: str, count: int, timeout_s: float) -> bool:
+    """Whether the page shows, within ``timeout_s``, window ``start_ms`` with ``count``
+    ``emoji``s."""
+    return wait_until(page, """([start, emoji, count]) => {
+                 const section = document.querySelector('[data-testid="window"]');
+                 const bar = document.querySelector(`[data-testid="bar"][data-emoji="${CSS.escape(emoji)}"]`);
+                 return Date.parse(section.dataset.windowStart) === start
+                        && bar !== null && Number(bar.dataset.count) === count;
+               }""", timeout_s, arg=[start_ms, emoji, count])
+
+
+def test_25_clicks_on_fire_show_count_25_and_normalized_1(system, page):
+    wait_live(page)
+    button = page.locator('[data-testid="emoji-button"][data-emoji="🔥"]')
+    box = button.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    swarm_before = int(by_testid(page, "swarm").get_attribute("data-spawned"))
+    attempts = []
+    for _attempt in range(CLICK_ATTEMPTS):
+        sent_before = sent_count(page)
+        wait_for_window_boundary(system.window_seconds)
+        first_ms = page.evaluate("Date.now()")
+        for _ in range(CLICKS):
+            page.mouse.click(x, y)
+        last_ms = page.evaluate("Date.now()")
+        window_ms = window_start_ms(first_ms, system.window_seconds)
+        one_window = window_ms == window_start_ms(last_ms, system.window_seconds)
+        all_sent = wait_until(page, f"""() => Number(document.querySelector(
+            '[data-testid="sent-count"]').textContent) >= {sent_before + CLICKS}""", 30)
+        attempts.append({"first_ms": first_ms, "last_ms": last_ms, "one_window": one_window,
+                         "all_sent": all_sent})
+        # The page stamps each reaction with the browser's clock when it is clicked: all of
+        # them lie between first_ms and last_ms.
+        if one_window and all_sent and wait_for_window(page, window_ms, "🔥", CLICKS,
+                                                       UPDATE_TIMEOUT_S):
+            break
+    else:
+        pytest.fail(f"no window showed {CLICKS} 🔥: attempts {attempts}, page shows "
+                    f"{shown_window(page, '🔥')}")
+    assert sent_count(page) == sent_before + CLICKS  # one POST /emoji per click
+    shown = shown_window(page, "🔥")
+    assert (shown["count"], shown["normalized"], shown["shownCount"], shown["total"]) == \
+        (CLICKS, 1, str(CLICKS), str(CLICKS))
+    # normalized_count 1: one 🔥 floats up the screen for this window.
+    assert int(by_testid(page, "swarm").get_attribute("data-spawned")) >= swarm_before + 1
+    time.sleep(1.0)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert page.recorder.errors == []
+
+
+def post_crowd(system, window_ms: int, counts: dict[str, int]) -> None:
+    """Other viewers' reactions, into the window that starts at ``window_ms``."""
+    moment = datetime.fromtimestamp(window_ms / 1000, timezone.utc) + timedelta(milliseconds=300)
+    events = [{"user_id": f"crowd-{i % 500}", "emoji_type": emoji,
+               "timestamp": format_timestamp(moment)}
+              for emoji, count in counts.items() for i in range(count)]
+    answer = requests.post(f"http://{system.api_host}:{system.api_port}/emojis", json=events,
+                           timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == len(events)
+
+
+def test_holding_a_button_sends_a_burst_and_the_crowd_floods_the_screen(system, page):
+    wait_live(page)
+    sent_before = sent_count(page)
+    button = page.locator('[data-testid="emoji-button"][data-emoji="😂"]')
+    box = button.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    time.sleep(2.0)
+    page.mouse.up()
+    page.wait_for_function(f"""() => Number(document.querySelector(
+        '[data-testid="sent-count"]').textContent) >= {sent_before + 40}""")
+
+    # A crowd reacts in the next window: its popular emojis flood the screen.
+    wait_for_window_boundary(system.window_seconds, margin_s=0.2)
+    window_ms = window_start_ms(int(time.time() * 1000), system.window_seconds)
+    crowd = {"🔥": 2400, "🏏": 1300, "😂": 900, "🎉": 600, "👏": 350, "❤️": 180, "😮": 60}
+    spawned_before = int(by_testid(page, "swarm").get_attribute("data-spawned"))
+    post_crowd(system, window_ms, crowd)
+    assert wait_for_window(page, window_ms, "🏏", 1300, UPDATE_TIMEOUT_S), \
+        shown_window(page, "🏏")
+    shown = shown_window(page, "🔥")
+    assert (shown["count"], shown["normalized"]) == (2400, 24)
+    # normalized_count copies of each emoji, 59 in all, float up for this window.
+    spawned = int(by_testid(page, "swarm").get_attribute("data-spawned")) - spawned_before
+    assert spawned >= sum(math.ceil(count / 100) for count in crowd.values())
+    # The copies start over about a window's time: a picture once most of them are up (when
+    # Spark reported the window in several updates, the first ones may be gone already).
+    wait_until(page, """() => document.querySelectorAll(
+        '[data-testid="swarm"] .particle').length >= 40""", 3)
+    time.sleep(1.0)
+    page.screenshot(path=str(SCREENSHOT))
+    assert page.recorder.errors == []
+
+
+HOSTILE_ID = '<img src=x onerror="window.pwned=1">'
+HOSTILE_EMOJI = '<b onmouseover="window.pwned=2">🔥</b>'
+
+
+def test_data_is_shown_as_text_never_as_html(system, browser):
+    """Ids and emojis with markup in them (here from a WebSocket that the test plays) show up as
+    the text they are."""
+    page = browser.new_page()
+    try:
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        update = {"window_start": "2030-01-01T00:00:00.000Z",
+                  "window_end": "2030-01-01T00:00:02.000Z",
+                  "aggregates": [{"emoji_type": HOSTILE_EMOJI, "count": 321,
+                                  "normalized_count": 4, "unique_users": 3},
+                                 {"emoji_type": "😂", "count": 20, "normalized_count": 1,
+                                  "unique_users": 1}]}
+        page.route_web_socket(re.compile(".*"), lambda socket: socket.send(json.dumps(update)))
+        page.goto(f"http://{PAGE_HOST}:{system.registration_port}/?client_id="
+                  + requests.utils.quote(HOSTILE_ID, safe=""))
+        wait_live(page)
+        assert by_testid(page, "client-id").input_value() == HOSTILE_ID
+        assert wait_for_window(page, 1893456000000, HOSTILE_EMOJI, 321, 30)
+        column = page.locator('[data-testid="bar"]').filter(has_text="321")
+        assert column.get_attribute("data-emoji") == HOSTILE_EMOJI
+        assert HOSTILE_EMOJI in column.text_content()
+        assert by_testid(page, "total-events").text_content() == "341"
+        assert page.locator("img, b").count() == 0
+        assert page.evaluate("window.pwned") is None
+
+        # An id entered in the page registers anew; without one, the page makes one up.
+        with page.expect_request(lambda r: r.url.endswith("/register")
+                                 and "entered-viewer" in (r.post_data or "")):
+            by_testid(page, "client-id").fill("entered-viewer")
+            page.get_by_role("button", name="switch").click()
+        wait_live(page)
+        page.evaluate("localStorage.clear()")
+        page.goto(f"http://{PAGE_HOST}:{system.registration_port}/")
+        wait_live(page)
+        assert re.fullmatch(r"viewer-[0-9a-f]{8}", by_testid(page, "client-id").input_value())
+        assert errors == []
+    finally:
+        page.close()
+
+
+def test_killing_its_websocket_server_makes_it_reconnect_to_another_cluster(system, page):
+    wait_live(page)
+    before = by_testid(page, "cluster").text_content()
+    cluster = int(before.removeprefix("cluster"))
+    page.evaluate(
+        """() => {
+             const node = document.querySelector('[data-testid="connection-state"]');
+             window.seenStates = [node.dataset.state];
+             new MutationObserver(() => window.seenStates.push(node.dataset.state))
+               .observe(node, {attributes: true, attributeFilter: ["data-state"]});
+           }""")
+    pid_file = Path(system.var_dir) / "run" / f"ws_server_{cluster}.pid"
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    page.wait_for_function("() => window.seenStates.includes('reconnecting')", timeout=30_000)
+    page.wait_for_function(
+        """(before) => {
+             const state = document.querySelector('[data-testid="connection-state"]');
+             const cluster = document.querySelector('[data-testid="cluster"]');
+             return state.dataset.state === "live" && cluster.textContent !== before;
+           }""", arg=before, timeout=60_000)
+    seen = page.evaluate("window.seenStates")
+    assert seen[0] == "live" and "reconnecting" in seen and seen[-1] == "live", seen
+    after = by_testid(page, "cluster").text_content()
+    assert re.fullmatch(r"cluster\d+", after) and after != before
+    assert page.recorder.websockets[-1] == page.recorder.register_answers[-1].json()[
+        "subscriber_endpoint"]
+
+    # Window updates flow again, on the new cluster.
+    button = page.locator('[data-testid="emoji-button"][data-emoji="🎯"]')
+    for _attempt in range(CLICK_ATTEMPTS):
+        wait_for_window_boundary(system.window_seconds)
+        first_ms = page.evaluate("Date.now()")
+        button.click()
+        last_ms = page.evaluate("Date.now()")
+        window_ms = window_start_ms(first_ms, system.window_seconds)
+        if window_ms == window_start_ms(last_ms, system.window_seconds) and \
+                wait_for_window(page, window_ms, "🎯", 1, UPDATE_TIMEOUT_S):
+            break
+    else:
+        pytest.fail(f"no update reached the page after it reconnected: {shown_window(page, '🎯')}")
