@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from emojistream import config
 from emojistream.backoff import Backoff
 from emojistream.events import InvalidEvent, decode_window_update, format_timestamp
+from emojistream.lifecycle import load_settings
 from emojistream.logs import setup_logging
 from emojistream.viewer import RegistrationClient, RegistrationError, format_window
 
@@ -399,11 +400,7 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     setup_logging("client_simulator")
-    try:
-        settings = config.load()
-    except config.ConfigError as err:
-        log.error("%s", err)
-        return 2
+    settings = load_settings(log)
     args = parse_args(argv, settings)
     sys.stdout.reconfigure(errors="backslashreplace")
     return asyncio.run(simulate(args, settings))

@@ -10,10 +10,11 @@ SUBSCRIBERS_TOPIC_TEMPLATE, CLUSTER_COUNT.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from emojistream import config, kafka_clients
-from emojistream.lifecycle import stop_on_signals
+from emojistream.lifecycle import load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 from emojistream.relay import relay
 
@@ -27,9 +28,9 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    settings = config.load()
+    settings = load_settings(setup_logging("cluster_publisher"))
     args = parse_args(argv, settings)
-    log = setup_logging(f"cluster_publisher[{args.cluster}]")
+    log = logging.getLogger(f"cluster_publisher[{args.cluster}]")
     stop = stop_on_signals()
     try:
         relay(settings, settings.cluster_topic(args.cluster),

@@ -19,34 +19,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
 from datetime import datetime, timezone
 
 from flask import Flask, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from emojistream import config, ingest, kafka_clients, wsgi
 from emojistream.events import EventValidator, InvalidEvent
+from emojistream.json_api import ApiError, add_json_error_handlers, json_body, json_error
 from emojistream.ingest import KafkaEventSink, SinkUnavailable
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("emoji_api")
 
+ENDPOINTS = "POST /emoji, POST /emojis and GET /health"
 SINK = "emoji_sink"  # key of the sink in app.extensions
 RETRY_AFTER_S = "1"
-
-
-class ApiError(Exception):
-    """An answer other than success: its status and JSON body."""
-
-    def __init__(self, status: int, message: str, body: dict | None = None, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.body = {**(body or {}), "error": message}
-        self.headers = headers or {}
 
 
 def create_app(settings: config.Settings | None = None, sink=None) -> Flask:
@@ -115,13 +106,13 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
 
     @app.post("/emoji")
     def post_emoji():
-        event = validator.validate(_json_body(), _now())
+        event = validator.validate(json_body(), _now())
         _send(sink, [event])
         return {"status": "success"}
 
     @app.post("/emojis")
     def post_emojis():
-        items = _json_body()
+        items = json_body()
         _check_batch(items, settings.api_max_batch)
         received_at = _now()
         accepted, rejected = [], []
@@ -149,18 +140,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_body():
-    """The parsed body, whatever its Content-Type says."""
-    try:
-        return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "body is not valid JSON") from None
-
-
 def _check_batch(items, max_batch: int) -> None:
     if not isinstance(items, list):
         raise ApiError(400, "body must be a JSON array of events")
@@ -182,42 +161,16 @@ def _unavailable(reason: str) -> ApiError:
                     headers={"Retry-After": RETRY_AFTER_S})
 
 
-def _json_error(status: int, message: str, headers=None):
-    return {"error": message}, status, headers or {}
-
-
 def _add_error_handlers(app: Flask, settings: config.Settings) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError):
-        return err.body, err.status, err.headers
-
     @app.errorhandler(InvalidEvent)
     def invalid_event(err: InvalidEvent):
-        return _json_error(400, str(err))
+        return json_error(400, str(err))
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_err):
-        return _json_error(413, f"body is larger than {settings.api_max_body_bytes} bytes")
+        return json_error(413, f"body is larger than {settings.api_max_body_bytes} bytes")
 
-    @app.errorhandler(NotFound)
-    def not_found(_err):
-        return _json_error(404, f"no such endpoint: {request.path} "
-                                "(there are POST /emoji, POST /emojis and GET /health)")
-
-    @app.errorhandler(MethodNotAllowed)
-    def wrong_method(err: MethodNotAllowed):
-        allowed = ", ".join(sorted(err.valid_methods or ()))
-        return _json_error(405, f"{request.method} is not allowed on {request.path}; "
-                                f"use {allowed}", {"Allow": allowed})
-
-    @app.errorhandler(HTTPException)
-    def other_http_error(err: HTTPException):
-        return _json_error(err.code or 500, err.description or err.name)
-
-    @app.errorhandler(Exception)
-    def internal_error(_err):
-        log.exception("request %s %s failed", request.method, request.path)
-        return _json_error(500, "internal error")
+    add_json_error_handlers(app, log, ENDPOINTS)
 
 
 def close_sink(_arbiter, worker) -> None:

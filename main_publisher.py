@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emojistream import config, kafka_clients
-from emojistream.lifecycle import stop_on_signals
+from emojistream import kafka_clients
+from emojistream.lifecycle import load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 from emojistream.relay import relay
 
@@ -22,7 +22,7 @@ GROUP_ID = "main-publisher"
 def main(argv=None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     log = setup_logging("main_publisher")
-    settings = config.load()
+    settings = load_settings(log)
     stop = stop_on_signals()
     targets = [settings.cluster_topic(n) for n in settings.clusters]
     try:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import threading
@@ -45,12 +44,12 @@ from typing import Callable
 from urllib.parse import quote
 
 import requests
-from flask import Flask, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from flask import Flask
 
 from emojistream import config, secrets, tokens, web, wsgi
-# A client_id follows the rules of an event's user_id (it is sent as one).
-from emojistream.events import MAX_USER_ID_LENGTH, _has_control_characters
+from emojistream.events import InvalidEvent, check_identifier
+from emojistream.json_api import ApiError, add_json_error_handlers, json_body
+from emojistream.lifecycle import load_settings
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("registration_api")
@@ -65,15 +64,6 @@ NO_CLUSTER = ("no cluster is available: no WebSocket server answers its health c
 
 # probe(cluster) -> the server's live viewer count, or None when it is down.
 Probe = Callable[[int], "int | None"]
-
-
-class ApiError(Exception):
-    """An answer other than success: its status and message."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 class NoClusterAvailable(RuntimeError):
@@ -320,40 +310,17 @@ def endpoint_for(settings: config.Settings, cluster: int, token: str) -> str:
 
 
 def check_client_id(body) -> str:
-    """The client_id of a request body; ApiError(400) naming the problem."""
+    """The client_id of a request body; ApiError(400) naming the problem. A client_id follows
+    the rules of an event's user_id (it is sent as one)."""
     if not isinstance(body, dict):
         raise ApiError(400, 'body must be a JSON object like {"client_id": "..."}')
     if "client_id" not in body:
         raise ApiError(400, "missing field: client_id")
-    client_id = body["client_id"]
-    if not isinstance(client_id, str):
-        raise ApiError(400, f"client_id must be a string, got {_json_type(client_id)}")
-    if not client_id.strip():
-        raise ApiError(400, "client_id must not be empty")
-    if len(client_id) > MAX_USER_ID_LENGTH:
-        raise ApiError(400, f"client_id is longer than {MAX_USER_ID_LENGTH} characters")
-    if _has_control_characters(client_id):
-        raise ApiError(400, "client_id must not contain control characters")
-    return client_id
-
-
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "number", float: "number", list: "array",
-            dict: "object"}.get(type(value), type(value).__name__)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_body():
-    """The parsed body, whatever its Content-Type says."""
     try:
-        return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "body is not valid JSON") from None
+        check_identifier(body["client_id"], "client_id")
+    except InvalidEvent as err:
+        raise ApiError(400, str(err)) from None
+    return body["client_id"]
 
 
 def create_app(settings: config.Settings | None = None, registry: Registry | None = None,
@@ -373,7 +340,7 @@ def create_app(settings: config.Settings | None = None, registry: Registry | Non
     secret = token_secret if token_secret is not None else secrets.token_secret(settings)
     _add_routes(app, settings, registry, monitor, secret)
     web.add_web_page(app, settings)
-    _add_error_handlers(app)
+    add_json_error_handlers(app, log, ENDPOINTS)
     monitor.poll_all()
     if poll:
         monitor.start()
@@ -384,14 +351,14 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
                 monitor: HealthMonitor, secret: str) -> None:
     @app.post("/register")
     def register():
-        client_id = check_client_id(_json_body())
+        client_id = check_client_id(json_body())
         current = registry.assignment(client_id)
         if current is not None and registry.is_healthy(current):
             monitor.recheck(current)  # it registers again: is its server still there?
         try:
             cluster, previous = registry.register(client_id)
         except NoClusterAvailable as err:
-            raise ApiError(503, str(err), {"Retry-After": "1"}) from None
+            raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
         if previous is None:
             log.info("registered %r on %s", client_id, cluster_id(cluster))
         elif previous != cluster:
@@ -403,7 +370,7 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
 
     @app.post("/deregister")
     def deregister():
-        client_id = check_client_id(_json_body())
+        client_id = check_client_id(json_body())
         cluster = registry.deregister(client_id)
         if cluster is None:
             raise ApiError(404, f"client_id {client_id!r} is not registered")
@@ -420,35 +387,6 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
     @app.get("/health")
     def health():
         return {"status": "ok", "registered_viewers": registry.total()}
-
-
-def _json_error(status: int, message: str, headers=None):
-    return {"error": message}, status, headers or {}
-
-
-def _add_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError):
-        return _json_error(err.status, str(err), err.headers)
-
-    @app.errorhandler(NotFound)
-    def not_found(_err):
-        return _json_error(404, f"no such endpoint: {request.path} (there are {ENDPOINTS})")
-
-    @app.errorhandler(MethodNotAllowed)
-    def wrong_method(err: MethodNotAllowed):
-        allowed = ", ".join(sorted(err.valid_methods or ()))
-        return _json_error(405, f"{request.method} is not allowed on {request.path}; "
-                                f"use {allowed}", {"Allow": allowed})
-
-    @app.errorhandler(HTTPException)
-    def other_http_error(err: HTTPException):
-        return _json_error(err.code or 500, err.description or err.name)
-
-    @app.errorhandler(Exception)
-    def internal_error(_err):
-        log.exception("request %s %s failed", request.method, request.path)
-        return _json_error(500, "internal error")
 
 
 def stop_monitor(_arbiter, worker) -> None:
@@ -478,11 +416,7 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     setup_logging("registration_api")
-    try:
-        settings = config.load()
-    except config.ConfigError as err:
-        log.error("%s", err)
-        return 2
+    settings = load_settings(log)
     args = parse_args(argv, settings)
     settings = dataclasses.replace(settings, registration_host=args.host,
                                    registration_port=args.port,

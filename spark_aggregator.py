@@ -31,7 +31,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.types import StringType, StructField, StructType
 
-from emojistream import config, kafka_clients
+from emojistream import kafka_clients
+from emojistream.lifecycle import load_settings
 from emojistream.logs import setup_logging
 from emojistream.spark import ConnectorMissing, spark_session
 
@@ -170,7 +171,7 @@ class ProgressLog(StreamingQueryListener):
 def main(argv=None) -> int:
     args = parse_args(argv)
     log = setup_logging("spark_aggregator")
-    settings = config.load()
+    settings = load_settings(log)
     checkpoint = args.checkpoint or settings.var_path / "spark" / "checkpoints" / "aggregator"
     try:
         kafka_clients.wait_for_kafka(settings)

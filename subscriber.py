@@ -37,7 +37,7 @@ from websockets.sync.client import ClientConnection, connect
 from emojistream import config, kafka_clients, secrets
 from emojistream.backoff import Backoff
 from emojistream.events import InvalidEvent, decode_window_update
-from emojistream.lifecycle import stop_on_signals
+from emojistream.lifecycle import load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("subscriber")
@@ -269,11 +269,7 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     setup_logging("subscriber")
-    try:
-        settings = config.load()
-    except config.ConfigError as err:
-        log.error("%s", err)
-        return 2
+    settings = load_settings(log)
     args = parse_args(argv, settings)
     stop = stop_on_signals()
     try:

@@ -47,7 +47,6 @@ import hmac
 import http
 import json
 import logging
-import resource
 import signal
 import sys
 import time
@@ -60,6 +59,7 @@ from websockets.http11 import Request, Response
 
 from emojistream import config, secrets, tokens
 from emojistream.events import InvalidEvent, decode_window_update, parse_timestamp
+from emojistream.lifecycle import load_settings, raise_open_file_limit
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("ws_server")
@@ -269,18 +269,6 @@ def keepalive(seconds: float) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def raise_open_file_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the resulting soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
 async def run(settings: config.Settings, cluster: int, key: str, token_secret: str,
               open_files: int) -> None:
     hub = Hub(cluster, key, token_secret, settings.ws_dedup_windows,
@@ -331,11 +319,7 @@ def main(argv=None) -> int:
     # matters itself.
     logging.getLogger("websockets").setLevel(
         max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
-    try:
-        settings = config.load()
-    except config.ConfigError as err:
-        log.error("%s", err)
-        return 2
+    settings = load_settings(log)
     args = parse_args(argv, settings)
     settings = dataclasses.replace(settings, ws_host=args.host)
     try:

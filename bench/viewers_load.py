@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing
 import os
-import resource
 import secrets as random_tokens
 import signal
 import subprocess
@@ -55,6 +54,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: 
 
 from emojistream import config  # noqa: E402
 from emojistream.events import format_timestamp  # noqa: E402
+from emojistream.lifecycle import raise_open_file_limit  # noqa: E402
 
 PYTHON = sys.executable
 REGISTER_THREADS = 8        # concurrent POST /register per process
@@ -64,18 +64,6 @@ CONNECT_ATTEMPTS = 3
 
 
 # --- the viewer side --------------------------------------------------------------------------
-
-def raise_open_file_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the resulting soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
 
 def register_all(registration_url: str, client_ids: list[str],
                  threads: int = REGISTER_THREADS) -> list[dict]:

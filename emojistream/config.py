@@ -8,7 +8,6 @@ so there is exactly one place where defaults live.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import sys

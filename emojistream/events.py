@@ -54,7 +54,7 @@ def parse_timestamp(value) -> datetime:
             moment = moment.replace(tzinfo=timezone.utc)
         return moment.astimezone(timezone.utc)
     raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds, "
-                       f"got {_json_type(value)}")
+                       f"got {json_type(value)}")
 
 
 def _has_control_characters(text: str) -> bool:
@@ -82,38 +82,41 @@ class EventValidator:
         in a window nobody watches.
         """
         if not isinstance(event, dict):
-            raise InvalidEvent(f"an event must be a JSON object, got {_json_type(event)}")
+            raise InvalidEvent(f"an event must be a JSON object, got {json_type(event)}")
         missing = [name for name in EVENT_FIELDS if name not in event]
         if missing:
             raise InvalidEvent("missing field(s): " + ", ".join(missing))
         user_id, emoji, timestamp = (event[name] for name in EVENT_FIELDS)
-        self._check_user_id(user_id)
+        check_identifier(user_id, "user_id")
         self._check_emoji(emoji)
         moment = parse_timestamp(timestamp)
         if not (received_at - self.max_age <= moment <= received_at + self.max_future):
             moment = received_at
         return {"user_id": user_id, "emoji_type": emoji, "timestamp": format_timestamp(moment)}
 
-    @staticmethod
-    def _check_user_id(user_id) -> None:
-        if not isinstance(user_id, str):
-            raise InvalidEvent(f"user_id must be a string, got {_json_type(user_id)}")
-        if not user_id.strip():
-            raise InvalidEvent("user_id must not be empty")
-        if len(user_id) > MAX_USER_ID_LENGTH:
-            raise InvalidEvent(f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
-        if _has_control_characters(user_id):
-            raise InvalidEvent("user_id must not contain control characters")
-
     def _check_emoji(self, emoji) -> None:
         if not isinstance(emoji, str):
-            raise InvalidEvent(f"emoji_type must be a string, got {_json_type(emoji)}")
+            raise InvalidEvent(f"emoji_type must be a string, got {json_type(emoji)}")
         if emoji not in self.allowed_emojis:
             raise InvalidEvent(f"emoji_type {emoji[:16]!r} is not one of the allowed emojis: "
                                f"{self._allowed_list}")
 
 
-def _json_type(value) -> str:
+def check_identifier(value, field: str) -> None:
+    """The rules of a user or client id: a non-empty string of at most MAX_USER_ID_LENGTH
+    characters, none of them a control character; InvalidEvent naming ``field`` otherwise."""
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field} must be a string, got {json_type(value)}")
+    if not value.strip():
+        raise InvalidEvent(f"{field} must not be empty")
+    if len(value) > MAX_USER_ID_LENGTH:
+        raise InvalidEvent(f"{field} is longer than {MAX_USER_ID_LENGTH} characters")
+    if _has_control_characters(value):
+        raise InvalidEvent(f"{field} must not contain control characters")
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
     if value is None:
         return "null"
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",

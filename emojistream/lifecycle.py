@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import resource
 import signal
 import threading
+
+from . import config
 
 
 def stop_on_signals() -> threading.Event:
@@ -13,3 +17,25 @@ def stop_on_signals() -> threading.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     return stop
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (one file descriptor per
+    WebSocket connection); the resulting soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def load_settings(log: logging.Logger) -> config.Settings:
+    """The settings from the environment, or exit 2 naming the bad setting (not a traceback)."""
+    try:
+        return config.load()
+    except config.ConfigError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None

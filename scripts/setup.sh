@@ -127,4 +127,7 @@ main() {
   say "ready"
 }
 
+case "${1:-}" in
+  -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+esac
 main "$@"

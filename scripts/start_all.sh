@@ -5,6 +5,7 @@
 # Stop everything with scripts/stop_all.sh.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+show_help_if_asked "$@"
 [ -x "$VENV_PYTHON" ] || die "no Python environment: run scripts/setup.sh"
 
 RUN_DIR="$VAR_DIR/run"

@@ -3,6 +3,7 @@
 # ingest first, Kafka last. Each gets SIGTERM to finish cleanly, then SIGKILL after a grace period.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+show_help_if_asked "$@"
 
 RUN_DIR="$VAR_DIR/run"
 GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
