@@ -50,6 +50,28 @@ pid_alive() {
   [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
+# stop_pid_file FILE NAME GRACE_SECONDS: SIGTERM the process whose pid FILE holds, SIGKILL it if
+# it still runs after GRACE_SECONDS, and remove FILE. Returns 1 when no such process ran.
+stop_pid_file() {
+  local pid_file="$1" name="$2" grace="$3" pid deadline
+  if ! pid_alive "$pid_file"; then
+    rm -f "$pid_file"
+    return 1
+  fi
+  pid="$(cat "$pid_file")"
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + grace))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      say "$name (pid $pid) did not stop within ${grace}s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pid_file"
+}
+
 # port_open HOST PORT: true when something accepts TCP connections there.
 port_open() {
   (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null

@@ -110,25 +110,11 @@ start() {
 }
 
 stop() {
-  if ! pid_alive "$PID_FILE"; then
-    rm -f "$PID_FILE"
+  if stop_pid_file "$PID_FILE" Kafka "$STOP_TIMEOUT"; then
+    say "Kafka stopped"
+  else
     say "Kafka is not running"
-    return
   fi
-  local pid waited=0
-  pid="$(cat "$PID_FILE")"
-  kill -TERM "$pid"
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$waited" -ge "$((STOP_TIMEOUT * 5))" ]; then
-      say "Kafka (pid $pid) did not stop within ${STOP_TIMEOUT}s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-    waited=$((waited + 1))
-  done
-  rm -f "$PID_FILE"
-  say "Kafka stopped"
 }
 
 status() {
