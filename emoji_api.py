@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         return 2
     try:
         ingest.require_topic(settings)
-    except (kafka_clients.KafkaUnavailable, ingest.MissingTopic) as err:
+    except kafka_clients.KafkaUnavailable as err:  # MissingTopic included
         log.error("%s", err)
         return 1
     log.info("listening on %s:%d, %d worker(s) with %d threads, producing to %s",

@@ -54,10 +54,6 @@ class KeyRejected(RuntimeError):
     """The WebSocket server refused the subscriber key: retrying cannot help."""
 
 
-class MissingTopic(RuntimeError):
-    """The topic to consume does not exist (the broker does not create topics on demand)."""
-
-
 class HandOverFailed(RuntimeError):
     """The WebSocket server did not confirm it received the updates sent."""
 
@@ -220,8 +216,8 @@ def describe(err: Exception) -> str:
 
 
 def open_consumer(settings: config.Settings, cluster: int, member: int) -> KafkaConsumer:
-    """This subscriber's consumer, in its own group, subscribed; KafkaUnavailable or
-    MissingTopic."""
+    """This subscriber's consumer, in its own group, subscribed; KafkaUnavailable (or its
+    MissingTopic) when Kafka or the topic is not there."""
     topic = settings.subscribers_topic(cluster)
     group = settings.subscriber_group(cluster, member)
     consumer = kafka_clients.consumer(
@@ -230,16 +226,10 @@ def open_consumer(settings: config.Settings, cluster: int, member: int) -> Kafka
         session_timeout_ms=settings.subscriber_session_timeout_ms,
         heartbeat_interval_ms=settings.subscriber_heartbeat_ms)
     try:
-        topics = consumer.topics()
-    except KafkaError as err:
+        kafka_clients.require_topics(settings, consumer, [topic])
+    except kafka_clients.KafkaUnavailable:
         consumer.close()
-        raise kafka_clients.KafkaUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not list its topics "
-            f"({type(err).__name__})") from None
-    if topic not in topics:
-        consumer.close()
-        raise MissingTopic(f"topic {topic} does not exist at "
-                           f"{settings.kafka_bootstrap_servers}; run scripts/create_topics.sh")
+        raise
     consumer.subscribe([topic], listener=_ReadyLog(topic, group))
     return consumer
 
@@ -275,7 +265,7 @@ def main(argv=None) -> int:
     try:
         key = secrets.subscriber_key(settings)
         consumer = open_consumer(settings, args.cluster, args.member)
-    except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable, MissingTopic) as err:
+    except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable) as err:
         log.error("%s", err)
         return 1
     outlet = Outlet(publish_url(settings, args.cluster), key, settings)

@@ -52,10 +52,6 @@ class SinkUnavailable(RuntimeError):
     """Kafka cannot take records now; the message says why."""
 
 
-class MissingTopic(RuntimeError):
-    """The events topic does not exist (the broker does not create topics on demand)."""
-
-
 def compression_type(settings: Settings) -> str | None:
     """PRODUCER_COMPRESSION as kafka-python wants it; ValueError when unusable here."""
     name = settings.producer_compression.strip().lower()
@@ -82,8 +78,7 @@ def require_topic(settings: Settings) -> None:
     finally:
         admin.close()
     if settings.emoji_events_topic not in topics:
-        raise MissingTopic(f"topic {settings.emoji_events_topic} does not exist at "
-                           f"{settings.kafka_bootstrap_servers}; run scripts/create_topics.sh")
+        raise kafka_clients.MissingTopic(settings, [settings.emoji_events_topic])
 
 
 class KafkaEventSink:

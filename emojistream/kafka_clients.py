@@ -41,17 +41,26 @@ def wait_for_kafka(settings: Settings,
 
 
 class MissingTopic(KafkaUnavailable):
-    """A topic the component needs does not exist (the broker creates none on demand)."""
+    """Topics a component needs do not exist (the broker creates none on demand)."""
+
+    def __init__(self, settings: Settings, topics: list[str]):
+        names = ", ".join(topics)
+        subject = f"topic {names} does" if len(topics) == 1 else f"topics {names} do"
+        super().__init__(f"{subject} not exist at {settings.kafka_bootstrap_servers}; "
+                         "run scripts/create_topics.sh")
 
 
-def require_topics(client: KafkaConsumer, topics: list[str]) -> None:
+def require_topics(settings: Settings, client: KafkaConsumer, topics: list[str]) -> None:
     """Fetch the topics' metadata now, so that a group joined next sees their partitions (a
     consumer that joins before knowing a topic is assigned nothing until its next metadata
     refresh, minutes later); MissingTopic when one does not exist."""
-    missing = [topic for topic in topics if not client.partitions_for_topic(topic)]
+    try:
+        missing = [topic for topic in topics if not client.partitions_for_topic(topic)]
+    except KafkaError as err:
+        raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} did not list its "
+                               f"topics ({type(err).__name__})") from None
     if missing:
-        raise MissingTopic(f"topic(s) {', '.join(missing)} do not exist; "
-                           "run scripts/create_topics.sh")
+        raise MissingTopic(settings, missing)
 
 
 def producer(settings: Settings, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,

@@ -47,7 +47,7 @@ def relay(settings: Settings, source: str, targets: list[str], group_id: str,
     producer = kafka_clients.producer(settings, acks="all", linger_ms=5)
     forwarded = skipped = 0
     try:
-        kafka_clients.require_topics(consumer, [source, *targets])
+        kafka_clients.require_topics(settings, consumer, [source, *targets])
         consumer.subscribe([source], listener=_ReadyLog(log, source, targets))
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
