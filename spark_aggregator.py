@@ -34,7 +34,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from emojistream import kafka_clients
 from emojistream.lifecycle import load_settings
 from emojistream.logs import setup_logging
-from emojistream.spark import ConnectorMissing, spark_session
+from emojistream.spark import ConnectorMissing, kafka_options, spark_session
 
 EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
                            StructField("emoji_type", StringType()),
@@ -46,7 +46,7 @@ MAX_USER_ID_LENGTH = 64
 def read_events(spark, settings) -> DataFrame:
     """The raw records of the events topic."""
     return (spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+            .options(**kafka_options(settings))
             .option("subscribe", settings.emoji_events_topic)
             .option("startingOffsets", "earliest")
             .option("failOnDataLoss", "false")
@@ -112,7 +112,7 @@ def start_query(spark, settings, checkpoint: Path):
     windows = aggregate_windows(records.where("valid"), settings)
     return (to_window_updates(windows, settings).writeStream
             .format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+            .options(**kafka_options(settings))
             .option("topic", settings.aggregated_topic)
             .option("checkpointLocation", str(checkpoint))
             .outputMode("update")

@@ -28,14 +28,35 @@ class Settings:
     # Where the project keeps its data, logs and pid files.
     var_dir: str = _env_default("VAR_DIR", str(REPO_ROOT / "var"))
 
-    # Kafka.  KAFKA_BOOTSTRAP_SERVERS is what every client uses; the local broker started by
-    # scripts/kafka.sh listens on KAFKA_HOST:KAFKA_PORT (controller on KAFKA_CONTROLLER_PORT).
+    # Kafka.  KAFKA_BOOTSTRAP_SERVERS is what every client uses (comma-separated host:port
+    # list). When it is empty, it lists the local brokers that scripts/kafka.sh starts: KAFKA_BROKERS
+    # of them (1, or 3 for a replicated cluster), broker N listening on KAFKA_HOST at
+    # KAFKA_PORT + (N-1) * KAFKA_PORT_STEP, its controller at KAFKA_CONTROLLER_PORT + (N-1) *
+    # KAFKA_PORT_STEP.
     kafka_host: str = _env_default("KAFKA_HOST", "localhost")
     kafka_port: int = _env_default("KAFKA_PORT", 9092)
     kafka_controller_port: int = _env_default("KAFKA_CONTROLLER_PORT", 9093)
+    kafka_brokers: int = _env_default("KAFKA_BROKERS", 1)
+    kafka_port_step: int = _env_default("KAFKA_PORT_STEP", 2)
     kafka_bootstrap_servers: str = _env_default("KAFKA_BOOTSTRAP_SERVERS", "")
     kafka_heap: str = _env_default("KAFKA_HEAP", "1g")
     kafka_home: str = _env_default("KAFKA_HOME", "")
+    # Kafka client security, passed to every kafka-python client (emojistream/kafka_clients.py)
+    # and to Spark's Kafka source and sink (emojistream/spark.py). KAFKA_SECURITY_PROTOCOL is
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; KAFKA_SASL_MECHANISM is PLAIN, SCRAM-SHA-256
+    # or SCRAM-SHA-512 (with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD). The TLS files are PEM:
+    # the CA that signed the brokers' certificates, and for mutual TLS the client's certificate
+    # and key (KAFKA_SSL_KEY_PASSWORD when the key is encrypted).
+    kafka_security_protocol: str = _env_default("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    kafka_sasl_mechanism: str = _env_default("KAFKA_SASL_MECHANISM", "")
+    kafka_sasl_username: str = _env_default("KAFKA_SASL_USERNAME", "")
+    kafka_sasl_password: str = _env_default("KAFKA_SASL_PASSWORD", "")
+    kafka_ssl_cafile: str = _env_default("KAFKA_SSL_CAFILE", "")
+    kafka_ssl_certfile: str = _env_default("KAFKA_SSL_CERTFILE", "")
+    kafka_ssl_keyfile: str = _env_default("KAFKA_SSL_KEYFILE", "")
+    kafka_ssl_key_password: str = _env_default("KAFKA_SSL_KEY_PASSWORD", "")
+    # Verify that a broker's certificate names the host connected to ("false" to skip).
+    kafka_ssl_check_hostname: str = _env_default("KAFKA_SSL_CHECK_HOSTNAME", "true")
 
     # Topics.  "{n}" in a cluster topic template is the cluster number (1-based).
     emoji_events_topic: str = _env_default("EMOJI_EVENTS_TOPIC", "emoji-events")
@@ -46,10 +67,36 @@ class Settings:
     cluster_count: int = _env_default("CLUSTER_COUNT", 3)
     emoji_events_partitions: int = _env_default("EMOJI_EVENTS_PARTITIONS", 4)
     topic_partitions: int = _env_default("TOPIC_PARTITIONS", 1)
-    replication_factor: int = _env_default("REPLICATION_FACTOR", 1)
+    # Replicas of every topic; 0: min(3, the number of brokers the cluster has).
+    replication_factor: int = _env_default("REPLICATION_FACTOR", 0)
+    # min.insync.replicas of the events and aggregates topics (with the producers' acks=all, a
+    # write succeeds once this many replicas have it); 0: 2 when a topic has 3 or more replicas,
+    # else the broker's default (1).
+    min_insync_replicas: int = _env_default("MIN_INSYNC_REPLICAS", 0)
 
-    # Spark.
+    # Spark. SPARK_MASTER is where spark_aggregator.py runs: local[*] in its own process, or a
+    # standalone cluster's spark://host:port (scripts/spark_cluster.sh starts one here, with its
+    # master on SPARK_MASTER_HOST:SPARK_MASTER_PORT).
     spark_master: str = _env_default("SPARK_MASTER", "local[*]")
+    # The address executors use to reach the driver (spark_aggregator.py) on a cluster; empty:
+    # Spark's choice (this machine's host name).
+    spark_driver_host: str = _env_default("SPARK_DRIVER_HOST", "")
+    # Per executor on a cluster; SPARK_CORES_MAX caps the cores the job takes in all (0: all
+    # the cluster offers).
+    spark_executor_memory: str = _env_default("SPARK_EXECUTOR_MEMORY", "1g")
+    spark_executor_cores: int = _env_default("SPARK_EXECUTOR_CORES", 1)
+    spark_cores_max: int = _env_default("SPARK_CORES_MAX", 0)
+    # The local standalone cluster of scripts/spark_cluster.sh: worker N's web UI listens on
+    # SPARK_WORKER_WEBUI_PORT + N - 1; each worker offers SPARK_WORKER_CORES cores and
+    # SPARK_WORKER_MEMORY to executors.
+    spark_master_host: str = _env_default("SPARK_MASTER_HOST", "localhost")
+    spark_master_port: int = _env_default("SPARK_MASTER_PORT", 7077)
+    spark_master_webui_port: int = _env_default("SPARK_MASTER_WEBUI_PORT", 8080)
+    spark_workers: int = _env_default("SPARK_WORKERS", 1)
+    spark_worker_cores: int = _env_default("SPARK_WORKER_CORES", 2)
+    spark_worker_memory: str = _env_default("SPARK_WORKER_MEMORY", "2g")
+    spark_worker_webui_port: int = _env_default("SPARK_WORKER_WEBUI_PORT", 8081)
+    spark_daemon_memory: str = _env_default("SPARK_DAEMON_MEMORY", "512m")
     spark_connector_jars_dir: str = _env_default(
         "SPARK_CONNECTOR_JARS_DIR", str(REPO_ROOT / "lib" / "spark-kafka"))
     spark_shuffle_partitions: int = _env_default("SPARK_SHUFFLE_PARTITIONS", 4)
@@ -97,7 +144,12 @@ class Settings:
     registration_port: int = _env_default("REGISTRATION_PORT", 5001)
     ws_host: str = _env_default("WS_HOST", "localhost")
     ws_base_port: int = _env_default("WS_BASE_PORT", 5001)
-    # What viewers are told to connect to: "{host}" and "{port}" are filled in per cluster.
+    # When the WebSocket servers run on several machines: cluster N's server is reached (by the
+    # registration API's health checks, the subscribers and, through "{host}" below, viewers) at
+    # the N-th host of this comma-separated list; empty: WS_HOST for every cluster.
+    ws_cluster_hosts: str = _env_default("WS_CLUSTER_HOSTS", "")
+    # What viewers are told to connect to: "{host}", "{port}" and "{n}" (the cluster number)
+    # are filled in per cluster, e.g. "wss://ws{n}.cricket.example/" behind a TLS proxy.
     ws_public_url_template: str = _env_default("WS_PUBLIC_URL_TEMPLATE", "ws://{host}:{port}/")
     subscribers_per_cluster: int = _env_default("SUBSCRIBERS_PER_CLUSTER", 2)
     # Subscribers authenticate to the WebSocket servers with this key; when empty, every process
@@ -159,8 +211,38 @@ class Settings:
 
     def __post_init__(self):
         if not self.kafka_bootstrap_servers:
-            object.__setattr__(
-                self, "kafka_bootstrap_servers", f"{self.kafka_host}:{self.kafka_port}")
+            host = f"[{self.kafka_host}]" if ":" in self.kafka_host else self.kafka_host
+            object.__setattr__(self, "kafka_bootstrap_servers", ",".join(
+                f"{host}:{port}" for port in self.local_kafka_ports()))
+
+        self._check_kafka_security()
+        if self.ws_cluster_hosts:
+            self.ws_cluster_host(self.cluster_count)
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol.upper()
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError("KAFKA_SECURITY_PROTOCOL must be one of "
+                              f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}, got "
+                              f"{self.kafka_security_protocol!r}")
+        if protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism.upper() not in KAFKA_SASL_MECHANISMS:
+                raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM,"
+                                  f" one of {', '.join(KAFKA_SASL_MECHANISMS)}; got "
+                                  f"{self.kafka_sasl_mechanism!r}")
+            if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                raise ConfigError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} needs "
+                                  "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together "
+                              "(the client's certificate and key for mutual TLS)")
+        if self.kafka_ssl_check_hostname.lower() not in ("true", "false"):
+            raise ConfigError("KAFKA_SSL_CHECK_HOSTNAME must be true or false, got "
+                              f"{self.kafka_ssl_check_hostname!r}")
+
+    def local_kafka_ports(self) -> list[int]:
+        """The client ports of the KAFKA_BROKERS local brokers of scripts/kafka.sh."""
+        return [self.kafka_port + i * self.kafka_port_step for i in range(self.kafka_brokers)]
 
     def cluster_topic(self, n: int) -> str:
         return self.cluster_topic_template.format(n=n)
@@ -174,15 +256,26 @@ class Settings:
     def ws_port(self, n: int) -> int:
         return self.ws_base_port + n
 
+    def ws_cluster_host(self, n: int) -> str:
+        """The host name of cluster N's WebSocket server (WS_CLUSTER_HOSTS, else WS_HOST)."""
+        hosts = [h.strip() for h in self.ws_cluster_hosts.split(",") if h.strip()]
+        if not hosts:
+            return self.ws_host
+        if n > len(hosts):
+            raise ConfigError(f"WS_CLUSTER_HOSTS names {len(hosts)} host(s); cluster {n} has none")
+        return hosts[n - 1]
+
     def ws_public_url(self, n: int) -> str:
-        return self.ws_public_url_template.format(host=self.ws_host, port=self.ws_port(n))
+        return self.ws_public_url_template.format(host=self.ws_cluster_host(n),
+                                                  port=self.ws_port(n), n=n)
 
     def ws_health_url(self, n: int) -> str:
         """Where the registration API polls cluster N's server (a wildcard listening address
         is reached on localhost)."""
-        host = "localhost" if self.ws_host in WILDCARD_HOSTS else self.ws_host
+        host = self.ws_cluster_host(n)
+        host = "localhost" if host in WILDCARD_HOSTS else host
         host = f"[{host}]" if ":" in host else host
-        return self.ws_health_url_template.format(host=host, port=self.ws_port(n))
+        return self.ws_health_url_template.format(host=host, port=self.ws_port(n), n=n)
 
     def api_url(self) -> str:
         """The ingest API's URL for browsers (API_PUBLIC_URL, or from API_HOST and API_PORT)."""
@@ -213,6 +306,10 @@ class Settings:
 
 
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+# Settings whose values the listing of ``python -m emojistream.config`` does not show.
+SECRET_SUFFIXES = ("PASSWORD", "SECRET", "SUBSCRIBER_KEY")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def _http_url(host: str, port: int) -> str:
@@ -280,7 +377,10 @@ def main(argv=None) -> int:
         print(as_shell(settings))
     else:
         for f in fields(settings):
-            print(f"{f.metadata['env']:<28} {getattr(settings, f.name)}")
+            name, value = f.metadata["env"], getattr(settings, f.name)
+            if value and name.endswith(SECRET_SUFFIXES):
+                value = "(set)"
+            print(f"{name:<28} {value}")
     return 0
 
 

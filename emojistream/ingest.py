@@ -115,7 +115,7 @@ class KafkaEventSink:
 
     def producer_options(self) -> dict:
         s = self.settings
-        return {"acks": "all", "linger_ms": s.producer_linger_ms,
+        return {"acks": "all", "enable_idempotence": True, "linger_ms": s.producer_linger_ms,
                 "batch_size": min(s.producer_batch_records * RECORD_BYTES_ESTIMATE,
                                   MAX_BATCH_BYTES),
                 "compression_type": self._compression, "max_block_ms": MAX_BLOCK_MS,

@@ -15,9 +15,37 @@ class KafkaUnavailable(RuntimeError):
     """Kafka could not be reached at the configured bootstrap servers."""
 
 
+def bootstrap_servers(settings: Settings) -> list[str]:
+    return [s.strip() for s in settings.kafka_bootstrap_servers.split(",") if s.strip()]
+
+
+def security_options(settings: Settings) -> dict:
+    """The kafka-python keyword arguments of the Kafka security settings (none for PLAINTEXT);
+    config.load has checked that they fit together."""
+    protocol = settings.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    options = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism.upper(),
+                       sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=settings.kafka_sasl_password)
+    if protocol.endswith("SSL"):
+        options["ssl_check_hostname"] = settings.kafka_ssl_check_hostname.lower() == "true"
+        for option, value in (("ssl_cafile", settings.kafka_ssl_cafile),
+                              ("ssl_certfile", settings.kafka_ssl_certfile),
+                              ("ssl_keyfile", settings.kafka_ssl_keyfile),
+                              ("ssl_password", settings.kafka_ssl_key_password)):
+            if value:
+                options[option] = value
+    return options
+
+
 def client_options(settings: Settings, connect_timeout_s: float) -> dict:
-    return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
-            "bootstrap_timeout_ms": int(connect_timeout_s * 1000)}
+    """What every kafka-python client gets: the bootstrap list and the security settings."""
+    return {"bootstrap_servers": bootstrap_servers(settings),
+            "bootstrap_timeout_ms": int(connect_timeout_s * 1000),
+            **security_options(settings)}
 
 
 def _connect(client_class, settings: Settings, connect_timeout_s: float, *args, **options):

@@ -1,55 +1,97 @@
 #!/usr/bin/env bash
-# A single-node Apache Kafka in KRaft mode: one process that is both broker and controller.
-# Kafka 4 needs no ZooKeeper. Data, logs and the pid file live under $VAR_DIR/kafka.
+# Apache Kafka in KRaft mode (no ZooKeeper), on this machine: by default a single node that is
+# both broker and controller; with --brokers N (or KAFKA_BROKERS=N) a cluster of N such
+# combined nodes, whose controllers form one quorum, so that topics can have 3 replicas and
+# the cluster survives the loss of a node.
 #
-#   scripts/kafka.sh start    format the storage on first use, start, wait until it answers
-#   scripts/kafka.sh stop     stop it cleanly (SIGTERM, then SIGKILL after a grace period)
-#   scripts/kafka.sh status   say whether it runs
+#   scripts/kafka.sh start [--brokers N]    format the storage on first use, start, wait until
+#                                           every broker answers (and, for N > 1, has joined)
+#   scripts/kafka.sh stop [--brokers N]     stop every broker of $VAR_DIR/kafka (SIGTERM, then
+#                                           SIGKILL after a grace period)
+#   scripts/kafka.sh status [--brokers N]   say which brokers run (exit 0: all, 3: none, 1: some)
 #
-# Settings (environment): KAFKA_HOST, KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HEAP, VAR_DIR,
-# KAFKA_HOME (use an existing Kafka distribution instead of the jars in lib/kafka).
+# One broker keeps its data, logs and pid file in $VAR_DIR/kafka; broker K of a cluster keeps
+# them in $VAR_DIR/kafka/broker-K and listens on KAFKA_PORT + (K-1)*KAFKA_PORT_STEP, its
+# controller on KAFKA_CONTROLLER_PORT + (K-1)*KAFKA_PORT_STEP. Set KAFKA_BROKERS=N rather than
+# --brokers N alone, so that the clients' KAFKA_BOOTSTRAP_SERVERS lists every broker.
+#
+# Settings (environment): KAFKA_BROKERS, KAFKA_HOST, KAFKA_PORT, KAFKA_CONTROLLER_PORT,
+# KAFKA_PORT_STEP, KAFKA_HEAP, VAR_DIR, KAFKA_HOME (use an existing Kafka distribution instead
+# of the jars in lib/kafka), KAFKA_START_TIMEOUT, KAFKA_STOP_TIMEOUT (seconds).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-DATA_DIR="$KAFKA_VAR_DIR/data"
-LOG_DIR="$KAFKA_VAR_DIR/logs"
-PID_FILE="$KAFKA_VAR_DIR/kafka.pid"
-PROPERTIES="$KAFKA_VAR_DIR/server.properties"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+# The cluster's node count, written when its storage is formatted: the quorum's voters are
+# fixed then.
+CLUSTER_SIZE_FILE="$KAFKA_VAR_DIR/cluster-brokers"
 
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'
 }
 
+# node_dir K: where broker K of BROKERS keeps its files.
+node_dir() {
+  if [ "$BROKERS" -eq 1 ]; then echo "$KAFKA_VAR_DIR"; else echo "$KAFKA_VAR_DIR/broker-$1"; fi
+}
+node_port() { echo $((KAFKA_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
+node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
+node_name() {
+  if [ "$BROKERS" -eq 1 ]; then echo "Kafka"; else echo "Kafka broker $1"; fi
+}
+
+quorum_voters() {
+  local k voters=""
+  for k in $(seq 1 "$BROKERS"); do
+    voters="${voters:+$voters,}$k@$KAFKA_HOST:$(node_controller_port "$k")"
+  done
+  echo "$voters"
+}
+
+bootstrap_list() {
+  local k list=""
+  for k in $(seq 1 "$BROKERS"); do
+    list="${list:+$list,}$KAFKA_HOST:$(node_port "$k")"
+  done
+  echo "$list"
+}
+
+# write_properties K: broker K's server.properties, from the settings.
 write_properties() {
-  cat > "$PROPERTIES" <<PROPS
+  local k="$1" dir port controller_port replicas min_isr
+  dir="$(node_dir "$k")"; port="$(node_port "$k")"; controller_port="$(node_controller_port "$k")"
+  # Internal topics: 3 replicas (fewer on a smaller cluster), 2 of them in sync for a write.
+  replicas=$((BROKERS < 3 ? BROKERS : 3))
+  min_isr=$((replicas >= 3 ? 2 : 1))
+  cat > "$dir/server.properties" <<PROPS
 # Written by scripts/kafka.sh on every start; edit the settings, not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+node.id=$k
+controller.quorum.voters=$(quorum_voters)
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$port,CONTROLLER://$KAFKA_HOST:$controller_port
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$port
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$DATA_DIR
+log.dirs=$dir/data
 # Topics are created by scripts/create_topics.sh, so a mistyped name fails instead of
 # silently creating a new topic.
 auto.create.topics.enable=false
 num.partitions=1
-default.replication.factor=1
-offsets.topic.replication.factor=1
+default.replication.factor=$replicas
+offsets.topic.replication.factor=$replicas
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 # Sized for a small machine (2 cores): few threads, short retention.
 num.network.threads=2
 num.io.threads=4
 background.threads=4
+num.replica.fetchers=1
 log.retention.hours=24
 log.segment.bytes=268435456
 PROPS
@@ -58,75 +100,187 @@ PROPS
 java_opts() {
   echo "-Xms$KAFKA_HEAP -Xmx$KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20"
   echo "-XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent"
-  echo "-Djava.awt.headless=true -Dkafka.logs.dir=$LOG_DIR"
+  echo "-Djava.awt.headless=true -Dkafka.logs.dir=$1"
   echo "-Dlog4j2.configurationFile=$REPO_ROOT/config/kafka-log4j2.properties"
 }
 
-format_storage_once() {
-  if [ -f "$DATA_DIR/meta.properties" ]; then
-    return
-  fi
-  local cluster_id
-  cluster_id="$(java -cp "$(kafka_classpath)" \
-    -Dlog4j2.configurationFile="$REPO_ROOT/config/kafka-tools-log4j2.properties" \
-    kafka.tools.StorageTool random-uuid)"
-  say "formatting storage in $DATA_DIR (cluster id $cluster_id)"
+kafka_storage_tool() {
   java -cp "$(kafka_classpath)" \
     -Dlog4j2.configurationFile="$REPO_ROOT/config/kafka-tools-log4j2.properties" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPERTIES" >/dev/null
+    kafka.tools.StorageTool "$@"
+}
+
+# cluster_id: the id every node is formatted with: a new one for a single node, the one chosen
+# for the cluster's first node for the others.
+cluster_id() {
+  local id_file="$KAFKA_VAR_DIR/cluster.id"
+  if [ "$BROKERS" -eq 1 ]; then
+    kafka_storage_tool random-uuid
+    return
+  fi
+  if [ ! -s "$id_file" ]; then
+    kafka_storage_tool random-uuid > "$id_file"
+  fi
+  cat "$id_file"
+}
+
+# format_storage_once K: format broker K's storage unless it already holds a cluster's data.
+format_storage_once() {
+  local dir id
+  dir="$(node_dir "$1")"
+  if [ -f "$dir/data/meta.properties" ]; then
+    return
+  fi
+  id="$(cluster_id)"
+  say "formatting storage in $dir/data (cluster id $id)"
+  kafka_storage_tool format -t "$id" -c "$dir/server.properties" >/dev/null
+}
+
+# check_cluster_size: a cluster's quorum is fixed when it is formatted; refuse another size.
+check_cluster_size() {
+  [ "$BROKERS" -gt 1 ] || return 0
+  if [ -f "$CLUSTER_SIZE_FILE" ]; then
+    local formatted
+    formatted="$(cat "$CLUSTER_SIZE_FILE")"
+    [ "$formatted" -eq "$BROKERS" ] || die "the cluster in $KAFKA_VAR_DIR was formatted for \
+$formatted brokers; start it with --brokers $formatted, or remove $KAFKA_VAR_DIR/broker-* and \
+$CLUSTER_SIZE_FILE to start afresh"
+  else
+    echo "$BROKERS" > "$CLUSTER_SIZE_FILE"
+  fi
+}
+
+# start_node K: start broker K in the background unless it runs.
+start_node() {
+  local k="$1" dir port name
+  dir="$(node_dir "$k")"; port="$(node_port "$k")"; name="$(node_name "$k")"
+  if pid_alive "$dir/kafka.pid"; then
+    say "$name already runs (pid $(cat "$dir/kafka.pid")) on $KAFKA_HOST:$port"
+    return
+  fi
+  if port_open "$KAFKA_HOST" "$port"; then
+    die "$KAFKA_HOST:$port is already taken by another process; set KAFKA_PORT"
+  fi
+  if port_open "$KAFKA_HOST" "$(node_controller_port "$k")"; then
+    die "$KAFKA_HOST:$(node_controller_port "$k") is already taken by another process; set KAFKA_CONTROLLER_PORT"
+  fi
+  mkdir -p "$dir/data" "$dir/logs"
+  write_properties "$k"
+  format_storage_once "$k"
+  # shellcheck disable=SC2046
+  setsid java $(java_opts "$dir/logs") -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties" \
+    > "$dir/logs/stdout.log" 2>&1 < /dev/null &
+  echo $! > "$dir/kafka.pid"
+  say "starting $name (pid $!) on $KAFKA_HOST:$port, logs in $dir/logs"
+}
+
+# wait_for_node K: until broker K accepts connections; die if it exits or takes too long.
+wait_for_node() {
+  local k="$1" dir port name deadline=$((SECONDS + START_TIMEOUT))
+  dir="$(node_dir "$k")"; port="$(node_port "$k")"; name="$(node_name "$k")"
+  until port_open "$KAFKA_HOST" "$port"; do
+    if ! pid_alive "$dir/kafka.pid"; then
+      tail -n 30 "$dir/logs/server.log" "$dir/logs/stdout.log" >&2 2>/dev/null || true
+      rm -f "$dir/kafka.pid"
+      die "$name exited during start-up (logs above)"
+    fi
+    [ "$SECONDS" -lt "$deadline" ] \
+      || die "$name did not answer on $KAFKA_HOST:$port within ${START_TIMEOUT}s; see $dir/logs"
+    sleep 0.2
+  done
+  say "$name is up on $KAFKA_HOST:$port"
+}
+
+# wait_for_cluster: until the controllers count every broker in, so that topics with as many
+# replicas can be created at once.
+wait_for_cluster() {
+  [ "$BROKERS" -gt 1 ] && [ -x "$VENV_PYTHON" ] || return 0
+  (cd "$REPO_ROOT" && KAFKA_BOOTSTRAP_SERVERS="$(bootstrap_list)" "$VENV_PYTHON" -c '
+import logging, sys
+from emojistream import config, topics
+logging.basicConfig(level=logging.INFO, format="kafka.sh: %(message)s")
+logging.getLogger("kafka").setLevel(logging.WARNING)
+count, timeout = int(sys.argv[1]), float(sys.argv[2])
+sys.exit(0 if topics.wait_for_brokers(config.load(), count, timeout) else 1)
+' "$BROKERS" "$START_TIMEOUT") || die "the $BROKERS brokers did not form one cluster within ${START_TIMEOUT}s; see $KAFKA_VAR_DIR/broker-*/logs"
+  say "the cluster of $BROKERS brokers is up: KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_list)"
+  if [ "$KAFKA_BOOTSTRAP_SERVERS" != "$(bootstrap_list)" ]; then
+    say "note: the clients' KAFKA_BOOTSTRAP_SERVERS is $KAFKA_BOOTSTRAP_SERVERS; set KAFKA_BROKERS=$BROKERS (or KAFKA_BOOTSTRAP_SERVERS) so that it lists every broker"
+  fi
 }
 
 start() {
-  if pid_alive "$PID_FILE"; then
-    say "Kafka already runs (pid $(cat "$PID_FILE")) on $KAFKA_HOST:$KAFKA_PORT"
-    return
-  fi
-  if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-    die "$KAFKA_HOST:$KAFKA_PORT is already taken by another process; set KAFKA_PORT"
-  fi
   command -v java >/dev/null || die "java not found: run scripts/setup.sh"
-  mkdir -p "$DATA_DIR" "$LOG_DIR"
-  write_properties
-  format_storage_once
-  # shellcheck disable=SC2046
-  setsid java $(java_opts) -cp "$(kafka_classpath)" kafka.Kafka "$PROPERTIES" \
-    > "$LOG_DIR/stdout.log" 2>&1 < /dev/null &
-  echo $! > "$PID_FILE"
-  say "starting Kafka (pid $!) on $KAFKA_HOST:$KAFKA_PORT, logs in $LOG_DIR"
-  local waited=0
-  until port_open "$KAFKA_HOST" "$KAFKA_PORT"; do
-    if ! pid_alive "$PID_FILE"; then
-      tail -n 30 "$LOG_DIR/server.log" "$LOG_DIR/stdout.log" >&2 2>/dev/null || true
-      rm -f "$PID_FILE"
-      die "Kafka exited during start-up (logs above)"
-    fi
-    if [ "$waited" -ge "$((START_TIMEOUT * 5))" ]; then
-      die "Kafka did not answer on $KAFKA_HOST:$KAFKA_PORT within ${START_TIMEOUT}s; see $LOG_DIR"
-    fi
-    sleep 0.2
-    waited=$((waited + 1))
+  mkdir -p "$KAFKA_VAR_DIR"
+  check_cluster_size
+  local k
+  for k in $(seq 1 "$BROKERS"); do
+    start_node "$k"
   done
-  say "Kafka is up on $KAFKA_HOST:$KAFKA_PORT"
+  for k in $(seq 1 "$BROKERS"); do
+    wait_for_node "$k"
+  done
+  wait_for_cluster
+}
+
+# running_pid_files: the pid files of every broker under $VAR_DIR/kafka, single or cluster.
+running_pid_files() {
+  local file
+  for file in "$KAFKA_VAR_DIR/kafka.pid" "$KAFKA_VAR_DIR"/broker-*/kafka.pid; do
+    [ -e "$file" ] && echo "$file"
+  done
+  return 0
 }
 
 stop() {
-  if stop_pid_file "$PID_FILE" Kafka "$STOP_TIMEOUT"; then
-    say "Kafka stopped"
-  else
+  local file name files
+  files="$(running_pid_files)"
+  if [ -z "$files" ]; then
     say "Kafka is not running"
+    return
   fi
+  # All at once: a controller quorum that loses its majority one node at a time would make the
+  # last nodes wait for it until the grace period ends.
+  for file in $files; do
+    if [ "$file" = "$KAFKA_VAR_DIR/kafka.pid" ]; then name="Kafka"
+    else name="Kafka broker $(basename "$(dirname "$file")" | sed 's/^broker-//')"; fi
+    { if stop_pid_file "$file" "$name" "$STOP_TIMEOUT"; then say "$name stopped"
+      else say "$name is not running"; fi; } &
+  done
+  wait
 }
 
 status() {
-  if pid_alive "$PID_FILE"; then
-    say "Kafka runs (pid $(cat "$PID_FILE")) on $KAFKA_HOST:$KAFKA_PORT"
-  else
+  local k dir running=0
+  for k in $(seq 1 "$BROKERS"); do
+    dir="$(node_dir "$k")"
+    if pid_alive "$dir/kafka.pid"; then
+      say "$(node_name "$k") runs (pid $(cat "$dir/kafka.pid")) on $KAFKA_HOST:$(node_port "$k")"
+      running=$((running + 1))
+    elif [ "$BROKERS" -gt 1 ]; then
+      say "$(node_name "$k") is not running"
+    fi
+  done
+  if [ "$running" -eq 0 ]; then
     say "Kafka is not running"
     return 3
   fi
+  [ "$running" -eq "$BROKERS" ] || return 1
 }
 
-case "${1:-}" in
+COMMAND="${1:-}"
+[ $# -gt 0 ] && shift
+BROKERS="$KAFKA_BROKERS"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --brokers) [ $# -ge 2 ] || die "--brokers needs a number"; BROKERS="$2"; shift 2 ;;
+    --brokers=*) BROKERS="${1#--brokers=}"; shift ;;
+    *) usage >&2; die "unknown option: $1" ;;
+  esac
+done
+[[ "$BROKERS" =~ ^[1-9][0-9]*$ ]] || die "the number of brokers must be a positive integer, got '$BROKERS'"
+
+case "$COMMAND" in
   start) start ;;
   stop) stop ;;
   status) status ;;

@@ -1,0 +1,161 @@
+"""spark_aggregator.py on a real Spark standalone cluster (a master and a worker started by
+scripts/spark_cluster.sh), reading from and writing to the test run's Kafka broker."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyspark
+import pytest
+
+from emojistream import config, kafka_clients
+from emojistream.spark import cluster_conf, kafka_options
+from tests.conftest import free_port, run_script
+from tests.services import get_json, running
+
+
+@pytest.fixture(scope="module")
+def cluster_env(kafka, test_env, tmp_path_factory) -> dict:
+    """The test run's settings plus a Spark cluster of its own: a master and one worker."""
+    env = dict(test_env,
+               SPARK_MASTER_PORT=str(free_port()), SPARK_MASTER_WEBUI_PORT=str(free_port()),
+               SPARK_WORKER_WEBUI_PORT=str(free_port()), SPARK_WORKER_CORES="2",
+               SPARK_WORKER_MEMORY="1g", SPARK_DAEMON_MEMORY="256m",
+               SPARK_EXECUTOR_MEMORY="512m", SPARK_EXECUTOR_CORES="1", SPARK_CORES_MAX="1",
+               SPARK_DRIVER_HOST="localhost", SPARK_DRIVER_MEMORY="512m",
+               VAR_DIR=str(tmp_path_factory.mktemp("spark-cluster-var")))
+    started = run_script("spark_cluster.sh", "start", "--workers", "1", env=env, check=False,
+                         timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env
+    finally:
+        stopped = run_script("spark_cluster.sh", "stop", env=env, check=False, timeout=90)
+        assert "the master stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+
+
+def test_status_names_the_master_and_its_worker(cluster_env):
+    status = run_script("spark_cluster.sh", "status", env=cluster_env)
+    assert f"at spark://localhost:{cluster_env['SPARK_MASTER_PORT']}" in status.stdout
+    assert "worker 1 runs (pid" in status.stdout
+    assert "the master counts 1 live worker(s)" in status.stdout
+
+
+def window_start(seconds_ago: int) -> datetime:
+    now = int(time.time()) - seconds_ago
+    return datetime.fromtimestamp(now - now % 2, tz=timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def test_aggregator_runs_on_the_cluster_with_exact_counts(cluster_env, tmp_path):
+    env = dict(cluster_env, EMOJI_EVENTS_TOPIC="sc-events", AGGREGATED_TOPIC="sc-aggregated",
+               CLUSTER_COUNT="1", CLUSTER_TOPIC_TEMPLATE="sc-cluster{n}",
+               SUBSCRIBERS_TOPIC_TEMPLATE="sc-cluster{n}-subs",
+               SPARK_MASTER=f"spark://localhost:{cluster_env['SPARK_MASTER_PORT']}")
+    settings = config.load(env)
+    run_script("create_topics.sh", env=env)
+    first, second = window_start(120), window_start(120) + timedelta(seconds=2)
+    events = ([("🔥", f"u{i % 25}", first + timedelta(milliseconds=10 * i)) for i in range(130)]
+              + [("😂", f"v{i}", first + timedelta(milliseconds=1500)) for i in range(7)]
+              + [("🎉", "w", second + timedelta(milliseconds=999)) for _ in range(3)])
+    producer = kafka_clients.producer(settings)
+    for emoji, user, moment in events:
+        producer.send(settings.emoji_events_topic, key=user.encode(), value=json.dumps(
+            {"user_id": user, "emoji_type": emoji, "timestamp": iso(moment)}).encode())
+    producer.flush()
+    producer.close()
+
+    expected = {
+        iso(first): [{"emoji_type": "🔥", "count": 130, "normalized_count": 2, "unique_users": 25},
+                     {"emoji_type": "😂", "count": 7, "normalized_count": 0, "unique_users": 7}],
+        iso(second): [{"emoji_type": "🎉", "count": 3, "normalized_count": 0,
+                       "unique_users": 1}]}
+    consumer = kafka_clients.consumer(settings, settings.aggregated_topic,
+                                      auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    latest: dict[str, list] = {}
+    with running(tmp_path, "spark_aggregator", "spark_aggregator.py", "--checkpoint",
+                 str(tmp_path / "checkpoint"), env=env) as aggregator:
+        deadline = time.monotonic() + 180
+        while latest != expected:
+            assert aggregator.process.poll() is None, aggregator.log()
+            assert time.monotonic() < deadline, f"windows {latest}\n{aggregator.log()}"
+            for record in consumer:
+                latest[record.key.decode()] = json.loads(record.value)["aggregates"]
+        consumer.close()
+        assert "master spark://localhost:" in aggregator.log()
+        app = running_application(cluster_env)
+        assert app["name"] == "emoji-aggregator" and app["cores"] == 1
+        assert aggregator.stop(timeout_s=60) == 0
+    assert latest == expected
+    # The executor ran in the worker's work folder and fetched the connector jars there.
+    fetched = {p.name for p in Path(cluster_env["VAR_DIR"], "spark-cluster", "work").rglob("*.jar")}
+    assert f"spark-sql-kafka-0-10_2.13-{pyspark.__version__}.jar" in fetched, fetched
+
+
+def running_application(env: dict) -> dict:
+    status, state = get_json(f"http://localhost:{env['SPARK_MASTER_WEBUI_PORT']}/json/")
+    assert status == 200
+    assert len(state["activeapps"]) == 1, state
+    return state["activeapps"][0]
+
+
+def test_spark_kafka_options_plaintext():
+    settings = config.load({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})
+    assert kafka_options(settings) == {"kafka.bootstrap.servers": "k1:9092,k2:9092"}
+
+
+def test_spark_kafka_options_sasl_ssl_with_pem_files(tmp_path):
+    (tmp_path / "ca.pem").write_text("CA PEM")
+    (tmp_path / "client.pem").write_text("CERT PEM")
+    (tmp_path / "client.key").write_text("KEY PEM")
+    settings = config.load({
+        "KAFKA_BOOTSTRAP_SERVERS": "k1:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "emoji",
+        "KAFKA_SASL_PASSWORD": 'p"w', "KAFKA_SSL_CAFILE": str(tmp_path / "ca.pem"),
+        "KAFKA_SSL_CERTFILE": str(tmp_path / "client.pem"),
+        "KAFKA_SSL_KEYFILE": str(tmp_path / "client.key"), "KAFKA_SSL_KEY_PASSWORD": "kp",
+        "KAFKA_SSL_CHECK_HOSTNAME": "false"})
+    assert kafka_options(settings) == {
+        "kafka.bootstrap.servers": "k1:9093",
+        "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "PLAIN",
+        "kafka.sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule "
+                                  'required username="emoji" password="p\\"w";',
+        "kafka.ssl.endpoint.identification.algorithm": "",
+        "kafka.ssl.truststore.type": "PEM",
+        "kafka.ssl.truststore.certificates": "CA PEM",
+        "kafka.ssl.keystore.type": "PEM",
+        "kafka.ssl.keystore.certificate.chain": "CERT PEM",
+        "kafka.ssl.keystore.key": "KEY PEM",
+        "kafka.ssl.key.password": "kp"}
+
+
+def test_spark_kafka_options_scram_and_a_missing_ca_file(tmp_path):
+    settings = config.load({
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"})
+    options = kafka_options(settings)
+    assert options["kafka.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.scram.ScramLoginModule required username="u" '
+        'password="p";')
+    assert not any(key.startswith("kafka.ssl.") for key in options)
+    missing = config.load({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                           "KAFKA_SSL_CAFILE": str(tmp_path / "nowhere.pem")})
+    with pytest.raises(config.ConfigError, match="KAFKA_SSL_CAFILE=.*cannot be read"):
+        kafka_options(missing)
+
+
+def test_executor_size_and_driver_address_from_settings():
+    assert cluster_conf(config.load({})) == {"spark.executor.memory": "1g",
+                                             "spark.executor.cores": "1"}
+    assert cluster_conf(config.load({
+        "SPARK_EXECUTOR_MEMORY": "3g", "SPARK_EXECUTOR_CORES": "2", "SPARK_CORES_MAX": "6",
+        "SPARK_DRIVER_HOST": "driver.internal"})) == {
+        "spark.executor.memory": "3g", "spark.executor.cores": "2", "spark.cores.max": "6",
+        "spark.driver.host": "driver.internal"}
