@@ -196,8 +196,8 @@ class Subscriber:
             return record.value.decode("utf-8")
         except (InvalidEvent, UnicodeDecodeError) as err:
             self.stats["skipped"] += 1
-            log.warning("skipping record at %s[%d]@%d: %s", record.topic, record.partition,
-                        record.offset, err)
+            log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
+                        record.partition, record.offset, err, self.stats["skipped"])
             return None
 
     def _commit(self, tp: TopicPartition, offset: int) -> None:

@@ -106,7 +106,7 @@ class WindowDeduplicator:
 def _content_hash(update: dict) -> bytes:
     """The same for the same update however it is formatted (key order, whitespace)."""
     canonical = json.dumps(update, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).digest()
+    return hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class Hub:
@@ -209,9 +209,10 @@ class Hub:
                 raise InvalidEvent("binary message (updates are text)")
             update = decode_window_update(message)
             verdict = self.dedup.check(update)
-        except InvalidEvent as err:
+        except (InvalidEvent, ValueError) as err:
             self.stats["invalid"] += 1
-            log.warning("skipped an invalid update from %s: %s", _peer(connection), err)
+            log.warning("skipped an invalid update from %s: %s (%d invalid so far)",
+                        _peer(connection), err, self.stats["invalid"])
             return
         if verdict != WindowDeduplicator.NEW:
             self.stats[verdict] += 1

@@ -52,7 +52,10 @@ def parse_timestamp(value) -> datetime:
             raise InvalidEvent(f"timestamp {value[:64]!r} is not ISO-8601") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise InvalidEvent(f"timestamp {value[:64]!r} is out of range") from None
     raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds, "
                        f"got {json_type(value)}")
 
@@ -133,6 +136,8 @@ def decode_window_update(raw: bytes) -> dict:
         message = json.loads(raw)
     except (ValueError, TypeError):
         raise InvalidEvent("record is not JSON") from None
+    except RecursionError:
+        raise InvalidEvent("record is JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise InvalidEvent("record is not a JSON object")
     for name in ("window_start", "window_end"):

@@ -12,6 +12,7 @@ import logging
 import threading
 
 from kafka import ConsumerRebalanceListener
+from kafka.errors import MessageSizeTooLargeError
 
 from . import kafka_clients
 from .config import Settings
@@ -45,7 +46,7 @@ def relay(settings: Settings, source: str, targets: list[str], group_id: str,
     consumer = kafka_clients.consumer(settings, group_id=group_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest")
     producer = kafka_clients.producer(settings, acks="all", linger_ms=5)
-    forwarded = skipped = 0
+    stats = {"forwarded": 0, "skipped": 0}
     try:
         kafka_clients.require_topics(settings, consumer, [source, *targets])
         consumer.subscribe([source], listener=_ReadyLog(log, source, targets))
@@ -55,26 +56,26 @@ def relay(settings: Settings, source: str, targets: list[str], group_id: str,
                 continue
             for records in polled.values():
                 for record in records:
-                    if _is_window_update(record, log):
-                        for target in targets:
-                            producer.send(target, key=record.key, value=record.value)
-                        forwarded += 1
-                    else:
-                        skipped += 1
+                    _forward(producer, record, targets, stats, log)
             producer.flush()
             consumer.commit()
     finally:
-        log.info("stopping: %d update(s) forwarded, %d record(s) skipped", forwarded, skipped)
+        log.info("stopping: %(forwarded)d update(s) forwarded, %(skipped)d record(s) skipped",
+                 stats)
         producer.flush()
         producer.close()
         consumer.close()
 
 
-def _is_window_update(record, log: logging.Logger) -> bool:
+def _forward(producer, record, targets: list[str], stats: dict, log: logging.Logger) -> None:
+    """Send ``record`` to every target when it is a window update; else count and log it."""
     try:
         decode_window_update(record.value)
-    except InvalidEvent as err:
-        log.warning("skipping record at %s[%d]@%d: %s",
-                    record.topic, record.partition, record.offset, err)
-        return False
-    return True
+        for target in targets:
+            producer.send(target, key=record.key, value=record.value)
+    except (InvalidEvent, MessageSizeTooLargeError) as err:
+        stats["skipped"] += 1
+        log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
+                    record.partition, record.offset, err, stats["skipped"])
+        return
+    stats["forwarded"] += 1

@@ -1,0 +1,586 @@
+"""Fault tests: the whole system (scripts/start_all.sh, on its own Kafka, ports and VAR_DIR) is
+broken on purpose while events flow, and must deliver exact counts afterwards.
+
+- the aggregator (and its Spark JVM) is SIGKILLed mid-stream and restarted;
+- the main publisher and one cluster publisher are SIGKILLed and restarted;
+- the ingest API is stopped with SIGTERM under load;
+- poison records are produced straight into every topic of the chain;
+- the whole stack is stopped (scripts/stop_all.sh) and started again.
+
+Restarts go through scripts/start_all.sh, which starts only what is not running. The truth for
+a window is what the API put into Kafka: the test's own events in emoji-events (each test has its
+own user-id prefix and its own windows). Every process is stopped by its pid, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import requests
+from kafka import TopicPartition
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect
+
+from emojistream import config, kafka_clients
+from emojistream.events import (InvalidEvent, decode_window_update, encode, format_timestamp,
+                                parse_timestamp, window_bounds)
+from tests.conftest import isolated_env, run_script
+
+EMOJIS = ("🔥", "😂", "👏", "🎉")
+DELIVERY_TIMEOUT_S = 120
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+class Processes:
+    """The system's processes, by the pid files under VAR_DIR; remembers every process group
+    it has seen, so that nothing is left running at the end."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.var = Path(env["VAR_DIR"])
+        self.groups: set[int] = set()
+        self.pids: set[int] = set()
+
+    def pid(self, name: str) -> int:
+        return int((self.var / "run" / f"{name}.pid").read_text())
+
+    def pid_files(self) -> list[Path]:
+        return sorted((self.var / "run").glob("*.pid")) + [self.var / "kafka" / "kafka.pid"]
+
+    def remember(self) -> None:
+        for pid_file in self.pid_files():
+            pid = int(pid_file.read_text())
+            self.pids.add(pid)
+            if _pgid(pid) == pid:  # started by setsid: its children (Spark's JVM) are its group
+                self.groups.add(pid)
+
+    def start_all(self) -> None:
+        started = run_script("start_all.sh", env=self.env, timeout=400, check=False)
+        assert started.returncode == 0, started.stdout + started.stderr
+        self.remember()
+
+    def stop_all(self) -> None:
+        stopped = run_script("stop_all.sh", env=self.env, timeout=300, check=False)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+    def alive(self) -> dict[str, bool]:
+        return {path.stem: _alive(int(path.read_text())) for path in self.pid_files()}
+
+    def leftovers(self) -> list[int]:
+        """Processes of ours still running: remembered pids and members of remembered groups."""
+        return sorted(p for p in _all_pids() if p in self.pids or _pgid(p) in self.groups)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def sigkill_group(pgid: int) -> list[int]:
+    """SIGKILL a process group (a component and its children); its members, once all gone."""
+    members = [p for p in _all_pids() if _pgid(p) == pgid]
+    os.killpg(pgid, signal.SIGKILL)
+    assert wait_for(lambda: not any(_alive(p) for p in members), 30), members
+    return members
+
+
+def wait_for_exit(pid: int, timeout_s: float) -> bool:
+    return wait_for(lambda: not _alive(pid), timeout_s)
+
+
+def wait_for(condition, timeout_s: float, interval_s: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return condition()
+
+
+# --- viewers and load ---------------------------------------------------------------------------
+
+class Viewer:
+    """A viewer that registers, collects every update it receives, and registers again and
+    reconnects whenever its connection ends (as real viewers do)."""
+
+    def __init__(self, settings: config.Settings, client_id: str):
+        self.url = (f"http://{settings.registration_host}:{settings.registration_port}"
+                    "/register")
+        self.client_id = client_id
+        self.messages: list[dict] = []
+        self.connections = 0
+        self.cluster: str | None = None
+        self._socket = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = requests.post(self.url, json={"client_id": self.client_id}, timeout=5)
+                answer.raise_for_status()
+                assignment = answer.json()
+                with connect(assignment["subscriber_endpoint"], open_timeout=5) as socket:
+                    self._socket, self.cluster = socket, assignment["cluster_id"]
+                    self.connections += 1
+                    for text in socket:
+                        self.messages.append(json.loads(text))
+            except (OSError, ValueError, requests.RequestException, WebSocketException):
+                pass
+            finally:
+                self._socket = None
+            self._stop.wait(0.3)
+
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None
+
+    def last_counts(self, window: str) -> dict[str, int] | None:
+        matching = [m for m in self.messages if m["window_start"] == window]
+        return counts_of(matching[-1]) if matching else None
+
+    def close(self) -> None:
+        self._stop.set()
+        socket = self._socket
+        if socket is not None:
+            socket.close()
+        self._thread.join(timeout=10)
+
+
+def counts_of(update: dict) -> dict[str, int]:
+    return {a["emoji_type"]: a["count"] for a in update["aggregates"]}
+
+
+class Load:
+    """Threads posting batches of events (unique user ids with ``prefix``, timestamp now) to
+    POST /emojis; remembers the ids answered 200 and every other outcome."""
+
+    def __init__(self, settings: config.Settings, prefix: str, threads: int = 1,
+                 batch: int = 5, interval_s: float = 0.1):
+        self.url = f"http://{settings.api_host}:{settings.api_port}/emojis"
+        self.prefix, self.batch, self.interval_s = prefix, batch, interval_s
+        self.accepted: list[str] = []
+        self.failures: list[str] = []
+        self._sequence = iter(range(10**9))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                self._post(session)
+                self._stop.wait(self.interval_s)
+
+    def _post(self, session: requests.Session) -> None:
+        with self._lock:
+            ids = [f"{self.prefix}-{next(self._sequence)}" for _ in range(self.batch)]
+        now = format_timestamp(datetime.now(timezone.utc))
+        events = [{"user_id": i, "emoji_type": random.choice(EMOJIS), "timestamp": now}
+                  for i in ids]
+        try:
+            answer = session.post(self.url, json=events, timeout=10)
+        except requests.RequestException as err:
+            self.failures.append(type(err).__name__)
+            return
+        if answer.status_code == 200 and answer.json().get("accepted") == len(events):
+            self.accepted.extend(ids)
+        else:
+            self.failures.append(f"{answer.status_code} {answer.text[:100]}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+
+# --- Kafka --------------------------------------------------------------------------------------
+
+def read_topic(settings: config.Settings, topic: str) -> list:
+    """Every record of ``topic`` now, from the beginning of each partition."""
+    consumer = kafka_clients.consumer(settings, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records, deadline = [], time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += batch
+        return records
+    finally:
+        consumer.close()
+
+
+def produce(settings: config.Settings, topic: str, values: list) -> None:
+    producer = kafka_clients.producer(settings, acks="all")
+    try:
+        for value in values:
+            producer.send(topic, key=b"fault-test", value=value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def events_in_kafka(settings: config.Settings, prefix: str) -> list[dict]:
+    """The events with user ids of ``prefix`` in emoji-events."""
+    found = []
+    for record in read_topic(settings, settings.emoji_events_topic):
+        try:
+            event = json.loads(record.value)
+        except (TypeError, ValueError, RecursionError):
+            continue
+        if isinstance(event, dict) and str(event.get("user_id", "")).startswith(prefix + "-"):
+            found.append(event)
+    return found
+
+
+def window_of(settings: config.Settings, timestamp: str) -> str:
+    start, _ = window_bounds(parse_timestamp(timestamp), settings.window_seconds)
+    return format_timestamp(start)
+
+
+def expected_windows(settings: config.Settings, events: list[dict]) -> dict[str, dict]:
+    """The true count of each emoji in each window, from the events themselves."""
+    windows: dict[str, Counter] = defaultdict(Counter)
+    for event in events:
+        windows[window_of(settings, event["timestamp"])][event["emoji_type"]] += 1
+    return {window: dict(counts) for window, counts in windows.items()}
+
+
+def window_versions(settings: config.Settings, windows) -> set[str]:
+    """The distinct updates of ``windows`` the aggregator wrote (canonical JSON)."""
+    versions = set()
+    for record in read_topic(settings, settings.aggregated_topic):
+        try:
+            update = decode_window_update(record.value)
+        except InvalidEvent:
+            continue
+        if update["window_start"] in windows:
+            versions.add(canonical(update))
+    return versions
+
+
+def canonical(update: dict) -> str:
+    return json.dumps(update, ensure_ascii=False, sort_keys=True)
+
+
+# --- assertions ---------------------------------------------------------------------------------
+
+def assert_viewers_get(viewers: list[Viewer], expected: dict[str, dict]) -> None:
+    """Every viewer's last update of every window has exactly the expected counts."""
+    def wrong():
+        return {(v.client_id, w): (v.last_counts(w), counts)
+                for v in viewers for w, counts in expected.items()
+                if v.last_counts(w) != counts}
+    assert wait_for(lambda: not wrong(), DELIVERY_TIMEOUT_S, interval_s=0.5), wrong()
+
+
+def run_load_and_accept_all(settings, prefix: str, during) -> dict[str, dict]:
+    """Load while ``during()`` runs (plus a little before and after); every event answered 200
+    and in Kafka exactly once. The expected counts of the load's windows."""
+    load = Load(settings, prefix)
+    try:
+        during(load)
+        time.sleep(2)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    events = events_in_kafka(settings, prefix)
+    assert Counter(e["user_id"] for e in events) == Counter(load.accepted)
+    return expected_windows(settings, events)
+
+
+def seen_windows(viewer: Viewer, prefix_windows) -> bool:
+    return any(m["window_start"] in prefix_windows for m in viewer.messages)
+
+
+def load_windows(settings, load: Load) -> set[str]:
+    """The windows of the load's events so far (by wall clock: the events carry 'now')."""
+    now = datetime.now(timezone.utc)
+    return {format_timestamp(window_bounds(now - timedelta(seconds=s), settings.window_seconds)[0])
+            for s in range(0, 4)}
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    env = isolated_env(tmp_path_factory.mktemp("faults"))
+    processes = Processes(env)
+    try:
+        processes.start_all()
+        yield processes, config.load(env)
+    finally:
+        processes.stop_all()
+        left = processes.leftovers()
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert left == [], f"still running after stop_all.sh: {left}"
+        assert not list((processes.var / "run").glob("*.pid"))
+
+
+@pytest.fixture(scope="module")
+def viewers(system):
+    _, settings = system
+    opened = [Viewer(settings, f"fault-viewer-{n}") for n in settings.clusters]
+    try:
+        assert wait_for(lambda: all(v.connected for v in opened), 30)
+        assert sorted(v.cluster for v in opened) == [f"cluster{n}" for n in settings.clusters]
+        yield opened
+    finally:
+        for viewer in opened:
+            viewer.close()
+
+
+def wait_until_streaming(settings, viewers, load: Load) -> None:
+    """Until every viewer has received an update of a window the load is filling."""
+    assert wait_for(lambda: all(seen_windows(v, load_windows(settings, load)) for v in viewers),
+                    DELIVERY_TIMEOUT_S), "no update of the load's windows reached the viewers"
+
+
+# --- poison -------------------------------------------------------------------------------------
+
+def poison_records() -> tuple[list, list]:
+    """(records that are not window updates, window-update-shaped records whose times are
+    unreadable): random bytes, huge records, deep nesting, JSON of the wrong shape."""
+    rng = random.Random(7)
+    now = format_timestamp(datetime.now(timezone.utc))
+    not_updates = [
+        b"\xff" + rng.randbytes(255),
+        b"\xff" + rng.randbytes(900_000),
+        b'{"window_start": "' + b"a" * 900_000 + b'"}',
+        encode({"user_id": "u" * 900_000, "emoji_type": "🔥", "timestamp": now}),
+        b"[" * 100_000,
+        b"[1, 2, 3]", b"null", b'"a string"', b'{"window_start": 7}', b'{"aggregates": "many"}',
+        b'{"window_start": "a", "window_end": "b", "aggregates": [{"emoji_type": "x", '
+        b'"count": true}]}',
+        encode({"user_id": "u", "emoji_type": "🍕", "timestamp": now}),
+        None,
+    ]
+    bad_times = [
+        b'{"window_start": "not a time", "window_end": "b", "aggregates": []}',
+        b'{"window_start": "0001-01-01T00:00:00+14:00", "window_end": "b", '
+        b'"aggregates": [{"emoji_type": "\\ud800", "count": 1}]}',
+    ]
+    return not_updates, bad_times
+
+
+def log_text(processes: Processes, name: str) -> str:
+    return (processes.var / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+def skip_counts(processes: Processes, settings) -> dict[str, int]:
+    """What each component has logged as skipped so far."""
+    counts = {"spark_aggregator": sum(
+        int(line.split("skipped ")[1].split()[0])
+        for line in log_text(processes, "spark_aggregator").splitlines()
+        if "not valid events" in line)}
+    relays = ["main_publisher", *(f"cluster_publisher_{n}" for n in settings.clusters),
+              *(f"subscriber_{n}_{k}" for n in settings.clusters
+                for k in range(1, settings.subscribers_per_cluster + 1))]
+    for name in relays:
+        counts[name] = log_text(processes, name).count("skipping record at")
+    for n in settings.clusters:
+        counts[f"ws_server_{n}"] = log_text(processes, f"ws_server_{n}").count(
+            "skipped an invalid update")
+    return counts
+
+
+def health_ok(settings) -> dict[str, int]:
+    urls = {"emoji_api": f"http://{settings.api_host}:{settings.api_port}/health",
+            "registration_api": f"http://{settings.registration_host}:"
+                                f"{settings.registration_port}/health"}
+    urls.update({f"ws_server_{n}": f"http://{settings.ws_host}:{settings.ws_port(n)}/health"
+                 for n in settings.clusters})
+    return {name: requests.get(url, timeout=5).status_code for name, url in urls.items()}
+
+
+def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
+    processes, settings = system
+    pids = {path.stem: int(path.read_text()) for path in processes.pid_files()}
+    before = skip_counts(processes, settings)
+    not_updates, bad_times = poison_records()
+    poison = not_updates + bad_times
+    topics = [settings.emoji_events_topic, settings.aggregated_topic,
+              *(settings.cluster_topic(n) for n in settings.clusters),
+              *(settings.subscribers_topic(n) for n in settings.clusters)]
+
+    def inject(load):
+        wait_until_streaming(settings, viewers, load)
+        for topic in topics:
+            produce(settings, topic, poison)
+        time.sleep(3)
+
+    expected = run_load_and_accept_all(settings, "poison", inject)
+    assert_viewers_get(viewers, expected)
+
+    want = {name: before[name] + len(not_updates) for name in before}
+    want["spark_aggregator"] = before["spark_aggregator"] + len(poison)
+    for n in settings.clusters:
+        # Updates with unreadable times pass the publishers and subscribers (they are shaped
+        # like updates): each subscribers topic holds them three times (forwarded from
+        # aggregated-emoji-topic, from clusterN-topic, and produced there), and each of the
+        # cluster's subscribers hands every copy to the server, which drops them.
+        want[f"ws_server_{n}"] = (before[f"ws_server_{n}"]
+                                  + 3 * settings.subscribers_per_cluster * len(bad_times))
+    assert wait_for(lambda: skip_counts(processes, settings) == want, 60), \
+        (skip_counts(processes, settings), want)
+    time.sleep(2)
+    assert skip_counts(processes, settings) == want
+    assert {path.stem: int(path.read_text()) for path in processes.pid_files()} == pids
+    assert all(processes.alive().values()), processes.alive()
+    assert set(health_ok(settings).values()) == {200}
+    for name in want:  # each skip is a warning with the running count
+        marker = "skipped in all)" if name == "spark_aggregator" else "so far)"
+        assert marker in log_text(processes, name), name
+
+
+# --- crashes and restarts -----------------------------------------------------------------------
+
+def test_publishers_killed_resume_from_their_commits_and_lose_no_update(system, viewers):
+    processes, settings = system
+    killed = ["main_publisher", "cluster_publisher_1"]
+
+    def crash(load):
+        wait_until_streaming(settings, viewers, load)
+        for name in killed:
+            pid = processes.pid(name)
+            os.kill(pid, signal.SIGKILL)
+            assert wait_for_exit(pid, 10), name
+        time.sleep(3)  # updates pile up in aggregated-emoji-topic and cluster1-topic
+        processes.start_all()
+        assert all(processes.alive().values()), processes.alive()
+
+    expected = run_load_and_accept_all(settings, "publishers", crash)
+    assert_viewers_get(viewers, expected)
+    versions = window_versions(settings, expected)
+    for viewer in viewers:
+        received = {canonical(m) for m in viewer.messages if m["window_start"] in expected}
+        assert received == versions, (viewer.cluster, len(received), len(versions))
+
+
+def test_api_stopped_under_load_delivers_everything_it_answered_200_for(system):
+    processes, settings = system
+    load = Load(settings, "sigterm", threads=3, batch=20, interval_s=0.02)
+    try:
+        assert wait_for(lambda: len(load.accepted) >= 500, 30)
+        pid = processes.pid("emoji_api")
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for_exit(pid, 40), "emoji_api did not exit within 40 s"
+    finally:
+        load.stop()
+    log = log_text(processes, "emoji_api")
+    assert log.count("producer closed; 0 record(s) lost since start") == settings.api_workers, \
+        log[-2000:]
+    events = events_in_kafka(settings, "sigterm")
+    in_kafka = Counter(e["user_id"] for e in events)
+    assert len(load.accepted) >= 500 and load.failures, (len(load.accepted), load.failures[:3])
+    assert all(in_kafka[i] == 1 for i in load.accepted), \
+        sum(1 for i in load.accepted if in_kafka[i] != 1)
+    processes.start_all()
+
+
+def test_aggregator_killed_mid_stream_restarts_with_exact_counts(system, viewers):
+    processes, settings = system
+
+    def crash(load):
+        wait_until_streaming(settings, viewers, load)
+        group = processes.pid("spark_aggregator")
+        members = sigkill_group(group)
+        assert len(members) >= 2, "the aggregator's Spark JVM was not in its process group"
+        time.sleep(3)  # events accepted while no aggregator runs
+        processes.start_all()
+        wait_until_streaming(settings, viewers, load)
+
+    expected = run_load_and_accept_all(settings, "aggregator", crash)
+    assert len(expected) >= 5, expected
+    assert_viewers_get(viewers, expected)
+
+
+def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, viewers):
+    processes, settings = system
+    expected = run_load_and_accept_all(
+        settings, "before-restart",
+        lambda load: wait_until_streaming(settings, viewers, load))
+    assert_viewers_get(viewers, expected)
+    last_window = max(expected)
+    finals = {w: [v.last_counts(w) for v in viewers] for w in expected}
+    seen_before = [len(v.messages) for v in viewers]
+    connections = [v.connections for v in viewers]
+
+    processes.stop_all()
+    assert not list((processes.var / "run").glob("*.pid"))
+    assert processes.leftovers() == []
+    processes.start_all()
+    assert wait_for(lambda: all(v.connections > c and v.connected
+                                for v, c in zip(viewers, connections)), 60)
+
+    # Late events for the last window before the restart, straight into Kafka: the restored
+    # aggregator state still holds that window, so its count grows by exactly these.
+    late_moment = parse_timestamp(last_window) + timedelta(milliseconds=500)
+    late = [{"user_id": f"late-{i}", "emoji_type": "🎯", "timestamp": format_timestamp(late_moment)}
+            for i in range(7)]
+    produce(settings, settings.emoji_events_topic, [encode(e) for e in late])
+    expected_last = {**expected[last_window], "🎯": 7}
+    assert_viewers_get(viewers, {last_window: expected_last})
+    after = run_load_and_accept_all(
+        settings, "after-restart", lambda load: wait_until_streaming(settings, viewers, load))
+    assert_viewers_get(viewers, after)
+
+    for viewer, start in zip(viewers, seen_before):
+        for message in viewer.messages[start:]:
+            window = message["window_start"]
+            if window in expected and window != last_window:
+                assert counts_of(message) == expected[window], (window, finals[window])
+
+
+# --- the poison that used to crash components, without a system ------------------------------
+
+def test_json_nested_too_deeply_is_not_a_window_update():
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        decode_window_update(b"[" * 100_000)
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_timestamp_beyond_utc_range_is_invalid(moment):
+    with pytest.raises(InvalidEvent, match="out of range"):
+        parse_timestamp(moment)
+
+
+def test_an_update_with_a_lone_surrogate_is_deduplicated_like_any_other():
+    from ws_server import WindowDeduplicator
+    update = json.loads('{"window_start": "2026-11-27T07:00:00.000Z", "window_end": "b", '
+                        '"aggregates": [{"emoji_type": "\\ud800", "count": 1}]}')
+    dedup = WindowDeduplicator(4)
+    assert [dedup.check(update), dedup.check(update)] == [dedup.NEW, dedup.DUPLICATE]
