@@ -3,12 +3,14 @@ the report appended to docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -130,3 +132,189 @@ def topic_size(settings, topic: str) -> int:
         return sum(consumer.end_offsets(partitions).values())
     finally:
         consumer.close()
+
+
+# --- the whole system, as scripts/start_all.sh starts it ---------------------------------------
+
+# isolated_env sizes Kafka's heap, Spark's driver and its shuffle for tests; a benchmark of the
+# whole system measures the configured sizes (the defaults, or the caller's environment).
+TEST_SIZING = ("KAFKA_HEAP", "SPARK_DRIVER_MEMORY", "SPARK_SHUFFLE_PARTITIONS")
+
+
+class SystemFailed(RuntimeError):
+    """scripts/start_all.sh or scripts/stop_all.sh did not succeed; the message has its output."""
+
+
+def system_script(script: str, env: dict, timeout_s: float) -> None:
+    """Run scripts/SCRIPT; its warnings (lines saying a component had to be killed) are logged."""
+    result = subprocess.run([str(REPO_ROOT / "scripts" / script)], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=timeout_s)
+    output = (result.stdout + result.stderr).strip().splitlines()
+    if result.returncode != 0:
+        raise SystemFailed(f"scripts/{script} exited {result.returncode}:\n"
+                           + "\n".join(output[-20:]))
+    for line in output:
+        if "killing" in line:
+            logging.getLogger("harness").warning("%s", line)
+
+
+@contextmanager
+def whole_system(var_dir: Path | None = None, ready_timeout_s: int = 300):
+    """Every component, started by scripts/start_all.sh on free ports with a VAR_DIR of its
+    own (as tests/test_pipeline.py does) and stopped by scripts/stop_all.sh (by their pids);
+    yields (env, settings). ``var_dir`` (created, and kept afterwards, with the components'
+    logs) defaults to a temporary folder."""
+    with _var_dir(var_dir) as var_dir:
+        env = isolated_env(Path(var_dir))
+        for name in TEST_SIZING:
+            env.pop(name, None)
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.setdefault("READY_TIMEOUT", str(ready_timeout_s))
+        try:
+            system_script("start_all.sh", env, timeout_s=ready_timeout_s + 120)
+            yield env, config.load(env)
+        finally:
+            system_script("stop_all.sh", env, timeout_s=180)
+            left = list((Path(var_dir) / "run").glob("*.pid"))
+            if left:
+                raise SystemFailed(f"pid files left after scripts/stop_all.sh: {left}")
+
+
+@contextmanager
+def _var_dir(path: Path | None):
+    if path is None:
+        with tempfile.TemporaryDirectory(prefix="bench-system-") as temporary:
+            yield Path(temporary)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+
+
+def system_pid_files(settings) -> dict[str, Path]:
+    """Component name -> pid file of everything start_all.sh started, Kafka included."""
+    var = Path(settings.var_dir)
+    files = {p.stem: p for p in sorted((var / "run").glob("*.pid"))}
+    files["kafka"] = var / "kafka" / "kafka.pid"
+    return files
+
+
+# --- resident memory of process trees ----------------------------------------------------------
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every process."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        table[int(stat.parent.name)] = (int(text[text.rindex(")") + 2:].split()[1]), comm)
+    return table
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _comm) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            tree.append(pid)
+            todo += children.get(pid, [])
+    return tree
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _forking_jvm(pid: int, table: dict[int, tuple[int, str]]) -> bool:
+    """Whether ``pid`` is a JVM's child between fork and exec (Hadoop runs chmod and readlink
+    for Spark's checkpoint files): it shares the JVM's memory, so its VmRSS is the JVM's."""
+    parent = table[pid][0]
+    return parent in table and table[parent][1] == "java" and _exe(pid) == _exe(parent)
+
+
+class RssSampler:
+    """Samples VmRSS (/proc/PID/status) of each component's process tree every ``interval_s``.
+
+    ``pid_files()`` gives component name -> pid file, read at every sample. A Java process below
+    a component that is not itself Java (the Spark driver below spark_aggregator.py) counts as a
+    component of its own, "NAME (JVM)"; its children between fork and exec, which share its
+    memory, are left out. Per phase (see ``phase``): each component's peak RSS and
+    largest process count, and the peak of the simultaneous sum over all components (kB).
+    """
+
+    def __init__(self, pid_files, interval_s: float = 0.5):
+        self.pid_files, self.interval_s = pid_files, interval_s
+        self.current: str | None = None
+        self.peaks: dict[str, dict[str, int]] = {}
+        self.processes: dict[str, dict[str, int]] = {}
+        self.sum_peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @contextmanager
+    def phase(self, name: str):
+        """Attribute the samples taken inside the block to phase ``name``."""
+        self.current = name
+        try:
+            yield
+        finally:
+            self.current = None
+
+    def sample(self) -> dict[str, tuple[int, int]]:
+        """Component -> (RSS kB of its processes, number of processes), now."""
+        table = _proc_table()
+        found: dict[str, tuple[int, int]] = {}
+        for name, pid_file in self.pid_files().items():
+            try:
+                root = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            for pid in _tree(root, table):
+                if _forking_jvm(pid, table):
+                    continue
+                java_below = table[pid][1] == "java" and table[root][1] != "java"
+                label = f"{name} (JVM)" if java_below else name
+                rss, count = found.get(label, (0, 0))
+                found[label] = (rss + _rss_kb(pid), count + 1)
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            phase = self.current
+            if phase is None:
+                continue
+            found = self.sample()
+            peaks = self.peaks.setdefault(phase, {})
+            counts = self.processes.setdefault(phase, {})
+            for label, (rss, count) in found.items():
+                peaks[label] = max(peaks.get(label, 0), rss)
+                counts[label] = max(counts.get(label, 0), count)
+            total = sum(rss for rss, _ in found.values())
+            self.sum_peaks[phase] = max(self.sum_peaks.get(phase, 0), total)

@@ -38,3 +38,50 @@ def test_aggregation_runs():
     out = run_bench("bench/aggregation.py", "--rates", "2000", "--batches", "2")
     row = [line for line in out.splitlines() if line.startswith("| 2,000 |")]
     assert len(row) == 1 and row[0].split("|")[2].strip() == "1,000", out
+
+
+def run_until_done(args: list[str], timeout_s: float) -> str:
+    """Run a benchmark that starts the whole system; on timeout it gets SIGTERM, so that it
+    stops the system it started (by pid) before it exits."""
+    proc = subprocess.Popen([PYTHON, *args, "--no-report"], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=240)
+        raise AssertionError(f"timed out after {timeout_s} s:\n{out}{err}") from None
+    assert proc.returncode == 0, out + err
+    return out
+
+
+def table_rows(out: str, first_header: str) -> list[list[str]]:
+    """The rows of the printed table whose first column header is ``first_header``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line, following in zip(lines[start + 2:], lines[start + 3:] + [""]):
+        if not line.startswith("| ") or following.startswith("|---"):
+            break  # the end of the table, or the next table's header
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def test_end_to_end_counts_every_window_exactly():
+    out = run_until_done(["bench/end_to_end.py", "--rates", "200", "--seconds", "6",
+                          "--warmup-seconds", "0", "--drain-seconds", "90"], timeout_s=400)
+    [run] = table_rows(out, "run")
+    label, target, achieved, accepted, refused, windows, exact = run[:7]
+    p50, p95, p99, top, window_s = (number(c) for c in run[7:12])
+    assert (label, target, refused, window_s) == ("200/s", "200", "0", 2), run
+    assert number(accepted) == 1200 and number(achieved) > 150, run
+    assert int(windows) >= 3 and exact == windows, run
+    assert 0 < p50 <= p95 <= p99 <= top, run
+    memory = {row[0]: row for row in table_rows(out, "component")}
+    for component in ("kafka", "spark_aggregator (JVM)", "emoji_api", "ws_server_1"):
+        assert number(memory[component][2]) > 0, memory
+    assert number(memory["whole stack (peak of the sum)"][2]) > number(memory["kafka"][2])

@@ -1,0 +1,613 @@
+"""End to end: the delay from the ingest API accepting an emoji to a viewer receiving the last
+update of that emoji's window, at given event rates and at the highest sustainable one; and the
+peak resident memory of every component meanwhile.
+
+    .venv/bin/python bench/end_to_end.py [--rates 1000,10000,max] [--seconds 60] [--no-report]
+
+The whole system runs as scripts/start_all.sh starts it, on free ports with a temporary VAR_DIR
+(its configured sizes: Kafka heap, Spark driver memory and shuffle partitions as by default or
+as set in the environment), and is stopped by scripts/stop_all.sh (by pid) at the end.
+
+Load: a process of its own sends POST /emojis at a steady rate over --connections keep-alive
+connections, --requests-per-second requests of rate / requests-per-second events each (at
+1,000/s: 10 events every 10 ms). Every event's timestamp is the moment its request is sent; the
+moment the 200 reply arrives is its acceptance time, and the reply's "accepted" its count.
+Viewers: one per cluster, registered through POST /register and connected with their token,
+note the arrival time (time.time(), same clock) and total count of every window update.
+
+Per run, for each window (floor(event time / WINDOW_SECONDS)) and viewer, the last update
+received is the delivery: each event's latency is that arrival minus its acceptance time (the
+window length is reported beside, not subtracted), and the window counts as exact when the last
+update's total equals the events accepted for it, for every viewer. Each run starts at a window
+boundary and waits until every window is delivered exactly (or --drain-seconds pass).
+
+"max" probes rates from --probe-start up, times --probe-factor, in runs of --probe-seconds,
+until one does not hold (or starts below the lowest given rate that did not hold), then bisects
+--probe-refinements times between the highest rate that held and the lowest that did not; the
+highest that held is marked "= highest sustainable". A run holds when nothing was refused, at least 95% of the target
+rate was accepted, every window was delivered exactly, p99 latency is within --max-p99-s and
+latency did not grow by more than --max-drift-s from the first third of the windows to the last.
+
+Memory: VmRSS of each component's process tree (pid files in VAR_DIR/run and Kafka's), sampled
+every 0.5 s during each run: per component peak and the peak of the simultaneous sum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
+
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.sync.client import connect
+
+from emojistream.events import parse_timestamp
+from emojistream.viewer import RegistrationClient, RegistrationError
+
+log = logging.getLogger("end_to_end")
+
+PLACEHOLDER = b"@TS@"
+TEMPLATES = 32           # distinct request bodies per run (users and emojis drawn at random)
+USERS = 100_000          # user ids the events are spread over
+MIN_ACHIEVED = 0.95      # of the target rate, for a run to hold
+WARMUP_RATE = 500
+CLOSED_BY_US = "closed by the benchmark"
+QUIET_S = 3              # without updates after a run, before the next one starts
+
+
+# --- load: POST /emojis at a steady rate, in a process of its own ------------------------------
+
+@dataclass(frozen=True)
+class LoadPlan:
+    url: str             # http://host:port/emojis
+    rate: int            # events/s
+    seconds: float
+    start: float         # epoch seconds of the first request
+    requests_per_s: int
+    connections: int
+    emojis: tuple[str, ...]
+
+    @property
+    def batch(self) -> int:
+        return max(1, math.ceil(self.rate / self.requests_per_s))
+
+    @property
+    def requests(self) -> int:
+        return max(1, round(self.rate * self.seconds / self.batch))
+
+    @property
+    def interval(self) -> float:
+        return self.batch / self.rate
+
+
+@dataclass
+class LoadResult:
+    sent: list[tuple[int, float, int]]   # (send epoch ms, acceptance epoch s, events accepted)
+    refused: int = 0                     # events refused or lost with a failed request
+    errors: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    elapsed_s: float = 0.0
+    max_send_lag_s: float = 0.0          # how far behind its schedule a request went out
+
+
+def bodies(plan: LoadPlan) -> list[bytes]:
+    """Request bodies with the timestamp left as PLACEHOLDER."""
+    out = []
+    for _ in range(TEMPLATES):
+        events = [{"user_id": f"bench-user-{random.randrange(USERS)}",
+                   "emoji_type": random.choice(plan.emojis), "timestamp": "@TS@"}
+                  for _ in range(plan.batch)]
+        out.append(json.dumps(events, ensure_ascii=False).encode())
+    return out
+
+
+def iso_ms(ms: int) -> bytes:
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+            + f".{ms % 1000:03d}Z").encode()
+
+
+class Sender:
+    """One keep-alive connection posting the plan's requests as their turns come."""
+
+    def __init__(self, plan: LoadPlan, turns, templates: list[bytes], result: LoadResult,
+                 lock: threading.Lock):
+        url = urlsplit(plan.url)
+        self.plan, self.turns, self.templates, self.result, self.lock = (
+            plan, turns, templates, result, lock)
+        self.host, self.port, self.path = url.hostname, url.port, url.path
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def run(self) -> None:
+        while (turn := self._next_turn()) is not None:
+            due = self.plan.start + turn * self.plan.interval
+            time.sleep(max(0.0, due - time.time()))
+            self._post(turn, lag=time.time() - due)
+        self.connection.close()
+
+    def _next_turn(self) -> int | None:
+        with self.lock:
+            return next(self.turns, None)
+
+    def _post(self, turn: int, lag: float) -> None:
+        send_ms = int(time.time() * 1000)
+        body = self.templates[turn % len(self.templates)].replace(PLACEHOLDER, iso_ms(send_ms))
+        try:
+            self.connection.request("POST", self.path, body,
+                                    {"Content-Type": "application/json"})
+            reply = self.connection.getresponse()
+            answer = reply.read()
+        except (OSError, http.client.HTTPException) as err:
+            self.connection.close()
+            return self._failed(type(err).__name__)
+        accepted_at = time.time()
+        if reply.status != 200:
+            return self._failed(f"HTTP {reply.status}")
+        accepted = json.loads(answer)["accepted"]
+        with self.lock:
+            self.result.sent.append((send_ms, accepted_at, accepted))
+            self.result.refused += self.plan.batch - accepted
+            self.result.max_send_lag_s = max(self.result.max_send_lag_s, lag)
+
+    def _failed(self, error: str) -> None:
+        with self.lock:
+            self.result.refused += self.plan.batch
+            self.result.errors[error] = self.result.errors.get(error, 0) + 1
+
+
+def generate(plan: LoadPlan) -> LoadResult:
+    """Send the plan's requests; runs in the load process."""
+    result, lock = LoadResult(sent=[]), threading.Lock()
+    turns, templates = iter(range(plan.requests)), bodies(plan)
+    cpu_before = time.process_time()
+    senders = [Sender(plan, turns, templates, result, lock) for _ in range(plan.connections)]
+    threads = [threading.Thread(target=s.run) for s in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.cpu_s = time.process_time() - cpu_before
+    result.elapsed_s = max(time.time(), plan.start) - plan.start
+    return result
+
+
+def quiet_worker() -> None:
+    """The load process leaves Ctrl-C to the parent, which stops the system."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --- viewers -----------------------------------------------------------------------------------
+
+class Watcher:
+    """A viewer registered through the registration API; notes every window update it gets as
+    window -> [(arrival epoch s, total count)]."""
+
+    def __init__(self, settings, client_id: str):
+        self.window_ms = settings.window_seconds * 1000
+        registration = RegistrationClient(settings.registration_url())
+        try:
+            self.assignment = registration.register(client_id)
+        finally:
+            registration.close()
+        self.updates: dict[int, list[tuple[float, int]]] = {}
+        self.last_arrival = time.time()
+        self.closed_reason: str | None = None
+        self.socket = connect(self.assignment["subscriber_endpoint"], open_timeout=30)
+        self.thread = threading.Thread(target=self._receive, name=client_id, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        try:
+            for text in self.socket:
+                arrival = self.last_arrival = time.time()
+                update = json.loads(text)
+                start_ms = round(parse_timestamp(update["window_start"]).timestamp() * 1000)
+                total = sum(a["count"] for a in update["aggregates"])
+                self.updates.setdefault(start_ms // self.window_ms, []).append((arrival, total))
+        except ConnectionClosed as closed:
+            if self.closed_reason is None:
+                self.closed_reason = f"connection closed: {closed}"
+        if self.closed_reason != CLOSED_BY_US:
+            log.error("viewer of %s: %s", self.assignment["cluster_id"],
+                      self.closed_reason or "connection closed")
+
+    def last(self, window: int) -> tuple[float, int] | None:
+        updates = self.updates.get(window)
+        return updates[-1] if updates else None
+
+    def close(self) -> None:
+        self.closed_reason = CLOSED_BY_US
+        self.socket.close()
+        self.thread.join(timeout=5)
+
+
+# --- one run: load, delivery, figures ----------------------------------------------------------
+
+@dataclass
+class RunFigures:
+    label: str
+    target: int
+    seconds: float
+    achieved: float
+    accepted: int
+    refused: int
+    windows: int
+    exact: int
+    latencies_ms: dict[str, float]     # p50, p95, p99, max
+    drift_ms: float
+    generator_cpu: float
+    send_lag_s: float
+    errors: dict[str, int]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        return not self.failures
+
+
+def per_window(sent: list[tuple[int, float, int]], window_ms: int) -> dict[int, list]:
+    """window -> [(acceptance epoch s, events)] of the accepted requests."""
+    windows: dict[int, list] = {}
+    for send_ms, accepted_at, accepted in sent:
+        if accepted:
+            windows.setdefault(send_ms // window_ms, []).append((accepted_at, accepted))
+    return windows
+
+
+def delivered(windows: dict[int, list], watchers: list[Watcher]) -> bool:
+    """Whether every viewer's last update of every window counts all its accepted events."""
+    for window, batches in windows.items():
+        expected = sum(n for _, n in batches)
+        for watcher in watchers:
+            last = watcher.last(window)
+            if last is None or last[1] != expected:
+                return False
+    return True
+
+
+def wait_delivered(windows, watchers, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not delivered(windows, watchers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def wait_quiet(watchers: list[Watcher], quiet_s: float, timeout_s: float) -> None:
+    """Wait until no viewer got an update for ``quiet_s`` (the aggregator has no backlog left:
+    it sends a window only when it changes)."""
+    deadline = time.monotonic() + timeout_s
+    while (time.time() - max(w.last_arrival for w in watchers) < quiet_s
+           and time.monotonic() < deadline):
+        time.sleep(0.2)
+
+
+def weighted_percentile(samples: list[tuple[float, int]], fraction: float) -> float:
+    """Nearest-rank percentile of (value, weight) pairs sorted by value."""
+    total = sum(w for _, w in samples)
+    running = 0
+    for value, weight in samples:
+        running += weight
+        if running >= fraction * total:
+            return value
+    return samples[-1][0]
+
+
+def latencies(windows: dict[int, list], watchers: list[Watcher]):
+    """(value ms, events) per accepted request and viewer, sorted; and window -> its samples."""
+    by_window = {}
+    for window, batches in windows.items():
+        samples = []
+        for watcher in watchers:
+            last = watcher.last(window)
+            if last is not None:
+                samples += [((last[0] - accepted_at) * 1000, n) for accepted_at, n in batches]
+        by_window[window] = sorted(samples)
+    return sorted(s for samples in by_window.values() for s in samples), by_window
+
+
+def drift(by_window: dict[int, list]) -> float:
+    """Median latency of the last third of the windows minus that of the first third (ms)."""
+    ordered = [samples for _, samples in sorted(by_window.items()) if samples]
+    if len(ordered) < 3:
+        return 0.0
+    third = len(ordered) // 3
+
+    def median(groups):
+        return weighted_percentile(sorted(s for g in groups for s in g), 0.5)
+    return median(ordered[-third:]) - median(ordered[:third])
+
+
+def exact_windows(windows: dict[int, list], watchers: list[Watcher]) -> int:
+    return sum(all((w.last(window) or (0, -1))[1] == sum(n for _, n in batches)
+                   for w in watchers)
+               for window, batches in windows.items())
+
+
+def figures(label: str, plan: LoadPlan, load: LoadResult, watchers, window_ms: int,
+            limits) -> RunFigures:
+    windows = per_window(load.sent, window_ms)
+    samples, by_window = latencies(windows, watchers)
+    accepted = sum(n for _, _, n in load.sent)
+    pct = ({name: weighted_percentile(samples, f) for name, f in
+            (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))} if samples else {})
+    if samples:
+        pct["max"] = samples[-1][0]
+    run = RunFigures(label, plan.rate, plan.seconds, accepted / max(load.elapsed_s, 1e-9),
+                     accepted, load.refused, len(windows), exact_windows(windows, watchers),
+                     pct, drift(by_window), load.cpu_s / max(load.elapsed_s, 1e-9),
+                     load.max_send_lag_s, load.errors)
+    run.failures = failures(run, limits)
+    return run
+
+
+def failures(run: RunFigures, limits) -> list[str]:
+    found = []
+    if run.refused:
+        found.append(f"{run.refused:,} events refused ({run.errors or 'partly accepted'})")
+    if run.achieved < MIN_ACHIEVED * run.target:
+        found.append(f"accepted {run.achieved:,.0f}/s")
+    if run.exact < run.windows or not run.windows:
+        found.append(f"{run.windows - run.exact} window(s) not delivered exactly")
+    if run.latencies_ms.get("p99", math.inf) > limits.max_p99_s * 1000:
+        found.append(f"p99 {run.latencies_ms.get('p99', math.inf):,.0f} ms")
+    if run.drift_ms > limits.max_drift_s * 1000:
+        found.append(f"latency grew {run.drift_ms:,.0f} ms")
+    return found
+
+
+class Bench:
+    """The system's endpoints, the viewers, the load process and the memory sampler."""
+
+    def __init__(self, settings, args, watchers, loader, sampler):
+        self.settings, self.args = settings, args
+        self.watchers, self.loader, self.sampler = watchers, loader, sampler
+        self.window_ms = settings.window_seconds * 1000
+        self.runs: list[RunFigures] = []
+        self.best: RunFigures | None = None
+        self.load_before = os.getloadavg()[0]
+
+    def plan(self, rate: int, seconds: float) -> LoadPlan:
+        window_s = self.settings.window_seconds
+        start = (math.floor(time.time() / window_s) + 1) * window_s  # the next window boundary
+        return LoadPlan(f"http://{self.settings.api_host}:{self.settings.api_port}/emojis",
+                        rate, seconds, start, self.args.requests_per_second,
+                        self.args.connections, tuple(self.settings.allowed_emojis))
+
+    def load(self, rate: int, seconds: float) -> tuple[LoadPlan, LoadResult]:
+        """Run the load, then wait until every window it touched is delivered exactly."""
+        plan = self.plan(rate, seconds)
+        log.info("%s events/s for %s s: %d requests of %d events over %d connections",
+                 f"{rate:,}", seconds, plan.requests, plan.batch, plan.connections)
+        result = self.loader.submit(generate, plan).result()
+        wait_delivered(per_window(result.sent, self.window_ms), self.watchers,
+                       self.args.drain_seconds)
+        wait_quiet(self.watchers, QUIET_S, self.args.drain_seconds)
+        return plan, result
+
+    def warm_up(self) -> None:
+        if self.args.warmup_seconds > 0:
+            log.info("warming up (not measured)")
+            self.load(WARMUP_RATE, self.args.warmup_seconds)
+
+    def run(self, label: str, rate: int, seconds: float, phase: str) -> RunFigures:
+        with self.sampler.phase(phase):
+            plan, result = self.load(rate, seconds)
+        run = figures(label, plan, result, self.watchers, self.window_ms, self.args)
+        log.info("%s: %s (latency p50 %s ms, requests sent up to %.2f s behind schedule)",
+                 label, "held" if run.held else "did not hold: " + "; ".join(run.failures),
+                 f"{run.latencies_ms.get('p50', math.nan):,.0f}", run.send_lag_s)
+        self.runs.append(run)
+        return run
+
+    def probe_max(self) -> RunFigures | None:
+        """The highest-rate run that held: step up from the highest rate that held so far
+        until one does not (unless a run already failed above it), then bisect."""
+        held = [r for r in self.runs if r.held]
+        self.best = max(held, key=lambda r: r.target) if held else None
+        low = self.best.target if self.best else 0
+        failed = [r.target for r in self.runs if not r.held and r.target > low]
+        high = min(failed) if failed else self._step_up(low)
+        for _ in range(self.args.probe_refinements if high else 0):
+            rate = int(round((low + high) / 2, -2))
+            if rate in (low, high):
+                break
+            if self._probe(rate):
+                low = rate
+            else:
+                high = rate
+        if self.best:
+            self.best.label += " = highest sustainable"
+        return self.best
+
+    def _step_up(self, low: int) -> int | None:
+        """The first rate that does not hold, from --probe-start (or above ``low``) up."""
+        rate = max(self.args.probe_start, int(low * self.args.probe_factor))
+        while rate <= self.args.probe_limit:
+            if not self._probe(rate):
+                return rate
+            rate = int(rate * self.args.probe_factor)
+        return None
+
+    def _probe(self, rate: int) -> bool:
+        run = self.run(f"probe {rate:,}/s", rate, self.args.probe_seconds, "probes")
+        if run.held and (self.best is None or rate > self.best.target):
+            self.best = run
+        return run.held
+
+
+# --- the reports -------------------------------------------------------------------------------
+
+RUN_HEADERS = ["run", "events/s target", "events/s achieved", "events accepted",
+               "events refused", "windows", "exact-count windows", "p50 ms", "p95 ms",
+               "p99 ms", "max ms", "window s", "load generator CPU (cores)", "held"]
+
+
+def run_row(run: RunFigures, window_s: int) -> list:
+    ms = [f"{run.latencies_ms[k]:,.0f}" if k in run.latencies_ms else "" for k in
+          ("p50", "p95", "p99", "max")]
+    return [run.label, f"{run.target:,}", f"{run.achieved:,.0f}", f"{run.accepted:,}",
+            f"{run.refused:,}", run.windows, run.exact, *ms, window_s,
+            f"{run.generator_cpu:.2f}", "yes" if run.held else "no: " + "; ".join(run.failures)]
+
+
+def memory_rows(sampler: RssSampler, phases: list[str]) -> list[list]:
+    labels = sorted({label for p in phases for label in sampler.peaks.get(p, {})},
+                    key=lambda s: (s != "kafka", s))
+    rows = []
+    for label in labels:
+        count = max(sampler.processes.get(p, {}).get(label, 0) for p in phases)
+        rows.append([label, count] + [mib(sampler.peaks.get(p, {}).get(label)) for p in phases])
+    rows.append(["whole stack (peak of the sum)", ""]
+                + [mib(sampler.sum_peaks.get(p)) for p in phases])
+    return rows
+
+
+def mib(kb: int | None) -> str:
+    return "" if kb is None else f"{kb / 1024:,.0f}"
+
+
+def publish(bench: Bench, best: RunFigures | None, phases: list[str], write: bool) -> None:
+    settings, args = bench.settings, bench.args
+    highest = (f"Highest sustainable rate found: {best.target:,} events/s. " if best
+               else "No rate held. " if args.probe else "")
+    notes = (f"{highest}Latency: from the API's 200 reply to a viewer receiving the last "
+             f"update of the event's window (the window, {settings.window_seconds} s, is not "
+             f"subtracted), over {len(bench.watchers)} viewer(s), one per cluster. Load: "
+             f"{args.requests_per_second} POST /emojis per second over {args.connections} "
+             f"keep-alive connections, from a process of its own. Kafka heap "
+             f"{settings.kafka_heap}, Spark driver memory {settings.spark_driver_memory}, "
+             f"{settings.spark_shuffle_partitions} shuffle partitions, trigger "
+             f"{settings.spark_trigger_seconds} s, SPARK_MASTER {settings.spark_master}. "
+             f"Load average (1 min) {bench.load_before:.1f} before the runs, "
+             f"{os.getloadavg()[0]:.1f} at the end, other work included.")
+    rows = [run_row(r, settings.window_seconds) for r in bench.runs]
+    report("End to end: API acceptance to a viewer's last update of the window", RUN_HEADERS,
+           rows, notes=notes, write=write)
+    print(notes)
+    report("End to end: peak resident memory (MiB)",
+           ["component", "processes"] + [f"peak at {p}" for p in phases],
+           memory_rows(bench.sampler, phases), notes=MEMORY_NOTES, write=write)
+    print(MEMORY_NOTES)
+
+
+MEMORY_NOTES = (
+    "VmRSS of each component's processes, sampled every 0.5 s during each run (load and "
+    "delivery); a component's row is the peak of the sum over its processes (forked gunicorn "
+    "workers count pages shared with their parent once each). The last row is the peak of the "
+    "simultaneous sum over all components; target: within 6 GB at 10,000 events/s.")
+
+
+# --- main --------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="The system runs on free ports with a temporary VAR_DIR; see the module "
+               "docstring for the method.")
+    parser.add_argument("--rates", default="1000,10000,max",
+                        help="events/s per run, comma-separated; 'max' probes for the highest "
+                             "sustainable rate (default: 1000,10000,max)")
+    parser.add_argument("--seconds", type=float, default=60, help="length of each run")
+    parser.add_argument("--requests-per-second", type=int, default=100,
+                        help="POST /emojis per second; events per request = rate / this")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="keep-alive connections of the load process")
+    parser.add_argument("--drain-seconds", type=float, default=60,
+                        help="how long to wait after a run for its windows' last updates")
+    parser.add_argument("--warmup-seconds", type=float, default=10,
+                        help=f"an unmeasured run at {WARMUP_RATE}/s first (0: none)")
+    parser.add_argument("--probe-start", type=int, default=20_000,
+                        help="first rate 'max' tries (default: 20000)")
+    parser.add_argument("--probe-factor", type=float, default=1.5,
+                        help="'max' multiplies the rate by this while runs hold (default: 1.5)")
+    parser.add_argument("--probe-limit", type=int, default=1_000_000,
+                        help="highest rate 'max' tries")
+    parser.add_argument("--probe-seconds", type=float, default=20,
+                        help="length of each run of 'max' (default: 20)")
+    parser.add_argument("--probe-refinements", type=int, default=2,
+                        help="bisection steps of 'max' once a rate did not hold (default: 2)")
+    parser.add_argument("--max-p99-s", type=float, default=10,
+                        help="p99 latency above which a rate does not hold")
+    parser.add_argument("--max-drift-s", type=float, default=3,
+                        help="latency growth over a run above which a rate does not hold")
+    parser.add_argument("--var-dir", type=Path,
+                        help="keep the system's data and logs in this new or empty folder "
+                             "(default: a temporary one, removed afterwards)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="print the tables without appending them to docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    args.fixed_rates, args.probe = rates(parser, args.rates)
+    if args.probe_factor <= 1:
+        parser.error("--probe-factor must be above 1")
+    if args.var_dir and args.var_dir.exists() and any(args.var_dir.iterdir()):
+        parser.error(f"--var-dir {args.var_dir} is not empty")
+    return args
+
+
+def rates(parser, text: str) -> tuple[list[int], bool]:
+    items = [r.strip() for r in text.split(",") if r.strip()]
+    try:
+        fixed = [int(r) for r in items if r != "max"]
+    except ValueError:
+        parser.error(f"--rates takes whole numbers of events/s and 'max', got {text!r}")
+    if any(r <= 0 for r in fixed) or not items:
+        parser.error(f"--rates must name at least one rate, each above 0, got {text!r}")
+    return fixed, "max" in items
+
+
+def measure(settings, args) -> None:
+    watchers = [Watcher(settings, f"bench-viewer-{n}") for n in settings.clusters]
+    log.info("viewers on %s", ", ".join(w.assignment["cluster_id"] for w in watchers))
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=quiet_worker) as loader, \
+                RssSampler(lambda: system_pid_files(settings)) as sampler:
+            bench = Bench(settings, args, watchers, loader, sampler)
+            bench.warm_up()
+            phases = [f"{rate:,}/s" for rate in args.fixed_rates]
+            for rate, phase in zip(args.fixed_rates, phases):
+                bench.run(f"{rate:,}/s", rate, args.seconds, phase)
+            best = bench.probe_max() if args.probe else None
+            if args.probe and "probes" in sampler.peaks:
+                phases.append("probes")
+            publish(bench, best, phases, write=not args.no_report)
+    finally:
+        for watcher in watchers:
+            watcher.close()
+
+
+def interrupt(*_) -> None:
+    """SIGTERM stops the benchmark as Ctrl-C does: the system is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
+                                                   "%(message)s")
+    signal.signal(signal.SIGTERM, interrupt)
+    log.info("starting the whole system (scripts/start_all.sh)")
+    try:
+        with whole_system(args.var_dir) as (_env, settings):
+            log.info("system up: ingest %s:%s", settings.api_host, settings.api_port)
+            measure(settings, args)
+    except (SystemFailed, RegistrationError, WebSocketException) as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
+    log.info("system stopped")
+
+
+if __name__ == "__main__":
+    main()
