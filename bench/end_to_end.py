@@ -19,14 +19,19 @@ Per run, for each window (floor(event time / WINDOW_SECONDS)) and viewer, the la
 received is the delivery: each event's latency is that arrival minus its acceptance time (the
 window length is reported beside, not subtracted), and the window counts as exact when the last
 update's total equals the events accepted for it, for every viewer. Each run starts at a window
-boundary and waits until every window is delivered exactly (or --drain-seconds pass).
+boundary and waits until every window is delivered exactly (or --drain-seconds pass), then
+until no update came for 3 s (no backlog left). All runs share one system, after an unmeasured
+warm-up (--warmup-seconds at 500/s: Spark's first micro-batches compile code). An event the API
+reads more than MAX_EVENT_AGE_S after it was sent gets the API's time instead, hence possibly
+another window: under overload, windows then stop matching.
 
 "max" probes rates from --probe-start up, times --probe-factor, in runs of --probe-seconds,
 until one does not hold (or starts below the lowest given rate that did not hold), then bisects
 --probe-refinements times between the highest rate that held and the lowest that did not; the
-highest that held is marked "= highest sustainable". A run holds when nothing was refused, at least 95% of the target
-rate was accepted, every window was delivered exactly, p99 latency is within --max-p99-s and
-latency did not grow by more than --max-drift-s from the first third of the windows to the last.
+highest that held is marked "= highest sustainable". A run holds when nothing was refused, at
+least 95% of the target rate was accepted, every window was delivered exactly, p99 latency is
+within --max-p99-s and latency did not grow by more than --max-drift-s from the first third of
+the windows to the last.
 
 Memory: VmRSS of each component's process tree (pid files in VAR_DIR/run and Kafka's), sampled
 every 0.5 s during each run: per component peak and the peak of the simultaneous sum.
@@ -464,7 +469,7 @@ def run_row(run: RunFigures, window_s: int) -> list:
 
 def memory_rows(sampler: RssSampler, phases: list[str]) -> list[list]:
     labels = sorted({label for p in phases for label in sampler.peaks.get(p, {})},
-                    key=lambda s: (s != "kafka", s))
+                    key=lambda s: (not s.startswith("kafka"), s))
     rows = []
     for label in labels:
         count = max(sampler.processes.get(p, {}).get(label, 0) for p in phases)

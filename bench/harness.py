@@ -192,10 +192,13 @@ def _var_dir(path: Path | None):
 
 
 def system_pid_files(settings) -> dict[str, Path]:
-    """Component name -> pid file of everything start_all.sh started, Kafka included."""
+    """Component name -> pid file of everything start_all.sh started, Kafka's broker (or each
+    broker of a local cluster, "kafka broker-K") included."""
     var = Path(settings.var_dir)
     files = {p.stem: p for p in sorted((var / "run").glob("*.pid"))}
     files["kafka"] = var / "kafka" / "kafka.pid"
+    for broker in sorted((var / "kafka").glob("broker-*/kafka.pid")):
+        files[f"kafka {broker.parent.name}"] = broker
     return files
 
 
