@@ -216,8 +216,21 @@ class Settings:
                 f"{host}:{port}" for port in self.local_kafka_ports()))
 
         self._check_kafka_security()
+        self._check_local_kafka_ports()
         if self.ws_cluster_hosts:
             self.ws_cluster_host(self.cluster_count)
+
+    def _check_local_kafka_ports(self) -> None:
+        if self.kafka_brokers < 1:
+            raise ConfigError(f"KAFKA_BROKERS must be at least 1, got {self.kafka_brokers}")
+        step = self.kafka_port_step
+        controllers = [self.kafka_controller_port + i * step for i in range(self.kafka_brokers)]
+        ports = self.local_kafka_ports() + controllers
+        if len(set(ports)) != len(ports):
+            raise ConfigError(f"the {self.kafka_brokers} local brokers' ports overlap: brokers on "
+                              f"KAFKA_PORT={self.kafka_port} + (N-1) * KAFKA_PORT_STEP={step}, "
+                              f"controllers on KAFKA_CONTROLLER_PORT={self.kafka_controller_port} "
+                              "+ (N-1) * KAFKA_PORT_STEP")
 
     def _check_kafka_security(self) -> None:
         protocol = self.kafka_security_protocol.upper()

@@ -279,6 +279,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$BROKERS" =~ ^[1-9][0-9]*$ ]] || die "the number of brokers must be a positive integer, got '$BROKERS'"
+if [ "$BROKERS" != "$KAFKA_BROKERS" ]; then
+  # The configuration's checks (the brokers' ports must not overlap) for this many brokers.
+  (cd "$REPO_ROOT" && KAFKA_BROKERS="$BROKERS" python3 -m emojistream.config --shell >/dev/null) \
+    || die "no cluster of $BROKERS brokers with these settings (see above)"
+fi
 
 case "$COMMAND" in
   start) start ;;

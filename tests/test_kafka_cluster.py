@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from kafka import TopicPartition
 from kafka.admin import ConfigResource
 
 from emojistream import config, kafka_clients
@@ -112,14 +113,23 @@ class SteadySender:
 
 
 def steady_ids_in_topic(settings) -> collections.Counter:
-    consumer = kafka_clients.consumer(settings, settings.emoji_events_topic,
-                                      auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    """How often each steady- user id is in the events topic, read up to its end offsets."""
+    consumer = kafka_clients.consumer(settings)
     try:
+        partitions = [TopicPartition(settings.emoji_events_topic, p)
+                      for p in consumer.partitions_for_topic(settings.emoji_events_topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(partitions)
         ids = collections.Counter()
-        for record in consumer:
-            user = json.loads(record.value)["user_id"]
-            if user.startswith("steady-"):
-                ids[user] += 1
+        deadline = time.monotonic() + 60
+        while any(consumer.position(p) < end[p] for p in partitions):
+            assert time.monotonic() < deadline, "the events topic was not read to its end"
+            for records in consumer.poll(timeout_ms=1000).values():
+                for record in records:
+                    user = json.loads(record.value)["user_id"]
+                    if user.startswith("steady-"):
+                        ids[user] += 1
         return ids
     finally:
         consumer.close()
@@ -133,18 +143,18 @@ def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path
     with running(tmp_path, "emoji_api", "emoji_api.py", env=env) as api:
         wait_for_health(f"http://localhost:{settings.api_port}/health", api, timeout_s=60)
         with SteadySender(f"http://localhost:{settings.api_port}/emoji", rate=40) as sender:
-            time.sleep(4)
+            time.sleep(3)
             before = len(sender.accepted)
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            time.sleep(12)
+            time.sleep(10)
             during = len(sender.accepted) - before
             restarted = run_script("kafka.sh", "start", env=env, timeout=180)
             assert "starting Kafka broker 1" in restarted.stdout
             assert "Kafka broker 2 already runs" in restarted.stdout
-            time.sleep(3)
+            time.sleep(2)
         assert api.stop(timeout_s=60) == 0
     found = steady_ids_in_topic(settings)
-    print(f"accepted {len(sender.accepted)} ({before} before the kill, {during} in the 12 s "
+    print(f"accepted {len(sender.accepted)} ({before} before the kill, {during} in the 10 s "
           f"after it), answers {dict(sender.statuses)}")
     assert before > 0 and during > 0, dict(sender.statuses)
     missing = set(sender.accepted) - set(found)

@@ -4,6 +4,7 @@ scripts/spark_cluster.sh), reading from and writing to the test run's Kafka brok
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,26 +14,34 @@ import pytest
 
 from emojistream import config, kafka_clients
 from emojistream.spark import cluster_conf, kafka_options
-from tests.conftest import free_port, run_script
+from tests.conftest import REPO_ROOT, free_port, run_script
 from tests.services import get_json, running
 
 
 @pytest.fixture(scope="module")
-def cluster_env(kafka, test_env, tmp_path_factory) -> dict:
-    """The test run's settings plus a Spark cluster of its own: a master and one worker."""
+def cluster_env(request, test_env, tmp_path_factory) -> dict:
+    """The test run's settings plus a Spark cluster of its own: a master and one worker, started
+    while the test run's Kafka starts."""
     env = dict(test_env,
                SPARK_MASTER_PORT=str(free_port()), SPARK_MASTER_WEBUI_PORT=str(free_port()),
                SPARK_WORKER_WEBUI_PORT=str(free_port()), SPARK_WORKER_CORES="2",
                SPARK_WORKER_MEMORY="1g", SPARK_DAEMON_MEMORY="256m",
                SPARK_EXECUTOR_MEMORY="512m", SPARK_EXECUTOR_CORES="1", SPARK_CORES_MAX="1",
                SPARK_DRIVER_HOST="localhost", SPARK_DRIVER_MEMORY="512m",
+               SPARK_SHUFFLE_PARTITIONS="1",
                VAR_DIR=str(tmp_path_factory.mktemp("spark-cluster-var")))
-    started = run_script("spark_cluster.sh", "start", "--workers", "1", env=env, check=False,
-                         timeout=180)
+    starting = subprocess.Popen([str(REPO_ROOT / "scripts" / "spark_cluster.sh"), "start",
+                                 "--workers", "1"], env=env, cwd=REPO_ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
+        request.getfixturevalue("kafka")
+        output, _ = starting.communicate(timeout=180)
+        assert starting.returncode == 0, output
         yield env
     finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.wait()
         stopped = run_script("spark_cluster.sh", "stop", env=env, check=False, timeout=90)
         assert "the master stopped" in stopped.stdout, stopped.stdout + stopped.stderr
 
@@ -53,10 +62,10 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def test_aggregator_runs_on_the_cluster_with_exact_counts(cluster_env, tmp_path):
+def test_aggregator_runs_on_the_cluster_with_exact_counts(cluster_env, kafka, tmp_path):
     env = dict(cluster_env, EMOJI_EVENTS_TOPIC="sc-events", AGGREGATED_TOPIC="sc-aggregated",
                CLUSTER_COUNT="1", CLUSTER_TOPIC_TEMPLATE="sc-cluster{n}",
-               SUBSCRIBERS_TOPIC_TEMPLATE="sc-cluster{n}-subs",
+               SUBSCRIBERS_TOPIC_TEMPLATE="sc-cluster{n}-subs", EMOJIS="🔥,😂,🎉",
                SPARK_MASTER=f"spark://localhost:{cluster_env['SPARK_MASTER_PORT']}")
     settings = config.load(env)
     run_script("create_topics.sh", env=env)
