@@ -186,7 +186,9 @@ class Load:
         self.url = f"http://{settings.api_host}:{settings.api_port}/emojis"
         self.prefix, self.batch, self.interval_s = prefix, batch, interval_s
         self.accepted: list[str] = []
+        self.windows: set[str] = set()  # of the events answered 200
         self.failures: list[str] = []
+        self._window_seconds = settings.window_seconds
         self._sequence = iter(range(10**9))
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -203,9 +205,9 @@ class Load:
     def _post(self, session: requests.Session) -> None:
         with self._lock:
             ids = [f"{self.prefix}-{next(self._sequence)}" for _ in range(self.batch)]
-        now = format_timestamp(datetime.now(timezone.utc))
-        events = [{"user_id": i, "emoji_type": random.choice(EMOJIS), "timestamp": now}
-                  for i in ids]
+        now = datetime.now(timezone.utc)
+        events = [{"user_id": i, "emoji_type": random.choice(EMOJIS),
+                   "timestamp": format_timestamp(now)} for i in ids]
         try:
             answer = session.post(self.url, json=events, timeout=10)
         except requests.RequestException as err:
@@ -213,6 +215,7 @@ class Load:
             return
         if answer.status_code == 200 and answer.json().get("accepted") == len(events):
             self.accepted.extend(ids)
+            self.windows.add(format_timestamp(window_bounds(now, self._window_seconds)[0]))
         else:
             self.failures.append(f"{answer.status_code} {answer.text[:100]}")
 
@@ -321,15 +324,8 @@ def run_load_and_accept_all(settings, prefix: str, during) -> dict[str, dict]:
     return expected_windows(settings, events)
 
 
-def seen_windows(viewer: Viewer, prefix_windows) -> bool:
-    return any(m["window_start"] in prefix_windows for m in viewer.messages)
-
-
-def load_windows(settings, load: Load) -> set[str]:
-    """The windows of the load's events so far (by wall clock: the events carry 'now')."""
-    now = datetime.now(timezone.utc)
-    return {format_timestamp(window_bounds(now - timedelta(seconds=s), settings.window_seconds)[0])
-            for s in range(0, 4)}
+def seen_windows(viewer: Viewer, windows: set[str]) -> bool:
+    return any(m["window_start"] in windows for m in viewer.messages)
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -363,9 +359,11 @@ def viewers(system):
             viewer.close()
 
 
-def wait_until_streaming(settings, viewers, load: Load) -> None:
-    """Until every viewer has received an update of a window the load is filling."""
-    assert wait_for(lambda: all(seen_windows(v, load_windows(settings, load)) for v in viewers),
+def wait_until_streaming(viewers: list[Viewer], load: Load,
+                         beyond: set[str] = frozenset()) -> None:
+    """Until every viewer has received an update of a window of the load's events (one not in
+    ``beyond``)."""
+    assert wait_for(lambda: all(seen_windows(v, load.windows - beyond) for v in viewers),
                     DELIVERY_TIMEOUT_S), "no update of the load's windows reached the viewers"
 
 
@@ -437,7 +435,7 @@ def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
               *(settings.subscribers_topic(n) for n in settings.clusters)]
 
     def inject(load):
-        wait_until_streaming(settings, viewers, load)
+        wait_until_streaming(viewers, load)
         for topic in topics:
             produce(settings, topic, poison)
         time.sleep(3)
@@ -473,7 +471,7 @@ def test_publishers_killed_resume_from_their_commits_and_lose_no_update(system, 
     killed = ["main_publisher", "cluster_publisher_1"]
 
     def crash(load):
-        wait_until_streaming(settings, viewers, load)
+        wait_until_streaming(viewers, load)
         for name in killed:
             pid = processes.pid(name)
             os.kill(pid, signal.SIGKILL)
@@ -515,13 +513,13 @@ def test_aggregator_killed_mid_stream_restarts_with_exact_counts(system, viewers
     processes, settings = system
 
     def crash(load):
-        wait_until_streaming(settings, viewers, load)
+        wait_until_streaming(viewers, load)
         group = processes.pid("spark_aggregator")
         members = sigkill_group(group)
         assert len(members) >= 2, "the aggregator's Spark JVM was not in its process group"
         time.sleep(3)  # events accepted while no aggregator runs
         processes.start_all()
-        wait_until_streaming(settings, viewers, load)
+        wait_until_streaming(viewers, load, beyond=set(load.windows))
 
     expected = run_load_and_accept_all(settings, "aggregator", crash)
     assert len(expected) >= 5, expected
@@ -532,7 +530,7 @@ def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, vie
     processes, settings = system
     expected = run_load_and_accept_all(
         settings, "before-restart",
-        lambda load: wait_until_streaming(settings, viewers, load))
+        lambda load: wait_until_streaming(viewers, load))
     assert_viewers_get(viewers, expected)
     last_window = max(expected)
     finals = {w: [v.last_counts(w) for v in viewers] for w in expected}
@@ -548,14 +546,14 @@ def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, vie
 
     # Late events for the last window before the restart, straight into Kafka: the restored
     # aggregator state still holds that window, so its count grows by exactly these.
-    late_moment = parse_timestamp(last_window) + timedelta(milliseconds=500)
-    late = [{"user_id": f"late-{i}", "emoji_type": "🎯", "timestamp": format_timestamp(late_moment)}
+    late_moment = format_timestamp(parse_timestamp(last_window) + timedelta(milliseconds=500))
+    late = [{"user_id": f"late-{i}", "emoji_type": "🎯", "timestamp": late_moment}
             for i in range(7)]
     produce(settings, settings.emoji_events_topic, [encode(e) for e in late])
     expected_last = {**expected[last_window], "🎯": 7}
     assert_viewers_get(viewers, {last_window: expected_last})
     after = run_load_and_accept_all(
-        settings, "after-restart", lambda load: wait_until_streaming(settings, viewers, load))
+        settings, "after-restart", lambda load: wait_until_streaming(viewers, load))
     assert_viewers_get(viewers, after)
 
     for viewer, start in zip(viewers, seen_before):
