@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
+from urllib.parse import urlparse
 
 from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame
@@ -40,6 +40,8 @@ EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
                            StructField("emoji_type", StringType()),
                            StructField("timestamp", StringType())])
 ISO_UTC = "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'"
+FILE_SYSTEM_CHECKPOINTS = ("org.apache.spark.sql.execution.streaming.checkpointing."
+                           "FileSystemBasedCheckpointFileManager")
 MAX_USER_ID_LENGTH = 64
 
 
@@ -107,14 +109,27 @@ def to_window_updates(windows: DataFrame, settings) -> DataFrame:
     return windows.select(window_start.alias("key"), F.to_json(update).alias("value"))
 
 
-def start_query(spark, settings, checkpoint: Path):
+def write_local_checkpoints_plainly(spark, checkpoint: str) -> None:
+    """Checkpoint a local folder through Hadoop's FileSystem API rather than FileContext.
+
+    Through FileContext every file Spark writes (offsets, commits, state) has its permissions set
+    and its links resolved by forking chmod and readlink from the driver's JVM: measured here, 100
+    to 150 ms of every micro-batch. A local rename is atomic either way. Other file systems (HDFS,
+    object stores) keep Spark's default.
+    """
+    if urlparse(checkpoint).scheme in ("", "file"):
+        spark.conf.set("spark.sql.streaming.checkpointFileManagerClass", FILE_SYSTEM_CHECKPOINTS)
+
+
+def start_query(spark, settings, checkpoint: str):
+    write_local_checkpoints_plainly(spark, checkpoint)
     records = count_skipped(parse_events(read_events(spark, settings), settings))
     windows = aggregate_windows(records.where("valid"), settings)
     return (to_window_updates(windows, settings).writeStream
             .format("kafka")
             .options(**kafka_options(settings))
             .option("topic", settings.aggregated_topic)
-            .option("checkpointLocation", str(checkpoint))
+            .option("checkpointLocation", checkpoint)
             .outputMode("update")
             .trigger(processingTime=f"{settings.spark_trigger_seconds} seconds")
             .queryName("emoji-window-aggregates")
@@ -127,8 +142,9 @@ def parse_args(argv):
                     "Settings come from the environment (see emojistream/config.py): "
                     "KAFKA_BOOTSTRAP_SERVERS, SPARK_MASTER, WINDOW_SECONDS, WATERMARK_DELAY_S, "
                     "NORMALIZE_THRESHOLD, NORMALIZE_DIVISOR, EMOJIS, ...")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="checkpoint folder (default: $VAR_DIR/spark/checkpoints/aggregator)")
+    parser.add_argument("--checkpoint",
+                        help="checkpoint folder or URL, e.g. hdfs://... on a cluster "
+                             "(default: $VAR_DIR/spark/checkpoints/aggregator)")
     parser.add_argument("--progress-interval", type=float, default=10.0,
                         help="seconds between progress lines in the log (default: 10)")
     return parser.parse_args(argv)
@@ -172,7 +188,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     log = setup_logging("spark_aggregator")
     settings = load_settings(log)
-    checkpoint = args.checkpoint or settings.var_path / "spark" / "checkpoints" / "aggregator"
+    checkpoint = args.checkpoint or str(settings.var_path / "spark" / "checkpoints" / "aggregator")
     try:
         kafka_clients.wait_for_kafka(settings)
         spark = spark_session(settings, "emoji-aggregator")

@@ -49,7 +49,7 @@ def write_backlog(settings, records: int, payloads: Path) -> None:
                    check=True, capture_output=True)
 
 
-def run_at_rate(spark, settings, rate: int, batches: int, checkpoint: Path) -> dict:
+def run_at_rate(spark, settings, rate: int, batches: int, checkpoint: str) -> dict:
     per_trigger = int(rate * settings.spark_trigger_seconds)
     tuned = dataclasses.replace(settings, spark_max_offsets_per_trigger=per_trigger)
     query = spark_aggregator.start_query(spark, tuned, checkpoint)
@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     rows = []
-    with isolated_kafka(SPARK_SHUFFLE_PARTITIONS=4) as (env, settings), \
+    with isolated_kafka() as (env, settings), \
             tempfile.TemporaryDirectory() as tmp:
         settings = dataclasses.replace(settings, aggregated_topic=settings.cluster_topic(1))
         payloads = Path(tmp) / "events.jsonl"
@@ -88,7 +88,7 @@ def main() -> None:
         spark = spark_session(settings, "aggregation-benchmark")
         try:
             for rate in rates:
-                r = run_at_rate(spark, settings, rate, args.batches, Path(tmp) / f"cp-{rate}")
+                r = run_at_rate(spark, settings, rate, args.batches, str(Path(tmp) / f"cp-{rate}"))
                 keeps_up = r["p95_ms"] <= settings.spark_trigger_seconds * 1000
                 rows.append([f"{rate:,}", f"{r['rows_per_batch']:,}", f"{r['median_ms']:,.0f}",
                              f"{r['p95_ms']:,.0f}", f"{r['processed_per_s']:,.0f}",

@@ -136,9 +136,9 @@ def topic_size(settings, topic: str) -> int:
 
 # --- the whole system, as scripts/start_all.sh starts it ---------------------------------------
 
-# isolated_env sizes Kafka's heap, Spark's driver and its shuffle for tests; a benchmark of the
-# whole system measures the configured sizes (the defaults, or the caller's environment).
-TEST_SIZING = ("KAFKA_HEAP", "SPARK_DRIVER_MEMORY", "SPARK_SHUFFLE_PARTITIONS")
+# isolated_env sizes Kafka's heap and Spark's driver for tests; a benchmark of the whole system
+# measures the configured sizes (the defaults, or the caller's environment).
+TEST_SIZING = ("KAFKA_HEAP", "SPARK_DRIVER_MEMORY")
 
 
 class SystemFailed(RuntimeError):

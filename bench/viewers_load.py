@@ -210,7 +210,7 @@ class System:
         self.env.update(SUBSCRIBER_KEY=self.key, TOKEN_SECRET=random_tokens.token_urlsafe(32),
                         REGISTRATION_THREADS="16", LOG_LEVEL=log_level)
         self.settings = config.load(self.env)
-        self.registration_url = f"http://localhost:{self.settings.registration_port}"
+        self.registration_url = self.settings.registration_url()
         self.log_dir = Path(log_dir) if log_dir else var_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []

@@ -59,7 +59,6 @@ def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
         "REGISTRATION_PORT": str(free_port()),
         "WS_BASE_PORT": str(free_port_run(cluster_count + 1)),
         "CLUSTER_COUNT": str(cluster_count),
-        "SPARK_SHUFFLE_PARTITIONS": "2",
         "SPARK_DRIVER_MEMORY": "1g",
     })
     return env
