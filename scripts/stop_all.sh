@@ -8,12 +8,40 @@ show_help_if_asked "$@"
 RUN_DIR="$VAR_DIR/run"
 GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
 
+# stop_component PID_FILE: stop the component, then what it started that outlived it.
 stop_component() {
-  local name
+  local name pid
   name="$(basename "$1" .pid)"
+  pid="$(cat "$1" 2>/dev/null || true)"
   if stop_pid_file "$1" "$name" "$GRACE_SECONDS"; then
     say "$name stopped"
   fi
+  if [ -n "$pid" ]; then
+    stop_leftovers "$pid" "$name"
+  fi
+}
+
+# group_runs PGID: true while a process of the group runs (zombies, which nothing may reap when
+# PID 1 does not, are not running).
+group_runs() {
+  ps -e -o pgid=,stat= | awk -v group="$1" '$1 == group && $2 !~ /^Z/ { found = 1 }
+                                          END { exit !found }'
+}
+
+# stop_leftovers PGID NAME: start_all.sh starts each component in a process group of its own
+# (setsid), with its children in it: the aggregator's Spark JVM exits soon after its Python
+# driver, but a driver killed after the grace period may leave it running, and a new aggregator
+# must not share the checkpoint with it. Wait a little for the group to empty, then SIGKILL it.
+stop_leftovers() {
+  local pgid="$1" name="$2" deadline=$((SECONDS + 10))
+  while group_runs "$pgid"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      say "processes started by $name (process group $pgid) still run; killing them"
+      kill -KILL -- "-$pgid" 2>/dev/null || true
+      return
+    fi
+    sleep 0.2
+  done
 }
 
 stop_group() {
