@@ -235,7 +235,8 @@ def open_consumer(settings: config.Settings, cluster: int, member: int) -> Kafka
 
 
 def publish_url(settings: config.Settings, cluster: int) -> str:
-    host = f"[{settings.ws_host}]" if ":" in settings.ws_host else settings.ws_host
+    host = settings.ws_cluster_host(cluster)
+    host = f"[{host}]" if ":" in host else host
     return f"ws://{host}:{settings.ws_port(cluster)}/publish"
 
 

@@ -278,3 +278,15 @@ def test_help_exits_0():
     result = run("subscriber.py", "--help", env=dict(os.environ))
     assert result.returncode == 0
     assert "--cluster" in result.stdout and "--id" in result.stdout
+
+
+def test_each_cluster_publishes_to_its_own_websocket_host():
+    import subscriber
+
+    settings = config.load({"WS_HOST": "ws.example", "WS_BASE_PORT": "6001",
+                            "WS_CLUSTER_HOSTS": "ws1.example,ws2.example,::1"})
+    assert [subscriber.publish_url(settings, n) for n in (1, 2, 3)] == [
+        "ws://ws1.example:6002/publish", "ws://ws2.example:6003/publish",
+        "ws://[::1]:6004/publish"]
+    single_host = config.load({"WS_HOST": "ws.example", "WS_BASE_PORT": "6001"})
+    assert subscriber.publish_url(single_host, 2) == "ws://ws.example:6003/publish"
