@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import REPO_ROOT, report
+from harness import REPO_ROOT, RssSampler, report, system_pid_files
 
 import requests
 from kafka import TopicPartition
@@ -54,54 +53,18 @@ def script(name: str, env: dict, timeout_s: float) -> None:
         raise RuntimeError(f"{name} failed:\n{done.stdout}{done.stderr}")
 
 
-def components(var_dir: Path) -> dict[str, int]:
-    """Each component's pid, from the pid files of start_all.sh and kafka.sh."""
-    files = sorted((var_dir / "run").glob("*.pid")) + [var_dir / "kafka" / "kafka.pid"]
-    return {path.stem: int(path.read_text()) for path in files if path.exists()}
-
-
-def _children() -> dict[int, list[int]]:
-    children = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry))
-    return children
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_mib(pids: dict[str, int]) -> dict[str, float]:
-    """Resident memory of each component with all its descendants, in MiB."""
-    children = _children()
-    sizes = {}
-    for name, pid in pids.items():
-        tree, total = [pid], 0
-        while tree:
-            current = tree.pop()
-            total += _rss_kib(current)
-            tree += children.get(current, [])
-        sizes[name] = total / 1024
-    return sizes
+def rss_mib(sampler: RssSampler) -> dict[str, float]:
+    """Resident memory of each component with its children now, in MiB (see RssSampler)."""
+    return {name: kb / 1024 for name, (kb, _count) in sampler.sample().items()}
 
 
 class MemorySampler:
     """Samples every component's RSS every ``interval_s`` in a thread."""
 
-    def __init__(self, pids: dict[str, int], interval_s: float):
-        self.pids, self.interval_s = pids, interval_s
-        self.first = rss_mib(pids)
+    def __init__(self, settings: config.Settings, interval_s: float):
+        self.processes = RssSampler(lambda: system_pid_files(settings))
+        self.interval_s = interval_s
+        self.first = rss_mib(self.processes)
         self.peak = dict(self.first)
         self.last = dict(self.first)
         self.half: dict[str, float] = {}
@@ -114,8 +77,9 @@ class MemorySampler:
             self.sample()
 
     def sample(self) -> None:
-        self.last = rss_mib(self.pids)
-        self.peak = {name: max(self.peak[name], size) for name, size in self.last.items()}
+        self.last = rss_mib(self.processes)
+        self.peak = {name: max(self.peak.get(name, 0), self.last.get(name, 0))
+                     for name in self.peak.keys() | self.last.keys()}
 
     def mark_half_time(self) -> None:
         self.sample()
@@ -295,9 +259,8 @@ def settle(viewers: list[Viewer], expected: dict[str, dict]) -> int:
 def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
     settings = config.load(env)
     registration = f"http://{settings.registration_host}:{settings.registration_port}"
-    pids = components(Path(env["VAR_DIR"]))
     watchers = [Viewer(registration, f"watcher-{n}") for n in settings.clusters]
-    memory = MemorySampler(pids, args.sample_interval)
+    memory = MemorySampler(settings, args.sample_interval)
     load = Load(settings, args.rate)
     crowd = Crowd(registration, args.viewers)
     started = time.monotonic()
@@ -318,10 +281,10 @@ def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
     memory.stop()
     for viewer in watchers:
         viewer.close()
-    rows = [[name, f"{memory.first[name]:.0f}", f"{memory.half[name]:.0f}",
-             f"{memory.last[name]:.0f}", f"{memory.peak[name]:.0f}",
-             f"{memory.last[name] - memory.half[name]:+.0f}"]
-            for name in sorted(pids)]
+    rows = [[name, f"{memory.first.get(name, 0):.0f}", f"{memory.half.get(name, 0):.0f}",
+             f"{memory.last.get(name, 0):.0f}", f"{memory.peak[name]:.0f}",
+             f"{memory.last.get(name, 0) - memory.half.get(name, 0):+.0f}"]
+            for name in sorted(memory.peak)]
     exact = load.failed == 0 and in_kafka == load.accepted and wrong == 0
     notes = (f"{elapsed / 60:.1f} minutes at {args.rate} events/s: {load.accepted:,} events "
              f"answered 200, {load.failed:,} refused, {in_kafka:,} in emoji-events; "
@@ -329,7 +292,7 @@ def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
              f"with {wrong} (viewer, window) pairs not exact; {crowd.joined} other viewers "
              f"joined and {crowd.left} left (at most {args.viewers} at a time; they received "
              f"{crowd.updates_received:,} updates). RSS in MiB of each component with its "
-             f"children (Spark's JVM, gunicorn's workers), sampled every "
+             f"children (gunicorn's workers; Spark's driver JVM is a row of its own), sampled every "
              f"{args.sample_interval:.0f} s from the start of the load; the last column is "
              f"the growth from half-time to the end, once warmed up. "
              f"Nothing lost: {'yes' if exact else 'NO'}.")
