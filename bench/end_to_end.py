@@ -151,10 +151,7 @@ class Sender:
         send_ms = int(time.time() * 1000)
         body = self.templates[turn % len(self.templates)].replace(PLACEHOLDER, iso_ms(send_ms))
         try:
-            self.connection.request("POST", self.path, body,
-                                    {"Content-Type": "application/json"})
-            reply = self.connection.getresponse()
-            answer = reply.read()
+            reply, answer = self._request(body)
         except (OSError, http.client.HTTPException) as err:
             self.connection.close()
             return self._failed(type(err).__name__)
@@ -166,6 +163,20 @@ class Sender:
             self.result.sent.append((send_ms, accepted_at, accepted))
             self.result.refused += self.plan.batch - accepted
             self.result.max_send_lag_s = max(self.result.max_send_lag_s, lag)
+
+    def _request(self, body: str) -> tuple[http.client.HTTPResponse, bytes]:
+        """POST ``body``; once more on a new connection when the server had closed the idle
+        keep-alive connection (it then never read the request), as HTTP clients do."""
+        try:
+            return self._request_once(body)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            self.connection.close()
+            return self._request_once(body)
+
+    def _request_once(self, body: str) -> tuple[http.client.HTTPResponse, bytes]:
+        self.connection.request("POST", self.path, body, {"Content-Type": "application/json"})
+        reply = self.connection.getresponse()
+        return reply, reply.read()
 
     def _failed(self, error: str) -> None:
         with self.lock:
