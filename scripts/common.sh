@@ -9,10 +9,15 @@ SCRIPT_NAME="$(basename "$0")"
 
 die() { echo "$SCRIPT_NAME: $*" >&2; exit 1; }
 
+# usage: print the calling script's header comment.
+usage() {
+  sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
 # show_help_if_asked ARGS...: print the calling script's header comment and exit on -h/--help.
 show_help_if_asked() {
   case "${1:-}" in
-    -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
   esac
 }
 say() { echo "$SCRIPT_NAME: $*"; }

@@ -27,10 +27,6 @@ STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 # fixed then.
 CLUSTER_SIZE_FILE="$KAFKA_VAR_DIR/cluster-brokers"
 
-usage() {
-  sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'
-}
-
 # node_dir K: where broker K of BROKERS keeps its files.
 node_dir() {
   if [ "$BROKERS" -eq 1 ]; then echo "$KAFKA_VAR_DIR"; else echo "$KAFKA_VAR_DIR/broker-$1"; fi

@@ -28,10 +28,6 @@ STOP_TIMEOUT="${SPARK_CLUSTER_STOP_TIMEOUT:-20}"
 MASTER_URL="spark://$SPARK_MASTER_HOST:$SPARK_MASTER_PORT"
 MASTER_PID="$CLUSTER_DIR/master.pid"
 
-usage() {
-  sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'
-}
-
 spark_home() {
   [ -x "$VENV_PYTHON" ] || die "no Python environment: run scripts/setup.sh"
   local home
