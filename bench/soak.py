@@ -30,12 +30,11 @@ from harness import REPO_ROOT, RssSampler, report, system_pid_files
 
 import requests
 from kafka import TopicPartition
-from websockets.exceptions import WebSocketException
-from websockets.sync.client import connect
 
 from emojistream import config, kafka_clients
 from emojistream.events import format_timestamp, parse_timestamp, window_bounds
 from emojistream.sandbox import isolated_env
+from emojistream.viewer import RecordingViewer
 
 log = logging.getLogger("soak")
 
@@ -134,59 +133,13 @@ class Load:
         self._thread.join()
 
 
-class Viewer:
-    """Registers, keeps the updates it receives; reconnects until closed."""
-
-    def __init__(self, registration_url: str, client_id: str):
-        self.url, self.client_id = registration_url, client_id
-        self.messages: list[dict] = []
-        self._socket = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = requests.post(f"{self.url}/register", json={"client_id": self.client_id},
-                                       timeout=5)
-                answer.raise_for_status()
-                with connect(answer.json()["subscriber_endpoint"], open_timeout=5) as socket:
-                    self._socket = socket
-                    for text in socket:
-                        self.messages.append(json.loads(text))
-            except (OSError, ValueError, requests.RequestException, WebSocketException):
-                pass
-            finally:
-                self._socket = None
-            self._stop.wait(0.5)
-
-    def last_counts(self) -> dict[str, dict]:
-        last = {}
-        for message in self.messages:
-            last[message["window_start"]] = {a["emoji_type"]: a["count"]
-                                             for a in message["aggregates"]}
-        return last
-
-    def close(self) -> None:
-        self._stop.set()
-        socket = self._socket
-        if socket is not None:
-            socket.close()
-        self._thread.join(timeout=10)
-        try:
-            requests.post(f"{self.url}/deregister", json={"client_id": self.client_id}, timeout=5)
-        except requests.RequestException:
-            pass
-
-
 class Crowd:
     """Viewers joining and leaving: every ``interval_s`` one joins and, once there are
     ``size``, a random one leaves."""
 
     def __init__(self, registration_url: str, size: int, interval_s: float = 1.0):
         self.url, self.size, self.interval_s = registration_url, size, interval_s
-        self.viewers: list[Viewer] = []
+        self.viewers: list[RecordingViewer] = []
         self.joined = self.left = 0
         self.updates_received = 0
         self._stop = threading.Event()
@@ -195,12 +148,12 @@ class Crowd:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.viewers.append(Viewer(self.url, f"crowd-{self.joined}"))
+            self.viewers.append(RecordingViewer(self.url, f"crowd-{self.joined}"))
             self.joined += 1
             if len(self.viewers) > self.size:
                 self._leave(self.viewers.pop(random.randrange(len(self.viewers))))
 
-    def _leave(self, viewer: Viewer) -> None:
+    def _leave(self, viewer: RecordingViewer) -> None:
         viewer.close()
         self.updates_received += len(viewer.messages)
         self.left += 1
@@ -241,13 +194,13 @@ def truth(settings: config.Settings) -> tuple[int, dict[str, dict]]:
     return sum(users.values()), {w: dict(c) for w, c in windows.items()}
 
 
-def mismatches(viewers: list[Viewer], expected: dict[str, dict]) -> int:
+def mismatches(viewers: list[RecordingViewer], expected: dict[str, dict]) -> int:
     """(viewer, window) pairs whose last update is not exactly the expected counts."""
     return sum(1 for viewer in viewers for window, counts in expected.items()
                if viewer.last_counts().get(window) != counts)
 
 
-def settle(viewers: list[Viewer], expected: dict[str, dict]) -> int:
+def settle(viewers: list[RecordingViewer], expected: dict[str, dict]) -> int:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while (wrong := mismatches(viewers, expected)) and time.monotonic() < deadline:
         time.sleep(1)
@@ -259,7 +212,7 @@ def settle(viewers: list[Viewer], expected: dict[str, dict]) -> int:
 def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
     settings = config.load(env)
     registration = f"http://{settings.registration_host}:{settings.registration_port}"
-    watchers = [Viewer(registration, f"watcher-{n}") for n in settings.clusters]
+    watchers = [RecordingViewer(registration, f"watcher-{n}") for n in settings.clusters]
     memory = MemorySampler(settings, args.sample_interval)
     load = Load(settings, args.rate)
     crowd = Crowd(registration, args.viewers)

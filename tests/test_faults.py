@@ -27,12 +27,11 @@ from pathlib import Path
 import pytest
 import requests
 from kafka import TopicPartition
-from websockets.exceptions import WebSocketException
-from websockets.sync.client import connect
 
 from emojistream import config, kafka_clients
 from emojistream.events import (InvalidEvent, decode_window_update, encode, format_timestamp,
                                 parse_timestamp, window_bounds)
+from emojistream.viewer import RecordingViewer
 from tests.conftest import isolated_env, run_script
 
 EMOJIS = ("🔥", "😂", "👏", "🎉")
@@ -124,53 +123,8 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.25) -> bool:
 
 # --- viewers and load ---------------------------------------------------------------------------
 
-class Viewer:
-    """A viewer that registers, collects every update it receives, and registers again and
-    reconnects whenever its connection ends (as real viewers do)."""
-
-    def __init__(self, settings: config.Settings, client_id: str):
-        self.url = (f"http://{settings.registration_host}:{settings.registration_port}"
-                    "/register")
-        self.client_id = client_id
-        self.messages: list[dict] = []
-        self.connections = 0
-        self.cluster: str | None = None
-        self._socket = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = requests.post(self.url, json={"client_id": self.client_id}, timeout=5)
-                answer.raise_for_status()
-                assignment = answer.json()
-                with connect(assignment["subscriber_endpoint"], open_timeout=5) as socket:
-                    self._socket, self.cluster = socket, assignment["cluster_id"]
-                    self.connections += 1
-                    for text in socket:
-                        self.messages.append(json.loads(text))
-            except (OSError, ValueError, requests.RequestException, WebSocketException):
-                pass
-            finally:
-                self._socket = None
-            self._stop.wait(0.3)
-
-    @property
-    def connected(self) -> bool:
-        return self._socket is not None
-
-    def last_counts(self, window: str) -> dict[str, int] | None:
-        matching = [m for m in self.messages if m["window_start"] == window]
-        return counts_of(matching[-1]) if matching else None
-
-    def close(self) -> None:
-        self._stop.set()
-        socket = self._socket
-        if socket is not None:
-            socket.close()
-        self._thread.join(timeout=10)
+def registration_url(settings: config.Settings) -> str:
+    return f"http://{settings.registration_host}:{settings.registration_port}"
 
 
 def counts_of(update: dict) -> dict[str, int]:
@@ -300,12 +254,12 @@ def canonical(update: dict) -> str:
 
 # --- assertions ---------------------------------------------------------------------------------
 
-def assert_viewers_get(viewers: list[Viewer], expected: dict[str, dict]) -> None:
+def assert_viewers_get(viewers: list[RecordingViewer], expected: dict[str, dict]) -> None:
     """Every viewer's last update of every window has exactly the expected counts."""
     def wrong():
-        return {(v.client_id, w): (v.last_counts(w), counts)
+        return {(v.client_id, w): (v.last_counts().get(w), counts)
                 for v in viewers for w, counts in expected.items()
-                if v.last_counts(w) != counts}
+                if v.last_counts().get(w) != counts}
     assert wait_for(lambda: not wrong(), DELIVERY_TIMEOUT_S, interval_s=0.5), wrong()
 
 
@@ -324,7 +278,7 @@ def run_load_and_accept_all(settings, prefix: str, during) -> dict[str, dict]:
     return expected_windows(settings, events)
 
 
-def seen_windows(viewer: Viewer, windows: set[str]) -> bool:
+def seen_windows(viewer: RecordingViewer, windows: set[str]) -> bool:
     return any(m["window_start"] in windows for m in viewer.messages)
 
 
@@ -349,7 +303,8 @@ def system(tmp_path_factory):
 @pytest.fixture(scope="module")
 def viewers(system):
     _, settings = system
-    opened = [Viewer(settings, f"fault-viewer-{n}") for n in settings.clusters]
+    opened = [RecordingViewer(registration_url(settings), f"fault-viewer-{n}")
+              for n in settings.clusters]
     try:
         assert wait_for(lambda: all(v.connected for v in opened), 30)
         assert sorted(v.cluster for v in opened) == [f"cluster{n}" for n in settings.clusters]
@@ -359,7 +314,7 @@ def viewers(system):
             viewer.close()
 
 
-def wait_until_streaming(viewers: list[Viewer], load: Load,
+def wait_until_streaming(viewers: list[RecordingViewer], load: Load,
                          beyond: set[str] = frozenset()) -> None:
     """Until every viewer has received an update of a window of the load's events (one not in
     ``beyond``)."""
@@ -533,7 +488,7 @@ def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, vie
         lambda load: wait_until_streaming(viewers, load))
     assert_viewers_get(viewers, expected)
     last_window = max(expected)
-    finals = {w: [v.last_counts(w) for v in viewers] for w in expected}
+    finals = {w: [v.last_counts().get(w) for v in viewers] for w in expected}
     seen_before = [len(v.messages) for v in viewers]
     connections = [v.connections for v in viewers]
 
