@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import requests
 from websockets.asyncio.client import connect
@@ -103,7 +103,7 @@ class Sender:
 
     def _event(self) -> dict:
         return {"user_id": self.client_id, "emoji_type": random.choice(self.emojis),
-                "timestamp": format_timestamp(datetime.now(timezone.utc))}
+                "timestamp": format_timestamp(datetime.now(UTC))}
 
     def _post(self, events: list[dict]) -> None:
         path, body = ("/emojis", events) if self.batch > 1 else ("/emoji", events[0])

@@ -22,15 +22,15 @@ import dataclasses
 import logging
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from emojistream import config, ingest, kafka_clients, wsgi
 from emojistream.events import EventValidator, InvalidEvent
-from emojistream.json_api import ApiError, add_json_error_handlers, json_body, json_error
 from emojistream.ingest import KafkaEventSink, SinkUnavailable
+from emojistream.json_api import ApiError, add_json_error_handlers, json_body, json_error
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("emoji_api")
@@ -137,7 +137,7 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _check_batch(items, max_batch: int) -> None:

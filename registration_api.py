@@ -40,7 +40,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import quote
 
 import requests

@@ -2,7 +2,8 @@
 time per micro-batch.
 
 A backlog of event-shaped JSON records (timestamps spread over the last two windows, as a batch
-of live traffic has them; 100,000 users; all allowed emojis) is written to emoji-events with Kafka's ProducerPerformance. Then, for each
+of live traffic has them; 100,000 users; all allowed emojis) is written to emoji-events with
+Kafka's ProducerPerformance. Then, for each
 rate R, the aggregator's own query (spark_aggregator.start_query) runs from the start of the
 topic with maxOffsetsPerTrigger = R x trigger interval, so every micro-batch holds what R
 events/s bring in one trigger; it keeps up at R when the batches finish within the trigger
@@ -21,18 +22,17 @@ import statistics
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from harness import REPO_ROOT, isolated_kafka, report
-
 import spark_aggregator
+from bench.harness import REPO_ROOT, isolated_kafka, report
 from emojistream.events import encode, format_timestamp
 from emojistream.spark import spark_session
 
 
 def write_payloads(path: Path, settings, count: int = 50_000) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     span_s = 2 * settings.window_seconds
     lines = [encode({"user_id": f"viewer_{random.randrange(100_000)}",
                      "emoji_type": random.choice(settings.allowed_emojis),

@@ -14,11 +14,10 @@ import random
 import re
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import REPO_ROOT, isolated_kafka, report
-
+from bench.harness import REPO_ROOT, isolated_kafka, report
 from emojistream import config
 from emojistream.events import encode, format_timestamp
 
@@ -30,7 +29,7 @@ SUMMARY = re.compile(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/se
 def write_payloads(path: Path, count: int = 10_000) -> int:
     """Event-shaped JSON payloads, one a line, for --payload-file; returns their mean size."""
     emojis = config.load({}).allowed_emojis
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     lines = [encode({"user_id": f"viewer_{random.randrange(1_000_000)}",
                      "emoji_type": random.choice(emojis),
                      "timestamp": format_timestamp(now)}).decode() for _ in range(count)]

@@ -55,11 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
-
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
+from bench.harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
 from emojistream.events import parse_timestamp
 from emojistream.viewer import RegistrationClient, RegistrationError
 
@@ -593,7 +592,7 @@ def measure(settings, args) -> None:
             bench = Bench(settings, args, watchers, loader, sampler)
             bench.warm_up()
             phases = [f"{rate:,}/s" for rate in args.fixed_rates]
-            for rate, phase in zip(args.fixed_rates, phases):
+            for rate, phase in zip(args.fixed_rates, phases, strict=True):
                 bench.run(f"{rate:,}/s", rate, args.seconds, phase)
             best = bench.probe_max() if args.probe else None
             if args.probe and "probes" in sampler.peaks:

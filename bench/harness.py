@@ -11,16 +11,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from emojistream import config
+from testkit.sandbox import isolated_env
 
-from emojistream import config  # noqa: E402
-from emojistream.sandbox import isolated_env  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REPORT = REPO_ROOT / "docs" / "benchmarks.md"
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
@@ -61,7 +59,7 @@ def report(title: str, headers: list[str], rows: list[list], notes: str = "",
     print(body)
     if not write:
         return
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"\n### {title} ({stamp})\n\n`{command_line()}`\n\n"
                f"Machine: {machine()}. {versions()}.\n\n{body}\n")
     if notes:
@@ -90,41 +88,10 @@ def isolated_kafka(**overrides):
             run_script("kafka.sh", "stop", env=env)
 
 
-@contextmanager
-def process(args: list[str], env: dict, ready_url: str | None = None, timeout_s: float = 60):
-    """A component started for the benchmark and stopped by its pid afterwards."""
-    proc = subprocess.Popen([PYTHON, *args], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if ready_url:
-            wait_http(ready_url, timeout_s)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_http(url: str, timeout_s: float) -> None:
-    import urllib.request
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer within {timeout_s} s")
-        time.sleep(0.3)
-
-
 def topic_size(settings, topic: str) -> int:
     """Records in ``topic`` (the sum of its partitions' end offsets)."""
     from kafka import TopicPartition
+
     from emojistream import kafka_clients
     consumer = kafka_clients.consumer(settings)
     try:

@@ -17,16 +17,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import isolated_kafka, process, report, topic_size
-
+from bench import broker_ceiling
+from bench.harness import isolated_kafka, report, topic_size
 from emojistream import kafka_clients
 from emojistream.events import encode, format_timestamp
 from emojistream.ingest import KafkaEventSink
-
-import broker_ceiling
+from testkit.processes import running, wait_for_health
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -42,7 +41,7 @@ def ensure_wrk() -> str:
 
 
 def events(count: int) -> list[dict]:
-    now = format_timestamp(datetime.now(timezone.utc))
+    now = format_timestamp(datetime.now(UTC))
     return [{"user_id": f"viewer_{i}", "emoji_type": "🔥", "timestamp": now} for i in range(count)]
 
 
@@ -109,8 +108,9 @@ def main() -> None:
     ceiling = broker_ceiling.ceiling(args.ceiling_records)
     rows = []
     with isolated_kafka() as (env, settings), tempfile.TemporaryDirectory() as tmp:
-        api = ["emoji_api.py"]
-        with process(api, env, f"http://{settings.api_host}:{settings.api_port}/health"):
+        with running(Path(env["VAR_DIR"]), "emoji_api", "emoji_api.py", env=env) as api:
+            wait_for_health(f"http://{settings.api_host}:{settings.api_port}/health", api,
+                            timeout_s=60)
             for label, path, batch in [("single POST /emoji", "/emoji", 1),
                                        ("POST /emojis, 100 per request", "/emojis", 100),
                                        ("POST /emojis, 1,000 per request", "/emojis", 1000)]:

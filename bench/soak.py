@@ -23,18 +23,17 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
-from harness import REPO_ROOT, RssSampler, report, system_pid_files
 
 import requests
 from kafka import TopicPartition
 
+from bench.harness import REPO_ROOT, RssSampler, report, system_pid_files
 from emojistream import config, kafka_clients
 from emojistream.events import format_timestamp, parse_timestamp, window_bounds
-from emojistream.sandbox import isolated_env
-from emojistream.viewer import RecordingViewer
+from testkit.sandbox import isolated_env
+from testkit.viewer import RecordingViewer
 
 log = logging.getLogger("soak")
 
@@ -114,7 +113,7 @@ class Load:
                 self._stop.wait(max(0.0, tick - time.monotonic()))
 
     def _post(self, session: requests.Session) -> None:
-        now = format_timestamp(datetime.now(timezone.utc))
+        now = format_timestamp(datetime.now(UTC))
         events = [{"user_id": f"{PREFIX}-{self._next + i}", "emoji_type": random.choice(EMOJIS),
                    "timestamp": now} for i in range(self.batch)]
         self._next += self.batch
@@ -245,7 +244,8 @@ def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
              f"with {wrong} (viewer, window) pairs not exact; {crowd.joined} other viewers "
              f"joined and {crowd.left} left (at most {args.viewers} at a time; they received "
              f"{crowd.updates_received:,} updates). RSS in MiB of each component with its "
-             f"children (gunicorn's workers; Spark's driver JVM is a row of its own), sampled every "
+             f"children (gunicorn's workers; Spark's driver JVM is a row of its own), sampled "
+             f"every "
              f"{args.sample_interval:.0f} s from the start of the load; the last column is "
              f"the growth from half-time to the end, once warmed up. "
              f"Nothing lost: {'yes' if exact else 'NO'}.")

@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import secrets as random_tokens
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,22 +40,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import requests
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
-import requests  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
+from bench import harness
+from emojistream import config
+from emojistream.events import format_timestamp
+from emojistream.lifecycle import raise_open_file_limit
+from testkit.processes import Service, ServiceFailed, get_json, stop_all, wait_for_health
+from testkit.sandbox import isolated_env
 
-from emojistream import config  # noqa: E402
-from emojistream.events import format_timestamp  # noqa: E402
-from emojistream.lifecycle import raise_open_file_limit  # noqa: E402
-
-PYTHON = sys.executable
 REGISTER_THREADS = 8        # concurrent POST /register per process
 CONNECT_CONCURRENCY = 200   # WebSocket handshakes in flight per process
 CONNECT_TIMEOUT_S = 60.0
@@ -202,7 +199,6 @@ class System:
     VAR_DIR, each stopped by its pid."""
 
     def __init__(self, clusters: int, log_dir: str | None = None, log_level: str = "WARNING"):
-        from emojistream.sandbox import isolated_env
         self._dir = tempfile.TemporaryDirectory(prefix="viewers-load-")
         var_dir = Path(self._dir.name)
         self.env = isolated_env(var_dir, cluster_count=clusters)
@@ -213,43 +209,26 @@ class System:
         self.registration_url = self.settings.registration_url()
         self.log_dir = Path(log_dir) if log_dir else var_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.processes: list[subprocess.Popen] = []
+        self.services: list[Service] = []
 
     def start(self) -> None:
         for n in self.settings.clusters:
             self._start(f"ws_server_{n}", "ws_server.py", "--cluster", str(n))
-        self._start("registration_api", "registration_api.py")
+        registration = self._start("registration_api", "registration_api.py")
+        wait_for_health(f"{self.registration_url}/health", *self.services, timeout_s=60)
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = requests.get(f"{self.registration_url}/clusters", timeout=2)
-                if answer.status_code == 200 and all(c["healthy"] for c in answer.json()):
-                    return
-            except requests.RequestException:
-                pass
-            for proc in self.processes:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[1]} exited; see {self.log_dir}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the system did not come up in 60 s; see {self.log_dir}")
+        while not all(c["healthy"] for c in get_json(f"{self.registration_url}/clusters")[1]):
+            if time.monotonic() > deadline or not registration.running():
+                raise ServiceFailed(f"not every cluster came up in 60 s; see {self.log_dir}")
             time.sleep(0.3)
 
-    def _start(self, name: str, *args: str) -> None:
-        with open(self.log_dir / f"{name}.log", "w") as log:
-            self.processes.append(subprocess.Popen([PYTHON, str(REPO_ROOT / args[0]), *args[1:]],
-                                                   env=self.env, cwd=REPO_ROOT,
-                                                   stdout=subprocess.DEVNULL, stderr=log))
+    def _start(self, name: str, *args: str) -> Service:
+        service = Service(self.log_dir, name, *args, env=self.env)
+        self.services.append(service)
+        return service
 
     def stop(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.processes:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.services)
         self._dir.cleanup()
 
 
@@ -293,7 +272,7 @@ def publish(urls: dict[str, str], key: str, updates: int, interval_s: float
     session = requests.Session()
     handed_over: dict[str, dict[str, float]] = {cluster: {} for cluster in urls}
     health_s: list[float] = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     first = now.replace(microsecond=0) - timedelta(seconds=now.second % 2)
     windows = []
     try:
@@ -380,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
             process.start()
             workers.append((process, parent_end))
         ready = []
-        for process, pipe in workers:
+        for _process, pipe in workers:
             kind, payload = pipe.recv()
             if kind == "failed":
                 raise RuntimeError(payload)
@@ -400,9 +379,9 @@ def run(args: argparse.Namespace) -> int:
         windows, handed_over, health_s = publish(urls, key, args.updates, args.interval)
         time.sleep(args.grace)
         summaries = []
-        for process, pipe in workers:
+        for _process, pipe in workers:
             pipe.send("stop")
-        for process, pipe in workers:
+        for _process, pipe in workers:
             kind, payload = pipe.recv()
             summaries.extend(payload)
         figures = analyse(summaries, windows, handed_over)
@@ -454,22 +433,9 @@ def report(args, figures: dict, windows: list[str], connected: int, connect_s: f
              f"{websockets.__version__}; open-file limit {limit}.")
     title = (f"Viewers: {args.viewers:,} concurrent viewers on {servers} WebSocket "
              f"server(s), {len(windows)} updates")
-    if args.no_report:
-        print(_table(headers, rows))
-        print()
-        print(notes)
-        return
-    sys.path.insert(0, str(REPO_ROOT / "bench"))
-    import harness
-    harness.report(title, headers, rows, notes=notes, write=True)
+    harness.report(title, headers, rows, notes=notes, write=not args.no_report)
     print()
     print(notes)
-
-
-def _table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def positive_int(text: str) -> int:

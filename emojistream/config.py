@@ -29,8 +29,8 @@ class Settings:
     var_dir: str = _env_default("VAR_DIR", str(REPO_ROOT / "var"))
 
     # Kafka.  KAFKA_BOOTSTRAP_SERVERS is what every client uses (comma-separated host:port
-    # list). When it is empty, it lists the local brokers that scripts/kafka.sh starts: KAFKA_BROKERS
-    # of them (1, or 3 for a replicated cluster), broker N listening on KAFKA_HOST at
+    # list). When it is empty, it lists the local brokers that scripts/kafka.sh starts:
+    # KAFKA_BROKERS of them (1, or 3 for a replicated cluster), broker N listening on KAFKA_HOST at
     # KAFKA_PORT + (N-1) * KAFKA_PORT_STEP, its controller at KAFKA_CONTROLLER_PORT + (N-1) *
     # KAFKA_PORT_STEP.
     kafka_host: str = _env_default("KAFKA_HOST", "localhost")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 MAX_USER_ID_LENGTH = 64
 EVENT_FIELDS = ("user_id", "emoji_type", "timestamp")
@@ -28,7 +28,7 @@ class InvalidEvent(ValueError):
 
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 in UTC with milliseconds and a Z, the one timestamp format on the topics."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -42,7 +42,7 @@ def parse_timestamp(value) -> datetime:
         if not math.isfinite(value):
             raise InvalidEvent("timestamp must be a finite number of epoch milliseconds")
         try:
-            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidEvent(f"timestamp {value} is out of range") from None
     if isinstance(value, str):
@@ -51,9 +51,9 @@ def parse_timestamp(value) -> datetime:
         except ValueError:
             raise InvalidEvent(f"timestamp {value[:64]!r} is not ISO-8601") from None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         try:
-            return moment.astimezone(timezone.utc)
+            return moment.astimezone(UTC)
         except OverflowError:
             raise InvalidEvent(f"timestamp {value[:64]!r} is out of range") from None
     raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds, "
@@ -74,7 +74,7 @@ class EventValidator:
         self.max_future = timedelta(seconds=max_future_s)
 
     @classmethod
-    def from_settings(cls, settings) -> "EventValidator":
+    def from_settings(cls, settings) -> EventValidator:
         return cls(settings.allowed_emojis, settings.max_event_age_s, settings.max_event_future_s)
 
     def validate(self, event, received_at: datetime) -> dict:
@@ -161,5 +161,5 @@ def window_bounds(moment: datetime, window_seconds: int) -> tuple[datetime, date
     """The tumbling window, aligned to the epoch, that holds ``moment``."""
     epoch_s = moment.timestamp()
     start = math.floor(epoch_s / window_seconds) * window_seconds
-    start_dt = datetime.fromtimestamp(start, tz=timezone.utc)
+    start_dt = datetime.fromtimestamp(start, tz=UTC)
     return start_dt, start_dt + timedelta(seconds=window_seconds)

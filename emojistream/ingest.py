@@ -17,8 +17,7 @@ import math
 import threading
 import time
 
-from kafka import KafkaProducer
-from kafka import codec
+from kafka import KafkaProducer, codec
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from . import kafka_clients

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication

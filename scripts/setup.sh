@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the project needs, idempotently (a second run takes seconds):
-#   - .venv/ with the pinned Python packages of requirements.txt;
+#   - .venv/ with the Python packages of requirements.lock (pinned, with hashes) and the
+#     project itself (pyproject.toml), editable;
 #   - lib/kafka/: the Apache Kafka broker and tools, from Maven Central (jvm/kafka/pom.xml);
 #   - lib/spark-kafka/: Spark's Kafka source and sink at the pyspark version, without the jars
 #     pyspark already ships (jvm/spark-kafka/pom.xml);
@@ -41,25 +42,29 @@ setup_python() {
     say "creating .venv"
     python3 -m venv .venv
   fi
-  if stamp_matches .venv/.requirements.sha256 requirements.txt; then
+  if stamp_matches .venv/.requirements.sha256 requirements.lock pyproject.toml; then
     return
   fi
-  say "installing Python packages (requirements.txt)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-  write_stamp .venv/.requirements.sha256 requirements.txt
+  say "installing Python packages (requirements.lock, with their hashes) and the project"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+    -r requirements.lock
+  # The project itself, editable: emojistream, testkit, bench and the scripts import from here.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation --editable .
+  write_stamp .venv/.requirements.sha256 requirements.lock pyproject.toml
 }
 
 # fetch_jars NAME: copy the runtime dependencies of jvm/NAME/pom.xml into lib/NAME.
 fetch_jars() {
   local name="$1" pom="jvm/$1/pom.xml"
-  if stamp_matches "lib/.$name.sha256" "$pom" requirements.txt; then
+  if stamp_matches "lib/.$name.sha256" "$pom" requirements.lock; then
     return
   fi
   say "fetching jars of $pom from Maven Central into lib/$name"
   rm -rf "lib/$name"
   mvn --batch-mode --quiet -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
     || die "mvn could not fetch the jars of $pom (see the messages above)"
-  write_stamp "lib/.$name.sha256" "$pom" requirements.txt
+  write_stamp "lib/.$name.sha256" "$pom" requirements.lock
 }
 
 # Spark's connector depends on jars that pyspark already ships (scala-library, hadoop-client,

@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the test suite. The tests start their own Kafka broker and Spark
-# job on free ports with a temporary data folder, and stop them afterwards.
-# Extra arguments go to pytest, for example: scripts/test.sh -k registration -x
+# Set up (idempotent), check the code with ruff, and run the tests.
+#
+#   scripts/test.sh            every test: unit tests, and integration tests against a real Kafka
+#                              broker, Spark jobs, the whole system and Chromium, which the tests
+#                              start on free ports with a temporary data folder and stop afterwards
+#   scripts/test.sh --fast     the unit tier only: no JVM, no broker, no browser (under a minute)
+#
+# Extra arguments go to pytest, for example: scripts/test.sh --fast -k registration -x
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+case "${1:-}" in
+  -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+esac
 "$REPO_ROOT/scripts/setup.sh"
 cd "$REPO_ROOT"
+.venv/bin/ruff check .
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  # Markers of tests/conftest.py; the unit tests mostly wait on their own processes, so four
+  # pytest workers share the two cores well.
+  exec .venv/bin/python -m pytest -m "not (kafka or spark or stack or browser)" -n 4 "$@"
+fi
 exec .venv/bin/python -m pytest "$@"

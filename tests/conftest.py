@@ -3,26 +3,30 @@
 The Kafka broker of the test run listens on free ports chosen at start and keeps its data in a
 temporary folder, so a demo running on the default ports is left alone. Every service started
 here is stopped afterwards by its pid, even when a test fails.
+
+A test that uses the ``kafka`` fixture must carry the ``kafka`` (or ``stack``) marker, so that
+``scripts/test.sh --fast`` never starts a JVM.
 """
 
 from __future__ import annotations
 
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
 from emojistream import config
-from emojistream.sandbox import free_port, free_port_run, isolated_env  # noqa: F401 (for tests)
+from testkit.sandbox import isolated_env
+from tests.services import run_script
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+HEAVY_MARKERS = {"kafka", "spark", "stack", "browser"}
 
 
-def run_script(script: str, *args: str, env: dict, timeout: float = 120,
-               check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO_ROOT / "scripts" / script), *args], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=check)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "kafka" in item.fixturenames and not HEAVY_MARKERS & {
+                mark.name for mark in item.iter_markers()}:
+            raise pytest.UsageError(f"{item.nodeid} uses the kafka fixture without a "
+                                    "kafka, spark or stack marker")
 
 
 @pytest.fixture(scope="session")

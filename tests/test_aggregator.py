@@ -11,6 +11,8 @@ import spark_aggregator
 from emojistream import config
 from emojistream.spark import spark_session
 
+pytestmark = pytest.mark.spark
+
 
 @pytest.fixture(scope="module")
 def spark(test_env):

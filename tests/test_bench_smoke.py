@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.conftest import REPO_ROOT
+import pytest
+
+from tests.services import REPO_ROOT
+
+pytestmark = pytest.mark.stack
 
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
 
@@ -60,7 +64,7 @@ def table_rows(out: str, first_header: str) -> list[list[str]]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     rows = []
-    for line, following in zip(lines[start + 2:], lines[start + 3:] + [""]):
+    for line, following in zip(lines[start + 2:], lines[start + 3:] + [""], strict=True):
         if not line.startswith("| ") or following.startswith("|---"):
             break  # the end of the table, or the next table's header
         rows.append([cell.strip() for cell in line.strip("|").split("|")])

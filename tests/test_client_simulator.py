@@ -9,16 +9,22 @@ import signal
 import threading
 import time
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from websockets.sync.client import connect
 
 from emojistream import config
-from tests.conftest import free_port
-from tests.services import (Service, assert_clean_log, get_json, run, wait_for_health,
-                            wait_until)
+from tests.services import (
+    Service,
+    assert_clean_log,
+    free_port,
+    get_json,
+    run,
+    wait_for_health,
+    wait_until,
+)
 
 KEY = "simulator-test-key"
 UNREACHABLE = "http://localhost:1"
@@ -312,12 +318,12 @@ def assert_valid_event(event: dict, client_id: str, started: datetime) -> None:
     assert event["emoji_type"] in config.load().allowed_emojis
     assert event["timestamp"].endswith("Z")
     moment = datetime.fromisoformat(event["timestamp"])
-    assert started - timedelta(seconds=1) <= moment <= datetime.now(timezone.utc)
+    assert started - timedelta(seconds=1) <= moment <= datetime.now(UTC)
 
 
 @pytest.mark.parametrize("batch, path", [(1, "/emoji"), (5, "/emojis")])
 def test_emojis_are_sent_at_the_rate_and_a_503_does_not_stop_it(services, ingest, batch, path):
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     simulator = services.simulator("sim-sender", "--quiet", "--rate", "20", "--batch",
                                    str(batch), "--api-url", ingest.url, "--duration", "3")
     assert simulator.process.wait(timeout=60) == 0

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -21,7 +21,9 @@ from emoji_api import SINK, create_app
 from emojistream import config, kafka_clients
 from emojistream.events import encode, format_timestamp
 from emojistream.ingest import KafkaEventSink
-from tests.conftest import REPO_ROOT, free_port, run_script
+from tests.services import REPO_ROOT, free_port, run_script
+
+pytestmark = pytest.mark.kafka
 
 IST = timezone(timedelta(hours=5, minutes=30))
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL)"
@@ -74,7 +76,7 @@ def values(records) -> list[bytes]:
 
 def moment_ago(seconds: float) -> datetime:
     """A moment this long ago, to the millisecond (the precision kept on the topic)."""
-    now = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    now = datetime.now(UTC) - timedelta(seconds=seconds)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -160,7 +162,7 @@ def test_epoch_milliseconds_and_unicode_user_ids(client, tail):
     item = {"user_id": "Zoë 用户", "emoji_type": "❤️", "timestamp": round(moment.timestamp() * 1000)}
     assert post(client, "/emoji", item).status_code == 200
     [(_, key, value)] = tail()
-    assert key == "Zoë 用户".encode("utf-8")
+    assert key == "Zoë 用户".encode()
     assert json.loads(value) == {"user_id": "Zoë 用户", "emoji_type": "❤️",
                                  "timestamp": format_timestamp(moment)}
 
@@ -169,7 +171,7 @@ def test_epoch_milliseconds_and_unicode_user_ids(client, tail):
 def test_far_off_timestamps_become_the_receive_time(client, tail, seconds_ago):
     before = moment_ago(0)
     assert post(client, "/emoji", event(seconds_ago=seconds_ago)).status_code == 200
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     [(_, _, value)] = tail()
     stamped = datetime.fromisoformat(json.loads(value)["timestamp"])
     assert before <= stamped <= after

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from emojistream import config
-from emojistream.events import (EventValidator, InvalidEvent, decode_window_update, encode,
-                                format_timestamp, normalized_count, parse_timestamp,
-                                window_bounds)
+from emojistream.events import (
+    EventValidator,
+    InvalidEvent,
+    decode_window_update,
+    encode,
+    format_timestamp,
+    normalized_count,
+    parse_timestamp,
+    window_bounds,
+)
 
-UTC = timezone.utc
+UTC = UTC
 IST = timezone(timedelta(hours=5, minutes=30))
 RECEIVED = datetime(2026, 11, 27, 7, 15, 56, 123456, tzinfo=UTC)
 RECEIVED_TEXT = "2026-11-27T07:15:56.123Z"
@@ -56,7 +63,7 @@ def test_from_settings_uses_the_configured_emojis_and_limits():
 
 def test_encode_is_compact_utf8_json():
     assert encode({"user_id": "ü", "emoji_type": "🔥"}) == \
-        '{"user_id":"ü","emoji_type":"🔥"}'.encode("utf-8")
+        '{"user_id":"ü","emoji_type":"🔥"}'.encode()
 
 
 # --- shape and fields -----------------------------------------------------------------------
@@ -317,3 +324,16 @@ def test_decode_rejects_what_is_not_a_window_update(record, message):
     with pytest.raises(InvalidEvent) as raised:
         decode_window_update(record)
     assert str(raised.value) == message
+
+
+# --- the poison that used to crash components ---------------------------------------------------
+
+def test_json_nested_too_deeply_is_not_a_window_update():
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        decode_window_update(b"[" * 100_000)
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_timestamp_beyond_utc_range_is_invalid(moment):
+    with pytest.raises(InvalidEvent, match="out of range"):
+        parse_timestamp(moment)

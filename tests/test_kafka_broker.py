@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from kafka.admin import NewTopic
 
 from emojistream import kafka_clients
-from tests.conftest import REPO_ROOT, run_script
+from tests.services import REPO_ROOT, run_script
+
+pytestmark = pytest.mark.kafka
 
 
 def create_topic(settings, name: str, partitions: int = 1) -> None:

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,9 @@ from websockets.sync.client import connect
 
 from emojistream import config, kafka_clients
 from emojistream.events import encode, format_timestamp, window_bounds
-from tests.conftest import isolated_env, run_script
+from tests.services import isolated_env, run_script
+
+pytestmark = pytest.mark.stack
 
 UNIQUE_USERS_TOLERANCE = 0.02
 
@@ -104,7 +106,7 @@ def event(user: str, emoji: str, moment: datetime) -> dict:
 
 def next_window_start(settings) -> datetime:
     """The start of the next window, waited for, so a whole window lies ahead."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start, end = window_bounds(now, settings.window_seconds)
     time.sleep((end - now).total_seconds())
     return end

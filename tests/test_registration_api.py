@@ -17,8 +17,7 @@ import requests
 import registration_api
 from emojistream import config, tokens
 from registration_api import HealthMonitor, Registry, create_app
-from tests.conftest import free_port
-from tests.services import assert_clean_log, run, running, wait_for_health
+from tests.services import assert_clean_log, free_port, run, running, wait_for_health
 
 SECRET = "registration-test-secret"
 ENV = {"CLUSTER_COUNT": "3", "WS_HOST": "localhost", "WS_BASE_PORT": "5001",

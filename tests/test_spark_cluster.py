@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyspark
 import pytest
 
 from emojistream import config, kafka_clients
-from emojistream.spark import cluster_conf, kafka_options
-from tests.conftest import REPO_ROOT, free_port, run_script
-from tests.services import get_json, running
+from tests.services import REPO_ROOT, free_port, get_json, run_script, running
+
+pytestmark = [pytest.mark.spark, pytest.mark.kafka]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_status_names_the_master_and_its_worker(cluster_env):
 
 def window_start(seconds_ago: int) -> datetime:
     now = int(time.time()) - seconds_ago
-    return datetime.fromtimestamp(now - now % 2, tz=timezone.utc)
+    return datetime.fromtimestamp(now - now % 2, tz=UTC)
 
 
 def iso(moment: datetime) -> str:
@@ -114,59 +114,3 @@ def running_application(env: dict) -> dict:
     assert status == 200
     assert len(state["activeapps"]) == 1, state
     return state["activeapps"][0]
-
-
-def test_spark_kafka_options_plaintext():
-    settings = config.load({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})
-    assert kafka_options(settings) == {"kafka.bootstrap.servers": "k1:9092,k2:9092"}
-
-
-def test_spark_kafka_options_sasl_ssl_with_pem_files(tmp_path):
-    (tmp_path / "ca.pem").write_text("CA PEM")
-    (tmp_path / "client.pem").write_text("CERT PEM")
-    (tmp_path / "client.key").write_text("KEY PEM")
-    settings = config.load({
-        "KAFKA_BOOTSTRAP_SERVERS": "k1:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "emoji",
-        "KAFKA_SASL_PASSWORD": 'p"w', "KAFKA_SSL_CAFILE": str(tmp_path / "ca.pem"),
-        "KAFKA_SSL_CERTFILE": str(tmp_path / "client.pem"),
-        "KAFKA_SSL_KEYFILE": str(tmp_path / "client.key"), "KAFKA_SSL_KEY_PASSWORD": "kp",
-        "KAFKA_SSL_CHECK_HOSTNAME": "false"})
-    assert kafka_options(settings) == {
-        "kafka.bootstrap.servers": "k1:9093",
-        "kafka.security.protocol": "SASL_SSL",
-        "kafka.sasl.mechanism": "PLAIN",
-        "kafka.sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule "
-                                  'required username="emoji" password="p\\"w";',
-        "kafka.ssl.endpoint.identification.algorithm": "",
-        "kafka.ssl.truststore.type": "PEM",
-        "kafka.ssl.truststore.certificates": "CA PEM",
-        "kafka.ssl.keystore.type": "PEM",
-        "kafka.ssl.keystore.certificate.chain": "CERT PEM",
-        "kafka.ssl.keystore.key": "KEY PEM",
-        "kafka.ssl.key.password": "kp"}
-
-
-def test_spark_kafka_options_scram_and_a_missing_ca_file(tmp_path):
-    settings = config.load({
-        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
-        "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"})
-    options = kafka_options(settings)
-    assert options["kafka.sasl.jaas.config"] == (
-        'org.apache.kafka.common.security.scram.ScramLoginModule required username="u" '
-        'password="p";')
-    assert not any(key.startswith("kafka.ssl.") for key in options)
-    missing = config.load({"KAFKA_SECURITY_PROTOCOL": "SSL",
-                           "KAFKA_SSL_CAFILE": str(tmp_path / "nowhere.pem")})
-    with pytest.raises(config.ConfigError, match="KAFKA_SSL_CAFILE=.*cannot be read"):
-        kafka_options(missing)
-
-
-def test_executor_size_and_driver_address_from_settings():
-    assert cluster_conf(config.load({})) == {"spark.executor.memory": "1g",
-                                             "spark.executor.cores": "1"}
-    assert cluster_conf(config.load({
-        "SPARK_EXECUTOR_MEMORY": "3g", "SPARK_EXECUTOR_CORES": "2", "SPARK_CORES_MAX": "6",
-        "SPARK_DRIVER_HOST": "driver.internal"})) == {
-        "spark.executor.memory": "3g", "spark.executor.cores": "2", "spark.cores.max": "6",
-        "spark.driver.host": "driver.internal"}

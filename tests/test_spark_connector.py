@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from kafka.admin import NewTopic
 
 from emojistream import kafka_clients
 from emojistream.spark import spark_session
+
+pytestmark = [pytest.mark.spark, pytest.mark.kafka]
 
 
 def test_structured_streaming_reads_and_writes_kafka(kafka, tmp_path, topic_name):

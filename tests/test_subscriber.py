@@ -18,9 +18,15 @@ from kafka.admin import NewTopic
 from websockets.sync.client import connect
 
 from emojistream import config, kafka_clients, tokens
-from tests.conftest import free_port
-from tests.services import (Service, assert_clean_log, get_json, run, wait_for_health,
-                            wait_until)
+from tests.services import (
+    Service,
+    assert_clean_log,
+    free_port,
+    get_json,
+    run,
+    wait_for_health,
+    wait_until,
+)
 
 CLUSTER = 1
 KEY = "subscriber-test-key"
@@ -136,6 +142,7 @@ def start_both(cluster) -> None:
     wait_until(lambda: cluster.health()["subscribers"] == 2)
 
 
+@pytest.mark.kafka
 def test_both_forward_everything_and_viewers_get_each_update_once_even_when_one_is_killed(
         cluster):
     start_both(cluster)
@@ -174,6 +181,7 @@ def test_both_forward_everything_and_viewers_get_each_update_once_even_when_one_
     assert "stopped: 6 update(s) broadcast, " in cluster.server.log()
 
 
+@pytest.mark.kafka
 def test_a_stopped_subscriber_exits_0_and_the_other_carries_on(cluster):
     start_both(cluster)
     with cluster.viewer() as viewer:
@@ -191,6 +199,7 @@ def test_a_stopped_subscriber_exits_0_and_the_other_carries_on(cluster):
         in stopped_log
 
 
+@pytest.mark.kafka
 def test_a_restarted_subscriber_catches_up_from_its_commit_without_duplicates(cluster):
     start_both(cluster)
     with cluster.viewer() as viewer:
@@ -213,6 +222,7 @@ def test_a_restarted_subscriber_catches_up_from_its_commit_without_duplicates(cl
         assert_nothing_arrives(viewer)
 
 
+@pytest.mark.kafka
 def test_updates_wait_in_kafka_while_the_websocket_server_is_down(cluster):
     first_server = cluster.start_server()
     subscriber = cluster.start_subscriber(1)
@@ -234,6 +244,7 @@ def test_updates_wait_in_kafka_while_the_websocket_server_is_down(cluster):
             in second_server.log())
 
 
+@pytest.mark.kafka
 def test_a_missing_topic_is_a_one_line_error(kafka, test_env):
     result = run("subscriber.py", "--cluster", "1", "--id", "1",
                  env=dict(test_env, SUBSCRIBERS_TOPIC_TEMPLATE="no-such-topic-{n}",
@@ -254,6 +265,7 @@ def test_unreachable_kafka_is_a_one_line_error(test_env):
     assert "ERROR   subscriber: Kafka is not reachable at localhost:1" in lines[0]
 
 
+@pytest.mark.kafka
 def test_a_refused_key_is_a_one_line_error(cluster):
     cluster.start_server()
     result = run("subscriber.py", "--cluster", "1", "--id", "1",
@@ -266,6 +278,7 @@ def test_a_refused_key_is_a_one_line_error(cluster):
         "server's")
 
 
+@pytest.mark.kafka
 def test_without_a_websocket_server_it_keeps_trying_and_stops_cleanly(cluster):
     subscriber = cluster.start_subscriber(1)
     subscriber.wait_for_log(f"no connection to ws://localhost:{cluster.port}/publish", count=3)

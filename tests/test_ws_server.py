@@ -18,9 +18,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from emojistream import tokens
-from tests.conftest import free_port
-from tests.services import (Service, assert_clean_log, get_json, run, running, wait_for_health,
-                            wait_until)
+from tests.services import (
+    Service,
+    assert_clean_log,
+    free_port,
+    get_json,
+    run,
+    running,
+    wait_for_health,
+    wait_until,
+)
 
 CLUSTER = 2
 KEY = "test-subscriber-key"
@@ -296,7 +303,7 @@ def test_an_invalid_publisher_message_is_skipped_and_the_server_keeps_working(se
     {"Authorization": "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()},
 ], ids=["missing", "wrong", "empty", "no-scheme", "basic"])
 def test_a_publisher_without_the_key_is_refused_with_401(server, headers):
-    with server.viewer() as viewer:
+    with server.viewer():
         with pytest.raises(InvalidStatus) as refused:
             connect(f"{server.url}/publish", additional_headers=headers, open_timeout=5)
         response = refused.value.response

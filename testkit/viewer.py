@@ -1,0 +1,68 @@
+"""A viewer for tests and benchmarks that keeps every update it receives."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect
+
+from emojistream.viewer import RegistrationClient, RegistrationError
+
+
+class RecordingViewer:
+    """A viewer in a thread of its own, for tests and benchmarks: registers, keeps every update
+    it receives, and registers again and reconnects whenever its connection ends (as real
+    viewers do) until closed."""
+
+    RETRY_S = 0.3
+
+    def __init__(self, registration_url: str, client_id: str):
+        self.client_id = client_id
+        self.messages: list[dict] = []
+        self.connections = 0
+        self.cluster: str | None = None
+        self._registration = RegistrationClient(registration_url)
+        self._socket = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                assignment = self._registration.register(self.client_id)
+                with connect(assignment["subscriber_endpoint"], open_timeout=5) as socket:
+                    self._socket, self.cluster = socket, assignment.get("cluster_id")
+                    self.connections += 1
+                    for text in socket:
+                        self.messages.append(json.loads(text))
+            except (OSError, ValueError, RegistrationError, WebSocketException):
+                pass
+            finally:
+                self._socket = None
+            self._stop.wait(self.RETRY_S)
+
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None
+
+    def last_counts(self) -> dict[str, dict[str, int]]:
+        """window_start -> {emoji: count} of the last update received for that window."""
+        return {message["window_start"]: {a["emoji_type"]: a["count"]
+                                          for a in message["aggregates"]}
+                for message in self.messages}
+
+    def close(self) -> None:
+        """Stop, and deregister (best effort: the system may be down already)."""
+        self._stop.set()
+        socket = self._socket
+        if socket is not None:
+            socket.close()
+        self._thread.join(timeout=10)
+        try:
+            self._registration.deregister(self.client_id)
+        except RegistrationError:
+            pass
+        self._registration.close()

@@ -1,0 +1,140 @@
+"""The settings and what the Kafka clients and Spark get from them: bootstrap lists, security
+options, cluster hosts (no broker, no JVM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emojistream import config, kafka_clients
+from emojistream.spark import cluster_conf, kafka_options
+
+
+def settings_with(**env) -> config.Settings:
+    return config.load({"KAFKA_BOOTSTRAP_SERVERS": "k1:9093,k2:9093", **env})
+
+
+def test_plaintext_clients_get_the_bootstrap_list_only():
+    assert kafka_clients.client_options(settings_with(), 5) == {
+        "bootstrap_servers": ["k1:9093", "k2:9093"], "bootstrap_timeout_ms": 5000}
+
+
+def test_local_brokers_make_the_default_bootstrap_list():
+    settings = config.load({"KAFKA_BROKERS": "3", "KAFKA_HOST": "kafka.local",
+                            "KAFKA_PORT": "19092"})
+    assert settings.kafka_bootstrap_servers == ("kafka.local:19092,kafka.local:19094,"
+                                                "kafka.local:19096")
+
+
+def test_sasl_ssl_settings_reach_every_kafka_python_client(monkeypatch):
+    settings = settings_with(KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+                             KAFKA_SASL_MECHANISM="scram-sha-512", KAFKA_SASL_USERNAME="emoji",
+                             KAFKA_SASL_PASSWORD="s3cret",
+                             KAFKA_SSL_CAFILE="/etc/kafka/ca.pem")
+    security = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": "emoji", "sasl_plain_password": "s3cret",
+                "ssl_check_hostname": True, "ssl_cafile": "/etc/kafka/ca.pem"}
+    made = []
+
+    def fake(kind):
+        return lambda *args, **kwargs: made.append((kind, args, kwargs))
+
+    for name in ("KafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
+        monkeypatch.setattr(kafka_clients, name, fake(name))
+    kafka_clients.producer(settings, acks="all")
+    kafka_clients.consumer(settings, "topic-a", group_id="g")
+    kafka_clients.admin_client(settings)
+    base = {"bootstrap_servers": ["k1:9093", "k2:9093"], "bootstrap_timeout_ms": 10000,
+            **security}
+    assert made == [("KafkaProducer", (), {**base, "acks": "all"}),
+                    ("KafkaConsumer", ("topic-a",), {**base, "group_id": "g"}),
+                    ("KafkaAdminClient", (), base)]
+
+
+def test_mutual_tls_settings():
+    settings = settings_with(KAFKA_SECURITY_PROTOCOL="ssl", KAFKA_SSL_CAFILE="ca.pem",
+                             KAFKA_SSL_CERTFILE="client.pem", KAFKA_SSL_KEYFILE="client.key",
+                             KAFKA_SSL_KEY_PASSWORD="pw", KAFKA_SSL_CHECK_HOSTNAME="false")
+    assert kafka_clients.security_options(settings) == {
+        "security_protocol": "SSL", "ssl_check_hostname": False, "ssl_cafile": "ca.pem",
+        "ssl_certfile": "client.pem", "ssl_keyfile": "client.key", "ssl_password": "pw"}
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL must be one of"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, "needs KAFKA_SASL_MECHANISM"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN"},
+     "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "c.pem"},
+     "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together"),
+])
+def test_security_settings_that_do_not_fit_are_refused(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        settings_with(**env)
+
+
+def test_websocket_servers_on_several_machines():
+    settings = config.load({"WS_CLUSTER_HOSTS": "ws1.internal, ws2.internal", "CLUSTER_COUNT": "2",
+                            "WS_HOST": "0.0.0.0", "WS_BASE_PORT": "7000",
+                            "WS_PUBLIC_URL_TEMPLATE": "wss://ws{n}.cricket.example/"})
+    assert [settings.ws_public_url(n) for n in settings.clusters] == [
+        "wss://ws1.cricket.example/", "wss://ws2.cricket.example/"]
+    assert [settings.ws_health_url(n) for n in settings.clusters] == [
+        "http://ws1.internal:7001/health", "http://ws2.internal:7002/health"]
+    with pytest.raises(config.ConfigError, match="WS_CLUSTER_HOSTS names 1 host"):
+        config.load({"WS_CLUSTER_HOSTS": "ws1.internal", "CLUSTER_COUNT": "2"})
+
+
+def test_spark_kafka_options_plaintext():
+    settings = config.load({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})
+    assert kafka_options(settings) == {"kafka.bootstrap.servers": "k1:9092,k2:9092"}
+
+
+def test_spark_kafka_options_sasl_ssl_with_pem_files(tmp_path):
+    (tmp_path / "ca.pem").write_text("CA PEM")
+    (tmp_path / "client.pem").write_text("CERT PEM")
+    (tmp_path / "client.key").write_text("KEY PEM")
+    settings = config.load({
+        "KAFKA_BOOTSTRAP_SERVERS": "k1:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "emoji",
+        "KAFKA_SASL_PASSWORD": 'p"w', "KAFKA_SSL_CAFILE": str(tmp_path / "ca.pem"),
+        "KAFKA_SSL_CERTFILE": str(tmp_path / "client.pem"),
+        "KAFKA_SSL_KEYFILE": str(tmp_path / "client.key"), "KAFKA_SSL_KEY_PASSWORD": "kp",
+        "KAFKA_SSL_CHECK_HOSTNAME": "false"})
+    assert kafka_options(settings) == {
+        "kafka.bootstrap.servers": "k1:9093",
+        "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "PLAIN",
+        "kafka.sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule "
+                                  'required username="emoji" password="p\\"w";',
+        "kafka.ssl.endpoint.identification.algorithm": "",
+        "kafka.ssl.truststore.type": "PEM",
+        "kafka.ssl.truststore.certificates": "CA PEM",
+        "kafka.ssl.keystore.type": "PEM",
+        "kafka.ssl.keystore.certificate.chain": "CERT PEM",
+        "kafka.ssl.keystore.key": "KEY PEM",
+        "kafka.ssl.key.password": "kp"}
+
+
+def test_spark_kafka_options_scram_and_a_missing_ca_file(tmp_path):
+    settings = config.load({
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"})
+    options = kafka_options(settings)
+    assert options["kafka.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.scram.ScramLoginModule required username="u" '
+        'password="p";')
+    assert not any(key.startswith("kafka.ssl.") for key in options)
+    missing = config.load({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                           "KAFKA_SSL_CAFILE": str(tmp_path / "nowhere.pem")})
+    with pytest.raises(config.ConfigError, match="KAFKA_SSL_CAFILE=.*cannot be read"):
+        kafka_options(missing)
+
+
+def test_executor_size_and_driver_address_from_settings():
+    assert cluster_conf(config.load({})) == {"spark.executor.memory": "1g",
+                                             "spark.executor.cores": "1"}
+    assert cluster_conf(config.load({
+        "SPARK_EXECUTOR_MEMORY": "3g", "SPARK_EXECUTOR_CORES": "2", "SPARK_CORES_MAX": "6",
+        "SPARK_DRIVER_HOST": "driver.internal"})) == {
+        "spark.executor.memory": "3g", "spark.executor.cores": "2", "spark.cores.max": "6",
+        "spark.driver.host": "driver.internal"}
