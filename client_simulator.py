@@ -218,9 +218,7 @@ class Watcher:
         opened_at = None
         try:
             async with connect(endpoint, open_timeout=CONNECT_TIMEOUT_S,
-                               ping_interval=self.settings.ws_ping_interval_s or None,
-                               ping_timeout=self.settings.ws_ping_timeout_s or None
-                               ) as connection:
+                               **self.settings.ws_keepalive()) as connection:
                 opened_at = loop.time()
                 log.info("connected to %s (%s)", shown, assignment.get("cluster_id"))
                 try:
@@ -384,13 +382,12 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
                              "(default 1)")
     parser.add_argument("--duration", type=non_negative_float, default=None, metavar="S",
                         help="stop after S seconds (default: run until stopped)")
-    parser.add_argument("--registration-url",
-                        default=f"http://{settings.registration_host}:"
-                                f"{settings.registration_port}",
-                        help="registration API (default from REGISTRATION_HOST and "
-                             "REGISTRATION_PORT: %(default)s)")
-    parser.add_argument("--api-url", default=f"http://{settings.api_host}:{settings.api_port}",
-                        help="ingest API (default from API_HOST and API_PORT: %(default)s)")
+    parser.add_argument("--registration-url", default=settings.registration_url(),
+                        help="registration API (default from REGISTRATION_PUBLIC_URL, or "
+                             "REGISTRATION_HOST and REGISTRATION_PORT: %(default)s)")
+    parser.add_argument("--api-url", default=settings.api_url(),
+                        help="ingest API (default from API_PUBLIC_URL, or API_HOST and "
+                             "API_PORT: %(default)s)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--quiet", action="store_true", help="print no window updates")
     output.add_argument("--print-json", action="store_true",

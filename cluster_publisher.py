@@ -14,16 +14,14 @@ import logging
 import sys
 
 from emojistream import config, kafka_clients
-from emojistream.lifecycle import load_settings, stop_on_signals
+from emojistream.lifecycle import add_cluster_option, load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 from emojistream.relay import relay
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cluster", type=int, required=True,
-                        choices=list(settings.clusters), metavar="N",
-                        help=f"cluster number, 1 to {settings.cluster_count}")
+    add_cluster_option(parser, settings)
     return parser.parse_args(argv)
 
 

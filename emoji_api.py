@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         log.error("%s", err)
         return 2
     try:
-        ingest.require_topic(settings)
+        kafka_clients.require_topics(settings, [settings.emoji_events_topic])
     except kafka_clients.KafkaUnavailable as err:  # MissingTopic included
         log.error("%s", err)
         return 1

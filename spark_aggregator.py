@@ -19,9 +19,7 @@ are not valid events are skipped and counted.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
 from urllib.parse import urlparse
 
@@ -32,7 +30,8 @@ from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.types import StringType, StructField, StructType
 
 from emojistream import kafka_clients
-from emojistream.lifecycle import load_settings
+from emojistream.events import MAX_USER_ID_LENGTH
+from emojistream.lifecycle import load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 from emojistream.spark import ConnectorMissing, kafka_options, spark_session
 
@@ -42,7 +41,6 @@ EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
 ISO_UTC = "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'"
 FILE_SYSTEM_CHECKPOINTS = ("org.apache.spark.sql.execution.streaming.checkpointing."
                            "FileSystemBasedCheckpointFileManager")
-MAX_USER_ID_LENGTH = 64
 
 
 def read_events(spark, settings) -> DataFrame:
@@ -195,9 +193,7 @@ def main(argv=None) -> int:
     except (kafka_clients.KafkaUnavailable, ConnectorMissing) as err:
         log.error("%s", err)
         return 1
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping = stop_on_signals()
     try:
         spark.streams.addListener(ProgressLog(log, args.progress_interval))
         query = start_query(spark, settings, checkpoint)

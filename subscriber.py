@@ -1,23 +1,12 @@
 """Cluster N's subscriber: hands the cluster's window updates from Kafka to its WebSocket server.
 
-Redundancy by duplication, not failover. Each subscriber of a cluster (--id 1 and --id 2)
-consumes clusterN-topic-subscribers in a consumer group of its own ("clusterN-subscriber-K",
-SUBSCRIBER_GROUP_TEMPLATE), so both receive and forward every update. The WebSocket server
-broadcasts the first copy of each version of a window and drops the second (it keeps, for each
-recent window, the content hashes it has sent; see ws_server.py). Killing either subscriber
-(even with SIGKILL) therefore stops nothing: the other one has been forwarding all along, and
-there is no session timeout to wait for, as there would be for a consumer-group failover.
-Because each subscriber forwards its partition in order, whichever copy of a version comes
-first, it comes after the versions before it: a lagging subscriber never makes the server send
-an older version again.
+    subscriber.py --cluster N --id K     two per cluster (K = 1, 2)
 
-At-least-once: offsets are committed (in the subscriber's own group) only for records the
-WebSocket server has received (a batch is sent, then a ping whose pong confirms the server read
-everything before it). When the connection fails, the subscriber reconnects with exponential
-backoff and sends again from the first unconfirmed record; a restarted subscriber resumes from
-its last commit. The server drops what it has already broadcast, so viewers see each version
-once. Records that are not window updates are skipped, counted, logged and committed: they
-never block the stream.
+Each subscriber consumes clusterN-topic-subscribers in a consumer group of its own and forwards
+every update; the WebSocket server drops the second copy, so either may die without a gap.
+Offsets are committed only for updates the server confirmed it read (a ping after the batch),
+so a restarted subscriber resumes where it stopped. Records that are not window updates are
+skipped, counted and logged. Why and how: docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ import logging
 import sys
 import threading
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from websockets.exceptions import InvalidStatus, WebSocketException
@@ -37,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from emojistream import config, kafka_clients, secrets
 from emojistream.backoff import Backoff
 from emojistream.events import InvalidEvent, decode_window_update
-from emojistream.lifecycle import load_settings, stop_on_signals
+from emojistream.lifecycle import add_cluster_option, load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("subscriber")
@@ -64,8 +53,7 @@ class Outlet:
     def __init__(self, url: str, key: str, settings: config.Settings):
         self.url = url
         self._headers = {"Authorization": f"Bearer {key}"}
-        self._ping_interval = settings.ws_ping_interval_s or None
-        self._ping_timeout = settings.ws_ping_timeout_s or None
+        self._keepalive = settings.ws_keepalive()
 
     def connect(self) -> ClientConnection:
         """A new connection, to be used as a context manager. Raises KeyRejected when the
@@ -73,7 +61,7 @@ class Outlet:
         try:
             return connect(self.url, additional_headers=self._headers,
                            open_timeout=CONNECT_TIMEOUT_S, close_timeout=CLOSE_TIMEOUT_S,
-                           ping_interval=self._ping_interval, ping_timeout=self._ping_timeout)
+                           **self._keepalive)
         except InvalidStatus as err:
             if err.response.status_code == 401:
                 raise KeyRejected(f"{self.url} refused the subscriber key (HTTP 401); "
@@ -91,23 +79,6 @@ def deliver(connection: ClientConnection, texts: list[str]) -> None:
     if not (pong.wait(ACK_TIMEOUT_S) and connection.state is State.OPEN):
         raise HandOverFailed(f"{len(texts)} update(s) not confirmed: connection lost or no "
                              f"answer within {ACK_TIMEOUT_S:.0f} s")
-
-
-class _ReadyLog(ConsumerRebalanceListener):
-    """Logs each assignment. Runs on kafka-python's own loop: it must not call the consumer."""
-
-    def __init__(self, topic: str, group: str):
-        self.topic, self.group = topic, group
-
-    def on_partitions_assigned(self, assigned):
-        partitions = sorted(tp.partition for tp in assigned)
-        role = f"owns partition(s) {partitions}" if partitions else "no partition"
-        log.info("ready: in group %s for %s, %s", self.group, self.topic, role)
-
-    def on_partitions_revoked(self, revoked):
-        if revoked:
-            log.info("partition(s) %s of %s revoked",
-                     sorted(tp.partition for tp in revoked), self.topic)
 
 
 class Subscriber:
@@ -226,36 +197,27 @@ def open_consumer(settings: config.Settings, cluster: int, member: int) -> Kafka
         session_timeout_ms=settings.subscriber_session_timeout_ms,
         heartbeat_interval_ms=settings.subscriber_heartbeat_ms)
     try:
-        kafka_clients.require_topics(settings, consumer, [topic])
+        kafka_clients.require_topics(settings, [topic], consumer)
     except kafka_clients.KafkaUnavailable:
         consumer.close()
         raise
-    consumer.subscribe([topic], listener=_ReadyLog(topic, group))
+    consumer.subscribe([topic], listener=kafka_clients.ReadyLog(
+        log, topic, group, f"handing over to {settings.ws_publish_url(cluster)}"))
     return consumer
-
-
-def publish_url(settings: config.Settings, cluster: int) -> str:
-    host = settings.ws_cluster_host(cluster)
-    host = f"[{host}]" if ":" in host else host
-    return f"ws://{host}:{settings.ws_port(cluster)}/publish"
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="subscriber.py",
         description="Hands cluster N's window updates (SUBSCRIBERS_TOPIC_TEMPLATE) to the "
-                    "cluster's WebSocket server (WS_HOST, port WS_BASE_PORT + N). Run two per "
+                    "cluster's WebSocket server (WS_HOST, port WS_FIRST_PORT + N - 1). Run two per "
                     "cluster: each consumes in its own group and forwards everything; the "
                     "server drops the second copy, so either may fail without a gap.")
-    parser.add_argument("--cluster", type=int, required=True, metavar="N",
-                        help=f"cluster number, 1 to {settings.cluster_count}")
+    add_cluster_option(parser, settings)
     parser.add_argument("--id", type=int, required=True, metavar="K", dest="member",
                         help="this subscriber's number within the cluster (names its "
                              "consumer group, SUBSCRIBER_GROUP_TEMPLATE)")
-    args = parser.parse_args(argv)
-    if args.cluster not in settings.clusters:
-        parser.error(f"--cluster must be between 1 and {settings.cluster_count} (CLUSTER_COUNT)")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -269,7 +231,7 @@ def main(argv=None) -> int:
     except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable) as err:
         log.error("%s", err)
         return 1
-    outlet = Outlet(publish_url(settings, args.cluster), key, settings)
+    outlet = Outlet(settings.ws_publish_url(args.cluster), key, settings)
     subscriber = Subscriber(consumer, outlet, stop,
                             Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s))
     log.info("cluster %d subscriber %d: %s -> %s", args.cluster, args.member,

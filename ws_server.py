@@ -1,39 +1,17 @@
 """Cluster N's WebSocket server: fans window updates out to the cluster's viewers.
 
-    ws://HOST:PORT/?token=T   viewers, with the token the registration API gave them (see
-                              emojistream/tokens.py). The handshake is accepted, then a
-                              connection without a valid token for this cluster is closed with
-                              4401 "missing token" / "invalid token" / "token expired", or 4403
-                              "token is for cluster M, this is cluster N". What viewers send is
-                              read and discarded, never forwarded to anyone
-    ws://HOST:PORT/publish    the cluster's subscribers, with "Authorization: Bearer <key>"
-                              (secrets.subscriber_key, a credential distinct from the token
-                              secret); a wrong or missing key is refused with HTTP 401. Every
-                              text message must be a window update
-    GET http://HOST:PORT/health   {"cluster": N, "status": "ok", "viewers": V, "subscribers": S}
-                              V counts the live, authenticated viewers; the registration API
-                              polls it to balance its assignments
+    ws_server.py --cluster N     listens on WS_HOST, port WS_FIRST_PORT + N - 1
 
-Deduplication by window and content. Both subscribers of a cluster forward every update (each
-in a consumer group of its own), so each update normally arrives twice. For each of the
-WS_DEDUP_WINDOWS most recent windows the server keeps the set of content hashes it has broadcast
-for that window (a seen set, not just the last one): the first copy of every version is
-broadcast, the second is dropped. Because each subscriber forwards its partition in order, the
-first arrival of every version of a window comes in order, so a lagging subscriber's copy of an
-older version is always recognised and never re-sent after a newer one. Updates for windows
-older than every remembered one, once the memory is full, are dropped as stale.
+    ws://HOST:PORT/?token=T      viewers, with the token the registration API gave them; closed
+                                 with 4401 (missing, invalid or expired token) or 4403 (a token
+                                 for another cluster). What viewers send is discarded
+    ws://HOST:PORT/publish       the cluster's subscribers, with "Authorization: Bearer <key>"
+                                 (HTTP 401 otherwise); every text message is a window update
+    GET http://HOST:PORT/health  {"cluster": N, "status": "ok", "viewers": V, "subscribers": S}
 
-Heartbeats: every connection is pinged every WS_PING_INTERVAL_S; one that does not answer
-within WS_PING_TIMEOUT_S is dropped and leaves the live counts.
-
-Scale (one asyncio event loop, no threads). An update is sent with websockets' broadcast(),
-which writes the frame to each connection without awaiting any (a slow viewer never holds up
-the others; what it cannot take yet waits in its own buffer until its pings time out). For
-10,000 viewers that is 10,000 socket writes, most of a second on a busy 2-core machine, so one
-task broadcasts the updates in order, WS_BROADCAST_BATCH viewers per broadcast() call, and lets
-the loop run between batches: health checks, pings, handshakes and the subscribers'
-acknowledgements are never held up by more than one batch. At start the server raises its
-open-file limit (RLIMIT_NOFILE) to the hard limit: each viewer is one file descriptor.
+One asyncio event loop, no threads: the first copy of each version of a window is broadcast in
+batches of WS_BROADCAST_BATCH viewers, the second copy (from the other subscriber) dropped.
+Deduplication, heartbeats and scale: docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -59,7 +37,7 @@ from websockets.http11 import Request, Response
 from emojistream import config, secrets, tokens
 from emojistream.dedup import WindowDeduplicator
 from emojistream.events import InvalidEvent, decode_window_update
-from emojistream.lifecycle import load_settings, raise_open_file_limit
+from emojistream.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
 from emojistream.logs import setup_logging
 
 log = logging.getLogger("ws_server")
@@ -225,11 +203,6 @@ def _peer(connection: ServerConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "?"
 
 
-def keepalive(seconds: float) -> float | None:
-    """websockets' interval/timeout argument: None (disabled) for 0."""
-    return seconds if seconds > 0 else None
-
-
 async def run(settings: config.Settings, cluster: int, key: str, token_secret: str,
               open_files: int) -> None:
     hub = Hub(cluster, key, token_secret, settings.ws_dedup_windows,
@@ -243,8 +216,7 @@ async def run(settings: config.Settings, cluster: int, key: str, token_secret: s
     # No compression: broadcast() would compress each copy separately, and every compressed
     # connection holds zlib buffers.
     async with serve(hub.handle, settings.ws_host, port, process_request=hub.process_request,
-                     ping_interval=keepalive(settings.ws_ping_interval_s),
-                     ping_timeout=keepalive(settings.ws_ping_timeout_s),
+                     **settings.ws_keepalive(),
                      compression=None, backlog=settings.ws_listen_backlog):
         log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
                  "health at %s; open-file limit %d (one per connection)", cluster,
@@ -262,16 +234,12 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ws_server.py",
         description="WebSocket fan-out of window updates to one cluster's viewers. Listens on "
-                    "WS_HOST, port WS_BASE_PORT + N; subscribers publish at /publish with the "
+                    "WS_HOST, port WS_FIRST_PORT + N - 1; subscribers publish at /publish with the "
                     "subscriber key; GET /health reports the connection counts.")
-    parser.add_argument("--cluster", type=int, required=True, metavar="N",
-                        help=f"cluster number, 1 to {settings.cluster_count}")
+    add_cluster_option(parser, settings)
     parser.add_argument("--host", default=settings.ws_host,
                         help=f"address to listen on (default {settings.ws_host})")
-    args = parser.parse_args(argv)
-    if args.cluster not in settings.clusters:
-        parser.error(f"--cluster must be between 1 and {settings.cluster_count} (CLUSTER_COUNT)")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,9 @@
 """The one configuration module: every host, port, topic, path and tuning knob of the system.
 
-Each setting has a default and can be overridden by an environment variable of the same name
-(upper case).  Shell scripts read the same values with ``python3 -m emojistream.config --shell``,
-so there is exactly one place where defaults live.
+Each setting is a field of ``Settings`` with its default; the environment variable of the same
+name in upper case overrides it (``ws_first_port``: ``WS_FIRST_PORT``). Shell scripts read the
+same values with ``python3 -m emojistream.config --shell``, so there is exactly one place where
+defaults live. Settings marked "(scripts only)" are read by the shell scripts alone.
 """
 
 from __future__ import annotations
@@ -11,211 +12,207 @@ import argparse
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from . import urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_EMOJIS = "😀,😍,🎉,👏,❤️,🏏,🎯,🔥,😂,😮,😢,😡"
 
 
-def _env_default(name: str, default):
-    return field(default=default, metadata={"env": name})
-
-
 @dataclass(frozen=True)
 class Settings:
     # Where the project keeps its data, logs and pid files.
-    var_dir: str = _env_default("VAR_DIR", str(REPO_ROOT / "var"))
+    var_dir: str = str(REPO_ROOT / "var")
 
     # Kafka.  KAFKA_BOOTSTRAP_SERVERS is what every client uses (comma-separated host:port
     # list). When it is empty, it lists the local brokers that scripts/kafka.sh starts:
     # KAFKA_BROKERS of them (1, or 3 for a replicated cluster), broker N listening on KAFKA_HOST at
     # KAFKA_PORT + (N-1) * KAFKA_PORT_STEP, its controller at KAFKA_CONTROLLER_PORT + (N-1) *
     # KAFKA_PORT_STEP.
-    kafka_host: str = _env_default("KAFKA_HOST", "localhost")
-    kafka_port: int = _env_default("KAFKA_PORT", 9092)
-    kafka_controller_port: int = _env_default("KAFKA_CONTROLLER_PORT", 9093)
-    kafka_brokers: int = _env_default("KAFKA_BROKERS", 1)
-    kafka_port_step: int = _env_default("KAFKA_PORT_STEP", 2)
-    kafka_bootstrap_servers: str = _env_default("KAFKA_BOOTSTRAP_SERVERS", "")
-    kafka_heap: str = _env_default("KAFKA_HEAP", "1g")
-    kafka_home: str = _env_default("KAFKA_HOME", "")
+    kafka_host: str = "localhost"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_brokers: int = 1
+    kafka_port_step: int = 2
+    kafka_bootstrap_servers: str = ""
+    # (scripts only) The heap of each local broker; KAFKA_HOME: an existing Kafka distribution
+    # to run instead of the jars setup fetched into lib/kafka.
+    kafka_heap: str = "1g"
+    kafka_home: str = ""
     # Kafka client security, passed to every kafka-python client (emojistream/kafka_clients.py)
     # and to Spark's Kafka source and sink (emojistream/spark.py). KAFKA_SECURITY_PROTOCOL is
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; KAFKA_SASL_MECHANISM is PLAIN, SCRAM-SHA-256
     # or SCRAM-SHA-512 (with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD). The TLS files are PEM:
     # the CA that signed the brokers' certificates, and for mutual TLS the client's certificate
     # and key (KAFKA_SSL_KEY_PASSWORD when the key is encrypted).
-    kafka_security_protocol: str = _env_default("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
-    kafka_sasl_mechanism: str = _env_default("KAFKA_SASL_MECHANISM", "")
-    kafka_sasl_username: str = _env_default("KAFKA_SASL_USERNAME", "")
-    kafka_sasl_password: str = _env_default("KAFKA_SASL_PASSWORD", "")
-    kafka_ssl_cafile: str = _env_default("KAFKA_SSL_CAFILE", "")
-    kafka_ssl_certfile: str = _env_default("KAFKA_SSL_CERTFILE", "")
-    kafka_ssl_keyfile: str = _env_default("KAFKA_SSL_KEYFILE", "")
-    kafka_ssl_key_password: str = _env_default("KAFKA_SSL_KEY_PASSWORD", "")
-    # Verify that a broker's certificate names the host connected to ("false" to skip).
-    kafka_ssl_check_hostname: str = _env_default("KAFKA_SSL_CHECK_HOSTNAME", "true")
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_key_password: str = ""
+    # Verify that a broker's certificate names the host connected to (false to skip).
+    kafka_ssl_check_hostname: bool = True
 
     # Topics.  "{n}" in a cluster topic template is the cluster number (1-based).
-    emoji_events_topic: str = _env_default("EMOJI_EVENTS_TOPIC", "emoji-events")
-    aggregated_topic: str = _env_default("AGGREGATED_TOPIC", "aggregated-emoji-topic")
-    cluster_topic_template: str = _env_default("CLUSTER_TOPIC_TEMPLATE", "cluster{n}-topic")
-    subscribers_topic_template: str = _env_default(
-        "SUBSCRIBERS_TOPIC_TEMPLATE", "cluster{n}-topic-subscribers")
-    cluster_count: int = _env_default("CLUSTER_COUNT", 3)
-    emoji_events_partitions: int = _env_default("EMOJI_EVENTS_PARTITIONS", 4)
-    topic_partitions: int = _env_default("TOPIC_PARTITIONS", 1)
+    emoji_events_topic: str = "emoji-events"
+    aggregated_topic: str = "aggregated-emoji-topic"
+    cluster_topic_template: str = "cluster{n}-topic"
+    subscribers_topic_template: str = "cluster{n}-topic-subscribers"
+    cluster_count: int = 3
+    emoji_events_partitions: int = 4
+    topic_partitions: int = 1
     # Replicas of every topic; 0: min(3, the number of brokers the cluster has).
-    replication_factor: int = _env_default("REPLICATION_FACTOR", 0)
+    replication_factor: int = 0
     # min.insync.replicas of the events and aggregates topics (with the producers' acks=all, a
     # write succeeds once this many replicas have it); 0: 2 when a topic has 3 or more replicas,
     # else the broker's default (1).
-    min_insync_replicas: int = _env_default("MIN_INSYNC_REPLICAS", 0)
+    min_insync_replicas: int = 0
 
     # Spark. SPARK_MASTER is where spark_aggregator.py runs: local[*] in its own process, or a
     # standalone cluster's spark://host:port (scripts/spark_cluster.sh starts one here, with its
     # master on SPARK_MASTER_HOST:SPARK_MASTER_PORT).
-    spark_master: str = _env_default("SPARK_MASTER", "local[*]")
+    spark_master: str = "local[*]"
     # The address executors use to reach the driver (spark_aggregator.py) on a cluster; empty:
     # Spark's choice (this machine's host name).
-    spark_driver_host: str = _env_default("SPARK_DRIVER_HOST", "")
+    spark_driver_host: str = ""
     # Per executor on a cluster; SPARK_CORES_MAX caps the cores the job takes in all (0: all
     # the cluster offers).
-    spark_executor_memory: str = _env_default("SPARK_EXECUTOR_MEMORY", "1g")
-    spark_executor_cores: int = _env_default("SPARK_EXECUTOR_CORES", 1)
-    spark_cores_max: int = _env_default("SPARK_CORES_MAX", 0)
-    # The local standalone cluster of scripts/spark_cluster.sh: worker N's web UI listens on
-    # SPARK_WORKER_WEBUI_PORT + N - 1; each worker offers SPARK_WORKER_CORES cores and
+    spark_executor_memory: str = "1g"
+    spark_executor_cores: int = 1
+    spark_cores_max: int = 0
+    # (scripts only) The local standalone cluster of scripts/spark_cluster.sh: worker N's web UI
+    # listens on SPARK_WORKER_WEBUI_PORT + N - 1; each worker offers SPARK_WORKER_CORES cores and
     # SPARK_WORKER_MEMORY to executors.
-    spark_master_host: str = _env_default("SPARK_MASTER_HOST", "localhost")
-    spark_master_port: int = _env_default("SPARK_MASTER_PORT", 7077)
-    spark_master_webui_port: int = _env_default("SPARK_MASTER_WEBUI_PORT", 8080)
-    spark_workers: int = _env_default("SPARK_WORKERS", 1)
-    spark_worker_cores: int = _env_default("SPARK_WORKER_CORES", 2)
-    spark_worker_memory: str = _env_default("SPARK_WORKER_MEMORY", "2g")
-    spark_worker_webui_port: int = _env_default("SPARK_WORKER_WEBUI_PORT", 8081)
-    spark_daemon_memory: str = _env_default("SPARK_DAEMON_MEMORY", "512m")
-    spark_connector_jars_dir: str = _env_default(
-        "SPARK_CONNECTOR_JARS_DIR", str(REPO_ROOT / "lib" / "spark-kafka"))
+    spark_master_host: str = "localhost"
+    spark_master_port: int = 7077
+    spark_master_webui_port: int = 8080
+    spark_workers: int = 1
+    spark_worker_cores: int = 2
+    spark_worker_memory: str = "2g"
+    spark_worker_webui_port: int = 8081
+    spark_daemon_memory: str = "512m"
+    spark_connector_jars_dir: str = str(REPO_ROOT / "lib" / "spark-kafka")
     # The aggregation keeps one row per window, so a few rows of state in all: one shuffle
     # partition holds them; more only add a task and a state store commit to every batch.
-    spark_shuffle_partitions: int = _env_default("SPARK_SHUFFLE_PARTITIONS", 1)
-    spark_driver_memory: str = _env_default("SPARK_DRIVER_MEMORY", "2g")
-    spark_ui_enabled: str = _env_default("SPARK_UI_ENABLED", "false")
-    spark_log_level: str = _env_default("SPARK_LOG_LEVEL", "WARN")
+    spark_shuffle_partitions: int = 1
+    spark_driver_memory: str = "2g"
+    spark_ui_enabled: bool = False
+    spark_log_level: str = "WARN"
 
     # Events and windows.
-    emojis: str = _env_default("EMOJIS", DEFAULT_EMOJIS)
-    window_seconds: int = _env_default("WINDOW_SECONDS", 2)
+    emojis: str = DEFAULT_EMOJIS
+    window_seconds: int = 2
     # The aggregator keeps a window open until the watermark (latest event time seen minus this
     # delay) passes its end. The ingest API keeps a client's timestamp only when it is at most
     # MAX_EVENT_AGE_S old and at most MAX_EVENT_FUTURE_S ahead, and uses its own receive time
     # otherwise, so MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S < WATERMARK_DELAY_S leaves every accepted
     # event room to be counted (the rest of the delay covers Kafka and Spark lag).
-    watermark_delay_s: int = _env_default("WATERMARK_DELAY_S", 10)
-    max_event_age_s: float = _env_default("MAX_EVENT_AGE_S", 3.0)
-    max_event_future_s: float = _env_default("MAX_EVENT_FUTURE_S", 5.0)
-    normalize_threshold: int = _env_default("NORMALIZE_THRESHOLD", 20)
-    normalize_divisor: int = _env_default("NORMALIZE_DIVISOR", 100)
+    watermark_delay_s: int = 10
+    max_event_age_s: float = 3.0
+    max_event_future_s: float = 5.0
+    normalize_threshold: int = 20
+    normalize_divisor: int = 100
     # unique_users is estimated with Apache DataSketches' HLL sketch (Spark's hll_sketch_agg) of
     # 2^UNIQUE_USERS_LG_K buckets: relative standard error 1.04/sqrt(2^k), 0.8% at k=14, and exact
     # for small counts.
-    unique_users_lg_k: int = _env_default("UNIQUE_USERS_LG_K", 14)
-    spark_trigger_seconds: float = _env_default("SPARK_TRIGGER_SECONDS", 0.5)
-    spark_max_offsets_per_trigger: int = _env_default("SPARK_MAX_OFFSETS_PER_TRIGGER", 1_000_000)
+    unique_users_lg_k: int = 14
+    spark_trigger_seconds: float = 0.5
+    spark_max_offsets_per_trigger: int = 1_000_000
 
     # Ingest API (emoji_api.py).
-    api_host: str = _env_default("API_HOST", "localhost")
-    api_port: int = _env_default("API_PORT", 5000)
-    api_workers: int = _env_default("API_WORKERS", 2)
-    api_threads: int = _env_default("API_THREADS", 8)
-    api_max_batch: int = _env_default("API_MAX_BATCH", 10_000)
-    api_max_body_bytes: int = _env_default("API_MAX_BODY_BYTES", 2 * 1024 * 1024)
-    producer_linger_ms: int = _env_default("PRODUCER_LINGER_MS", 50)
-    producer_batch_records: int = _env_default("PRODUCER_BATCH_RECORDS", 20_000)
-    producer_buffer_bytes: int = _env_default("PRODUCER_BUFFER_BYTES", 64 * 1024 * 1024)
-    producer_compression: str = _env_default("PRODUCER_COMPRESSION", "lz4")
+    api_host: str = "localhost"
+    api_port: int = 5000
+    api_workers: int = 2
+    api_threads: int = 8
+    api_max_batch: int = 10_000
+    api_max_body_bytes: int = 2 * 1024 * 1024
+    producer_linger_ms: int = 50
+    producer_batch_records: int = 20_000
+    producer_buffer_bytes: int = 64 * 1024 * 1024
+    producer_compression: str = "lz4"
     # The ingest API answers 503 while records have waited this long for Kafka's acknowledgement
     # (Kafka down or stalled) instead of buffering more that might never be delivered.
-    producer_ack_timeout_s: float = _env_default("PRODUCER_ACK_TIMEOUT_S", 5.0)
+    producer_ack_timeout_s: float = 5.0
 
-    # Registration API and WebSocket servers. Cluster N's server listens on WS_BASE_PORT + N.
-    registration_host: str = _env_default("REGISTRATION_HOST", "localhost")
-    registration_port: int = _env_default("REGISTRATION_PORT", 5001)
-    ws_host: str = _env_default("WS_HOST", "localhost")
-    ws_base_port: int = _env_default("WS_BASE_PORT", 5001)
+    # Registration API and WebSocket servers. Cluster N's server listens on WS_FIRST_PORT + N - 1
+    # (5002, 5003, 5004).
+    registration_host: str = "localhost"
+    registration_port: int = 5001
+    ws_host: str = "localhost"
+    ws_first_port: int = 5002
     # When the WebSocket servers run on several machines: cluster N's server is reached (by the
     # registration API's health checks, the subscribers and, through "{host}" below, viewers) at
     # the N-th host of this comma-separated list; empty: WS_HOST for every cluster.
-    ws_cluster_hosts: str = _env_default("WS_CLUSTER_HOSTS", "")
+    ws_cluster_hosts: str = ""
     # What viewers are told to connect to: "{host}", "{port}" and "{n}" (the cluster number)
     # are filled in per cluster, e.g. "wss://ws{n}.cricket.example/" behind a TLS proxy.
-    ws_public_url_template: str = _env_default("WS_PUBLIC_URL_TEMPLATE", "ws://{host}:{port}/")
-    subscribers_per_cluster: int = _env_default("SUBSCRIBERS_PER_CLUSTER", 2)
+    ws_public_url_template: str = "ws://{host}:{port}/"
+    subscribers_per_cluster: int = 2
     # Subscribers authenticate to the WebSocket servers with this key; when empty, every process
     # shares the one generated in VAR_DIR/secrets/subscriber.key.
-    subscriber_key: str = _env_default("SUBSCRIBER_KEY", "")
+    subscriber_key: str = ""
     # The registration API keeps its registry in memory: one gunicorn worker with this many
     # threads.
-    registration_threads: int = _env_default("REGISTRATION_THREADS", 8)
+    registration_threads: int = 8
     # WebSocket keepalive (heartbeats): every connection is pinged every WS_PING_INTERVAL_S; one
     # whose pong is WS_PING_TIMEOUT_S late is dropped and leaves the live counts (0 disables).
-    ws_ping_interval_s: float = _env_default("WS_PING_INTERVAL_S", 10.0)
-    ws_ping_timeout_s: float = _env_default("WS_PING_TIMEOUT_S", 10.0)
+    ws_ping_interval_s: float = 10.0
+    ws_ping_timeout_s: float = 10.0
     # A WebSocket server remembers which versions of an update it has broadcast for this many
     # windows (the most recent ones), to drop the second copy forwarded by the other subscriber.
-    ws_dedup_windows: int = _env_default("WS_DEDUP_WINDOWS", 64)
+    ws_dedup_windows: int = 64
     # A WebSocket server broadcasts an update to this many viewers at a time, letting its event
     # loop run (health checks, pings, new connections, the next update) between batches.
-    ws_broadcast_batch: int = _env_default("WS_BROADCAST_BATCH", 250)
+    ws_broadcast_batch: int = 250
     # Pending connections the WebSocket servers' listening socket queues (capped by the kernel's
     # net.core.somaxconn): thousands of viewers reconnecting at once.
-    ws_listen_backlog: int = _env_default("WS_LISTEN_BACKLOG", 4096)
+    ws_listen_backlog: int = 4096
     # Each subscriber of a cluster consumes in a consumer group of its own ("{n}": the cluster
     # number, "{k}": the subscriber's --id): both forward every update, and the WebSocket server
     # drops the second copy, so killing either one loses nothing and delays nothing.
-    subscriber_group_template: str = _env_default(
-        "SUBSCRIBER_GROUP_TEMPLATE", "cluster{n}-subscriber-{k}")
-    subscriber_session_timeout_ms: int = _env_default("SUBSCRIBER_SESSION_TIMEOUT_MS", 6000)
-    subscriber_heartbeat_ms: int = _env_default("SUBSCRIBER_HEARTBEAT_MS", 1000)
+    subscriber_group_template: str = "cluster{n}-subscriber-{k}"
+    subscriber_session_timeout_ms: int = 6000
+    subscriber_heartbeat_ms: int = 1000
     # Viewer tokens: the registration API signs (HMAC-SHA256) each viewer's client id, cluster
     # and expiry with TOKEN_SECRET; the WebSocket servers check it. When empty, every process
     # shares the one generated in VAR_DIR/secrets/token.key (distinct from the subscriber key).
-    token_secret: str = _env_default("TOKEN_SECRET", "")
+    token_secret: str = ""
     # How long a token admits a connection (checked when the connection opens).
-    token_ttl_s: float = _env_default("TOKEN_TTL_S", 3600.0)
+    token_ttl_s: float = 3600.0
     # The registration API polls every WebSocket server's health (its live viewer count) this
     # often; a server that does not answer within WS_HEALTH_TIMEOUT_S is down and gets no new
     # viewers. "{host}" and "{port}" are the server's WS_HOST and port.
-    ws_health_poll_s: float = _env_default("WS_HEALTH_POLL_S", 1.0)
-    ws_health_timeout_s: float = _env_default("WS_HEALTH_TIMEOUT_S", 2.0)
-    ws_health_url_template: str = _env_default(
-        "WS_HEALTH_URL_TEMPLATE", "http://{host}:{port}/health")
+    ws_health_poll_s: float = 1.0
+    ws_health_timeout_s: float = 2.0
+    ws_health_url_template: str = "http://{host}:{port}/health"
     # Reconnect delays (exponential backoff with jitter) of subscribers and viewers.
-    subscriber_retry_max_s: float = _env_default("SUBSCRIBER_RETRY_MAX_S", 2.0)
-    viewer_retry_initial_s: float = _env_default("VIEWER_RETRY_INITIAL_S", 0.5)
-    viewer_retry_max_s: float = _env_default("VIEWER_RETRY_MAX_S", 8.0)
+    subscriber_retry_max_s: float = 2.0
+    viewer_retry_initial_s: float = 0.5
+    viewer_retry_max_s: float = 8.0
 
     # The web page (static/, served at / by the registration API; see docs/web.md). Browsers
     # send reactions to API_PUBLIC_URL (empty: http://API_HOST:API_PORT, with the page's own
     # host name when API_HOST is a wildcard address like 0.0.0.0) and register at
     # REGISTRATION_PUBLIC_URL (empty: where the page itself was loaded from).
-    api_public_url: str = _env_default("API_PUBLIC_URL", "")
-    registration_public_url: str = _env_default("REGISTRATION_PUBLIC_URL", "")
+    api_public_url: str = ""
+    registration_public_url: str = ""
     # Origins whose pages may call the ingest API (CORS): "*" for any, or a comma-separated list
     # of origins like "http://localhost:5001,https://cricket.example". The API takes no
     # credentials (no cookies), so "*" exposes nothing a plain HTTP client could not send.
-    api_cors_origins: str = _env_default("API_CORS_ORIGINS", "*")
+    api_cors_origins: str = "*"
     # How often the page asks GET /clusters for the number of viewers online.
-    web_stats_interval_s: float = _env_default("WEB_STATS_INTERVAL_S", 5.0)
+    web_stats_interval_s: float = 5.0
 
     def __post_init__(self):
         if not self.kafka_bootstrap_servers:
-            host = f"[{self.kafka_host}]" if ":" in self.kafka_host else self.kafka_host
             object.__setattr__(self, "kafka_bootstrap_servers", ",".join(
-                f"{host}:{port}" for port in self.local_kafka_ports()))
+                urls.host_port(self.kafka_host, port) for port in self.local_kafka_ports()))
 
         self._check_kafka_security()
         self._check_local_kafka_ports()
@@ -251,13 +248,23 @@ class Settings:
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
             raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together "
                               "(the client's certificate and key for mutual TLS)")
-        if self.kafka_ssl_check_hostname.lower() not in ("true", "false"):
-            raise ConfigError("KAFKA_SSL_CHECK_HOSTNAME must be true or false, got "
-                              f"{self.kafka_ssl_check_hostname!r}")
 
     def local_kafka_ports(self) -> list[int]:
         """The client ports of the KAFKA_BROKERS local brokers of scripts/kafka.sh."""
         return [self.kafka_port + i * self.kafka_port_step for i in range(self.kafka_brokers)]
+
+    def topic_replicas(self, brokers: int) -> int:
+        """Replicas of every topic, internal ones included, on a cluster of ``brokers``:
+        REPLICATION_FACTOR, or min(3, brokers) when it is 0."""
+        return self.replication_factor or min(3, brokers)
+
+    def topic_min_insync(self, replicas: int) -> int | None:
+        """min.insync.replicas of a topic with ``replicas`` that must not lose a write:
+        MIN_INSYNC_REPLICAS, or 2 for 3 or more replicas (one broker may be lost while writes
+        with acks=all go on), else None (the broker's default, 1)."""
+        if self.min_insync_replicas:
+            return self.min_insync_replicas
+        return 2 if replicas >= 3 else None
 
     def cluster_topic(self, n: int) -> str:
         return self.cluster_topic_template.format(n=n)
@@ -269,7 +276,8 @@ class Settings:
         return self.subscriber_group_template.format(n=n, k=k)
 
     def ws_port(self, n: int) -> int:
-        return self.ws_base_port + n
+        """The port of cluster N's WebSocket server."""
+        return self.ws_first_port + n - 1
 
     def ws_cluster_host(self, n: int) -> str:
         """The host name of cluster N's WebSocket server (WS_CLUSTER_HOSTS, else WS_HOST)."""
@@ -285,21 +293,27 @@ class Settings:
                                                   port=self.ws_port(n), n=n)
 
     def ws_health_url(self, n: int) -> str:
-        """Where the registration API polls cluster N's server (a wildcard listening address
-        is reached on localhost)."""
-        host = self.ws_cluster_host(n)
-        host = "localhost" if host in WILDCARD_HOSTS else host
-        host = f"[{host}]" if ":" in host else host
+        """Where the registration API polls cluster N's server."""
+        host = urls.bracketed(urls.reachable(self.ws_cluster_host(n)))
         return self.ws_health_url_template.format(host=host, port=self.ws_port(n), n=n)
+
+    def ws_publish_url(self, n: int) -> str:
+        """Where cluster N's subscribers hand updates to its WebSocket server."""
+        return urls.ws_url(self.ws_cluster_host(n), self.ws_port(n), "/publish")
+
+    def ws_keepalive(self) -> dict:
+        """websockets' keepalive arguments (heartbeats), for servers and clients alike."""
+        return {"ping_interval": self.ws_ping_interval_s or None,
+                "ping_timeout": self.ws_ping_timeout_s or None}
 
     def api_url(self) -> str:
         """The ingest API's URL for browsers (API_PUBLIC_URL, or from API_HOST and API_PORT)."""
-        return (self.api_public_url or _http_url(self.api_host, self.api_port)).rstrip("/")
+        return (self.api_public_url or urls.http_url(self.api_host, self.api_port)).rstrip("/")
 
     def registration_url(self) -> str:
         """The registration API's (and the web page's) URL for browsers."""
         return (self.registration_public_url
-                or _http_url(self.registration_host, self.registration_port)).rstrip("/")
+                or urls.http_url(self.registration_host, self.registration_port)).rstrip("/")
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
@@ -320,25 +334,34 @@ class Settings:
         return Path(self.var_dir)
 
 
-WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 # Settings whose values the listing of ``python -m emojistream.config`` does not show.
 SECRET_SUFFIXES = ("PASSWORD", "SECRET", "SUBSCRIBER_KEY")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _http_url(host: str, port: int) -> str:
-    """http://host:port; a wildcard listening address is reached at localhost."""
-    host = "localhost" if host in WILDCARD_HOSTS else host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
-
-
 class ConfigError(ValueError):
     """A setting from the environment has a value of the wrong kind."""
 
 
+# Settings renamed: the old name in the environment is refused with the new one's name.
+RENAMED = {"WS_BASE_PORT": "WS_FIRST_PORT (cluster N's WebSocket server listens on "
+                           "WS_FIRST_PORT + N - 1: WS_BASE_PORT + 1)"}
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+            "false": False, "0": False, "no": False, "off": False}
+
+
+def env_name(setting) -> str:
+    """The environment variable of a field of Settings: its name in upper case."""
+    return setting.name.upper()
+
+
 def _convert(raw: str, kind, name: str):
+    if kind is bool or kind == "bool":
+        try:
+            return BOOLEANS[raw.strip().lower()]
+        except KeyError:
+            raise ConfigError(f"{name} must be true or false, got {raw!r}") from None
     if kind is int or kind == "int":
         try:
             return int(raw)
@@ -355,9 +378,12 @@ def _convert(raw: str, kind, name: str):
 def load(environ=None, **overrides) -> Settings:
     """Settings from the defaults, then the environment, then explicit ``overrides``."""
     environ = os.environ if environ is None else environ
+    for old, new in RENAMED.items():
+        if old in environ:
+            raise ConfigError(f"{old} is no longer read; set {new}")
     values = {}
     for f in fields(Settings):
-        name = f.metadata["env"]
+        name = env_name(f)
         if name in environ:
             values[f.name] = _convert(environ[name], f.type, name)
     values.update(overrides)
@@ -366,7 +392,7 @@ def load(environ=None, **overrides) -> Settings:
 
 def as_shell(settings: Settings) -> str:
     """``NAME=value`` lines for ``eval`` in shell scripts, plus the derived topic lists."""
-    lines = [f"{f.metadata['env']}={shlex.quote(str(getattr(settings, f.name)))}"
+    lines = [f"{env_name(f)}={shlex.quote(_shell_value(getattr(settings, f.name)))}"
              for f in fields(settings)]
     lines.append("CLUSTER_TOPICS=" + shlex.quote(
         " ".join(settings.cluster_topic(n) for n in settings.clusters)))
@@ -376,23 +402,33 @@ def as_shell(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def _shell_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emojistream.config",
         description="Print the effective configuration (defaults overridden by the environment).")
     parser.add_argument("--shell", action="store_true",
                         help="print NAME=value lines for eval in a shell script")
+    parser.add_argument("--topic-replication", type=int, metavar="BROKERS",
+                        help="print the replicas and min.insync.replicas of a topic on a cluster "
+                             "of BROKERS brokers (0 for the broker's default)")
     args = parser.parse_args(argv)
     try:
         settings = load()
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
-    if args.shell:
+    if args.topic_replication is not None:
+        replicas = settings.topic_replicas(args.topic_replication)
+        print(replicas, settings.topic_min_insync(replicas) or 0)
+    elif args.shell:
         print(as_shell(settings))
     else:
         for f in fields(settings):
-            name, value = f.metadata["env"], getattr(settings, f.name)
+            name, value = env_name(f), getattr(settings, f.name)
             if value and name.endswith(SECRET_SUFFIXES):
                 value = "(set)"
             print(f"{name:<28} {value}")

@@ -65,21 +65,6 @@ def compression_type(settings: Settings) -> str | None:
     return name
 
 
-def require_topic(settings: Settings) -> None:
-    """Raise KafkaUnavailable or MissingTopic unless Kafka answers and has the events topic."""
-    admin = kafka_clients.admin_client(settings)
-    try:
-        topics = admin.list_topics()
-    except KafkaError as err:
-        raise kafka_clients.KafkaUnavailable(
-            f"Kafka at {settings.kafka_bootstrap_servers} did not list its topics "
-            f"({type(err).__name__})") from None
-    finally:
-        admin.close()
-    if settings.emoji_events_topic not in topics:
-        raise kafka_clients.MissingTopic(settings, [settings.emoji_events_topic])
-
-
 class KafkaEventSink:
     """Sends canonical events to the events topic, keyed by user_id; thread-safe.
 

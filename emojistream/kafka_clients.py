@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kafka import KafkaConsumer, KafkaProducer
+import logging
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
@@ -31,7 +33,7 @@ def security_options(settings: Settings) -> dict:
                        sasl_plain_username=settings.kafka_sasl_username,
                        sasl_plain_password=settings.kafka_sasl_password)
     if protocol.endswith("SSL"):
-        options["ssl_check_hostname"] = settings.kafka_ssl_check_hostname.lower() == "true"
+        options["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
         for option, value in (("ssl_cafile", settings.kafka_ssl_cafile),
                               ("ssl_certfile", settings.kafka_ssl_certfile),
                               ("ssl_keyfile", settings.kafka_ssl_keyfile),
@@ -78,10 +80,20 @@ class MissingTopic(KafkaUnavailable):
                          "run scripts/create_topics.sh")
 
 
-def require_topics(settings: Settings, client: KafkaConsumer, topics: list[str]) -> None:
-    """Fetch the topics' metadata now, so that a group joined next sees their partitions (a
-    consumer that joins before knowing a topic is assigned nothing until its next metadata
-    refresh, minutes later); MissingTopic when one does not exist."""
+def require_topics(settings: Settings, topics: list[str],
+                   client: KafkaConsumer | None = None) -> None:
+    """MissingTopic unless every topic exists (KafkaUnavailable when Kafka does not answer).
+
+    A consumer about to join a group should be the ``client``: it then knows the topics'
+    partitions when it joins (one that joins before knowing a topic is assigned nothing until
+    its next metadata refresh, minutes later). Without one, a consumer is opened for the check.
+    """
+    if client is None:
+        client = consumer(settings)
+        try:
+            return require_topics(settings, topics, client)
+        finally:
+            client.close()
     try:
         missing = [topic for topic in topics if not client.partitions_for_topic(topic)]
     except KafkaError as err:
@@ -99,3 +111,24 @@ def producer(settings: Settings, connect_timeout_s: float = DEFAULT_CONNECT_TIME
 def consumer(settings: Settings, *topics: str,
              connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, **options) -> KafkaConsumer:
     return _connect(KafkaConsumer, settings, connect_timeout_s, *topics, **options)
+
+
+class ReadyLog(ConsumerRebalanceListener):
+    """Logs each assignment of a consumer group's partitions: the first line starts "ready:",
+    which scripts/start_all.sh waits for. Runs on kafka-python's own loop, so it must not call
+    the consumer."""
+
+    def __init__(self, log: logging.Logger, topic: str, group: str, task: str):
+        self.log, self.topic, self.group, self.task = log, topic, group, task
+
+    def on_partitions_assigned(self, assigned):
+        partitions = sorted(tp.partition for tp in assigned)
+        owned = (f"owns partition(s) {partitions}" if partitions
+                 else "no partition (another member has them)")
+        self.log.info("ready: in group %s for %s, %s, %s", self.group, self.topic, owned,
+                      self.task)
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            self.log.info("partition(s) %s of %s revoked",
+                          sorted(tp.partition for tp in revoked), self.topic)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import signal
@@ -30,6 +31,23 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def add_cluster_option(parser: argparse.ArgumentParser, settings: config.Settings) -> None:
+    """--cluster N, required, one of the configured clusters (1 to CLUSTER_COUNT)."""
+
+    def cluster_number(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number not in settings.clusters:
+            raise argparse.ArgumentTypeError(
+                f"must be between 1 and {settings.cluster_count} (CLUSTER_COUNT), got {text}")
+        return number
+
+    parser.add_argument("--cluster", type=cluster_number, required=True, metavar="N",
+                        help=f"cluster number, 1 to {settings.cluster_count}")
 
 
 def load_settings(log: logging.Logger) -> config.Settings:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from kafka import ConsumerRebalanceListener
 from kafka.errors import MessageSizeTooLargeError
 
 from . import kafka_clients
@@ -19,25 +18,6 @@ from .config import Settings
 from .events import InvalidEvent, decode_window_update
 
 POLL_TIMEOUT_MS = 200
-
-
-class _ReadyLog(ConsumerRebalanceListener):
-    def __init__(self, log: logging.Logger, source: str, targets: list[str]):
-        self.log, self.source, self.targets = log, source, targets
-
-    def on_partitions_assigned(self, assigned):
-        if not assigned:
-            self.log.info("in the group with no partition of %s (another member has them)",
-                          self.source)
-            return
-        partitions = sorted(tp.partition for tp in assigned)
-        self.log.info("ready: forwarding %s partition(s) %s to %s",
-                      self.source, partitions, ", ".join(self.targets))
-
-    def on_partitions_revoked(self, revoked):
-        if revoked:
-            self.log.info("partitions %s of %s revoked",
-                          sorted(tp.partition for tp in revoked), self.source)
 
 
 def relay(settings: Settings, source: str, targets: list[str], group_id: str,
@@ -48,8 +28,9 @@ def relay(settings: Settings, source: str, targets: list[str], group_id: str,
     producer = kafka_clients.producer(settings, acks="all", linger_ms=5)
     stats = {"forwarded": 0, "skipped": 0}
     try:
-        kafka_clients.require_topics(settings, consumer, [source, *targets])
-        consumer.subscribe([source], listener=_ReadyLog(log, source, targets))
+        kafka_clients.require_topics(settings, [source, *targets], consumer)
+        consumer.subscribe([source], listener=kafka_clients.ReadyLog(
+            log, source, group_id, "forwarding to " + ", ".join(targets)))
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
             if not polled:

@@ -71,7 +71,7 @@ def kafka_options(settings: Settings) -> dict[str, str]:
             f"username={_jaas_quote(settings.kafka_sasl_username)} "
             f"password={_jaas_quote(settings.kafka_sasl_password)};")
     if protocol.endswith("SSL"):
-        if settings.kafka_ssl_check_hostname.lower() == "false":
+        if not settings.kafka_ssl_check_hostname:
             options["kafka.ssl.endpoint.identification.algorithm"] = ""
         if settings.kafka_ssl_cafile:
             options["kafka.ssl.truststore.type"] = "PEM"

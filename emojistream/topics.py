@@ -30,25 +30,12 @@ class TopicSpec:
     min_insync_replicas: int | None = None
 
 
-def replication_factor(settings: config.Settings, brokers: int) -> int:
-    """REPLICATION_FACTOR, or min(3, the number of brokers) when it is 0."""
-    return settings.replication_factor or min(3, brokers)
-
-
-def min_insync_replicas(settings: config.Settings, replicas: int) -> int | None:
-    """MIN_INSYNC_REPLICAS, or 2 for a topic with 3 or more replicas (one broker may be lost
-    while writes with acks=all go on), else None (the broker's default, 1)."""
-    if settings.min_insync_replicas:
-        return settings.min_insync_replicas
-    return 2 if replicas >= 3 else None
-
-
 def topic_specs(settings: config.Settings, brokers: int = 1) -> list[TopicSpec]:
     """Every topic of the pipeline, in the order data flows through them, for a cluster of
     ``brokers`` brokers. The events and the window aggregates, which nothing upstream can send
     again, also get min.insync.replicas."""
-    rf = replication_factor(settings, brokers)
-    isr = min_insync_replicas(settings, rf)
+    rf = settings.topic_replicas(brokers)
+    isr = settings.topic_min_insync(rf)
     specs = [TopicSpec(settings.emoji_events_topic, settings.emoji_events_partitions, rf, isr),
              TopicSpec(settings.aggregated_topic, settings.topic_partitions, rf, isr)]
     specs += [TopicSpec(settings.cluster_topic(n), settings.topic_partitions, rf)

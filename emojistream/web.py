@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, request, send_from_directory
 
-from . import config
+from . import config, urls
 
 STATIC_DIR = config.REPO_ROOT / "static"
 ASSETS_PATH = "/assets"
@@ -43,11 +43,10 @@ def page_config(settings: config.Settings, page_url: str) -> dict:
     page = urlsplit(page_url)
     if settings.api_public_url:
         api_url = settings.api_public_url.rstrip("/")
-    elif settings.api_host in config.WILDCARD_HOSTS and page.hostname:
+    elif settings.api_host in urls.WILDCARD_HOSTS and page.hostname:
         # The API listens on every address: the browser reaches it by the name it used for
         # the page.
-        host = f"[{page.hostname}]" if ":" in page.hostname else page.hostname
-        api_url = f"{page.scheme}://{host}:{settings.api_port}"
+        api_url = f"{page.scheme}://{urls.host_port(page.hostname, settings.api_port)}"
     else:
         api_url = settings.api_url()
     if settings.registration_public_url:

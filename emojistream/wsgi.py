@@ -18,6 +18,7 @@ from collections.abc import Callable
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
+from . import urls
 from .logs import FORMAT
 
 
@@ -32,15 +33,10 @@ class GunicornLogger(glogging.Logger):
     datefmt = None
 
 
-def bind_address(host: str, port: int) -> str:
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{port}"
-
-
 def gunicorn_options(*, name: str, host: str, port: int, workers: int, threads: int,
                      worker_exit: Callable | None = None) -> dict:
     options = {
-        "bind": bind_address(host, port),
+        "bind": urls.host_port(host, port),
         "workers": workers,
         "worker_class": "gthread",
         "threads": threads,

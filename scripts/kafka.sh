@@ -57,9 +57,9 @@ bootstrap_list() {
 write_properties() {
   local k="$1" dir port controller_port replicas min_isr
   dir="$(node_dir "$k")"; port="$(node_port "$k")"; controller_port="$(node_controller_port "$k")"
-  # Internal topics: 3 replicas (fewer on a smaller cluster), 2 of them in sync for a write.
-  replicas=$((BROKERS < 3 ? BROKERS : 3))
-  min_isr=$((replicas >= 3 ? 2 : 1))
+  # Internal topics get the replication of every topic (emojistream/config.py: topic_replicas).
+  read -r replicas min_isr < <(cd "$REPO_ROOT" && python3 -m emojistream.config --topic-replication "$BROKERS")
+  [ "$min_isr" -gt 0 ] || min_isr=1
   cat > "$dir/server.properties" <<PROPS
 # Written by scripts/kafka.sh on every start; edit the settings, not this file.
 process.roles=broker,controller

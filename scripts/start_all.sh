@@ -39,7 +39,7 @@ is_ready() {
   case "$name" in
     emoji_api) url="http://$API_HOST:$API_PORT/health" ;;
     registration_api) url="http://$REGISTRATION_HOST:$REGISTRATION_PORT/health" ;;
-    ws_server_*) url="http://$WS_HOST:$((WS_BASE_PORT + ${name#ws_server_}))/health" ;;
+    ws_server_*) url="http://$WS_HOST:$((WS_FIRST_PORT + ${name#ws_server_} - 1))/health" ;;
   esac
   if [ -n "$url" ]; then
     "$VENV_PYTHON" - "$url" <<'PY' 2>/dev/null

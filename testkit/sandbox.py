@@ -35,7 +35,7 @@ def _port_is_free(port: int) -> bool:
 
 def free_port_run(count: int) -> int:
     """The first of ``count`` consecutive free ports (cluster N's WebSocket server listens on
-    WS_BASE_PORT + N)."""
+    WS_FIRST_PORT + N - 1)."""
     for _ in range(100):
         first = free_port()
         if all(_port_is_free(first + i) for i in range(1, count)):
@@ -57,7 +57,7 @@ def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
         "KAFKA_HEAP": "512m",
         "API_PORT": str(free_port()),
         "REGISTRATION_PORT": str(free_port()),
-        "WS_BASE_PORT": str(free_port_run(cluster_count + 1)),
+        "WS_FIRST_PORT": str(free_port_run(cluster_count)),
         "CLUSTER_COUNT": str(cluster_count),
         "SPARK_DRIVER_MEMORY": "1g",
     })

@@ -47,7 +47,7 @@ class Services:
         self.stack = stack
         self.ws_port = free_port()
         self.registration_port = free_port()
-        self.env = dict(test_env, CLUSTER_COUNT="1", WS_BASE_PORT=str(self.ws_port - 1),
+        self.env = dict(test_env, CLUSTER_COUNT="1", WS_FIRST_PORT=str(self.ws_port),
                         REGISTRATION_PORT=str(self.registration_port), SUBSCRIBER_KEY=KEY,
                         TOKEN_SECRET="simulator-test-token-secret", WS_HEALTH_POLL_S="0.2",
                         VIEWER_RETRY_INITIAL_S="0.2", VIEWER_RETRY_MAX_S="1")

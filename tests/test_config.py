@@ -74,7 +74,7 @@ def test_security_settings_that_do_not_fit_are_refused(env, message):
 
 def test_websocket_servers_on_several_machines():
     settings = config.load({"WS_CLUSTER_HOSTS": "ws1.internal, ws2.internal", "CLUSTER_COUNT": "2",
-                            "WS_HOST": "0.0.0.0", "WS_BASE_PORT": "7000",
+                            "WS_HOST": "0.0.0.0", "WS_FIRST_PORT": "7001",
                             "WS_PUBLIC_URL_TEMPLATE": "wss://ws{n}.cricket.example/"})
     assert [settings.ws_public_url(n) for n in settings.clusters] == [
         "wss://ws1.cricket.example/", "wss://ws2.cricket.example/"]
@@ -138,3 +138,49 @@ def test_executor_size_and_driver_address_from_settings():
         "SPARK_DRIVER_HOST": "driver.internal"})) == {
         "spark.executor.memory": "3g", "spark.executor.cores": "2", "spark.cores.max": "6",
         "spark.driver.host": "driver.internal"}
+
+
+def test_each_cluster_publishes_to_its_own_websocket_host():
+    settings = config.load({"WS_HOST": "ws.example", "WS_FIRST_PORT": "6002",
+                            "WS_CLUSTER_HOSTS": "ws1.example,ws2.example,::1"})
+    assert [settings.ws_publish_url(n) for n in (1, 2, 3)] == [
+        "ws://ws1.example:6002/publish", "ws://ws2.example:6003/publish",
+        "ws://[::1]:6004/publish"]
+    single_host = config.load({"WS_HOST": "0.0.0.0", "WS_FIRST_PORT": "6002"})
+    assert single_host.ws_publish_url(2) == "ws://localhost:6003/publish"
+
+
+def test_the_old_ws_base_port_is_refused_with_its_replacement():
+    with pytest.raises(config.ConfigError, match="WS_BASE_PORT is no longer read; set "
+                                                 "WS_FIRST_PORT"):
+        config.load({"WS_BASE_PORT": "5001"})
+
+
+@pytest.mark.parametrize("raw, value", [("true", True), ("FALSE", False), ("1", True),
+                                        ("no", False), (" on ", True)])
+def test_booleans_are_read_as_booleans(raw, value):
+    assert config.load({"SPARK_UI_ENABLED": raw}).spark_ui_enabled is value
+
+
+def test_a_boolean_that_is_not_one_is_refused():
+    with pytest.raises(config.ConfigError, match="SPARK_UI_ENABLED must be true or false, "
+                                                 "got 'maybe'"):
+        config.load({"SPARK_UI_ENABLED": "maybe"})
+
+
+def test_every_setting_is_read_from_its_name_in_upper_case():
+    settings = config.load({"WS_FIRST_PORT": "7002", "TOPIC_PARTITIONS": "3",
+                            "PRODUCER_ACK_TIMEOUT_S": "2.5"})
+    assert (settings.ws_first_port, settings.topic_partitions,
+            settings.producer_ack_timeout_s) == (7002, 3, 2.5)
+    assert "WS_FIRST_PORT=7002" in config.as_shell(settings).splitlines()
+
+
+@pytest.mark.parametrize("brokers, env, expected", [
+    (1, {}, (1, None)), (2, {}, (2, None)), (3, {}, (3, 2)), (5, {}, (3, 2)),
+    (3, {"REPLICATION_FACTOR": "2"}, (2, None)),
+    (3, {"MIN_INSYNC_REPLICAS": "3"}, (3, 3))])
+def test_the_replication_policy_of_every_topic(brokers, env, expected):
+    settings = config.load(env)
+    replicas = settings.topic_replicas(brokers)
+    assert (replicas, settings.topic_min_insync(replicas)) == expected

@@ -48,10 +48,10 @@ class Delivery:
         self.stack = stack
         self.clusters = clusters
         self.registration_port = free_port()
-        self.ws_base_port = free_port_run(clusters + 1)
+        self.ws_first_port = free_port_run(clusters)
         self.env = dict(test_env, CLUSTER_COUNT=str(clusters),
                         REGISTRATION_PORT=str(self.registration_port),
-                        WS_BASE_PORT=str(self.ws_base_port), SUBSCRIBER_KEY=KEY,
+                        WS_FIRST_PORT=str(self.ws_first_port), SUBSCRIBER_KEY=KEY,
                         TOKEN_SECRET=SECRET, WS_HEALTH_POLL_S="0.3",
                         **{name: str(value) for name, value in extra.items()})
         self.registration_url = f"http://localhost:{self.registration_port}"
@@ -84,7 +84,7 @@ class Delivery:
         return service
 
     def port(self, n: int) -> int:
-        return self.ws_base_port + n
+        return self.ws_first_port + n - 1
 
     def health_url(self, n: int) -> str:
         return f"http://localhost:{self.port(n)}/health"
@@ -180,7 +180,7 @@ def one_server(tmp_path_factory, test_env):
     """Cluster 1's WebSocket server alone (shared by the token tests)."""
     log_dir = tmp_path_factory.mktemp("one_server")
     port = free_port()
-    env = dict(test_env, WS_BASE_PORT=str(port - 1), SUBSCRIBER_KEY=KEY, TOKEN_SECRET=SECRET)
+    env = dict(test_env, WS_FIRST_PORT=str(port), SUBSCRIBER_KEY=KEY, TOKEN_SECRET=SECRET)
     service = Service(log_dir, "ws_server", "ws_server.py", "--cluster", "1", env=env)
     try:
         wait_for_health(f"http://localhost:{port}/health", service)
@@ -294,7 +294,7 @@ def test_killing_one_of_two_subscribers_leaves_no_gap_and_no_duplicate(kafka, te
                                                                        tmp_path):
     suffix = uuid.uuid4().hex[:10]
     port = free_port()
-    env = dict(test_env, WS_BASE_PORT=str(port - 1), SUBSCRIBER_KEY=KEY, TOKEN_SECRET=SECRET,
+    env = dict(test_env, WS_FIRST_PORT=str(port), SUBSCRIBER_KEY=KEY, TOKEN_SECRET=SECRET,
                SUBSCRIBERS_TOPIC_TEMPLATE=f"failover-{suffix}-{{n}}",
                SUBSCRIBER_GROUP_TEMPLATE=f"failover-{suffix}-{{n}}-{{k}}")
     settings = config.load(env)

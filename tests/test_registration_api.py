@@ -16,11 +16,12 @@ import requests
 
 import registration_api
 from emojistream import config, tokens
-from registration_api import HealthMonitor, Registry, create_app
+from emojistream.registry import NO_CLUSTER, HealthMonitor, Registry
+from registration_api import create_app
 from tests.services import assert_clean_log, free_port, run, running, wait_for_health
 
 SECRET = "registration-test-secret"
-ENV = {"CLUSTER_COUNT": "3", "WS_HOST": "localhost", "WS_BASE_PORT": "5001",
+ENV = {"CLUSTER_COUNT": "3", "WS_HOST": "localhost", "WS_FIRST_PORT": "5002",
        "WS_PUBLIC_URL_TEMPLATE": "ws://{host}:{port}/", "TOKEN_SECRET": SECRET,
        "TOKEN_TTL_S": "3600"}
 
@@ -174,7 +175,7 @@ def test_registering_again_while_the_cluster_is_down_moves_the_client(app, clien
 def test_registering_again_rechecks_the_cluster_at_once(app, client, health, monkeypatch):
     """A viewer registers again when its connection dropped: its server is polled then and
     there (not only every WS_HEALTH_POLL_S)."""
-    monkeypatch.setattr(registration_api, "RECHECK_S", 0.0)
+    monkeypatch.setattr("emojistream.registry.RECHECK_S", 0.0)
     assert cluster_of(client, "dropped") == "cluster1"
     health.live[1] = None  # died; the background poll has not noticed yet
     polls = health.polls
@@ -197,7 +198,7 @@ def test_no_healthy_cluster_is_a_503(app, client, health):
     for client_id in ("new", "known"):
         response = register(client, client_id)
         assert response.status_code == 503
-        assert response.get_json() == {"error": registration_api.NO_CLUSTER}
+        assert response.get_json() == {"error": NO_CLUSTER}
         assert response.get_json()["error"].startswith("no cluster is available")
         assert response.headers["Retry-After"] == "1"
     # The known client keeps its registration until a cluster is back.
@@ -404,14 +405,14 @@ def test_script_serves_with_one_gunicorn_worker_and_stops_on_sigterm(test_env, t
     """No WebSocket server runs on ports 7001-7002: both clusters are down, registration is a
     503 (tests/test_delivery.py runs the script with real WebSocket servers)."""
     port = free_port()
-    env = dict(test_env, CLUSTER_COUNT="2", WS_BASE_PORT="7000", WS_HEALTH_POLL_S="0.2")
+    env = dict(test_env, CLUSTER_COUNT="2", WS_FIRST_PORT="7001", WS_HEALTH_POLL_S="0.2")
     with running(tmp_path, "registration_api", "registration_api.py", "--port", str(port),
                  env=env) as service:
         base = f"http://localhost:{port}"
         assert wait_for_health(f"{base}/health", service) == {"status": "ok",
                                                               "registered_viewers": 0}
         answer = requests.post(f"{base}/register", json={"client_id": "c0"}, timeout=5)
-        assert (answer.status_code, answer.json()) == (503, {"error": registration_api.NO_CLUSTER})
+        assert (answer.status_code, answer.json()) == (503, {"error": NO_CLUSTER})
         bad = requests.post(f"{base}/register", data=b"{", timeout=5)
         assert (bad.status_code, bad.json()) == (400, {"error": "body is not valid JSON"})
         assert requests.get(f"{base}/clusters", timeout=5).json() == [

