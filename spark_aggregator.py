@@ -10,10 +10,12 @@ counts every event of the window.
      "aggregates": [{"emoji_type": "🔥", "count": 1234, "normalized_count": 13,
                      "unique_users": 57}, ...]}
 
+A record of the events topic holds one event (a JSON object) or many (a JSON array of them).
 Each window is one row, with a count and an HLL sketch of the user ids (Apache DataSketches,
 hll_sketch_agg, 2^UNIQUE_USERS_LG_K buckets: 0.8% relative standard error by default, exact for
-small counts) per allowed emoji, so every record is the window's complete picture. Records that
-are not valid events are skipped and counted.
+small counts) per allowed emoji, so every record is the window's complete picture. Events that are
+not valid, or whose time is too far from their record's (emojistream/config.py), are skipped and
+counted.
 """
 
 from __future__ import annotations
@@ -21,16 +23,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from urllib.parse import urlparse
 
 from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from emojistream import kafka_clients
-from emojistream.events import MAX_USER_ID_LENGTH
+from emojistream import checkpoints, kafka_clients
+from emojistream.events import MAX_USER_ID_LENGTH, format_timestamp
 from emojistream.lifecycle import load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 from emojistream.spark import ConnectorMissing, kafka_options, spark_session
@@ -38,39 +39,67 @@ from emojistream.spark import ConnectorMissing, kafka_options, spark_session
 EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
                            StructField("emoji_type", StringType()),
                            StructField("timestamp", StringType())])
+# Spark reads a record holding one JSON object as an array of one.
+RECORD_SCHEMA = ArrayType(EVENT_SCHEMA)
 ISO_UTC = "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'"
-FILE_SYSTEM_CHECKPOINTS = ("org.apache.spark.sql.execution.streaming.checkpointing."
-                           "FileSystemBasedCheckpointFileManager")
 
 
-def read_events(spark, settings) -> DataFrame:
-    """The raw records of the events topic."""
-    return (spark.readStream.format("kafka")
-            .options(**kafka_options(settings))
-            .option("subscribe", settings.emoji_events_topic)
-            .option("startingOffsets", "earliest")
-            .option("failOnDataLoss", "false")
-            .option("maxOffsetsPerTrigger", settings.spark_max_offsets_per_trigger)
-            .load())
+def read_events(spark, settings, replay: checkpoints.Replay | None = None) -> DataFrame:
+    """The raw records of the events topic: from the start, or from a replay's time."""
+    source = (spark.readStream.format("kafka")
+              .options(**kafka_options(settings))
+              .option("subscribe", settings.emoji_events_topic)
+              .option("startingOffsets", "earliest")
+              .option("failOnDataLoss", "false")
+              .option("maxOffsetsPerTrigger", settings.spark_max_offsets_per_trigger))
+    if replay is not None:
+        source = (source.option("startingTimestamp", str(replay.replay_from_ms))
+                  .option("startingOffsetsByTimestampStrategy", "latest"))
+    return source.load()
 
 
 def parse_events(raw: DataFrame, settings) -> DataFrame:
-    """Events from the records' JSON values, with a flag telling valid events from the rest."""
-    event = F.from_json(F.col("value").cast("string"), EVENT_SCHEMA)
-    parsed = raw.select(event["user_id"].alias("user_id"),
-                        event["emoji_type"].alias("emoji_type"),
-                        F.try_to_timestamp(event["timestamp"]).alias("event_time"))
-    valid = (F.col("event_time").isNotNull()
-             & F.col("emoji_type").isin(*settings.allowed_emojis)
-             & F.length("user_id").between(1, MAX_USER_ID_LENGTH))
-    return parsed.withColumn("valid", F.coalesce(valid, F.lit(False)))
+    """One row per event of the records' JSON values, with flags: ``valid`` (counted), and why
+    not: ``malformed`` (not an event of the allowed kind), ``untimely`` (a well-formed event
+    whose time is too far from its record's, or whose record's time is ahead of this clock)."""
+    events = raw.select(F.explode_outer(F.from_json(F.col("value").cast("string"),
+                                                    RECORD_SCHEMA)).alias("event"),
+                        F.col("timestamp").alias("record_time"))
+    parsed = events.select(F.col("event.user_id").alias("user_id"),
+                           F.col("event.emoji_type").alias("emoji_type"),
+                           F.try_to_timestamp(F.col("event.timestamp")).alias("event_time"),
+                           "record_time")
+    well_formed = F.coalesce(F.col("event_time").isNotNull()
+                             & F.col("emoji_type").isin(*settings.allowed_emojis)
+                             & F.length("user_id").between(1, MAX_USER_ID_LENGTH), F.lit(False))
+    return (parsed.withColumn("malformed", ~well_formed)
+            .withColumn("untimely", well_formed & ~_in_time(settings))
+            .withColumn("valid", ~F.col("malformed") & ~F.col("untimely")))
 
 
-def count_skipped(records: DataFrame) -> DataFrame:
-    """Records per micro-batch and how many of them were skipped, in the query's progress."""
-    return records.observe("input",
-                           F.count(F.lit(1)).alias("records"),
-                           F.count(F.when(~F.col("valid"), 1)).alias("skipped"))
+def _in_time(settings):
+    """The event's time within the API's limits (plus a margin) of its record's timestamp, and
+    that timestamp not ahead of the batch's clock by more than the margin: no record can move
+    the watermark ahead of real time (see emojistream/config.py)."""
+    margin = settings.event_time_margin_s
+    earliest = _seconds_before("record_time", settings.max_event_age_s + margin)
+    latest = _seconds_before("record_time", -(settings.max_event_future_s + margin))
+    return (F.col("event_time").between(earliest, latest)
+            & (F.col("record_time") <= _seconds_before(F.current_timestamp(), -margin)))
+
+
+def _seconds_before(moment, seconds: float):
+    return F.timestamp_micros(F.unix_micros(F.col(moment) if isinstance(moment, str) else moment)
+                              - int(seconds * 1_000_000))
+
+
+def count_skipped(events: DataFrame) -> DataFrame:
+    """Events per micro-batch and how many of them were skipped, and why, in the query's
+    progress."""
+    return events.observe("input",
+                          F.count(F.lit(1)).alias("events"),
+                          F.count(F.when(F.col("malformed"), 1)).alias("malformed"),
+                          F.count(F.when(F.col("untimely"), 1)).alias("untimely"))
 
 
 def aggregate_windows(events: DataFrame, settings) -> DataFrame:
@@ -107,22 +136,13 @@ def to_window_updates(windows: DataFrame, settings) -> DataFrame:
     return windows.select(window_start.alias("key"), F.to_json(update).alias("value"))
 
 
-def write_local_checkpoints_plainly(spark, checkpoint: str) -> None:
-    """Checkpoint a local folder through Hadoop's FileSystem API rather than FileContext.
-
-    Through FileContext every file Spark writes (offsets, commits, state) has its permissions set
-    and its links resolved by forking chmod and readlink from the driver's JVM: measured here, 100
-    to 150 ms of every micro-batch. A local rename is atomic either way. Other file systems (HDFS,
-    object stores) keep Spark's default.
-    """
-    if urlparse(checkpoint).scheme in ("", "file"):
-        spark.conf.set("spark.sql.streaming.checkpointFileManagerClass", FILE_SYSTEM_CHECKPOINTS)
-
-
 def start_query(spark, settings, checkpoint: str):
-    write_local_checkpoints_plainly(spark, checkpoint)
-    records = count_skipped(parse_events(read_events(spark, settings), settings))
-    windows = aggregate_windows(records.where("valid"), settings)
+    checkpoints.write_local_checkpoints_plainly(spark, checkpoint)
+    replay = checkpoints.load_replay(checkpoint)
+    events = count_skipped(parse_events(read_events(spark, settings, replay), settings))
+    windows = aggregate_windows(events.where("valid"), settings)
+    if replay is not None:  # windows before it would be counted in part
+        windows = windows.where(F.col("window.start") >= F.lit(replay.first_window))
     return (to_window_updates(windows, settings).writeStream
             .format("kafka")
             .options(**kafka_options(settings))
@@ -145,11 +165,27 @@ def parse_args(argv):
                              "(default: $VAR_DIR/spark/checkpoints/aggregator)")
     parser.add_argument("--progress-interval", type=float, default=10.0,
                         help="seconds between progress lines in the log (default: 10)")
-    return parser.parse_args(argv)
+    parser.add_argument("--reset-checkpoint", action="store_true",
+                        help="move the checkpoint aside, leave a replay in its place and exit "
+                             "(see docs/operations.md; scripts/reset_aggregator.sh does it "
+                             "around a running system)")
+    parser.add_argument("--replay-from", metavar="TIME",
+                        help="with --reset-checkpoint: replay the events written since TIME "
+                             "(ISO-8601, or how long ago: 10m, 2h); default: from before the "
+                             "batch that moved the watermark ahead of its clock")
+    args = parser.parse_args(argv)
+    if args.replay_from and not args.reset_checkpoint:
+        parser.error("--replay-from goes with --reset-checkpoint")
+    if args.replay_from:
+        try:
+            args.replay_from = checkpoints.parse_replay_from(args.replay_from)
+        except ValueError as err:
+            parser.error(str(err))
+    return args
 
 
 class ProgressLog(StreamingQueryListener):
-    """Counts records and skipped records over every micro-batch and logs them."""
+    """Counts events and skipped events over every micro-batch and logs them."""
 
     def __init__(self, log, interval_s: float):
         self.log, self.interval_s = log, interval_s
@@ -162,17 +198,19 @@ class ProgressLog(StreamingQueryListener):
     def onQueryProgress(self, event):
         progress = event.progress
         observed = progress.observedMetrics.get("input")
-        skipped = observed["skipped"] if observed is not None else 0
+        malformed, untimely = ((observed["malformed"], observed["untimely"])
+                               if observed is not None else (0, 0))
         self.records += progress.numInputRows
-        self.skipped += skipped
-        if skipped:
-            self.log.warning("batch %d: skipped %d record(s) that are not valid events "
-                             "(%d skipped in all)", progress.batchId, skipped, self.skipped)
+        self.skipped += malformed + untimely
+        if malformed or untimely:
+            self.log.warning("batch %d: skipped %d event(s): %d not valid events, %d too far "
+                             "from their record's time (%d skipped in all)", progress.batchId,
+                             malformed + untimely, malformed, untimely, self.skipped)
         if time.monotonic() - self.last_logged >= self.interval_s:
             self.last_logged = time.monotonic()
-            self.log.info("batch %d: %d records in all, %d skipped; last batch %d rows in %s ms",
-                          progress.batchId, self.records, self.skipped, progress.numInputRows,
-                          progress.durationMs.get("triggerExecution"))
+            self.log.info("batch %d: %d records in all, %d events skipped; last batch %d "
+                          "records in %s ms", progress.batchId, self.records, self.skipped,
+                          progress.numInputRows, progress.durationMs.get("triggerExecution"))
 
     def onQueryIdle(self, event):
         pass
@@ -182,11 +220,25 @@ class ProgressLog(StreamingQueryListener):
             self.log.error("query failed: %s", event.exception)
 
 
+def reset_checkpoint(checkpoint: str, settings, replay_from, log) -> int:
+    try:
+        replay, kept = checkpoints.reset(checkpoint, settings, replay_from)
+    except (checkpoints.CheckpointError, OSError) as err:
+        log.error("cannot reset the checkpoint: %s", err)
+        return 1
+    log.info("checkpoint reset: the old one is in %s; the aggregator will replay the events "
+             "written since %s and write the windows from %s on", kept,
+             format_timestamp(replay.replay_from), format_timestamp(replay.first_window))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     log = setup_logging("spark_aggregator")
     settings = load_settings(log)
-    checkpoint = args.checkpoint or str(settings.var_path / "spark" / "checkpoints" / "aggregator")
+    checkpoint = args.checkpoint or checkpoints.default_location(settings)
+    if args.reset_checkpoint:
+        return reset_checkpoint(checkpoint, settings, args.replay_from, log)
     try:
         kafka_clients.wait_for_kafka(settings)
         spark = spark_session(settings, "emoji-aggregator")
@@ -222,6 +274,7 @@ def stop_spark(spark, log) -> None:
         spark.stop()
     except Py4JError:
         log.info("Spark's JVM has already stopped")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,11 +111,16 @@ class Settings:
     # The aggregator keeps a window open until the watermark (latest event time seen minus this
     # delay) passes its end. The ingest API keeps a client's timestamp only when it is at most
     # MAX_EVENT_AGE_S old and at most MAX_EVENT_FUTURE_S ahead, and uses its own receive time
-    # otherwise, so MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S < WATERMARK_DELAY_S leaves every accepted
-    # event room to be counted (the rest of the delay covers Kafka and Spark lag).
+    # otherwise. The aggregator counts an event only when its time is within those limits, plus
+    # EVENT_TIME_MARGIN_S, of its Kafka record's timestamp, and that timestamp is at most the
+    # margin ahead of the aggregator's clock: so no record, whoever wrote it, moves the watermark
+    # more than MAX_EVENT_FUTURE_S + 2 x EVENT_TIME_MARGIN_S - WATERMARK_DELAY_S ahead of real
+    # time. MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S + 2 x EVENT_TIME_MARGIN_S <= WATERMARK_DELAY_S
+    # (checked) keeps every accepted event countable.
     watermark_delay_s: int = 10
     max_event_age_s: float = 3.0
     max_event_future_s: float = 5.0
+    event_time_margin_s: float = 1.0
     normalize_threshold: int = 20
     normalize_divisor: int = 100
     # unique_users is estimated with Apache DataSketches' HLL sketch (Spark's hll_sketch_agg) of
@@ -216,6 +221,7 @@ class Settings:
 
         self._check_kafka_security()
         self._check_local_kafka_ports()
+        self._check_event_time_limits()
         if self.ws_cluster_hosts:
             self.ws_cluster_host(self.cluster_count)
 
@@ -230,6 +236,17 @@ class Settings:
                               f"KAFKA_PORT={self.kafka_port} + (N-1) * KAFKA_PORT_STEP={step}, "
                               f"controllers on KAFKA_CONTROLLER_PORT={self.kafka_controller_port} "
                               "+ (N-1) * KAFKA_PORT_STEP")
+
+    def _check_event_time_limits(self) -> None:
+        if min(self.max_event_age_s, self.max_event_future_s, self.event_time_margin_s) < 0:
+            raise ConfigError("MAX_EVENT_AGE_S, MAX_EVENT_FUTURE_S and EVENT_TIME_MARGIN_S must "
+                              "not be negative")
+        spread = self.max_event_age_s + self.max_event_future_s + 2 * self.event_time_margin_s
+        if spread > self.watermark_delay_s:
+            raise ConfigError(
+                f"MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S + 2 x EVENT_TIME_MARGIN_S ({spread:g} s) "
+                f"must not exceed WATERMARK_DELAY_S ({self.watermark_delay_s} s), or accepted "
+                "events could arrive after their window closed")
 
     def _check_kafka_security(self) -> None:
         protocol = self.kafka_security_protocol.upper()

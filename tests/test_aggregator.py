@@ -1,14 +1,17 @@
-"""The aggregator's transformations on a static DataFrame: windows, counts, normalization, the
-skipping of invalid records, and the JSON it writes (Spark in local mode, no Kafka)."""
+"""The aggregator's transformations on a static DataFrame: windows, counts, normalization, both
+record shapes (one event, or an array of them), the skipping of invalid and untimely events, and
+the JSON it writes (Spark in local mode, no Kafka)."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import spark_aggregator
 from emojistream import config
+from emojistream.events import format_timestamp
 from emojistream.spark import spark_session
 
 pytestmark = pytest.mark.spark
@@ -22,10 +25,20 @@ def spark(test_env):
     session.stop()
 
 
-def raw_records(spark, values: list):
-    """A DataFrame shaped like the Kafka source: binary ``value`` column."""
-    rows = [(v if isinstance(v, bytes) else json.dumps(v).encode(),) for v in values]
-    return spark.createDataFrame(rows, "value binary")
+# The Kafka record timestamp the static records get, unless given: within a second of the events
+# the tests use, as the API's records are. (An hour before now: not ahead of Spark's clock.)
+RECORD_TIME = datetime(2026, 11, 27, 7, 15, 57, tzinfo=UTC)
+
+
+def raw_records(spark, values: list, record_time: datetime = RECORD_TIME):
+    """A DataFrame shaped like the Kafka source: binary ``value``, ``timestamp`` columns.
+    A value is bytes, or what json.dumps makes a record of; ``(value, time)`` gives the record
+    its own timestamp."""
+    rows = []
+    for value in values:
+        value, moment = value if isinstance(value, tuple) else (value, record_time)
+        rows.append((value if isinstance(value, bytes) else json.dumps(value).encode(), moment))
+    return spark.createDataFrame(rows, "value binary, timestamp timestamp")
 
 
 def updates(spark, settings, values: list) -> dict:
@@ -85,7 +98,72 @@ def test_invalid_records_are_flagged_and_not_counted(spark):
            event("u" * 65, "🔥", "2026-11-27T07:15:56.000Z"),
            event("u1", "🔥", "yesterday"),
            event("u1", None, "2026-11-27T07:15:56.000Z")]
-    events = spark_aggregator.parse_events(raw_records(spark, [good] + bad), settings)
-    assert [row.valid for row in events.collect()] == [True] + [False] * len(bad)
+    events = spark_aggregator.parse_events(raw_records(spark, [good] + bad), settings).collect()
+    assert [(row.valid, row.malformed) for row in events] == [(True, False)] + [
+        (False, True)] * len(bad)
     assert updates(spark, settings, [good] + bad)["2026-11-27T07:15:56.000Z"]["aggregates"] == [
         {"emoji_type": "🔥", "count": 1, "normalized_count": 0, "unique_users": 1}]
+
+
+def test_a_record_may_hold_an_array_of_events_and_both_shapes_count_alike(spark):
+    settings = config.load({})
+    fire = [event(f"u{i}", "🔥", "2026-11-27T07:15:56.100Z") for i in range(500)]
+    laugh = event("v", "😂", "2026-11-27T07:15:57.000Z")
+    values = [fire[:250], fire[250:], laugh, [laugh, laugh],
+              [event("w", "🔥", "2026-11-27T07:15:58.5Z")]]
+    assert updates(spark, settings, values) == {
+        "2026-11-27T07:15:56.000Z": {
+            "window_start": "2026-11-27T07:15:56.000Z",
+            "window_end": "2026-11-27T07:15:58.000Z",
+            "aggregates": [
+                {"emoji_type": "🔥", "count": 500, "normalized_count": 5, "unique_users": 500},
+                {"emoji_type": "😂", "count": 3, "normalized_count": 0, "unique_users": 1}]},
+        "2026-11-27T07:15:58.000Z": {
+            "window_start": "2026-11-27T07:15:58.000Z",
+            "window_end": "2026-11-27T07:16:00.000Z",
+            "aggregates": [
+                {"emoji_type": "🔥", "count": 1, "normalized_count": 0, "unique_users": 1}]}}
+
+
+def test_in_an_array_each_invalid_event_is_skipped_and_a_malformed_array_is_one_skip(spark):
+    settings = config.load({})
+    good = event("u1", "🔥", "2026-11-27T07:15:56.000Z")
+    values = [[good, event("u2", "🍕", "2026-11-27T07:15:56.000Z"), good, {}],
+              b'[{"user_id": "u3"}, 7]', b"[]", b"[[1]]"]
+    rows = spark_aggregator.parse_events(raw_records(spark, values), settings).collect()
+    assert [(row.user_id, row.valid) for row in rows] == [
+        ("u1", True), ("u2", False), ("u1", True), (None, False),
+        (None, False), (None, False), (None, False)]
+    assert updates(spark, settings, values)["2026-11-27T07:15:56.000Z"]["aggregates"] == [
+        {"emoji_type": "🔥", "count": 2, "normalized_count": 0, "unique_users": 1}]
+
+
+def at(seconds: float) -> str:
+    return format_timestamp(RECORD_TIME + timedelta(seconds=seconds))
+
+
+def test_events_far_from_their_records_time_are_skipped_as_untimely(spark):
+    """With the defaults an event may be 3 s older and 5 s newer than its record, plus a margin
+    of 1 s: one far-future event could otherwise move the watermark past every later event."""
+    settings = config.load({})
+    values = [event("poison", "🔥", "9999-01-01T00:00:00.000Z"),
+              event("old", "🔥", at(-4.001)), event("oldest kept", "🔥", at(-4.0)),
+              event("newest kept", "🔥", at(6.0)), event("new", "🔥", at(6.001)),
+              event("ancient", "🔥", "2001-01-01T00:00:00.000Z")]
+    rows = spark_aggregator.parse_events(raw_records(spark, values), settings).collect()
+    assert [(row.user_id, row.valid, row.untimely) for row in rows] == [
+        ("poison", False, True), ("old", False, True), ("oldest kept", True, False),
+        ("newest kept", True, False), ("new", False, True), ("ancient", False, True)]
+
+
+def test_a_record_whose_own_time_is_ahead_of_the_clock_is_skipped(spark):
+    """A producer whose clock is ahead writes records and events that agree with each other: the
+    record's time ahead of the aggregator's clock gives it away."""
+    settings = config.load({})
+    now = datetime.now(UTC)
+    ahead = now + timedelta(minutes=30)
+    values = [(event("ahead", "🔥", format_timestamp(ahead)), ahead),
+              (event("now", "🔥", format_timestamp(now)), now)]
+    rows = spark_aggregator.parse_events(raw_records(spark, values), settings).collect()
+    assert [(row.user_id, row.valid, row.untimely) for row in rows] == [
+        ("ahead", False, True), ("now", True, False)]

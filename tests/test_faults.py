@@ -207,11 +207,15 @@ def read_topic(settings: config.Settings, topic: str) -> list:
         consumer.close()
 
 
-def produce(settings: config.Settings, topic: str, values: list) -> None:
+def produce(settings: config.Settings, topic: str, values: list,
+            record_time: datetime | None = None) -> None:
+    """``values`` written straight into ``topic``, with ``record_time`` as the records' time
+    (as the API stamps a record with the time it accepted its events): default, now."""
+    timestamp_ms = int(record_time.timestamp() * 1000) if record_time else None
     producer = kafka_clients.producer(settings, acks="all")
     try:
         for value in values:
-            producer.send(topic, key=b"fault-test", value=value)
+            producer.send(topic, key=b"fault-test", value=value, timestamp_ms=timestamp_ms)
         producer.flush()
     finally:
         producer.close()
@@ -334,7 +338,8 @@ def wait_until_streaming(viewers: list[RecordingViewer], load: Load,
 
 def poison_records() -> tuple[list, list]:
     """(records that are not window updates, window-update-shaped records whose times are
-    unreadable): random bytes, huge records, deep nesting, JSON of the wrong shape."""
+    unreadable): random bytes, huge records, deep nesting, JSON of the wrong shape, events
+    the aggregator must skip (a malformed array, a far-future time)."""
     rng = random.Random(7)
     now = format_timestamp(datetime.now(UTC))
     not_updates = [
@@ -348,6 +353,11 @@ def poison_records() -> tuple[list, list]:
         b'"count": true}]}',
         encode({"user_id": "u", "emoji_type": "🍕", "timestamp": now}),
         None,
+        # A malformed array of events, and an event of the year 9999 (it would move the
+        # aggregator's watermark past every later event: nothing would be counted any more).
+        b'[{"user_id": "u", "emoji_type": "\xf0\x9f\x94\xa5", "timestamp": "' + now.encode()
+        + b'"}, 7]',
+        encode({"user_id": "x", "emoji_type": "🔥", "timestamp": "9999-01-01T00:00:00.000Z"}),
     ]
     bad_times = [
         b'{"window_start": "not a time", "window_end": "b", "aggregates": []}',
@@ -512,7 +522,10 @@ def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, vie
     late_moment = format_timestamp(parse_timestamp(last_window) + timedelta(milliseconds=500))
     late = [{"user_id": f"late-{i}", "emoji_type": "🎯", "timestamp": late_moment}
             for i in range(7)]
-    produce(settings, settings.emoji_events_topic, [encode(e) for e in late])
+    # Records accepted back then and delivered only now (a producer that retried through an
+    # outage): their time is the acceptance time, so they are not untimely, only late.
+    produce(settings, settings.emoji_events_topic, [encode(e) for e in late],
+            record_time=parse_timestamp(late_moment))
     expected_last = {**expected[last_window], "🎯": 7}
     assert_viewers_get(viewers, {last_window: expected_last})
     after = run_load_and_accept_all(

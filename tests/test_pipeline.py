@@ -2,8 +2,8 @@
 
 Viewers register, connect to their clusters' WebSocket servers, and must receive for a window
 exactly the counts of the emojis sent into it through both ingest endpoints, however the events
-were split over users, requests and late arrivals; malformed records written straight into the
-events topic are skipped without stopping the aggregator.
+were split over users, requests and late arrivals; malformed and untimely records written
+straight into the events topic are skipped without stopping the aggregator or its counting.
 """
 
 from __future__ import annotations
@@ -140,11 +140,13 @@ def test_viewers_receive_exact_window_counts(system):
         assert wait_for(lambda: all(counts_of(v.last_for(key)) == expected for v in viewers),
                         timeout_s=90), [counts_of(v.last_for(key)) for v in viewers]
 
-        # A late event, written after its window has been reported but within the watermark,
-        # still counts: the window is sent again with it.
+        # A late event, delivered after its window has been reported but within the watermark,
+        # still counts: the window is sent again with it. (Its record carries the time it was
+        # accepted, as a record the API's producer delivers late after an outage does.)
         late = [event("late-1", "🎯", inside), event("late-2", "🎯", inside)]
         for record in late:
-            producer.send(system.emoji_events_topic, encode(record))
+            producer.send(system.emoji_events_topic, encode(record),
+                          timestamp_ms=int(inside.timestamp() * 1000))
         producer.flush()
         producer.close()
         expected["🎯"] = 2
@@ -180,20 +182,34 @@ def test_malformed_records_neither_stop_nor_count(system):
     skipped_before = skipped_so_far(system)
     viewer = Viewer(system, "e2e-poison-watcher")
     try:
+        producer = kafka_clients.producer(system)
+        # First the poison, each skipped as one event: unreadable records, a malformed array,
+        # an event from the year 9999 (it would move the watermark past every later event), and
+        # the records of a producer whose clock is 30 minutes ahead (record and event agree).
+        ahead = datetime.now(UTC) + timedelta(minutes=30)
+        for record in (b"\x00\x01 random bytes", b'{"user_id": 7}', b"x" * 200_000,
+                       b'[{"user_id": "u", "emoji_type": "\xf0\x9f\x94\xa5"}, 7]',
+                       b'{"user_id":"x","emoji_type":"\xf0\x9f\x94\xa5",'
+                       b'"timestamp":"9999-01-01T00:00:00.000Z"}'):
+            producer.send(system.emoji_events_topic, record)
+        producer.send(system.emoji_events_topic, encode(event("early-bird", "😮", ahead)),
+                      timestamp_ms=int(ahead.timestamp() * 1000))
+        producer.flush()
+        assert wait_for(lambda: skipped_so_far(system) == skipped_before + 6, timeout_s=60), \
+            skipped_so_far(system) - skipped_before
+
+        # Then an event in the array form, counted in its window.
         window_start = next_window_start(system)
         inside = window_start + timedelta(milliseconds=500)
-        producer = kafka_clients.producer(system)
-        for record in (b"\x00\x01 random bytes", b'{"user_id": 7}', b"x" * 200_000,
-                       encode(event("ok-1", "😮", inside))):
-            producer.send(system.emoji_events_topic, record)
+        producer.send(system.emoji_events_topic,
+                      encode([event("ok-1", "😮", inside), event("ok-2", "😮", inside)]))
         producer.flush()
         producer.close()
-
         key = format_timestamp(window_start)
-        assert wait_for(lambda: counts_of(viewer.last_for(key)) == {"😮": 1}, timeout_s=90), \
+        assert wait_for(lambda: counts_of(viewer.last_for(key)) == {"😮": 2}, timeout_s=90), \
             viewer.messages[-3:]
-        assert wait_for(lambda: skipped_so_far(system) == skipped_before + 3, timeout_s=30)
-        pid = int((Path(system.var_dir) / "run" / "spark_aggregator.pid").read_text())
+        assert skipped_so_far(system) == skipped_before + 6
+        pid = int((Path(system.var_dir) / "run" / "spark_aggregator.pid").read_text().split()[0])
         assert Path(f"/proc/{pid}").exists()
     finally:
         viewer.close()
