@@ -141,6 +141,9 @@ class Settings:
     producer_batch_records: int = 20_000
     producer_buffer_bytes: int = 64 * 1024 * 1024
     producer_compression: str = "lz4"
+    # How long every producer (the ingest API's, the publishers') retries a record before it
+    # reports the record failed; a publisher then sends it again, the API answers 503.
+    kafka_delivery_timeout_s: float = 120.0
     # The ingest API answers 503 while records have waited this long for Kafka's acknowledgement
     # (Kafka down or stalled) instead of buffering more that might never be delivered.
     producer_ack_timeout_s: float = 5.0

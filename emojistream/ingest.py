@@ -7,7 +7,8 @@ are waiting, ``send`` raises SinkUnavailable and the API answers 503: clients re
 than being told "success" for records that might never arrive.
 
 Records accepted in the moments before an outage is noticed are not lost either: the producer
-retries them until the delivery timeout (2 minutes), so a broker restart delivers them.
+retries them until the delivery timeout (KAFKA_DELIVERY_TIMEOUT_S, 2 minutes), so a broker
+restart delivers them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ MAX_BLOCK_MS = 200
 RECORD_BYTES_ESTIMATE = 128
 # Below the broker's default message.max.bytes (1 MiB + 12).
 MAX_BATCH_BYTES = 1_000_000
-DELIVERY_TIMEOUT_MS = 120_000
 # kafka-python backs off up to 30 s between reconnects by default; a restarted broker should be
 # used again within a second.
 RECONNECT_BACKOFF_MAX_MS = 1_000
@@ -103,7 +103,7 @@ class KafkaEventSink:
                 "batch_size": min(s.producer_batch_records * RECORD_BYTES_ESTIMATE,
                                   MAX_BATCH_BYTES),
                 "compression_type": self._compression, "max_block_ms": MAX_BLOCK_MS,
-                "delivery_timeout_ms": DELIVERY_TIMEOUT_MS,
+                **kafka_clients.delivery_options(s, s.producer_linger_ms),
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS, **self._overrides}
 
     def connect(self) -> KafkaProducer:

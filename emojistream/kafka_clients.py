@@ -103,6 +103,14 @@ def require_topics(settings: Settings, topics: list[str],
         raise MissingTopic(settings, missing)
 
 
+def delivery_options(settings: Settings, linger_ms: int) -> dict:
+    """The producer options of KAFKA_DELIVERY_TIMEOUT_S: a request waits at most as long (and 30
+    s at most, kafka-python's default), as kafka-python requires."""
+    delivery_ms = int(settings.kafka_delivery_timeout_s * 1000)
+    return {"delivery_timeout_ms": delivery_ms,
+            "request_timeout_ms": max(1, min(30_000, delivery_ms - linger_ms))}
+
+
 def producer(settings: Settings, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
              **options) -> KafkaProducer:
     return _connect(KafkaProducer, settings, connect_timeout_s, **options)

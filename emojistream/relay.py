@@ -1,9 +1,13 @@
 """Forward window updates from one Kafka topic to others: the publishers' common loop.
 
-At-least-once: offsets are committed only after every target topic has acknowledged the records
-(acks=all), so a publisher that crashes resumes where it stopped and loses nothing; a record may
-be forwarded twice, which viewers treat as the same update again. Records that are not window
-updates are skipped, counted and logged, and never block the stream.
+At-least-once: a polled batch is committed only once every target topic has acknowledged each of
+its updates (acks=all). When a send fails for a reason that may pass (a broker down for longer
+than the producer's delivery timeout, no leader, too few replicas), nothing is committed: the
+consumer goes back to the batch's first records and sends them again after a backoff, as long as
+it takes. A publisher that crashes resumes from its last commit. So an update may be forwarded
+twice, which viewers treat as the same update again, but never lost. Records that are not window
+updates, or that Kafka can never take (too large), are skipped, counted and logged, and never
+block the stream.
 """
 
 from __future__ import annotations
@@ -11,52 +15,141 @@ from __future__ import annotations
 import logging
 import threading
 
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 
 from . import kafka_clients
+from .backoff import Backoff
 from .config import Settings
 from .events import InvalidEvent, decode_window_update
 
 POLL_TIMEOUT_MS = 200
+LINGER_MS = 5
+# How long a send may wait for the target topic's metadata or for buffer space.
+MAX_BLOCK_MS = 10_000
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 5.0
+
+
+class SendFailed(RuntimeError):
+    """Kafka did not acknowledge an update, for a reason that may pass: send it again."""
+
+
+class Relay:
+    """Forwards the window updates of ``source`` to each of ``targets``."""
+
+    def __init__(self, settings: Settings, source: str, targets: list[str], group_id: str,
+                 log: logging.Logger):
+        self.source, self.targets, self.log = source, targets, log
+        self.consumer = kafka_clients.consumer(settings, group_id=group_id,
+                                               enable_auto_commit=False,
+                                               auto_offset_reset="earliest")
+        self.producer = kafka_clients.producer(
+            settings, acks="all", linger_ms=LINGER_MS, max_block_ms=MAX_BLOCK_MS,
+            **kafka_clients.delivery_options(settings, LINGER_MS))
+        self.stats = {"forwarded": 0, "skipped": 0, "retried": 0}
+        self._backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
+        try:
+            kafka_clients.require_topics(settings, [source, *targets], self.consumer)
+        except kafka_clients.KafkaUnavailable:
+            self.close()
+            raise
+        self.consumer.subscribe([source], listener=kafka_clients.ReadyLog(
+            log, source, group_id, "forwarding to " + ", ".join(targets)))
+
+    def run(self, stop: threading.Event) -> None:
+        """Forward until ``stop`` is set."""
+        while not stop.is_set():
+            polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            if not polled:
+                continue
+            try:
+                self._forward(polled)
+            except SendFailed as err:
+                self._rewind(polled)
+                delay = self._backoff.next_delay()
+                self.stats["retried"] += 1
+                self.log.warning("%s; not committing: sending the batch again in %.1f s "
+                                 "(attempt %d)", err, delay, self._backoff.attempts)
+                stop.wait(delay)
+                continue
+            if self._backoff.attempts:
+                self.log.info("Kafka acknowledges again, after %d attempt(s)",
+                              self._backoff.attempts)
+                self._backoff.reset()
+            self._commit()
+
+    def close(self) -> None:
+        self.log.info("stopping: %(forwarded)d update(s) forwarded, %(skipped)d record(s) "
+                      "skipped, %(retried)d batch(es) sent again", self.stats)
+        self.producer.close()
+        self.consumer.close()
+
+    def _forward(self, polled: dict) -> None:
+        """Send every update of the batch to every target and wait for Kafka's answers;
+        SendFailed when one failed for a reason that may pass."""
+        sent = []
+        for records in polled.values():
+            for record in records:
+                if not self._is_update(record):
+                    continue
+                try:
+                    sent.append((record, [
+                        self.producer.send(target, key=record.key, value=record.value)
+                        for target in self.targets]))
+                except MessageSizeTooLargeError as err:
+                    self._skip(record, str(err))
+                except KafkaError as err:  # no metadata for a target in time: Kafka is down
+                    raise SendFailed(f"could not send an update: {err}") from None
+        self.producer.flush()
+        forwarded = 0
+        for record, futures in sent:
+            errors = [future.exception for future in futures if future.failed()]
+            if any(getattr(err, "retriable", False) for err in errors):
+                raise SendFailed(f"Kafka did not take an update for {len(self.targets)} "
+                                 f"topic(s): {errors[0]}")
+            if errors:
+                self._skip(record, f"Kafka refused it: {errors[0]}")
+            else:
+                forwarded += 1
+        self.stats["forwarded"] += forwarded
+
+    def _is_update(self, record) -> bool:
+        try:
+            decode_window_update(record.value)
+            return True
+        except InvalidEvent as err:
+            self._skip(record, str(err))
+            return False
+
+    def _skip(self, record, reason: str) -> None:
+        self.stats["skipped"] += 1
+        self.log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
+                         record.partition, record.offset, reason, self.stats["skipped"])
+
+    def _rewind(self, polled: dict) -> None:
+        """Back to the first record of each partition of the batch, so the next poll returns
+        the batch again (a partition lost to a rebalance resumes from its last commit)."""
+        for tp, records in polled.items():
+            try:
+                self.consumer.seek(tp, records[0].offset)
+            except (KafkaError, AssertionError):  # no longer assigned to this member
+                pass
+
+    def _commit(self) -> None:
+        try:
+            self.consumer.commit()
+        except KafkaError as err:
+            # The batch is forwarded again after a restart or a rebalance (duplicates are
+            # dropped downstream); nothing is lost.
+            self.log.warning("could not commit (%s); the batch may be forwarded again", err)
 
 
 def relay(settings: Settings, source: str, targets: list[str], group_id: str,
           log: logging.Logger, stop: threading.Event) -> None:
-    """Forward every window update of ``source`` to each of ``targets`` until ``stop`` is set."""
-    consumer = kafka_clients.consumer(settings, group_id=group_id, enable_auto_commit=False,
-                                      auto_offset_reset="earliest")
-    producer = kafka_clients.producer(settings, acks="all", linger_ms=5)
-    stats = {"forwarded": 0, "skipped": 0}
+    """Forward every window update of ``source`` to each of ``targets`` until ``stop`` is set.
+    KafkaUnavailable (or its MissingTopic) when Kafka or a topic is not there."""
+    forwarder = Relay(settings, source, targets, group_id, log)
     try:
-        kafka_clients.require_topics(settings, [source, *targets], consumer)
-        consumer.subscribe([source], listener=kafka_clients.ReadyLog(
-            log, source, group_id, "forwarding to " + ", ".join(targets)))
-        while not stop.is_set():
-            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-            if not polled:
-                continue
-            for records in polled.values():
-                for record in records:
-                    _forward(producer, record, targets, stats, log)
-            producer.flush()
-            consumer.commit()
+        forwarder.run(stop)
     finally:
-        log.info("stopping: %(forwarded)d update(s) forwarded, %(skipped)d record(s) skipped",
-                 stats)
-        producer.flush()
-        producer.close()
-        consumer.close()
-
-
-def _forward(producer, record, targets: list[str], stats: dict, log: logging.Logger) -> None:
-    """Send ``record`` to every target when it is a window update; else count and log it."""
-    try:
-        decode_window_update(record.value)
-        for target in targets:
-            producer.send(target, key=record.key, value=record.value)
-    except (InvalidEvent, MessageSizeTooLargeError) as err:
-        stats["skipped"] += 1
-        log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
-                    record.partition, record.offset, err, stats["skipped"])
-        return
-    stats["forwarded"] += 1
+        forwarder.close()

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from testkit.processes import REPO_ROOT, Service, ServiceFailed, get_json, running, wait_for_health  # noqa: F401
 from testkit.sandbox import free_port, free_port_run, isolated_env  # noqa: F401
@@ -39,3 +40,8 @@ def assert_clean_log(text: str) -> None:
     """Only log lines in the project's format, and no traceback."""
     assert "Traceback" not in text, text
     assert all(LOG_LINE.match(line) for line in text.splitlines()), text
+
+
+def read_pid(pid_file) -> int:
+    """The pid a pid file of the scripts names (its first word)."""
+    return int(Path(pid_file).read_text().split()[0])

@@ -11,16 +11,17 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 from kafka import TopicPartition
-from kafka.admin import ConfigResource
+from kafka.admin import ConfigResource, NewTopic
 
 from emojistream import config, kafka_clients
 from testkit.sandbox import free_port_run
-from tests.services import free_port, isolated_env, run_script, running, wait_for_health
+from tests.services import free_port, isolated_env, read_pid, run_script, running, wait_for_health
 
 pytestmark = pytest.mark.kafka
 
@@ -162,3 +163,106 @@ def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path
     assert not missing, f"{len(missing)} accepted events are not in Kafka"
     assert {user: n for user, n in found.items() if n > 1} == {}, "duplicates in the topic"
     assert set(found) == set(sender.accepted)
+
+
+# --- a publisher while the topic it writes is down ----------------------------------------------
+
+def window_update(number: int) -> bytes:
+    start = f"2026-11-29T10:{number // 30:02d}:{2 * (number % 30):02d}.000Z"
+    return json.dumps({"window_start": start, "window_end": start,
+                       "aggregates": [{"emoji_type": "🔥", "count": number}]}).encode()
+
+
+class UpdateSender:
+    """Writes a numbered window update to ``topic`` every 0.2 s from a thread and remembers the
+    numbers Kafka acknowledged."""
+
+    def __init__(self, settings, topic: str):
+        self.settings, self.topic = settings, topic
+        self.acknowledged: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self):
+        producer = kafka_clients.producer(self.settings, acks="all")
+        number = 0
+        try:
+            while not self._stop.wait(0.2):
+                number += 1
+                producer.send(self.topic, window_update(number)).get(timeout=10)
+                self.acknowledged.append(number)
+        finally:
+            producer.close()
+
+
+def counts_in(settings, topic: str) -> list[int]:
+    """The counts of the updates in ``topic``, read from its start to its end."""
+    consumer = kafka_clients.consumer(settings)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets([partition])[partition]
+        counts = []
+        while consumer.position(partition) < end:
+            for records in consumer.poll(timeout_ms=1000).values():
+                counts += [json.loads(r.value)["aggregates"][0]["count"] for r in records]
+        return counts
+    finally:
+        consumer.close()
+
+
+def test_a_publisher_loses_no_update_while_its_target_is_down_past_the_delivery_timeout(
+        cluster_env, tmp_path):
+    """The publisher reads a topic on broker 1 and writes a topic whose only replica is on broker
+    3. Broker 3 is killed for longer than the publisher's delivery timeout (3 s here): the sends
+    fail while the group's commits still work, and a publisher that committed anyway would lose
+    the updates of the outage. It must send them again once broker 3 is back."""
+    suffix = uuid.uuid4().hex[:8]
+    source, target = f"relay-source-{suffix}", f"relay-target-{suffix}-1"
+    env = dict(cluster_env, AGGREGATED_TOPIC=source, CLUSTER_COUNT="1",
+               CLUSTER_TOPIC_TEMPLATE=f"relay-target-{suffix}-{{n}}",
+               KAFKA_DELIVERY_TIMEOUT_S="3")
+    settings = config.load(env)
+    admin = kafka_clients.admin_client(settings)
+    try:
+        admin.create_topics([NewTopic(source, replica_assignments={0: [1]}),
+                             NewTopic(target, replica_assignments={0: [3]})])
+    finally:
+        admin.close()
+    broker_3 = Path(env["VAR_DIR"], "kafka", "broker-3", "kafka.pid")
+    with running(tmp_path, "main_publisher", "main_publisher.py", env=env) as publisher:
+        publisher.wait_for_log("ready: ", timeout_s=60)
+        with UpdateSender(settings, source) as sender:
+            wait_until_counted(settings, target, lambda: sender.acknowledged[:5])
+            os.kill(read_pid(broker_3), signal.SIGKILL)
+            time.sleep(10)
+            during = len(sender.acknowledged)
+            restarted = run_script("kafka.sh", "start", env=env, timeout=180)
+            assert "starting Kafka broker 3" in restarted.stdout
+            time.sleep(3)
+        wait_until_counted(settings, target, lambda: sender.acknowledged)
+        assert publisher.running()
+        assert "not committing: sending the batch again" in publisher.log()
+        assert "Kafka acknowledges again, after" in publisher.log()
+        assert publisher.stop() == 0
+    assert during > 50, "the source topic did not take updates during the outage"
+
+
+def wait_until_counted(settings, topic: str, expected, timeout_s: float = 90) -> None:
+    """Until every count ``expected()`` names is in ``topic`` (repeats are allowed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = set(expected()) - set(counts_in(settings, topic))
+        if not missing and expected():
+            return
+        assert time.monotonic() < deadline, f"{len(missing)} update(s) never arrived"
+        time.sleep(1)
