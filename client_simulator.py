@@ -12,7 +12,9 @@ another cluster), it registers again, which gets a fresh token and, when its clu
 is down, another cluster, and reconnects. Attempts are spaced by exponential backoff with jitter
 (VIEWER_RETRY_INITIAL_S doubling up to VIEWER_RETRY_MAX_S, each varied by up to 30%), so that
 thousands of viewers dropped together do not come back in one burst. The backoff starts again
-from the beginning only after a connection that delivered an update or lasted STABLE_S.
+from the beginning only after a connection that delivered an update or lasted STABLE_S. When
+another viewer with the same client id connects (close code 4409), it stops and exits 1: one
+connection per client id.
 
 Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
 message as received, one JSON document per line.
@@ -35,7 +37,7 @@ import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from emojistream import config
+from emojistream import closecodes, config
 from emojistream.backoff import Backoff
 from emojistream.events import InvalidEvent, decode_window_update, format_timestamp
 from emojistream.lifecycle import load_settings
@@ -52,8 +54,8 @@ WARNING_INTERVAL_S = 5.0
 REMEMBERED_WINDOWS = 64
 # A connection that lasted this long (or delivered an update) resets the reconnect backoff.
 STABLE_S = 5.0
-# Close codes of a refused token (emojistream/tokens.py).
-TOKEN_REFUSED = {4401, 4403}
+# Close codes of a refused token: registering again gets a fresh one.
+TOKEN_REFUSED = {closecodes.UNAUTHORIZED, closecodes.FORBIDDEN}
 
 
 class ThrottledWarnings:
@@ -192,12 +194,18 @@ class Watcher:
         self.settings = settings
         self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
         self.cluster: str | None = None
+        # Another connection with this client id took this one's place: it must not fight back.
+        self.replaced = False
 
     async def run(self, assignment: dict) -> None:
         while True:
             if assignment is not None:
                 self.cluster = assignment.get("cluster_id")
                 reason, stable = await self._watch(assignment)
+                if self.replaced:
+                    log.error("%s; stopping (another viewer with client id %r watches now)",
+                              reason, self.client_id)
+                    return
                 if stable:
                     self._backoff.reset()
             else:
@@ -227,12 +235,14 @@ class Watcher:
                 except asyncio.CancelledError:
                     await connection.close()  # a normal closure (1000) when the viewer stops
                     raise
-            reason = _closed(shown, connection.close_code, connection.close_reason)
+            code, reason = connection.close_code, _closed(shown, connection.close_code,
+                                                          connection.close_reason)
         except ConnectionClosed as err:
-            reason = _closed(shown, err.rcvd.code if err.rcvd else None,
-                             err.rcvd.reason if err.rcvd else "")
+            code = err.rcvd.code if err.rcvd else None
+            reason = _closed(shown, code, err.rcvd.reason if err.rcvd else "")
         except (OSError, WebSocketException, TimeoutError) as err:
-            reason = f"{shown}: {str(err) or type(err).__name__}"
+            code, reason = None, f"{shown}: {str(err) or type(err).__name__}"
+        self.replaced = code == closecodes.REPLACED
         stable = self.display.received > received or (
             opened_at is not None and loop.time() - opened_at >= STABLE_S)
         return reason, stable
@@ -252,6 +262,8 @@ class Watcher:
 def _closed(endpoint: str, code: int | None, reason: str | None) -> str:
     if code in TOKEN_REFUSED:
         return f"{endpoint} refused the token: {code} {reason}"
+    if code is not None and code >= 4000:
+        return f"{endpoint} closed the connection: {code} {reason}"
     if code is None:
         return f"{endpoint}: connection lost (no close frame)"
     return f"{endpoint} closed the connection (code {code})"
@@ -286,12 +298,13 @@ async def simulate(args: argparse.Namespace, settings: config.Settings) -> int:
         log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
                  f" in batches of {args.batch}" if args.batch > 1 else "")
     failed = await _run_until(stop, watching, sending)
-    await _deregister(registration, args.client_id)
+    if not watcher.replaced:  # else the registration is the newer viewer's now
+        await _deregister(registration, args.client_id)
     _log_summary(display, sender)
     if sender is not None:
         sender.close()
     registration.close()
-    return 1 if failed else 0
+    return 1 if failed or watcher.replaced else 0
 
 
 async def _first_registration(registration: RegistrationClient, client_id: str,

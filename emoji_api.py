@@ -6,7 +6,8 @@
                    by index, the valid ones are accepted
     GET  /health   200 while Kafka takes records, else 503
 
-Browsers may call it from the pages of the origins in API_CORS_ORIGINS ("*", the default: any):
+Browsers may call it from the pages of the origins in API_CORS_ORIGINS (default: the registration
+API's own page; "*" for any):
 preflight OPTIONS requests are answered, answers carry Access-Control-Allow-Origin, and a request
 from a browser page of another origin is refused with 403.
 
@@ -25,7 +26,6 @@ import sys
 from datetime import UTC, datetime
 
 from flask import Flask, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from emojistream import config, ingest, kafka_clients, wsgi
 from emojistream.events import EventValidator, InvalidEvent
@@ -48,7 +48,7 @@ def create_app(settings: config.Settings | None = None, sink=None) -> Flask:
     app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings)
     _add_routes(app, settings)
     _add_cors(app, settings)
-    _add_error_handlers(app, settings)
+    _add_error_handlers(app)
     return app
 
 
@@ -161,14 +161,10 @@ def _unavailable(reason: str) -> ApiError:
                     headers={"Retry-After": RETRY_AFTER_S})
 
 
-def _add_error_handlers(app: Flask, settings: config.Settings) -> None:
+def _add_error_handlers(app: Flask) -> None:
     @app.errorhandler(InvalidEvent)
     def invalid_event(err: InvalidEvent):
         return json_error(400, str(err))
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(_err):
-        return json_error(413, f"body is larger than {settings.api_max_body_bytes} bytes")
 
     add_json_error_handlers(app, log, ENDPOINTS)
 

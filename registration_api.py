@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import time
 from urllib.parse import quote
 
-from flask import Flask
+from flask import Flask, request
 
 from emojistream import config, secrets, tokens, web, wsgi
 from emojistream.events import InvalidEvent, check_identifier
 from emojistream.json_api import ApiError, add_json_error_handlers, json_body
 from emojistream.lifecycle import load_settings
+from emojistream.limits import RateLimiter
 from emojistream.logs import setup_logging
 from emojistream.registry import (
     HealthMonitor,
@@ -34,6 +36,7 @@ from emojistream.registry import (
     NoClusterAvailable,
     Probe,
     Registry,
+    RegistryFull,
     cluster_id,
 )
 
@@ -73,7 +76,9 @@ def create_app(settings: config.Settings | None = None, registry: Registry | Non
     ``app.extensions[MONITOR].stop()``). ``token_secret`` defaults to secrets.token_secret."""
     settings = settings or config.load()
     app = Flask(__name__, static_folder=None)
-    registry = registry if registry is not None else Registry(settings.clusters)
+    app.config["MAX_CONTENT_LENGTH"] = settings.registration_max_body_bytes
+    registry = registry if registry is not None else Registry(
+        settings.clusters, ttl_s=settings.token_ttl_s, max_viewers=settings.registry_max_viewers)
     monitor = HealthMonitor(registry, probe if probe is not None else HttpProbe(settings),
                             settings.ws_health_poll_s)
     app.extensions[REGISTRY] = registry
@@ -90,6 +95,22 @@ def create_app(settings: config.Settings | None = None, registry: Registry | Non
 
 def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
                 monitor: HealthMonitor, secret: str) -> None:
+    limiter = RateLimiter(settings.registration_rate_per_address,
+                          settings.registration_burst_per_address)
+
+    @app.before_request
+    def limit_registrations_per_address():
+        if request.path not in ("/register", "/deregister"):
+            return
+        wait_s = limiter.take(request.remote_addr or "?")
+        if wait_s is not None:
+            raise ApiError(429, f"too many registrations from {request.remote_addr}: at most "
+                                f"{settings.registration_burst_per_address} at once and "
+                                f"{settings.registration_rate_per_address:g} a second "
+                                "(REGISTRATION_BURST_PER_ADDRESS, "
+                                "REGISTRATION_RATE_PER_ADDRESS)",
+                           headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+
     @app.post("/register")
     def register():
         client_id = check_client_id(json_body())
@@ -98,7 +119,7 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
             monitor.recheck(current)  # it registers again: is its server still there?
         try:
             cluster, previous = registry.register(client_id)
-        except NoClusterAvailable as err:
+        except (NoClusterAvailable, RegistryFull) as err:
             raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
         if previous is None:
             log.info("registered %r on %s", client_id, cluster_id(cluster))
@@ -163,9 +184,9 @@ def main(argv=None) -> int:
                                    registration_port=args.port,
                                    registration_threads=args.threads)
     try:
-        secrets.token_secret(settings)  # created now, before the worker needs it
+        secrets.token_secret_and_subscriber_key(settings)  # checked (and created) now
     except (OSError, secrets.SecretError) as err:
-        log.error("cannot read the token secret: %s", err)
+        log.error("cannot use the secrets: %s", err)
         return 1
     try:
         wsgi.check_port_free(settings.registration_host, settings.registration_port)

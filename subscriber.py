@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     args = parse_args(argv, settings)
     stop = stop_on_signals()
     try:
-        key = secrets.subscriber_key(settings)
+        _, key = secrets.token_secret_and_subscriber_key(settings)
         consumer = open_consumer(settings, args.cluster, args.member)
     except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable) as err:
         log.error("%s", err)

@@ -11,7 +11,11 @@
 
 One asyncio event loop, no threads: the first copy of each version of a window is broadcast in
 batches of WS_BROADCAST_BATCH viewers, the second copy (from the other subscriber) dropped.
-Deduplication, heartbeats and scale: docs/delivery.md.
+Limits: one live connection per client id (a newer one replaces the older: 4409), at most
+WS_MAX_CONNECTIONS_PER_ADDRESS viewers per client address (HTTP 429), at most
+WS_MAX_VIEWER_BUFFER_BYTES unsent per viewer (a viewer that stops reading is closed: 4408); the
+close codes are in emojistream/closecodes.py. Deduplication, heartbeats and scale:
+docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
-from emojistream import config, secrets, tokens
+from emojistream import closecodes, config, secrets, tokens
 from emojistream.dedup import WindowDeduplicator
 from emojistream.events import InvalidEvent, decode_window_update
 from emojistream.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
@@ -50,10 +56,13 @@ HEALTH_PATH = "/health"
 class Hub:
     """The cluster's connections and what flows between them."""
 
-    def __init__(self, cluster: int, subscriber_key: str, token_secret: str,
-                 dedup_windows: int, broadcast_batch: int = 250):
+    def __init__(self, settings: config.Settings, cluster: int, subscriber_key: str,
+                 token_secret: str):
         self.cluster = cluster
-        self.broadcast_batch = max(1, broadcast_batch)
+        self.broadcast_batch = max(1, settings.ws_broadcast_batch)
+        self.max_per_address = settings.ws_max_connections_per_address
+        self.max_unsent_bytes = settings.ws_max_viewer_buffer_bytes
+        self.close_timeout_s = settings.ws_close_timeout_s
         # Updates waiting to be broadcast, in order; created by start() in the running loop.
         self._outbox: asyncio.Queue | None = None
         self._broadcaster: asyncio.Task | None = None
@@ -61,9 +70,14 @@ class Hub:
         self._token_secret = token_secret
         self.viewers: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
-        self.dedup = WindowDeduplicator(dedup_windows)
+        self._viewer_of: dict[str, ServerConnection] = {}  # client id -> its live connection
+        self._per_address: Counter[str] = Counter()  # viewer connections per client address
+        self._closing: set[asyncio.Task] = set()
+        self._leaving: set[ServerConnection] = set()  # closed by the server, not gone yet
+        self.dedup = WindowDeduplicator(settings.ws_dedup_windows)
         self.stats = {"broadcast": 0, "duplicate": 0, "stale": 0, "invalid": 0,
-                      "from_viewers": 0, "refused": 0}
+                      "from_viewers": 0, "refused": 0, "replaced": 0, "too_many": 0,
+                      "too_slow": 0}
 
     # --- HTTP, before the WebSocket handshake ---
 
@@ -81,7 +95,20 @@ class Hub:
             return connection.respond(http.HTTPStatus.NOT_FOUND,
                                       f"no such endpoint: {path} (viewers connect to "
                                       f"{VIEWER_PATH}, subscribers to {PUBLISH_PATH})\n")
+        if path == VIEWER_PATH and self._too_many(connection):
+            return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                      f"too many connections from {_address(connection)}: at "
+                                      f"most {self.max_per_address} "
+                                      "(WS_MAX_CONNECTIONS_PER_ADDRESS)\n")
         return None
+
+    def _too_many(self, connection: ServerConnection) -> bool:
+        if self._per_address[_address(connection)] < self.max_per_address:
+            return False
+        self.stats["too_many"] += 1
+        log.info("refused a viewer from %s: %d connections from that address already",
+                 _peer(connection), self._per_address[_address(connection)])
+        return True
 
     def _authorized(self, headers: Headers) -> bool:
         scheme, _, presented = headers.get("Authorization", "").partition(" ")
@@ -119,8 +146,48 @@ class Hub:
                      err.code)
             await connection.close(err.code, err.reason)
             return
-        await self._serve(connection, self.viewers, f"viewer {client_id!r}",
-                          self._on_viewer_message, logging.DEBUG)
+        if self._too_many(connection):  # handshakes that were under way together
+            await connection.close(closecodes.TOO_MANY, "too many connections from your address")
+            return
+        await self._serve_viewer(connection, client_id)
+
+    async def _serve_viewer(self, connection: ServerConnection, client_id: str) -> None:
+        """One live connection per client id: a newer one replaces the older."""
+        previous = self._viewer_of.get(client_id)
+        if previous is not None:
+            self.stats["replaced"] += 1
+            log.info("viewer %r connected again from %s: closing its connection from %s",
+                     client_id, _peer(connection), _peer(previous))
+            self._close_later(previous, closecodes.REPLACED,
+                              "replaced by a newer connection of this client")
+        self._viewer_of[client_id] = connection
+        address = _address(connection)
+        self._per_address[address] += 1
+        try:
+            await self._serve(connection, self.viewers, f"viewer {client_id!r}",
+                              self._on_viewer_message, logging.DEBUG)
+        finally:
+            if self._viewer_of.get(client_id) is connection:
+                del self._viewer_of[client_id]
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+
+    def _close_later(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Close without waiting for it here; its handler then ends and forgets it."""
+        self._leaving.add(connection)
+        task = asyncio.create_task(self._close(connection, code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """The closing handshake, and the connection dropped if it takes longer than
+        WS_CLOSE_TIMEOUT_S: websockets' close() first waits for the unsent data to drain,
+        which for a viewer that stopped reading never happens."""
+        try:
+            await asyncio.wait_for(connection.close(code, reason), self.close_timeout_s)
+        except TimeoutError:
+            connection.transport.abort()
 
     async def _serve(self, connection, group: set, kind: str, on_message, level: int) -> None:
         group.add(connection)
@@ -133,6 +200,7 @@ class Hub:
             pass
         finally:
             group.discard(connection)
+            self._leaving.discard(connection)
             log.log(level, "%s from %s disconnected (code %s); %d viewer(s), %d subscriber(s)",
                     kind, _peer(connection), connection.close_code, len(self.viewers),
                     len(self.subscribers))
@@ -178,6 +246,7 @@ class Hub:
         while True:
             window, data = await self._outbox.get()
             await self._broadcast(window, data)
+            await asyncio.sleep(0)  # let the connections' tasks run between broadcasts
 
     async def _broadcast(self, window: str, data: bytes) -> None:
         """``data`` (encoded once) to every viewer connected now, a batch at a time."""
@@ -187,9 +256,31 @@ class Hub:
             if first:
                 await asyncio.sleep(0)  # let the loop run between batches
             # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
-            broadcast(viewers[first:first + self.broadcast_batch], data, text=True)
+            broadcast(self._keeping_up(viewers[first:first + self.broadcast_batch]), data,
+                      text=True)
         log.debug("broadcast window %s to %d viewer(s) in %.1f ms", window, len(viewers),
                   1000 * (time.perf_counter() - started))
+
+
+    def _keeping_up(self, viewers: list[ServerConnection]) -> list[ServerConnection]:
+        """The viewers whose unsent data is within the limit; the others are closed.
+
+        broadcast() applies no backpressure: a viewer that stops reading would otherwise keep
+        every update in memory until its keepalive times out."""
+        keeping_up = []
+        for viewer in viewers:
+            if viewer in self._leaving:
+                continue
+            unsent = viewer.transport.get_write_buffer_size()
+            if unsent <= self.max_unsent_bytes or viewer.state is not State.OPEN:
+                keeping_up.append(viewer)
+                continue
+            self.stats["too_slow"] += 1
+            log.info("closing a viewer from %s that does not keep up: %d bytes unsent",
+                     _peer(viewer), unsent)
+            self._close_later(viewer, closecodes.TOO_SLOW,
+                              f"too slow: more than {self.max_unsent_bytes} bytes unsent")
+        return keeping_up
 
 
 def _token(path: str) -> str | None:
@@ -203,10 +294,15 @@ def _peer(connection: ServerConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "?"
 
 
+def _address(connection: ServerConnection) -> str:
+    """The client's IP address (the limits per address count by it)."""
+    address = connection.remote_address
+    return address[0] if address else "?"
+
+
 async def run(settings: config.Settings, cluster: int, key: str, token_secret: str,
               open_files: int) -> None:
-    hub = Hub(cluster, key, token_secret, settings.ws_dedup_windows,
-              settings.ws_broadcast_batch)
+    hub = Hub(settings, cluster, key, token_secret)
     hub.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -216,7 +312,7 @@ async def run(settings: config.Settings, cluster: int, key: str, token_secret: s
     # No compression: broadcast() would compress each copy separately, and every compressed
     # connection holds zlib buffers.
     async with serve(hub.handle, settings.ws_host, port, process_request=hub.process_request,
-                     **settings.ws_keepalive(),
+                     **settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
                      compression=None, backlog=settings.ws_listen_backlog):
         log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
                  "health at %s; open-file limit %d (one per connection)", cluster,
@@ -227,7 +323,8 @@ async def run(settings: config.Settings, cluster: int, key: str, token_secret: s
         await hub.stop()
     log.info("stopped: %(broadcast)d update(s) broadcast, %(duplicate)d repeated, %(stale)d "
              "stale and %(invalid)d invalid dropped, %(from_viewers)d viewer message(s) "
-             "discarded, %(refused)d viewer(s) refused", hub.stats)
+             "discarded, %(refused)d viewer(s) refused, %(replaced)d replaced, %(too_many)d "
+             "over the limit of their address, %(too_slow)d too slow", hub.stats)
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
@@ -252,10 +349,9 @@ def main(argv=None) -> int:
     args = parse_args(argv, settings)
     settings = dataclasses.replace(settings, ws_host=args.host)
     try:
-        key = secrets.subscriber_key(settings)
-        token_secret = secrets.token_secret(settings)
+        token_secret, key = secrets.token_secret_and_subscriber_key(settings)
     except (OSError, secrets.SecretError) as err:
-        log.error("cannot read the subscriber key or the token secret: %s", err)
+        log.error("cannot use the secrets: %s", err)
         return 1
     try:
         asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit()))

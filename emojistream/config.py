@@ -168,10 +168,27 @@ class Settings:
     # The registration API keeps its registry in memory: one gunicorn worker with this many
     # threads.
     registration_threads: int = 8
+    # Limits of the registration API: request bodies (413 beyond), registrations per client
+    # address (a token bucket: REGISTRATION_BURST_PER_ADDRESS at once, refilled at
+    # REGISTRATION_RATE_PER_ADDRESS a second; 429 beyond), viewers in the registry (503 beyond;
+    # a registration not renewed within TOKEN_TTL_S expires). The defaults let this machine's
+    # own load benchmarks register 20,000 viewers at once from one address.
+    registration_max_body_bytes: int = 4096
+    registration_rate_per_address: float = 100.0
+    registration_burst_per_address: int = 20_000
+    registry_max_viewers: int = 1_000_000
     # WebSocket keepalive (heartbeats): every connection is pinged every WS_PING_INTERVAL_S; one
-    # whose pong is WS_PING_TIMEOUT_S late is dropped and leaves the live counts (0 disables).
+    # whose pong is WS_PING_TIMEOUT_S late is dropped and leaves the live counts. Neither can be
+    # below WS_KEEPALIVE_MIN_S: the keepalive is what frees the connections of vanished viewers.
     ws_ping_interval_s: float = 10.0
     ws_ping_timeout_s: float = 10.0
+    # How long a closing connection may take to answer the close frame before it is dropped.
+    ws_close_timeout_s: float = 2.0
+    # Limits of a WebSocket server: viewer connections from one client address (refused with
+    # HTTP 429 beyond), and unsent data per viewer (a viewer that stops reading is closed with
+    # 4408 beyond). One live connection per client id: a newer one replaces the older (4409).
+    ws_max_connections_per_address: int = 10_000
+    ws_max_viewer_buffer_bytes: int = 1024 * 1024
     # A WebSocket server remembers which versions of an update it has broadcast for this many
     # windows (the most recent ones), to drop the second copy forwarded by the other subscriber.
     ws_dedup_windows: int = 64
@@ -210,10 +227,11 @@ class Settings:
     # REGISTRATION_PUBLIC_URL (empty: where the page itself was loaded from).
     api_public_url: str = ""
     registration_public_url: str = ""
-    # Origins whose pages may call the ingest API (CORS): "*" for any, or a comma-separated list
-    # of origins like "http://localhost:5001,https://cricket.example". The API takes no
-    # credentials (no cookies), so "*" exposes nothing a plain HTTP client could not send.
-    api_cors_origins: str = "*"
+    # Origins whose pages may call the ingest API (CORS): a comma-separated list of origins like
+    # "http://localhost:5001,https://cricket.example", or "*" for any page on the web. Empty:
+    # the origin of the registration API's own page (REGISTRATION_PUBLIC_URL, else
+    # http://REGISTRATION_HOST:REGISTRATION_PORT, as localhost and 127.0.0.1 when local).
+    api_cors_origins: str = ""
     # How often the page asks GET /clusters for the number of viewers online.
     web_stats_interval_s: float = 5.0
 
@@ -225,6 +243,11 @@ class Settings:
         self._check_kafka_security()
         self._check_local_kafka_ports()
         self._check_event_time_limits()
+        if min(self.ws_ping_interval_s, self.ws_ping_timeout_s) < WS_KEEPALIVE_MIN_S:
+            raise ConfigError(f"WS_PING_INTERVAL_S and WS_PING_TIMEOUT_S must be at least "
+                              f"{WS_KEEPALIVE_MIN_S:g} s (the keepalive frees the connections of "
+                              f"vanished viewers), got {self.ws_ping_interval_s:g} and "
+                              f"{self.ws_ping_timeout_s:g}")
         if self.ws_cluster_hosts:
             self.ws_cluster_host(self.cluster_count)
 
@@ -323,8 +346,7 @@ class Settings:
 
     def ws_keepalive(self) -> dict:
         """websockets' keepalive arguments (heartbeats), for servers and clients alike."""
-        return {"ping_interval": self.ws_ping_interval_s or None,
-                "ping_timeout": self.ws_ping_timeout_s or None}
+        return {"ping_interval": self.ws_ping_interval_s, "ping_timeout": self.ws_ping_timeout_s}
 
     def api_url(self) -> str:
         """The ingest API's URL for browsers (API_PUBLIC_URL, or from API_HOST and API_PORT)."""
@@ -337,9 +359,17 @@ class Settings:
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
-        """API_CORS_ORIGINS as a tuple: ("*",) allows any origin."""
-        return tuple(o.strip().rstrip("/") for o in self.api_cors_origins.split(",")
-                     if o.strip())
+        """The origins of API_CORS_ORIGINS, or of the registration API's page: ("*",) allows
+        any origin."""
+        if self.api_cors_origins.strip():
+            return tuple(o.strip().rstrip("/") for o in self.api_cors_origins.split(",")
+                         if o.strip())
+        if self.registration_public_url:
+            return (urls.origin(self.registration_public_url),)
+        if self.registration_host in urls.LOCAL_HOSTS:
+            return tuple(urls.http_url(host, self.registration_port)
+                         for host in ("localhost", "127.0.0.1"))
+        return (urls.http_url(self.registration_host, self.registration_port),)
 
     @property
     def allowed_emojis(self) -> tuple[str, ...]:
@@ -354,6 +384,7 @@ class Settings:
         return Path(self.var_dir)
 
 
+WS_KEEPALIVE_MIN_S = 1.0
 # Settings whose values the listing of ``python -m emojistream.config`` does not show.
 SECRET_SUFFIXES = ("PASSWORD", "SECRET", "SUBSCRIBER_KEY")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -8,7 +8,7 @@ import json
 import logging
 
 from flask import Flask, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 
 class ApiError(Exception):
@@ -55,6 +55,10 @@ def add_json_error_handlers(app: Flask, log: logging.Logger, endpoints: str) -> 
         allowed = ", ".join(sorted(err.valid_methods or ()))
         return json_error(405, f"{request.method} is not allowed on {request.path}; "
                                f"use {allowed}", {"Allow": allowed})
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_err):
+        return json_error(413, f"body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes")
 
     @app.errorhandler(HTTPException)
     def other_http_error(err: HTTPException):

@@ -34,6 +34,10 @@ class NoClusterAvailable(RuntimeError):
     """Every cluster's WebSocket server is down."""
 
 
+class RegistryFull(RuntimeError):
+    """The registry holds as many viewers as it may (REGISTRY_MAX_VIEWERS)."""
+
+
 @dataclasses.dataclass
 class ClusterState:
     healthy: bool = False
@@ -46,12 +50,20 @@ class ClusterState:
 
 class Registry:
     """Which cluster each viewer is assigned to, and each cluster's health and load;
-    thread-safe. Health comes from ``report`` (the HealthMonitor's polls)."""
+    thread-safe. Health comes from ``report`` (the HealthMonitor's polls).
 
-    def __init__(self, clusters, clock: Callable[[], float] = time.monotonic):
+    Bounded: a registration not renewed (by registering again) within ``ttl_s`` expires, and
+    at most ``max_viewers`` are kept."""
+
+    def __init__(self, clusters, clock: Callable[[], float] = time.monotonic,
+                 ttl_s: float = float("inf"), max_viewers: int | None = None):
         self.clusters = list(clusters)
         self._clock = clock
+        self.ttl_s = ttl_s
+        self.max_viewers = max_viewers
         self._assigned: dict[str, int] = {}
+        # client id -> when it last registered, oldest first (a renewal moves it to the end).
+        self._registered_at: dict[str, float] = {}
         self._counts = {n: 0 for n in self.clusters}
         self._state = {n: ClusterState() for n in self.clusters}
         self._next = 0  # index in self.clusters where the round-robin tie-break starts
@@ -112,29 +124,56 @@ class Registry:
 
     def register(self, client_id: str) -> tuple[int, int | None]:
         """The client's cluster, and the one it had before (None for a new client; the same
-        cluster when it keeps it). NoClusterAvailable when no cluster is healthy."""
+        cluster when it keeps it). NoClusterAvailable when no cluster is healthy, RegistryFull
+        when a new client finds no room."""
         with self._lock:
+            now = self._clock()
+            self.expire(now)
             previous = self._assigned.get(client_id)
             if previous is not None and self._state[previous].healthy:
+                self._renew(client_id, now)
                 return previous, previous
+            if previous is None and self.max_viewers is not None \
+                    and len(self._assigned) >= self.max_viewers:
+                raise RegistryFull(f"the registry is full: {self.max_viewers} viewers "
+                                   "(REGISTRY_MAX_VIEWERS); try again later")
             cluster = self._least_loaded()
             if previous is not None:
                 self._remove(client_id, previous)
             self._assigned[client_id] = cluster
             self._counts[cluster] += 1
-            self._state[cluster].pending[client_id] = self._clock()
+            self._state[cluster].pending[client_id] = now
+            self._renew(client_id, now)
             return cluster, previous
 
     def deregister(self, client_id: str) -> int | None:
         """The cluster the client was assigned to, or None if it was not registered."""
         with self._lock:
-            cluster = self._assigned.pop(client_id, None)
+            cluster = self._assigned.get(client_id)
             if cluster is not None:
                 self._remove(client_id, cluster)
             return cluster
 
+    def expire(self, now: float | None = None) -> int:
+        """Forget the registrations older than the TTL; how many there were."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            expired = []
+            for client_id, at in self._registered_at.items():  # oldest first
+                if now - at <= self.ttl_s:
+                    break
+                expired.append(client_id)
+            for client_id in expired:
+                self._remove(client_id, self._assigned[client_id])
+            return len(expired)
+
+    def _renew(self, client_id: str, now: float) -> None:
+        self._registered_at.pop(client_id, None)
+        self._registered_at[client_id] = now
+
     def _remove(self, client_id: str, cluster: int) -> None:
-        self._assigned.pop(client_id, None)
+        del self._assigned[client_id]
+        self._registered_at.pop(client_id, None)
         self._counts[cluster] -= 1
         self._state[cluster].pending.pop(client_id, None)
 
@@ -194,7 +233,9 @@ class HealthMonitor:
         self._rechecks = {n: threading.Lock() for n in registry.clusters}
 
     def poll_all(self) -> None:
-        """One round: poll every cluster now and record the outcomes."""
+        """One round: poll every cluster now and record the outcomes (and forget expired
+        registrations, so the counts stay true while nobody registers)."""
+        self.registry.expire()
         with self._round:
             before = {n: self.registry.is_healthy(n) for n in self.registry.clusters}
             first = self.registry.polled_at(self.registry.clusters[0]) == float("-inf")

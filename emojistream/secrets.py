@@ -12,6 +12,10 @@ A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), e
 value, readable by its owner only. Processes starting at the same moment agree on one value: each
 writes its candidate to a temporary file and hard-links it to the final name, which succeeds for
 exactly one of them; the others read the winner's file.
+
+A process refuses to start (SecretError) on a secret shorter than MIN_BYTES, on a token secret
+equal to the subscriber key, and on a secret file that another user owns or that its group or
+others may read or write.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from . import config
 from .config import Settings
 
 TOKEN_BYTES = 32
+# HMAC-SHA256 keys shorter than its 32-byte output weaken it; a random one is 43 characters.
+MIN_BYTES = 32
 SUBSCRIBER_KEY = "subscriber"
 TOKEN_SECRET = "token"
+SETTINGS = {SUBSCRIBER_KEY: "SUBSCRIBER_KEY", TOKEN_SECRET: "TOKEN_SECRET"}
 
 
 class SecretError(RuntimeError):
@@ -40,13 +47,13 @@ def secret_path(settings: Settings, name: str) -> Path:
 
 def shared_secret(settings: Settings, name: str, configured_value: str) -> str:
     """``configured_value`` when set, else the installation's secret ``name`` (created if
-    missing). Raises SecretError or OSError when the file cannot be read or created."""
+    missing). Raises SecretError (too short, a file others may read) or OSError."""
     if configured_value:
-        return configured_value
+        return _long_enough(configured_value, SETTINGS.get(name, name))
     path = secret_path(settings, name)
     if not path.exists():
         _create_once(path)
-    return _read(path)
+    return _long_enough(_read(path), str(path))
 
 
 def subscriber_key(settings: Settings) -> str:
@@ -60,20 +67,38 @@ def token_secret(settings: Settings) -> str:
     return shared_secret(settings, TOKEN_SECRET, settings.token_secret)
 
 
+def token_secret_and_subscriber_key(settings: Settings) -> tuple[str, str]:
+    """Both secrets, checked, and checked to differ: every process that holds either one starts
+    with this, so a configuration that would let a viewer's token secret publish never runs."""
+    token, key = token_secret(settings), subscriber_key(settings)
+    if token == key:
+        raise SecretError("the token secret and the subscriber key are the same: a viewer's "
+                          "token secret would let it publish; give TOKEN_SECRET and "
+                          "SUBSCRIBER_KEY different values (or leave both unset)")
+    return token, key
+
+
+def _long_enough(value: str, source: str) -> str:
+    size = len(value.encode("utf-8"))
+    if size < MIN_BYTES:
+        raise SecretError(f"{source} is {size} bytes long; a secret needs at least {MIN_BYTES} "
+                          "(a random one: python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))'), or leave it unset to use one "
+                          "generated in VAR_DIR/secrets")
+    return value
+
+
 def ensure_all(settings: Settings) -> list[str]:
     """Create every secret that is neither configured nor on disk; one line per secret saying
     where it comes from."""
     lines = []
-    for name, configured, variable in ((SUBSCRIBER_KEY, settings.subscriber_key,
-                                        "SUBSCRIBER_KEY"),
-                                       (TOKEN_SECRET, settings.token_secret, "TOKEN_SECRET")):
-        if configured:
-            lines.append(f"{name}: from {variable}")
-            continue
+    for name, variable in SETTINGS.items():
+        configured = getattr(settings, variable.lower())
         path = secret_path(settings, name)
         existed = path.exists()
-        shared_secret(settings, name, "")
-        lines.append(f"{name}: {path}{'' if existed else ' (new)'}")
+        shared_secret(settings, name, configured)
+        lines.append(f"{name}: from {variable}" if configured
+                     else f"{name}: {path}{'' if existed else ' (new)'}")
     return lines
 
 
@@ -92,6 +117,14 @@ def _create_once(path: Path) -> None:
 
 
 def _read(path: Path) -> str:
+    status = path.stat()
+    if status.st_uid != os.geteuid():
+        raise SecretError(f"secret file {path} belongs to uid {status.st_uid}, not to this "
+                          f"user (uid {os.geteuid()}): chown it, or delete it to have a new one "
+                          "generated")
+    if status.st_mode & 0o077:
+        raise SecretError(f"secret file {path} may be read or written by others (mode "
+                          f"{status.st_mode & 0o777:04o}): chmod 600 {path}")
     value = path.read_text().strip()
     if not value:
         raise SecretError(f"secret file {path} is empty; delete it to have a new one generated")
@@ -103,6 +136,7 @@ def main() -> int:
         settings = config.load()
         for line in ensure_all(settings):
             print(line)
+        token_secret_and_subscriber_key(settings)
     except (config.ConfigError, OSError, SecretError) as err:
         print(f"secrets: {err}", file=sys.stderr)
         return 1

@@ -27,8 +27,8 @@ import hashlib
 import hmac
 import json
 
-UNAUTHORIZED = 4401  # like HTTP 401: no valid credential; registering again gets one
-FORBIDDEN = 4403     # like HTTP 403: a valid credential, but not for this server
+from .closecodes import FORBIDDEN, UNAUTHORIZED
+
 # Longer strings are not tokens this module issued (a 64-character client id gives ~230).
 MAX_TOKEN_LENGTH = 1024
 

@@ -6,7 +6,11 @@ machine, and an IPv6 address goes in brackets before its port.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+# Names of this machine that a browser on it may use for a server listening on one of them.
+LOCAL_HOSTS = (*WILDCARD_HOSTS, "localhost", "127.0.0.1")
 
 
 def reachable(host: str) -> str:
@@ -31,3 +35,9 @@ def http_url(host: str, port: int) -> str:
 def ws_url(host: str, port: int, path: str = "/") -> str:
     """ws://host:port/path of a WebSocket server listening on ``host``."""
     return f"ws://{host_port(reachable(host), port)}{path}"
+
+
+def origin(url: str) -> str:
+    """The web origin (scheme://host[:port]) of a URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()

@@ -3,6 +3,8 @@ updates as one readable line each."""
 
 from __future__ import annotations
 
+import threading
+
 import requests
 
 from .events import InvalidEvent, parse_timestamp
@@ -23,15 +25,23 @@ class RegistrationUnavailable(RegistrationError):
 
 
 class RegistrationClient:
-    """POST /register and /deregister of the registration API at ``base_url``."""
+    """POST /register and /deregister of the registration API at ``base_url``; thread-safe.
+
+    After a deregister, register is refused: a registration still under way in another thread
+    when the viewer leaves completes before the deregister, never after it."""
 
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
         self._session = requests.Session()
+        self._lock = threading.Lock()
+        self._left = False
 
     def register(self, client_id: str) -> dict:
         """The assignment: {"cluster_id": ..., "subscriber_endpoint": ...}."""
-        assignment = self._post("/register", client_id)
+        with self._lock:
+            if self._left:
+                raise RegistrationError("the viewer has deregistered")
+            assignment = self._post("/register", client_id)
         if not isinstance(assignment, dict) or not isinstance(
                 assignment.get("subscriber_endpoint"), str):
             raise RegistrationError(f"/register answered without a subscriber_endpoint: "
@@ -41,7 +51,9 @@ class RegistrationClient:
     def deregister(self, client_id: str) -> bool:
         """True when the client was registered, False when the API did not know it."""
         try:
-            self._post("/deregister", client_id)
+            with self._lock:
+                self._left = True
+                self._post("/deregister", client_id)
         except RegistrationError as err:
             if err.status == 404:
                 return False

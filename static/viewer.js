@@ -4,6 +4,9 @@
 
 const REGISTER_TIMEOUT_MS = 10000;
 const CONNECT_TIMEOUT_MS = 10000;
+// The close code of a connection replaced by a newer one of the same client (another tab):
+// that one watches now, so this one stops instead of taking it back (emojistream/closecodes.py).
+const REPLACED = 4409;
 
 /** Delays that double from initialS up to maxS, each varied by up to ±jitter. */
 export class Backoff {
@@ -100,7 +103,7 @@ export function parseUpdate(text) {
 
 /**
  * Keeps one viewer connected. Callbacks:
- *   onState(state, detail)    "connecting" | "live" | "reconnecting"
+ *   onState(state, detail)    "connecting" | "live" | "reconnecting" | "replaced" (stopped)
  *   onAssignment(answer)      each successful registration
  *   onUpdate(update)          each window update received (parsed)
  */
@@ -154,6 +157,12 @@ export class Viewer {
       if (this.stopped) {
         break;
       }
+      if (reason === REPLACED) {
+        this.stopped = true;
+        this.onState("replaced", "this viewer is watching in another tab or window now; " +
+                                 "reload the page to watch here");
+        break;
+      }
       const delayS = this.backoff.nextDelayS();
       this.onState("reconnecting",
                    `${reason}; registering again in ${delayS.toFixed(1)} s ` +
@@ -175,7 +184,8 @@ export class Viewer {
     });
   }
 
-  /** Receive until the connection ends; resolves with the reason it ended. */
+  /** Receive until the connection ends; resolves with the reason it ended (REPLACED when a
+   *  newer connection of this client took its place). */
   watch(assignment) {
     return new Promise((resolve) => {
       const where = typeof assignment.cluster_id === "string" ? assignment.cluster_id : "cluster";
@@ -207,6 +217,10 @@ export class Viewer {
       socket.addEventListener("close", (event) => {
         clearTimeout(timeout);
         this.socket = null;
+        if (event.code === REPLACED) {
+          resolve(REPLACED);
+          return;
+        }
         resolve(opened ? `${where} closed the connection (code ${event.code})`
                        : `cannot connect to ${where}`);
       });

@@ -26,7 +26,7 @@ from tests.services import (
     wait_until,
 )
 
-KEY = "simulator-test-key"
+KEY = "simulator-test-key-with-32-bytes-or-more"
 UNREACHABLE = "http://localhost:1"
 UPDATE = {"window_start": "2026-11-27T07:00:00.000Z", "window_end": "2026-11-27T07:00:02.000Z",
           "aggregates": [{"emoji_type": "🔥", "count": 1234, "normalized_count": 13,
@@ -49,7 +49,8 @@ class Services:
         self.registration_port = free_port()
         self.env = dict(test_env, CLUSTER_COUNT="1", WS_FIRST_PORT=str(self.ws_port),
                         REGISTRATION_PORT=str(self.registration_port), SUBSCRIBER_KEY=KEY,
-                        TOKEN_SECRET="simulator-test-token-secret", WS_HEALTH_POLL_S="0.2",
+                        TOKEN_SECRET="simulator-test-token-secret-32-bytes-or-more",
+                        WS_HEALTH_POLL_S="0.2",
                         VIEWER_RETRY_INITIAL_S="0.2", VIEWER_RETRY_MAX_S="1")
         self.registration_url = f"http://localhost:{self.registration_port}"
         registration = self.start("registration_api", "registration_api.py")
@@ -160,6 +161,23 @@ def test_duration_ends_the_run_and_deregisters(services):
     assert "INFO    client_simulator: deregistered 'sim-short'" in simulator.log()
 
 
+def test_a_second_simulator_with_the_same_client_id_takes_over_and_the_first_stops(services):
+    first = services.simulator("sim-twin", "--rate", "0", name="first")
+    services.wait_for_viewer()
+    second = services.simulator("sim-twin", "--rate", "0", name="second")
+    assert first.process.wait(timeout=30) == 1
+    assert ("ERROR   client_simulator: ws://localhost:" in first.log()
+            and "closed the connection: 4409 replaced by a newer connection of this client; "
+                "stopping (another viewer with client id 'sim-twin' watches now)" in first.log())
+    assert "deregistered" not in first.log()
+    wait_until(lambda: services.registered() == 1 and services.viewers() == 1)
+    services.publish(UPDATE)
+    wait_until(lambda: services.output("second").count("\n") == 1, timeout_s=10)
+    assert services.output("first") == ""
+    assert second.stop() == 0
+    assert services.registered() == 0
+
+
 def test_sigint_deregisters_and_exits_0(services):
     simulator = services.simulator("sim-int", "--rate", "0")
     services.wait_for_viewer()
@@ -193,7 +211,7 @@ def test_a_refused_token_makes_it_register_again(services):
     """The server refuses a token signed with another secret (4401): the simulator registers
     again and reconnects, with backoff; once the secrets agree it receives."""
     services.ws_server.stop()
-    services.env["TOKEN_SECRET"] = "another-secret"
+    services.env["TOKEN_SECRET"] = "another-token-secret-of-32-bytes-or-more"
     services.ws_server = services.start_ws_server()
     services.wait_for_cluster(healthy=True)
     simulator = services.simulator("sim-token", "--print-json", "--rate", "0")
@@ -203,7 +221,7 @@ def test_a_refused_token_makes_it_register_again(services):
     # Backoff: the attempts are numbered, the delays grow.
     assert "(attempt 1)" in log and "(attempt 2)" in log
     services.ws_server.stop()
-    services.env["TOKEN_SECRET"] = "simulator-test-token-secret"
+    services.env["TOKEN_SECRET"] = "simulator-test-token-secret-32-bytes-or-more"
     services.ws_server = services.start_ws_server()
     services.wait_for_viewer()
     services.publish(UPDATE)

@@ -24,8 +24,8 @@ from bench import viewers_load
 from emojistream import config, kafka_clients, tokens
 from tests.services import Service, free_port, free_port_run, get_json, wait_for_health, wait_until
 
-KEY = "delivery-test-subscriber-key"
-SECRET = "delivery-test-token-secret"
+KEY = "delivery-test-subscriber-key-32-bytes-or-more"
+SECRET = "delivery-test-token-secret-32-bytes-or-more"
 QUIET_S = 1.0
 
 

@@ -4,9 +4,11 @@ tests/test_delivery.py runs the real ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -16,11 +18,11 @@ import requests
 
 import registration_api
 from emojistream import config, tokens
-from emojistream.registry import NO_CLUSTER, HealthMonitor, Registry
+from emojistream.registry import NO_CLUSTER, HealthMonitor, Registry, RegistryFull
 from registration_api import create_app
 from tests.services import assert_clean_log, free_port, run, running, wait_for_health
 
-SECRET = "registration-test-secret"
+SECRET = "registration-test-secret-32-bytes-or-more"
 ENV = {"CLUSTER_COUNT": "3", "WS_HOST": "localhost", "WS_FIRST_PORT": "5002",
        "WS_PUBLIC_URL_TEMPLATE": "ws://{host}:{port}/", "TOKEN_SECRET": SECRET,
        "TOKEN_TTL_S": "3600"}
@@ -394,6 +396,106 @@ def test_health(client):
 
 
 # --- the script -------------------------------------------------------------------------------
+
+# --- limits -------------------------------------------------------------------------------------
+
+def test_a_body_over_the_limit_is_a_413(client):
+    answer = client.post("/register", data=b'{"client_id": "' + b"x" * 5000 + b'"}')
+    assert (answer.status_code, answer.get_json()) == (413, {
+        "error": "body is larger than 4096 bytes"})
+
+
+def test_registrations_per_address_are_rate_limited(settings, health):
+    limited = dataclasses.replace(settings, registration_burst_per_address=3,
+                                  registration_rate_per_address=0.5)
+    client = create_app(limited, probe=health, poll=False).test_client()
+    assert [register(client, f"r{i}").status_code for i in range(3)] == [200, 200, 200]
+    refused = register(client, "r3")
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "2"
+    assert refused.get_json() == {
+        "error": "too many registrations from 127.0.0.1: at most 3 at once and 0.5 a second "
+                 "(REGISTRATION_BURST_PER_ADDRESS, REGISTRATION_RATE_PER_ADDRESS)"}
+    assert deregister(client, "r0").status_code == 429  # deregistering counts too
+    other = client.post("/register", json={"client_id": "r4"},
+                        environ_base={"REMOTE_ADDR": "192.0.2.9"})
+    assert other.status_code == 200  # another address has a bucket of its own
+    assert client.get("/clusters").status_code == 200  # reading is not limited
+
+
+def test_the_registry_is_capped_and_a_full_one_still_renews(settings, health):
+    capped = dataclasses.replace(settings, registry_max_viewers=2)
+    client = create_app(capped, probe=health, poll=False).test_client()
+    assert [register(client, c).status_code for c in ("a", "b")] == [200, 200]
+    full = register(client, "c")
+    assert (full.status_code, full.get_json()) == (503, {
+        "error": "the registry is full: 2 viewers (REGISTRY_MAX_VIEWERS); try again later"})
+    assert full.headers["Retry-After"] == "1"
+    assert register(client, "a").status_code == 200  # a registered viewer renews
+    assert deregister(client, "b").status_code == 200
+    assert register(client, "c").status_code == 200
+
+
+def test_registrations_not_renewed_within_the_token_lifetime_expire():
+    now = [1000.0]
+    registry = Registry([1, 2], clock=lambda: now[0], ttl_s=60, max_viewers=3)
+    for n in (1, 2):
+        registry.report(n, 0, now[0])
+    for client_id in ("a", "b", "c"):
+        registry.register(client_id)
+    now[0] += 40
+    registry.register("a")  # renewed: its minute starts again
+    with pytest.raises(RegistryFull):
+        registry.register("d")
+    now[0] += 30  # b and c are 70 s old, a 30 s
+    assert registry.expire() == 2
+    assert (registry.total(), registry.assignment("a"), registry.assignment("b")) == (1, 1, None)
+    assert [registry.registered_count(n) for n in (1, 2)] == [1, 0]
+    registry.register("d")
+    now[0] += 61
+    assert registry.expire() == 2 and registry.total() == 0
+
+
+def test_the_health_polls_expire_registrations_while_nobody_registers(settings, health):
+    now = [0.0]
+    registry = Registry(settings.clusters, clock=lambda: now[0], ttl_s=10)
+    app = create_app(settings, registry=registry, probe=health, poll=False)
+    client = app.test_client()
+    register(client, "idle")
+    assert client.get("/health").get_json()["registered_viewers"] == 1
+    now[0] += 11
+    poll(app)
+    assert client.get("/health").get_json()["registered_viewers"] == 0
+
+
+def raw_request(port: int, head: bytes, body_part: bytes, timeout_s: float = 5) -> bytes:
+    """Send a request head and the start of its body, and read the answer without sending the
+    rest: a server that reads the whole body first never answers."""
+    with socket.create_connection(("localhost", port), timeout=timeout_s) as sock:
+        sock.sendall(head + body_part)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < int(
+                answer.lower().partition(b"content-length: ")[2].split(b"\r\n")[0] or 0):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_the_script_answers_a_20_mb_body_with_413_without_reading_it(test_env, tmp_path):
+    port = free_port()
+    with running(tmp_path, "registration_api", "registration_api.py", "--port", str(port),
+                 env=test_env) as service:
+        wait_for_health(f"http://localhost:{port}/health", service)
+        answer = raw_request(port, b"POST /register HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Type: application/json\r\n"
+                                   b"Content-Length: 20000000\r\n\r\n", b'{"client_id": "')
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413 ")
+        assert json.loads(body) == {"error": "body is larger than 4096 bytes"}
+        assert service.stop() == 0
+
 
 def test_help_exits_0():
     result = run("registration_api.py", "--help", env=dict(os.environ))

@@ -29,8 +29,8 @@ from tests.services import (
 )
 
 CLUSTER = 1
-KEY = "subscriber-test-key"
-TOKEN_SECRET = "subscriber-test-token-secret"
+KEY = "subscriber-test-key-with-32-bytes-or-more"
+TOKEN_SECRET = "subscriber-test-token-secret-32-bytes-or-more"
 QUIET_S = 2.0
 TIMEOUT_S = 30  # generous: a busy machine
 
@@ -269,7 +269,7 @@ def test_unreachable_kafka_is_a_one_line_error(test_env):
 def test_a_refused_key_is_a_one_line_error(cluster):
     cluster.start_server()
     result = run("subscriber.py", "--cluster", "1", "--id", "1",
-                 env=dict(cluster.env, SUBSCRIBER_KEY="wrong"))
+                 env=dict(cluster.env, SUBSCRIBER_KEY="a-wrong-subscriber-key-of-32-bytes-or-more"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(

@@ -168,28 +168,59 @@ def preflight(client, path, origin):
                                          "Access-Control-Request-Headers": "content-type"})
 
 
+PAGE = "http://localhost:5001"  # the registration API's page, with the default settings
+
+
 @pytest.mark.parametrize("path", ["/emoji", "/emojis"])
-def test_any_origin_may_send_by_default(path):
+def test_by_default_the_registration_apis_page_may_send_and_no_other(path):
     client, sink = api_client()
-    answer = preflight(client, path, "http://stream.example:5001")
+    answer = preflight(client, path, PAGE)
     assert answer.status_code == 204
-    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert answer.headers["Access-Control-Allow-Origin"] == PAGE
     assert "POST" in answer.headers["Access-Control-Allow-Methods"]
     assert answer.headers["Access-Control-Allow-Headers"].lower() == "content-type"
     assert int(answer.headers["Access-Control-Max-Age"]) > 0
     body = event() if path == "/emoji" else [event(), event("😂")]
-    sent = client.post(path, json=body, headers={"Origin": "http://stream.example:5001"})
+    sent = client.post(path, json=body, headers={"Origin": "http://127.0.0.1:5001"})
     assert sent.status_code == 200
-    assert sent.headers["Access-Control-Allow-Origin"] == "*"
+    assert sent.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:5001"
     assert [e["emoji_type"] for e in sink.events] == (["🔥"] if path == "/emoji"
                                                       else ["🔥", "😂"])
+    third_party = client.post(path, json=body, headers={"Origin": "http://stream.example"})
+    assert third_party.status_code == 403
+    assert third_party.get_json() == {"error": "origin http://stream.example is not allowed "
+                                               "(API_CORS_ORIGINS)"}
+    assert len(sink.events) == (2 if path == "/emojis" else 1)
+
+
+@pytest.mark.parametrize("environ, origins", [
+    ({}, ("http://localhost:5001", "http://127.0.0.1:5001")),
+    ({"REGISTRATION_HOST": "0.0.0.0", "REGISTRATION_PORT": "6001"},
+     ("http://localhost:6001", "http://127.0.0.1:6001")),
+    ({"REGISTRATION_HOST": "stream.example"}, ("http://stream.example:5001",)),
+    ({"REGISTRATION_PUBLIC_URL": "https://Cricket.Example/live/"}, ("https://cricket.example",)),
+    ({"API_CORS_ORIGINS": "*"}, ("*",)),
+])
+def test_the_default_origin_is_the_registration_apis_page(environ, origins):
+    assert config.load(environ).cors_origins == origins
+
+
+def test_any_origin_may_send_when_configured_with_a_star():
+    client, sink = api_client(API_CORS_ORIGINS="*")
+    answer = preflight(client, "/emoji", "http://stream.example:5001")
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    sent = client.post("/emoji", json=event(), headers={"Origin": "http://stream.example:5001"})
+    assert sent.status_code == 200
+    assert sent.headers["Access-Control-Allow-Origin"] == "*"
+    assert len(sink.events) == 1
 
 
 def test_errors_carry_cors_headers_so_the_page_can_read_them():
     client, _sink = api_client()
-    answer = client.post("/emoji", json={"user_id": "x"}, headers={"Origin": "http://a.example"})
+    answer = client.post("/emoji", json={"user_id": "x"}, headers={"Origin": PAGE})
     assert answer.status_code == 400
-    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert answer.headers["Access-Control-Allow-Origin"] == PAGE
     assert "Retry-After" in answer.headers["Access-Control-Expose-Headers"]
 
 

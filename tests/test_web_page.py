@@ -57,6 +57,8 @@ def system(tmp_path_factory):
     for _attempt in range(START_ATTEMPTS):
         env = isolated_env(tmp_path_factory.mktemp("web"))
         env["API_PUBLIC_URL"] = f"http://{API_HOST}:{env['API_PORT']}"
+        # Where the page is, as a deployment says: the ingest API takes posts from its origin.
+        env["REGISTRATION_PUBLIC_URL"] = f"http://{PAGE_HOST}:{env['REGISTRATION_PORT']}"
         try:
             started = run_script("start_all.sh", env=env, timeout=400, check=False)
             if started.returncode == 0:

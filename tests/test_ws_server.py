@@ -30,8 +30,8 @@ from tests.services import (
 )
 
 CLUSTER = 2
-KEY = "test-subscriber-key"
-TOKEN_SECRET = "test-token-secret"
+KEY = "test-subscriber-key-with-32-bytes-or-more"
+TOKEN_SECRET = "test-token-secret-with-32-bytes-or-more"
 QUIET_S = 1.0  # how long "nothing arrives" is watched for
 
 
@@ -404,7 +404,7 @@ def test_other_http_requests_get_a_clear_answer(server, request_line, status, bo
 
 
 def test_a_viewer_that_stops_answering_pings_is_dropped(start_server):
-    server = start_server(WS_PING_INTERVAL_S=0.3, WS_PING_TIMEOUT_S=0.3)
+    server = start_server(WS_PING_INTERVAL_S=1, WS_PING_TIMEOUT_S=1)
     # A bare TCP client that completes the handshake, then never reads again (no pongs).
     key = base64.b64encode(os.urandom(16))
     with socket.create_connection(("localhost", server.port), timeout=5) as sock:
@@ -416,10 +416,73 @@ def test_a_viewer_that_stops_answering_pings_is_dropped(start_server):
         with server.viewer("alive") as alive:
             server.wait_for_counts(viewers=2, subscribers=0)
             # The frozen one is gone after the ping timeout and the closing handshake's
-            # timeout (10 s).
+            # timeout (WS_CLOSE_TIMEOUT_S, 2 s).
             server.wait_for_counts(viewers=1, subscribers=0, timeout_s=30)
             assert_nothing_arrives(alive)  # and the one answering pings stays connected
         server.wait_for_counts(viewers=0, subscribers=0)
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+def test_a_second_connection_of_a_client_replaces_the_first(server):
+    message = update(unique_window(), fire=7)
+    with server.viewer("twice") as first, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        with server.viewer("twice") as second:
+            with pytest.raises(ConnectionClosed) as closed:
+                first.recv(timeout=5)
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                4409, "replaced by a newer connection of this client")
+            server.wait_for_counts(viewers=1, subscribers=1)
+            publisher.send(text(message))
+            assert second.recv(timeout=5) == text(message)
+    assert "viewer 'twice' connected again from " in server.service.log()
+
+
+def test_viewer_connections_per_address_are_capped(start_server):
+    server = start_server(WS_MAX_CONNECTIONS_PER_ADDRESS=3)
+    with server.viewer("one"), server.viewer("two"), server.viewer("three") as third:
+        server.wait_for_counts(viewers=3, subscribers=0)
+        with pytest.raises(InvalidStatus) as refused:
+            server.viewer("four")
+        response = refused.value.response
+        assert response.status_code == 429
+        assert response.body.decode() == ("too many connections from 127.0.0.1: at most 3 "
+                                          "(WS_MAX_CONNECTIONS_PER_ADDRESS)\n")
+        third.close()
+        server.wait_for_counts(viewers=2, subscribers=0)
+        with server.viewer("four"):
+            server.wait_for_counts(viewers=3, subscribers=0)
+        # Subscribers and health checks are not viewers: never capped.
+        with server.publisher():
+            server.wait_for_counts(viewers=2, subscribers=1)
+
+
+def test_a_viewer_that_stops_reading_is_closed_once_its_unsent_data_passes_the_cap(
+        start_server):
+    server = start_server(WS_MAX_VIEWER_BUFFER_BYTES=64 * 1024)
+    padding = "x" * 100_000  # extra fields travel with an update, unread by the server
+    window = unique_window()
+    updates = [dict(update(window, fire=n), padding=padding) for n in range(1, 81)]
+    # A client whose queue holds one message stops reading the socket once it is full.
+    with connect(f"{server.url}/?token={quote(token('slow'))}", open_timeout=5,
+                 max_queue=1) as slow, server.viewer("fast") as fast, \
+            server.publisher() as publisher:
+        server.wait_for_counts(viewers=2, subscribers=1)
+        for message in updates:
+            publisher.send(text(message))
+        assert [json.loads(fast.recv(timeout=10))["aggregates"][0]["count"]
+                for _ in updates] == list(range(1, 81))
+        server.service.wait_for_log("closing a viewer from 127.0.0.1:")
+        received = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                slow.recv(timeout=10)
+                received += 1
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            4408, "too slow: more than 65536 bytes unsent")
+        assert 0 < received < len(updates)
+        server.wait_for_counts(viewers=1, subscribers=1)
 
 
 # --- the process ------------------------------------------------------------------------------
