@@ -106,8 +106,9 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
 
     @app.post("/emoji")
     def post_emoji():
-        event = validator.validate(json_body(), _now())
-        _send(sink, [event])
+        received_at = _now()
+        event = validator.validate(json_body(), received_at)
+        _send(sink, [event], received_at)
         return {"status": "success"}
 
     @app.post("/emojis")
@@ -125,7 +126,7 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
         if not accepted:
             raise ApiError(400, f"none of the {len(items)} events is valid",
                            {**body, "status": "error"})
-        _send(sink, accepted)
+        _send(sink, accepted, received_at)
         return body
 
     @app.get("/health")
@@ -149,9 +150,9 @@ def _check_batch(items, max_batch: int) -> None:
         raise ApiError(413, f"batch has {len(items)} events; at most {max_batch} are allowed")
 
 
-def _send(sink, events: list[dict]) -> None:
+def _send(sink, events: list[dict], received_at: datetime) -> None:
     try:
-        sink.send(events)
+        sink.send(events, received_at.timestamp())
     except SinkUnavailable as err:
         raise _unavailable(str(err)) from None
 

@@ -14,7 +14,6 @@ and peak per component, and appends the table to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import subprocess
@@ -33,6 +32,7 @@ from bench.harness import REPO_ROOT, RssSampler, report, system_pid_files
 from emojistream import config, kafka_clients
 from emojistream.events import format_timestamp, parse_timestamp, window_bounds
 from testkit.sandbox import isolated_env
+from testkit.topics import events_of
 from testkit.viewer import RecordingViewer
 
 log = logging.getLogger("soak")
@@ -179,8 +179,7 @@ def truth(settings: config.Settings) -> tuple[int, dict[str, dict]]:
         end = consumer.end_offsets(partitions)
         while any(consumer.position(tp) < end[tp] for tp in partitions):
             for batch in consumer.poll(timeout_ms=1000, max_records=50_000).values():
-                for record in batch:
-                    event = json.loads(record.value)
+                for event in (e for record in batch for e in events_of(record.value)):
                     start, _ = window_bounds(parse_timestamp(event["timestamp"]),
                                              settings.window_seconds)
                     windows[format_timestamp(start)][event["emoji_type"]] += 1

@@ -137,8 +137,10 @@ class Settings:
     api_threads: int = 8
     api_max_batch: int = 10_000
     api_max_body_bytes: int = 2 * 1024 * 1024
+    # The API coalesces accepted events into Kafka records of up to PRODUCER_EVENTS_PER_RECORD
+    # events, written every PRODUCER_LINGER_MS (emojistream/ingest.py).
     producer_linger_ms: int = 50
-    producer_batch_records: int = 20_000
+    producer_events_per_record: int = 500
     producer_buffer_bytes: int = 64 * 1024 * 1024
     producer_compression: str = "lz4"
     # How long every producer (the ingest API's, the publishers') retries a record before it

@@ -1,14 +1,26 @@
-"""The ingest API's way into Kafka: an asynchronous producer that refuses work it could lose.
+"""The ingest API's way into Kafka: events coalesced into records, sent in the background, and
+503 instead of accepting what could be lost.
 
-Requests never wait for Kafka: records are buffered and sent in the background (linger, batches,
-compression). Instead the sink watches whether Kafka keeps acknowledging. While records have
-waited longer than PRODUCER_ACK_TIMEOUT_S, after a delivery failed, or while PRODUCER_BUFFER_BYTES
-are waiting, ``send`` raises SinkUnavailable and the API answers 503: clients retry later rather
-than being told "success" for records that might never arrive.
+Coalescing (as Hotstar's ingest does): a request hands its accepted events to an in-process
+buffer and returns; a flusher thread writes the buffer to Kafka every PRODUCER_LINGER_MS, or as
+soon as PRODUCER_EVENTS_PER_RECORD events wait, as records that each carry up to that many events
+(a JSON array; a record of one event is the plain object). Kafka's per-record cost, most of
+kafka-python's CPU per event, is paid once per record instead of once per event.
 
-Records accepted in the moments before an outage is noticed are not lost either: the producer
-retries them until the delivery timeout (KAFKA_DELIVERY_TIMEOUT_S, 2 minutes), so a broker
-restart delivers them.
+A record's timestamp is the time the API received its earliest event, and a record spans at most
+half of EVENT_TIME_MARGIN_S of receive times: the aggregator checks every event's time against
+its record's (see emojistream/config.py), so a record delivered late (after an outage) still
+counts, and a far-off client time never does.
+
+Durability. A 200 means the events are valid and in this process's buffer; they reach Kafka
+within PRODUCER_LINGER_MS plus Kafka's acknowledgement (acks=all, idempotent producer), and
+through a broker outage the producer retries them for KAFKA_DELIVERY_TIMEOUT_S. The sink answers
+503 while records have waited more than PRODUCER_ACK_TIMEOUT_S for an acknowledgement, after a
+delivery failed, or while PRODUCER_BUFFER_BYTES of events wait. A graceful stop (SIGTERM) sends
+and flushes everything first. A crash of the process (SIGKILL, power loss) loses the events not
+yet acknowledged: normally those of the last linger interval and the round trip to Kafka, at
+most the events accepted in the last PRODUCER_ACK_TIMEOUT_S (and never more than
+PRODUCER_BUFFER_BYTES of them).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass, field
 
 from kafka import KafkaProducer, codec
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -27,12 +40,14 @@ from .events import encode
 
 log = logging.getLogger(__name__)
 
-# The longest a request may wait inside producer.send (for topic metadata).
+# How long a request may wait in producer.send for topic metadata: only the first request of a
+# worker does (the flusher sends everything after), and it must not hang on a Kafka that is down.
 MAX_BLOCK_MS = 200
-# batch_size is in bytes; an encoded event is about this long.
-RECORD_BYTES_ESTIMATE = 128
-# Below the broker's default message.max.bytes (1 MiB + 12).
+# Below the broker's default message.max.bytes (1 MiB + 12), for one record and for one batch.
+MAX_RECORD_BYTES = 900_000
 MAX_BATCH_BYTES = 1_000_000
+# The producer batches the flusher's records for a moment more: they come all at once.
+PRODUCER_LINGER_MS = 5
 # kafka-python backs off up to 30 s between reconnects by default; a restarted broker should be
 # used again within a second.
 RECONNECT_BACKOFF_MAX_MS = 1_000
@@ -40,6 +55,8 @@ RECONNECT_BACKOFF_MAX_MS = 1_000
 CONNECT_RETRY_S = 5.0
 # At most one metadata probe per this interval while a delivery failure blocks sending.
 PROBE_INTERVAL_S = 1.0
+# How long the flusher waits before trying a send again that Kafka refused at once.
+SEND_RETRY_S = 0.5
 # Below gunicorn's graceful_timeout (30 s), after which the master kills the worker.
 CLOSE_TIMEOUT_S = 20.0
 
@@ -48,7 +65,7 @@ CODECS = {"gzip": (codec.has_gzip, "(built in)"), "snappy": (codec.has_snappy, "
 
 
 class SinkUnavailable(RuntimeError):
-    """Kafka cannot take records now; the message says why."""
+    """Kafka cannot take events now; the message says why."""
 
 
 def compression_type(settings: Settings) -> str | None:
@@ -65,13 +82,46 @@ def compression_type(settings: Settings) -> str | None:
     return name
 
 
-class KafkaEventSink:
-    """Sends canonical events to the events topic, keyed by user_id; thread-safe.
+@dataclass
+class Record:
+    """Events on their way to Kafka as one record."""
 
-    The producer is created on first use, so a sink built before gunicorn forks has no
-    background thread yet; each worker process gets its own. ``producer_overrides`` are extra
-    KafkaProducer options (tests shorten the delivery timeout with it). Retries are left at
-    kafka-python's default, unlimited within the delivery timeout.
+    received_ms: int  # when the API received the earliest of them
+    events: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+    def value(self) -> bytes:
+        if len(self.events) == 1:
+            return self.events[0]
+        return b"[" + b",".join(self.events) + b"]"
+
+
+def coalesce(batches: list[tuple[int, list[bytes]]], events_per_record: int,
+             span_ms: int) -> list[Record]:
+    """Records of the encoded events of ``batches`` ((received ms, events), in arrival order):
+    at most ``events_per_record`` events and MAX_RECORD_BYTES each, received within ``span_ms``
+    of the record's first."""
+    records: list[Record] = []
+    current: Record | None = None
+    for received_ms, events in batches:
+        for event in events:
+            if (current is None or len(current.events) >= events_per_record
+                    or current.size + len(event) + 1 > MAX_RECORD_BYTES
+                    or abs(received_ms - current.received_ms) > span_ms):
+                current = Record(received_ms)
+                records.append(current)
+            current.events.append(event)
+            current.size += len(event) + 1
+            current.received_ms = min(current.received_ms, received_ms)
+    return records
+
+
+class KafkaEventSink:
+    """Coalesces accepted events into records and sends them to the events topic; thread-safe.
+
+    The producer and the flusher thread start on first use, so a sink built before the HTTP
+    server forks has neither yet; each worker process gets its own. ``producer_overrides`` are
+    extra KafkaProducer options (tests shorten the delivery timeout with it).
     """
 
     def __init__(self, settings: Settings,
@@ -82,13 +132,20 @@ class KafkaEventSink:
         self.topic = settings.emoji_events_topic
         self._compression = compression_type(settings)
         self._connect_timeout_s = connect_timeout_s
+        self._linger_s = settings.producer_linger_ms / 1000
+        self._span_ms = int(settings.event_time_margin_s * 1000 / 2)
         self._connect_lock = threading.Lock()
         self._producer: KafkaProducer | None = None
+        self._flusher: threading.Thread | None = None
         self._connect_error = ""
         self._connect_failed_at = -math.inf
-        # Delivery state, updated by request threads and the producer's network thread.
-        self._lock = threading.Lock()
-        self._pending = 0
+        # Delivery state, shared by request threads, the flusher and the producer's thread.
+        self._lock = threading.Condition()
+        self._buffer: list[tuple[int, list[bytes]]] = []  # (received ms, encoded events)
+        self._buffered = 0      # events in the buffer
+        self._handing_over = False  # the flusher has taken the buffer, not yet sent it all
+        self._flush_now = False
+        self._pending = 0       # events in the buffer or sent and not yet acknowledged
         self._pending_bytes = 0
         self._progress_at = time.monotonic()
         self._failure: str | None = None
@@ -98,12 +155,10 @@ class KafkaEventSink:
         self._said_unavailable = False
 
     def producer_options(self) -> dict:
-        s = self.settings
-        return {"acks": "all", "enable_idempotence": True, "linger_ms": s.producer_linger_ms,
-                "batch_size": min(s.producer_batch_records * RECORD_BYTES_ESTIMATE,
-                                  MAX_BATCH_BYTES),
+        return {"acks": "all", "enable_idempotence": True, "linger_ms": PRODUCER_LINGER_MS,
+                "batch_size": MAX_BATCH_BYTES, "max_request_size": MAX_BATCH_BYTES + 50_000,
                 "compression_type": self._compression, "max_block_ms": MAX_BLOCK_MS,
-                **kafka_clients.delivery_options(s, s.producer_linger_ms),
+                **kafka_clients.delivery_options(self.settings, PRODUCER_LINGER_MS),
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS, **self._overrides}
 
     def connect(self) -> KafkaProducer:
@@ -117,6 +172,9 @@ class KafkaEventSink:
         try:
             if self._producer is None:
                 self._producer = self._create_producer()
+                self._flusher = threading.Thread(target=self._flush_forever, daemon=True,
+                                                 name="event-flusher")
+                self._flusher.start()
             return self._producer
         finally:
             self._connect_lock.release()
@@ -127,15 +185,25 @@ class KafkaEventSink:
         try:
             producer = kafka_clients.producer(self.settings, self._connect_timeout_s,
                                               **self.producer_options())
+            # The topic's metadata now, so that the flusher never waits for it.
+            producer.partitions_for(self.topic)
         except kafka_clients.KafkaUnavailable as err:
             self._connect_error, self._connect_failed_at = str(err), time.monotonic()
             self._say_unavailable(str(err))
             raise SinkUnavailable(str(err)) from None
-        log.info("producing to %s at %s", self.topic, self.settings.kafka_bootstrap_servers)
+        except KafkaTimeoutError:
+            producer.close(timeout=1)
+            message = (f"no metadata for topic {self.topic} within {MAX_BLOCK_MS} ms "
+                       "(is Kafka up, does the topic exist?)")
+            self._connect_error, self._connect_failed_at = message, time.monotonic()
+            raise SinkUnavailable(message) from None
+        log.info("producing to %s at %s, up to %d events a record",
+                 self.topic, self.settings.kafka_bootstrap_servers,
+                 self.settings.producer_events_per_record)
         return producer
 
     def problem(self) -> str | None:
-        """Why Kafka cannot take records now, or None when it can."""
+        """Why Kafka cannot take events now, or None when it can."""
         try:
             self.connect()
         except SinkUnavailable as err:
@@ -145,42 +213,28 @@ class KafkaEventSink:
         self._after_check(problem)
         return problem
 
-    def send(self, events: list[dict]) -> None:
-        """Queue the events for Kafka without waiting for it; SinkUnavailable when it is down."""
-        producer = self.connect()
-        records = [(event["user_id"].encode("utf-8"), encode(event)) for event in events]
-        self._reserve(len(records), sum(len(key) + len(value) for key, value in records))
-        for index, (key, value) in enumerate(records):
-            try:
-                future = producer.send(self.topic, value=value, key=key)
-            except KafkaError as err:
-                self._release(records[index:])
-                raise SinkUnavailable(self._describe(err)) from None
-            size = len(key) + len(value)
-            future.add_callback(self._delivered, size).add_errback(self._failed, size)
-
-    def _describe(self, err: KafkaError) -> str:
-        if isinstance(err, KafkaTimeoutError) and "metadata" in str(err):
-            return (f"no metadata for topic {self.topic} within {MAX_BLOCK_MS} ms "
-                    "(is Kafka up, does the topic exist?)")
-        return str(err)
-
-    def _reserve(self, count: int, size: int) -> None:
+    def send(self, events: list[dict], received_at: float | None = None) -> None:
+        """Take the events (received at ``received_at``, epoch seconds; default now) for Kafka
+        without waiting for it; SinkUnavailable when it cannot take them."""
+        self.connect()
+        encoded = [encode(event) for event in events]
+        size = sum(len(event) for event in encoded)
+        received_ms = int((time.time() if received_at is None else received_at) * 1000)
         with self._lock:
             problem = self._problem_locked(size)
             if problem is None:
                 if self._pending == 0:
                     self._progress_at = time.monotonic()
-                self._pending += count
+                self._buffer.append((received_ms, encoded))
+                self._buffered += len(encoded)
+                self._pending += len(encoded)
                 self._pending_bytes += size
+                if (self._buffered >= self.settings.producer_events_per_record
+                        or len(self._buffer) == 1):  # a record's worth, or the linger starts
+                    self._lock.notify_all()
         self._after_check(problem)
         if problem is not None:
             raise SinkUnavailable(problem)
-
-    def _release(self, records) -> None:
-        with self._lock:
-            self._pending -= len(records)
-            self._pending_bytes -= sum(len(key) + len(value) for key, value in records)
 
     def _problem_locked(self, extra_bytes: int) -> str | None:
         if self._closed:
@@ -190,7 +244,7 @@ class KafkaEventSink:
         waited = time.monotonic() - self._progress_at
         if self._pending and waited > self.settings.producer_ack_timeout_s:
             return (f"no acknowledgement for {waited:.1f} s, "
-                    f"{self._pending} record(s) waiting")
+                    f"{self._pending} event(s) waiting")
         if self._pending_bytes + extra_bytes > self.settings.producer_buffer_bytes:
             return (f"the send buffer is full ({self._pending_bytes} bytes wait for Kafka, "
                     f"PRODUCER_BUFFER_BYTES={self.settings.producer_buffer_bytes})")
@@ -200,7 +254,7 @@ class KafkaEventSink:
         if problem is None:
             if self._said_unavailable:
                 self._said_unavailable = False
-                log.info("Kafka takes records again (%d record(s) lost since start)", self._lost)
+                log.info("Kafka takes events again (%d event(s) lost since start)", self._lost)
             return
         self._say_unavailable(problem)
         if self._failure is not None:
@@ -211,22 +265,75 @@ class KafkaEventSink:
             self._said_unavailable = True
             log.warning("Kafka is unavailable, answering 503: %s", problem)
 
-    def _delivered(self, size: int, _metadata) -> None:
+    # --- the flusher ---
+
+    def _flush_forever(self) -> None:
+        """Take the buffer every linger interval (or once a record's worth waits) and send it;
+        until the sink is closed and its buffer empty."""
+        while True:
+            batches = self._next_batches()
+            if batches is None:
+                return
+            for record in coalesce(batches, self.settings.producer_events_per_record,
+                                   self._span_ms):
+                self._send_record(record)
+            with self._lock:
+                self._handing_over = False
+                self._lock.notify_all()
+
+    def _next_batches(self) -> list[tuple[int, list[bytes]]] | None:
         with self._lock:
-            self._pending -= 1
-            self._pending_bytes -= size
+            while not self._buffer and not self._closed:
+                self._lock.wait()
+            if not self._buffer:
+                return None
+            deadline = time.monotonic() + self._linger_s
+            while (self._buffered < self.settings.producer_events_per_record
+                   and not (self._closed or self._flush_now)
+                   and time.monotonic() < deadline):
+                self._lock.wait(deadline - time.monotonic())
+            batches, self._buffer, self._buffered = self._buffer, [], 0
+            self._handing_over, self._flush_now = True, False
+            return batches
+
+    def _send_record(self, record: Record) -> None:
+        """Hand the record to the producer; while it refuses at once (Kafka gone), try again
+        (the events were accepted) until the delivery timeout, then count them lost."""
+        give_up_at = time.monotonic() + self.settings.kafka_delivery_timeout_s
+        while True:
+            try:
+                future = self._producer.send(self.topic, value=record.value(),
+                                             timestamp_ms=record.received_ms)
+                break
+            except KafkaError as err:
+                with self._lock:
+                    self._failure = self._failure or str(err)
+                if time.monotonic() > give_up_at:
+                    self._failed(record, err)
+                    return
+                time.sleep(SEND_RETRY_S)
+        future.add_callback(self._delivered, record).add_errback(self._failed_callback, record)
+
+    def _delivered(self, record: Record, _metadata) -> None:
+        with self._lock:
+            self._pending -= len(record.events)
+            self._pending_bytes -= record.size - len(record.events)
             self._progress_at = time.monotonic()
             self._failure = None
 
-    def _failed(self, size: int, error: Exception) -> None:
+    def _failed_callback(self, record: Record, error: Exception) -> None:
+        self._failed(record, error)
+
+    def _failed(self, record: Record, error: Exception) -> None:
         with self._lock:
-            self._pending -= 1
-            self._pending_bytes -= size
-            self._lost += 1
+            self._pending -= len(record.events)
+            self._pending_bytes -= record.size - len(record.events)
+            self._lost += len(record.events)
             first = self._failure is None
             self._failure = str(error)
         if first:
-            log.error("Kafka did not take a record: %s", error)
+            log.error("Kafka did not take a record of %d event(s): %s", len(record.events),
+                      error)
 
     def _probe(self) -> None:
         """Ask for fresh metadata; an answer that knows the topic ends the failure state.
@@ -248,27 +355,39 @@ class KafkaEventSink:
                 self._failure = None
                 self._progress_at = time.monotonic()
 
+    # --- the end ---
+
     def flush(self, timeout_s: float) -> None:
-        """Wait until Kafka has answered for every record sent (KafkaTimeoutError if not)."""
-        if self._producer is not None:
-            self._producer.flush(timeout_s)
+        """Send what waits in the buffer now and wait until Kafka has answered for every record
+        sent (KafkaTimeoutError if not)."""
+        if self._producer is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while (self._buffer or self._handing_over) and time.monotonic() < deadline:
+                self._flush_now = bool(self._buffer)
+                self._lock.notify_all()
+                self._lock.wait(deadline - time.monotonic())
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
-        """Refuse new records, deliver the accepted ones, stop the producer.
+        """Refuse new events, deliver the accepted ones, stop the producer.
 
         Called when a worker exits, so a graceful shutdown drops nothing that was answered 200.
         """
         with self._lock:
             self._closed = True
+            self._lock.notify_all()
         producer = self._producer
         if producer is None:
             return
+        self._flusher.join(timeout_s)
         try:
             producer.flush(timeout_s)
         except KafkaTimeoutError:
-            log.error("Kafka did not acknowledge %d record(s) within %.0f s; they are lost",
+            log.error("Kafka did not acknowledge %d event(s) within %.0f s; they are lost",
                       self._pending, timeout_s)
             # Otherwise close() would flush again and raise again.
             producer._sender.force_close()
         producer.close(timeout=timeout_s)
-        log.info("producer closed; %d record(s) lost since start", self._lost)
+        log.info("producer closed; %d event(s) lost since start", self._lost)

@@ -21,6 +21,7 @@ from emoji_api import SINK, create_app
 from emojistream import config, kafka_clients
 from emojistream.events import encode, format_timestamp
 from emojistream.ingest import KafkaEventSink
+from testkit.topics import events_of
 from tests.services import REPO_ROOT, free_port, run_script
 
 pytestmark = pytest.mark.kafka
@@ -54,7 +55,7 @@ class TopicTail:
                       else self.consumer.end_offsets(self.partitions))
 
     def records(self, timeout_s: float = 20) -> list:
-        """Every record written since the start: (partition, key, value bytes)."""
+        """Every record written since the start: (partition, key, value bytes, timestamp)."""
         end = self.consumer.end_offsets(self.partitions)
         for tp in self.partitions:
             self.consumer.seek(tp, self.start[tp])
@@ -62,7 +63,7 @@ class TopicTail:
         while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
             assert time.monotonic() < deadline, "records did not arrive"
             for batch in self.consumer.poll(timeout_ms=500).values():
-                found += [(r.partition, r.key, r.value) for r in batch
+                found += [(r.partition, r.key, r.value, r.timestamp) for r in batch
                           if r.offset < end[TopicPartition(r.topic, r.partition)]]
         return found
 
@@ -71,7 +72,8 @@ class TopicTail:
 
 
 def values(records) -> list[bytes]:
-    return sorted(value for _, _, value in records)
+    """The events of the records, each as the API encodes it, sorted."""
+    return sorted(encode(event) for _, _, value, _ in records for event in events_of(value))
 
 
 def moment_ago(seconds: float) -> datetime:
@@ -141,8 +143,8 @@ def test_single_event_lands_on_the_topic_in_canonical_form(client, tail):
     response = post(client, "/emoji", item)
     assert response.status_code == 200
     assert response.get_json() == {"status": "success"}
-    [(_, key, value)] = tail()
-    assert key == b"alice"
+    [(_, key, value, _)] = tail()
+    assert key is None
     assert json.loads(value) == canonical(item)
     assert value == encode(canonical(item))
     assert canonical(item)["timestamp"].endswith("Z")
@@ -161,8 +163,8 @@ def test_epoch_milliseconds_and_unicode_user_ids(client, tail):
     moment = moment_ago(-1.5)
     item = {"user_id": "Zoë 用户", "emoji_type": "❤️", "timestamp": round(moment.timestamp() * 1000)}
     assert post(client, "/emoji", item).status_code == 200
-    [(_, key, value)] = tail()
-    assert key == "Zoë 用户".encode()
+    [(_, key, value, _)] = tail()
+    assert key is None
     assert json.loads(value) == {"user_id": "Zoë 用户", "emoji_type": "❤️",
                                  "timestamp": format_timestamp(moment)}
 
@@ -172,7 +174,7 @@ def test_far_off_timestamps_become_the_receive_time(client, tail, seconds_ago):
     before = moment_ago(0)
     assert post(client, "/emoji", event(seconds_ago=seconds_ago)).status_code == 200
     after = datetime.now(UTC)
-    [(_, _, value)] = tail()
+    [(_, _, value, _)] = tail()
     stamped = datetime.fromisoformat(json.loads(value)["timestamp"])
     assert before <= stamped <= after
 
@@ -197,11 +199,32 @@ def test_batch_accepts_the_valid_and_reports_the_invalid_by_index(client, tail):
     valid = [item for i, item in enumerate(items) if i not in (3, 10, 20, 33, 49)]
     records = tail()
     assert values(records) == sorted(encode(canonical(item)) for item in valid)
-    partitions_of_user = {}
-    for partition, key, _ in records:
-        partitions_of_user.setdefault(key, set()).add(partition)
-    assert all(len(parts) == 1 for parts in partitions_of_user.values())
-    assert len(partitions_of_user) == 7
+    # One request's events travel together: one record, a JSON array, in the order sent.
+    [(_, key, value, _)] = records
+    assert key is None and value.startswith(b"[")
+    assert json.loads(value) == [canonical(item) for item in valid]
+
+
+def test_events_are_coalesced_into_records_of_at_most_the_configured_size(settings, app, tail):
+    small = dataclasses.replace(settings, producer_events_per_record=10)
+    sink = KafkaEventSink(small)
+    client = create_app(small, sink=sink).test_client()
+    before = int(time.time() * 1000)
+    items = [event(user_id=f"coalesced-{i}") for i in range(25)]
+    try:
+        assert post(client, "/emojis", items[:12]).status_code == 200
+        for item in items[12:]:
+            assert post(client, "/emoji", item).status_code == 200
+        sink.flush(10)
+    finally:
+        sink.close(5)
+    after = int(time.time() * 1000)
+    records = tail()
+    assert values(records) == sorted(encode(canonical(item)) for item in items)
+    sizes = sorted(len(events_of(value)) for _, _, value, _ in records)
+    assert sum(sizes) == 25 and max(sizes) <= 10 and len(sizes) >= 3
+    # A record's time is when the API received its earliest event.
+    assert all(before <= timestamp <= after for _, _, _, timestamp in records)
 
 
 def test_batch_of_only_invalid_events_is_a_400_and_sends_nothing(client, tail):
@@ -537,5 +560,5 @@ def test_script_serves_with_gunicorn_and_delivers_everything_on_sigterm(kafka, t
     assert "Traceback" not in log
     assert "gunicorn.error: Booting worker with pid" in log
     assert "gunicorn.error: Using worker: gthread" in log
-    assert log.count("emojistream.ingest: producer closed; 0 record(s) lost since start") == 2
+    assert log.count("emojistream.ingest: producer closed; 0 event(s) lost since start") == 2
     assert all(LOG_LINE.match(line) for line in log.splitlines()), log

@@ -37,6 +37,7 @@ from emojistream.events import (
     parse_timestamp,
     window_bounds,
 )
+from testkit.topics import events_of
 from testkit.viewer import RecordingViewer
 from tests.services import isolated_env, run_script
 
@@ -226,11 +227,11 @@ def events_in_kafka(settings: config.Settings, prefix: str) -> list[dict]:
     found = []
     for record in read_topic(settings, settings.emoji_events_topic):
         try:
-            event = json.loads(record.value)
+            events = events_of(record.value)
         except (TypeError, ValueError, RecursionError):
             continue
-        if isinstance(event, dict) and str(event.get("user_id", "")).startswith(prefix + "-"):
-            found.append(event)
+        found += [event for event in events if isinstance(event, dict)
+                  and str(event.get("user_id", "")).startswith(prefix + "-")]
     return found
 
 
@@ -471,7 +472,7 @@ def test_api_stopped_under_load_delivers_everything_it_answered_200_for(system):
         assert wait_for_exit(pid, 40), "emoji_api did not exit within 40 s"
         load.stop()
         log = log_text(processes, "emoji_api")
-        assert log.count("producer closed; 0 record(s) lost since start") == \
+        assert log.count("producer closed; 0 event(s) lost since start") == \
             settings.api_workers, log[-2000:]
         in_kafka = Counter(e["user_id"] for e in events_in_kafka(settings, "sigterm"))
         assert load.failures, "the load never met the stopped API"

@@ -21,6 +21,7 @@ from kafka.admin import ConfigResource, NewTopic
 
 from emojistream import config, kafka_clients
 from testkit.sandbox import free_port_run
+from testkit.topics import events_of
 from tests.services import free_port, isolated_env, read_pid, run_script, running, wait_for_health
 
 pytestmark = pytest.mark.kafka
@@ -128,10 +129,9 @@ def steady_ids_in_topic(settings) -> collections.Counter:
         while any(consumer.position(p) < end[p] for p in partitions):
             assert time.monotonic() < deadline, "the events topic was not read to its end"
             for records in consumer.poll(timeout_ms=1000).values():
-                for record in records:
-                    user = json.loads(record.value)["user_id"]
-                    if user.startswith("steady-"):
-                        ids[user] += 1
+                for event in (e for record in records for e in events_of(record.value)):
+                    if event["user_id"].startswith("steady-"):
+                        ids[event["user_id"]] += 1
         return ids
     finally:
         consumer.close()

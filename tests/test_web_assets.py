@@ -141,7 +141,7 @@ class RecordingSink:
     def __init__(self):
         self.events = []
 
-    def send(self, events):
+    def send(self, events, received_at=None):
         self.events.extend(events)
 
     def problem(self):
