@@ -12,7 +12,7 @@ preflight OPTIONS requests are answered, answers carry Access-Control-Allow-Orig
 from a browser page of another origin is refused with 403.
 
 Every failure is answered with JSON {"error": "..."}: 4xx for bad input, 503 while Kafka cannot
-take records (so clients retry instead of losing events). Served by gunicorn with threaded workers;
+take records (so clients retry instead of losing events). Served by granian with threaded workers;
 each worker has its own Kafka producer, created after the fork and flushed when the worker exits.
 """
 
@@ -170,17 +170,16 @@ def _add_error_handlers(app: Flask) -> None:
     add_json_error_handlers(app, log, ENDPOINTS)
 
 
-def close_sink(_arbiter, worker) -> None:
-    """gunicorn's worker_exit hook: deliver what this worker accepted before it goes."""
-    app = getattr(worker, "wsgi", None)
-    sink = getattr(app, "extensions", {}).get(SINK)
-    if sink is not None:
-        sink.close()
+def close_sink(app: Flask) -> None:
+    """As a worker ends: deliver what it accepted before it goes."""
+    app.extensions[SINK].close()
 
 
-def worker_app(settings: config.Settings) -> Flask:
-    """Runs in each worker after the fork, so every worker has its own producer."""
-    app = create_app(settings)
+def worker_app(settings: config.Settings | None = None) -> Flask:
+    """The app of one server worker, its producer connected before it serves (requests would
+    otherwise be answered 503 while it connects). Runs in each worker after the fork, so every
+    worker has its own producer. Settings default to the environment's."""
+    app = create_app(settings or config.load())
     problem = app.extensions[SINK].problem()
     if problem is not None:
         log.warning("worker %d starts without Kafka: %s", os.getpid(), problem)
@@ -221,10 +220,11 @@ def main(argv=None) -> int:
     log.info("listening on %s:%d, %d worker(s) with %d threads, producing to %s",
              settings.api_host, settings.api_port, settings.api_workers, settings.api_threads,
              settings.emoji_events_topic)
+    os.environ.update(config.to_environment(settings))  # the workers' settings
     try:
-        wsgi.serve(lambda: worker_app(settings), name="emoji_api", host=settings.api_host,
-                   port=settings.api_port, workers=settings.api_workers,
-                   threads=settings.api_threads, worker_exit=close_sink)
+        wsgi.serve("emoji_api:worker_app", host=settings.api_host, port=settings.api_port,
+                   workers=settings.api_workers, threads=settings.api_threads,
+                   worker_exit="emoji_api:close_sink")
     except wsgi.PortInUse as err:
         log.error("%s", err)
         return 1

@@ -8,7 +8,7 @@
     GET  /health     {"status": "ok", "registered_viewers": N}
     GET  /           the viewers' web page (emojistream/web.py, static/)
 
-The registry (emojistream/registry.py) lives in memory, so the API is served by one gunicorn
+The registry (emojistream/registry.py) lives in memory, so the API is served by one granian
 worker with several threads. Balancing, tokens and re-registration: docs/delivery.md.
 """
 
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 from urllib.parse import quote
@@ -151,19 +152,21 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
         return {"status": "ok", "registered_viewers": registry.total()}
 
 
-def stop_monitor(_arbiter, worker) -> None:
-    """gunicorn's worker_exit hook: stop the health polls of the exiting worker."""
-    app = getattr(worker, "wsgi", None)
-    monitor = getattr(app, "extensions", {}).get(MONITOR)
-    if monitor is not None:
-        monitor.stop()
+def worker_app() -> Flask:
+    """The app of the server's one worker, from the environment's settings."""
+    return create_app(config.load())
+
+
+def stop_monitor(app: Flask) -> None:
+    """As the worker ends: stop its health polls."""
+    app.extensions[MONITOR].stop()
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="registration_api.py",
         description="Assigns viewers to clusters (POST /register, POST /deregister, "
-                    "GET /clusters, GET /health). One gunicorn worker: the registry is in "
+                    "GET /clusters, GET /health). One server worker: the registry is in "
                     "memory. Options override REGISTRATION_HOST, REGISTRATION_PORT and "
                     "REGISTRATION_THREADS.")
     parser.add_argument("--host", default=settings.registration_host,
@@ -194,10 +197,11 @@ def main(argv=None) -> int:
                  settings.registration_host, settings.registration_port,
                  settings.registration_threads, settings.cluster_count,
                  ", ".join(settings.ws_public_url(n) for n in settings.clusters))
-        wsgi.serve(lambda: create_app(settings), name="registration_api",
-                   host=settings.registration_host, port=settings.registration_port,
-                   workers=1, threads=settings.registration_threads,
-                   worker_exit=stop_monitor)
+        os.environ.update(config.to_environment(settings))  # the worker's settings
+        wsgi.serve("registration_api:worker_app", host=settings.registration_host,
+                   port=settings.registration_port, workers=1,
+                   threads=settings.registration_threads,
+                   worker_exit="registration_api:stop_monitor")
     except wsgi.PortInUse as err:
         log.error("%s", err)
         return 1

@@ -134,7 +134,8 @@ class Settings:
     api_host: str = "localhost"
     api_port: int = 5000
     api_workers: int = 2
-    api_threads: int = 8
+    # Threads of each worker that run the app (granian's blocking threads).
+    api_threads: int = 4
     api_max_batch: int = 10_000
     api_max_body_bytes: int = 2 * 1024 * 1024
     # The API coalesces accepted events into Kafka records of up to PRODUCER_EVENTS_PER_RECORD
@@ -167,9 +168,9 @@ class Settings:
     # Subscribers authenticate to the WebSocket servers with this key; when empty, every process
     # shares the one generated in VAR_DIR/secrets/subscriber.key.
     subscriber_key: str = ""
-    # The registration API keeps its registry in memory: one gunicorn worker with this many
+    # The registration API keeps its registry in memory: one server worker with this many
     # threads.
-    registration_threads: int = 8
+    registration_threads: int = 4
     # Limits of the registration API: request bodies (413 beyond), registrations per client
     # address (a token bucket: REGISTRATION_BURST_PER_ADDRESS at once, refilled at
     # REGISTRATION_RATE_PER_ADDRESS a second; 429 beyond), viewers in the registry (503 beyond;
@@ -443,10 +444,15 @@ def load(environ=None, **overrides) -> Settings:
     return Settings(**values)
 
 
+def to_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that ``load`` turns into these settings (a process that starts
+    others hands its settings down this way)."""
+    return {env_name(f): _shell_value(getattr(settings, f.name)) for f in fields(settings)}
+
+
 def as_shell(settings: Settings) -> str:
     """``NAME=value`` lines for ``eval`` in shell scripts, plus the derived topic lists."""
-    lines = [f"{env_name(f)}={shlex.quote(_shell_value(getattr(settings, f.name)))}"
-             for f in fields(settings)]
+    lines = [f"{name}={shlex.quote(value)}" for name, value in to_environment(settings).items()]
     lines.append("CLUSTER_TOPICS=" + shlex.quote(
         " ".join(settings.cluster_topic(n) for n in settings.clusters)))
     lines.append("SUBSCRIBERS_TOPICS=" + shlex.quote(

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 
+import orjson
+
 MAX_USER_ID_LENGTH = 64
 EVENT_FIELDS = ("user_id", "emoji_type", "timestamp")
+# format_timestamp's output: a timestamp sent in this form is kept as sent.
+CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
 
 
 class InvalidEvent(ValueError):
@@ -61,7 +66,10 @@ def parse_timestamp(value) -> datetime:
 
 
 def _has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text)
+    # isprintable() is false for every forbidden category (and a few allowed ones, like
+    # no-break spaces): the character scan runs only for the rare ids it does not clear.
+    return not text.isprintable() and any(
+        unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text)
 
 
 class EventValidator:
@@ -72,6 +80,7 @@ class EventValidator:
         self._allowed_list = ", ".join(allowed_emojis)
         self.max_age = timedelta(seconds=max_age_s)
         self.max_future = timedelta(seconds=max_future_s)
+        self._received: tuple[datetime | None, str] = (None, "")
 
     @classmethod
     def from_settings(cls, settings) -> EventValidator:
@@ -94,8 +103,19 @@ class EventValidator:
         self._check_emoji(emoji)
         moment = parse_timestamp(timestamp)
         if not (received_at - self.max_age <= moment <= received_at + self.max_future):
-            moment = received_at
-        return {"user_id": user_id, "emoji_type": emoji, "timestamp": format_timestamp(moment)}
+            timestamp = self._format_received(received_at)
+        elif not (isinstance(timestamp, str) and CANONICAL_TIMESTAMP.fullmatch(timestamp)):
+            timestamp = format_timestamp(moment)
+        return {"user_id": user_id, "emoji_type": emoji, "timestamp": timestamp}
+
+    def _format_received(self, received_at: datetime) -> str:
+        """format_timestamp(received_at), once per request's receive time (a tuple, so that
+        request threads sharing the validator never see half an update)."""
+        moment, text = self._received
+        if moment != received_at:
+            text = format_timestamp(received_at)
+            self._received = (received_at, text)
+        return text
 
     def _check_emoji(self, emoji) -> None:
         if not isinstance(emoji, str):
@@ -126,8 +146,10 @@ def json_type(value) -> str:
             dict: "object"}.get(type(value), type(value).__name__)
 
 
-def encode(message: dict) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def encode(message: dict | list) -> bytes:
+    """Compact UTF-8 JSON (orjson: measured 20 times faster than the standard library's on
+    events, docs/benchmarks.md)."""
+    return orjson.dumps(message)
 
 
 def decode_window_update(raw: bytes) -> dict:

@@ -57,7 +57,7 @@ CONNECT_RETRY_S = 5.0
 PROBE_INTERVAL_S = 1.0
 # How long the flusher waits before trying a send again that Kafka refused at once.
 SEND_RETRY_S = 0.5
-# Below gunicorn's graceful_timeout (30 s), after which the master kills the worker.
+# How long a stopping worker waits for Kafka to acknowledge what it accepted.
 CLOSE_TIMEOUT_S = 20.0
 
 CODECS = {"gzip": (codec.has_gzip, "(built in)"), "snappy": (codec.has_snappy, "python-snappy"),

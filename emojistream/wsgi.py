@@ -1,77 +1,47 @@
-"""gunicorn, run from inside a script and configured from the settings rather than its command
-line, with its log lines in the project's format. Used by the HTTP APIs:
+"""The HTTP server of the project's Flask apps: granian (its WSGI mode), run from inside a script,
+configured from the settings rather than its command line, its log lines in the project's format.
 
-    serve(lambda: create_app(settings), name="emoji_api", host=..., port=..., workers=2,
-          threads=8)
+    serve("emoji_api:worker_app", host=..., port=..., workers=2, threads=8,
+          worker_exit="emoji_api:close_sink")
 
-The app factory runs in each worker after the fork, so whatever it creates (a Kafka producer, an
-in-memory registry) belongs to that worker alone.
+Chosen by measurement over gunicorn and uWSGI for the ingest API (docs/benchmarks.md: about twice
+gunicorn's single POSTs per second on this machine). The app factory runs in each worker process
+after the fork, so whatever it creates (a Kafka producer, an in-memory registry) belongs to that
+worker alone; it reads its settings from the environment, which the workers inherit.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import socket
-from collections.abc import Callable
+from functools import partial
 
-from gunicorn import glogging
-from gunicorn.app.base import BaseApplication
+from granian import Granian
+from granian.constants import Interfaces
+from granian.log import LogLevels
+from granian.server.mp import MPServer
 
-from . import urls
 from .logs import FORMAT
+
+# The app of this worker process and the function that ends it (see _serve_worker).
+_worker: dict = {}
+
+LOG_CONFIG = {
+    "formatters": {"generic": {"()": "logging.Formatter", "fmt": FORMAT}},
+    "handlers": {"console": {"formatter": "generic", "class": "logging.StreamHandler",
+                             "stream": "ext://sys.stderr"}},
+    "loggers": {"_granian": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+}
 
 
 class PortInUse(RuntimeError):
     """Another process already listens on the address."""
 
 
-class GunicornLogger(glogging.Logger):
-    """gunicorn's own log lines in the project's format."""
-
-    error_fmt = FORMAT
-    datefmt = None
-
-
-def gunicorn_options(*, name: str, host: str, port: int, workers: int, threads: int,
-                     worker_exit: Callable | None = None) -> dict:
-    options = {
-        "bind": urls.host_port(host, port),
-        "workers": workers,
-        "worker_class": "gthread",
-        "threads": threads,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": os.environ.get("LOG_LEVEL", "info").lower(),
-        "logger_class": GunicornLogger,
-        "proc_name": name,
-        # gunicorn's control socket defaults to one path per user, shared by every instance.
-        "control_socket_disable": True,
-    }
-    if worker_exit is not None:
-        options["worker_exit"] = worker_exit
-    return options
-
-
-class _Server(BaseApplication):
-    def __init__(self, app_factory: Callable, options: dict):
-        self.app_factory = app_factory
-        self.options = options
-        super().__init__(prog=options["proc_name"])
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        return self.app_factory()
-
-
 def check_port_free(host: str, port: int) -> None:
-    """Raise PortInUse when something listens on host:port already.
-
-    gunicorn would retry for five seconds and then log several lines; this says it in one.
-    """
+    """Raise PortInUse when something listens on host:port already, in one clear line."""
     for family, kind, proto, _, address in socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
         with socket.socket(family, kind, proto) as probe:
@@ -85,12 +55,44 @@ def check_port_free(host: str, port: int) -> None:
                     raise
 
 
-def serve(app_factory: Callable, *, name: str, host: str, port: int, workers: int, threads: int,
-          worker_exit: Callable | None = None) -> None:
-    """Serve the WSGI app made by ``app_factory()`` (called in each worker) until gunicorn is
-    told to stop (SIGTERM, SIGINT: graceful). ``worker_exit(arbiter, worker)`` is gunicorn's
-    hook run as a worker exits; ``worker.wsgi`` is its app. Raises PortInUse."""
+def bind_address(host: str, port: int) -> str:
+    """The IP address to listen on for ``host`` (granian takes addresses, not names)."""
+    family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                  flags=socket.AI_PASSIVE)[0]
+    return address[0]
+
+
+def serve(factory: str, *, host: str, port: int, workers: int, threads: int,
+          worker_exit: str | None = None) -> None:
+    """Serve the WSGI app that ``factory`` ("module:function", called without arguments in
+    each worker) makes, until SIGTERM or SIGINT (a graceful stop). ``worker_exit``
+    ("module:function") is called with a worker's app as that worker ends. Raises PortInUse."""
     check_port_free(host, port)
-    options = gunicorn_options(name=name, host=host, port=port, workers=workers, threads=threads,
-                               worker_exit=worker_exit)
-    _Server(app_factory, options).run()
+    level = os.environ.get("LOG_LEVEL", "info").lower()
+    server = Granian(factory, address=bind_address(host, port), port=port,
+                     interface=Interfaces.WSGI, factory=True, workers=workers,
+                     blocking_threads=threads,
+                     log_level=LogLevels(level if level in LogLevels.__members__ else "info"),
+                     log_dictconfig=LOG_CONFIG, log_access=False)
+    server.serve(spawn_target=_serve_worker, target_loader=partial(_load_app, worker_exit))
+
+
+def _load_app(worker_exit: str | None, factory: str):
+    """In a worker: make its app, and remember how to end it."""
+    app = _call(factory)
+    _worker.update(app=app, exit=worker_exit)
+    return app
+
+
+def _serve_worker(*args, **kwargs) -> None:
+    """A worker of granian's WSGI mode that runs ``worker_exit`` when it stops serving."""
+    try:
+        MPServer._spawn_wsgi_worker(*args, **kwargs)
+    finally:
+        if _worker.get("exit"):
+            _call(_worker["exit"], _worker["app"])
+
+
+def _call(path: str, *args):
+    module, _, function = path.partition(":")
+    return getattr(importlib.import_module(module), function)(*args)

@@ -27,15 +27,21 @@ def test_broker_ceiling_runs():
     assert re.search(r"\| ProducerPerformance acks=all, lz4, \d+-byte JSON events \| 20000 \|", out)
 
 
-def test_ingest_runs_and_counts_landed_records():
-    out = run_bench("bench/ingest.py", "--seconds", "2", "--direct-records", "2000",
-                    "--ceiling-records", "20000")
+def test_ingest_runs_and_counts_landed_events():
+    out = run_bench("bench/ingest.py", "--seconds", "2", "--servers", "granian",
+                    "--direct-events", "2000", "--ceiling-records", "20000")
     rows = [line for line in out.splitlines() if line.startswith("| ") and "load" not in line]
     assert [row.split("|")[1].strip() for row in rows] == [
-        "single POST /emoji", "POST /emojis, 100 per request",
-        "POST /emojis, 1,000 per request", "kafka-python directly (no HTTP)"]
+        "granian: single POST /emoji", "granian: POST /emojis, 100 per request",
+        "granian: POST /emojis, 1,000 per request",
+        "granian: single POST /emoji (one record per event)",
+        "granian: POST /emojis, 1,000 per request (one record per event)",
+        "kafka-python directly (no HTTP), 1 event(s) a record",
+        "kafka-python directly (no HTTP), 500 event(s) a record"]
     landed = [float(row.split("|")[2].strip().replace(",", "")) for row in rows]
     assert all(rate > 0 for rate in landed), rows
+    answers = [row.split("|")[5].strip() for row in rows[:5]]
+    assert all(a.startswith("200=") and "," not in a for a in answers), answers
 
 
 def test_aggregation_runs():

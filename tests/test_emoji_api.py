@@ -523,7 +523,7 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout_s: float = 30) 
     pytest.fail(f"{url} did not answer 200 within {timeout_s} s")
 
 
-def test_script_serves_with_gunicorn_and_delivers_everything_on_sigterm(kafka, test_env,
+def test_script_serves_with_granian_and_delivers_everything_on_sigterm(kafka, test_env,
                                                                         tmp_path):
     topic = unique_topic("script-events")
     create_topic(kafka, topic, 4)
@@ -558,7 +558,7 @@ def test_script_serves_with_gunicorn_and_delivers_everything_on_sigterm(kafka, t
     assert values(records) == sorted(encode(canonical(item)) for item in [single, *batch])
     log = stderr_path.read_text()
     assert "Traceback" not in log
-    assert "gunicorn.error: Booting worker with pid" in log
-    assert "gunicorn.error: Using worker: gthread" in log
+    assert "_granian: Spawning worker-1 with PID" in log
+    assert "_granian: Spawning worker-2 with PID" in log
     assert log.count("emojistream.ingest: producer closed; 0 event(s) lost since start") == 2
     assert all(LOG_LINE.match(line) for line in log.splitlines()), log

@@ -503,7 +503,7 @@ def test_help_exits_0():
     assert "--port" in result.stdout and "--threads" in result.stdout
 
 
-def test_script_serves_with_one_gunicorn_worker_and_stops_on_sigterm(test_env, tmp_path):
+def test_script_serves_with_one_worker_and_stops_on_sigterm(test_env, tmp_path):
     """No WebSocket server runs on ports 7001-7002: both clusters are down, registration is a
     503 (tests/test_delivery.py runs the script with real WebSocket servers)."""
     port = free_port()
@@ -527,7 +527,7 @@ def test_script_serves_with_one_gunicorn_worker_and_stops_on_sigterm(test_env, t
         assert service.stop() == 0
     log = service.log()
     assert_clean_log(log)
-    assert log.count("gunicorn.error: Booting worker with pid") == 1
+    assert log.count("_granian: Spawning worker-") == 1
     # Down is logged once per cluster, not at every poll.
     assert log.count("WARNING registration_api: cluster1 is down") == 1
     assert log.count("WARNING registration_api: cluster2 is down") == 1
