@@ -8,7 +8,15 @@ import subprocess
 import sys
 import time
 
-from testkit.processes import REPO_ROOT, Service, ServiceFailed, get_json, running, wait_for_health  # noqa: F401
+from testkit.processes import (  # noqa: F401
+    REPO_ROOT,
+    Service,
+    ServiceFailed,
+    get_json,
+    pid_in_file,
+    running,
+    wait_for_health,
+)
 from testkit.sandbox import free_port, free_port_run, isolated_env  # noqa: F401
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL)"

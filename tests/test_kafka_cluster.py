@@ -20,7 +20,14 @@ from kafka.admin import ConfigResource
 
 from emojistream import config, kafka_clients
 from testkit.sandbox import free_port_run
-from tests.services import free_port, isolated_env, run_script, running, wait_for_health
+from tests.services import (
+    free_port,
+    isolated_env,
+    pid_in_file,
+    run_script,
+    running,
+    wait_for_health,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -146,7 +153,7 @@ def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path
         with SteadySender(f"http://localhost:{settings.api_port}/emoji", rate=40) as sender:
             time.sleep(3)
             before = len(sender.accepted)
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            os.kill(pid_in_file(pid_file), signal.SIGKILL)
             time.sleep(10)
             during = len(sender.accepted) - before
             restarted = run_script("kafka.sh", "start", env=env, timeout=180)
