@@ -84,8 +84,10 @@ class Processes:
         return {path.stem: _alive(pid_in_file(path)) for path in self.pid_files()}
 
     def leftovers(self) -> list[int]:
-        """Processes of ours still running: remembered pids and members of remembered groups."""
-        return sorted(p for p in _all_pids() if p in self.pids or _pgid(p) in self.groups)
+        """Processes of ours still running: remembered pids and members of remembered groups
+        (not zombies: they have exited, and PID 1 reaps them when it gets to it)."""
+        return sorted(p for p in _all_pids()
+                      if (p in self.pids or _pgid(p) in self.groups) and _alive(p))
 
 
 def _all_pids() -> list[int]:
