@@ -12,7 +12,8 @@ GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
 stop_component() {
   local name pid
   name="$(basename "$1" .pid)"
-  pid="$(cat "$1" 2>/dev/null || true)"
+  # Only the group of a component that runs: a stale file's pid, and its group, are another's.
+  pid="$(pid_of "$1")" || pid=""
   if stop_pid_file "$1" "$name" "$GRACE_SECONDS"; then
     say "$name stopped"
   fi
