@@ -27,7 +27,10 @@ start() {
   fi
   [ -f "$LOG_DIR/$name.log" ] && mv "$LOG_DIR/$name.log" "$LOG_DIR/$name.log.1"
   # setsid: a session of its own, so a Ctrl-C in the terminal does not reach it; stop_all.sh does.
-  (cd "$REPO_ROOT" && exec setsid "$VENV_PYTHON" "$@" > "$LOG_DIR/$name.log" 2>&1 < /dev/null) &
+  # EMOJISTREAM_PID_FILE marks the component's processes, its children's too (they inherit it):
+  # stop_all.sh finds what the component leaves behind by it.
+  (cd "$REPO_ROOT" && EMOJISTREAM_PID_FILE="$pid_file" exec setsid "$VENV_PYTHON" "$@" \
+     > "$LOG_DIR/$name.log" 2>&1 < /dev/null) &
   write_pid_file "$pid_file" "$!"
   STARTED+=("$name")
 }

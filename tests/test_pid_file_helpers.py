@@ -128,3 +128,25 @@ def test_stop_all_signals_no_process_nor_group_it_did_not_start(env, unrelated_p
     assert still_sleeping(unrelated_process)
     assert process_start(member) == member_start
     assert not [path for path in {**stale, **exited} if path.exists()]
+
+
+def test_stop_all_kills_what_a_component_left_behind(env):
+    """A component's child that outlives it (the aggregator's Spark JVM) carries the mark
+    start_all.sh gives the component's environment; stop_all.sh kills it after a while."""
+    pid_file = Path(env["VAR_DIR"]) / "run" / "spark_aggregator.pid"
+    pid_file.parent.mkdir(parents=True)
+    component = subprocess.Popen(["true"])
+    component.wait()
+    pid_file.write_text(f"{component.pid} {process_start(os.getpid())}\n")
+    left = subprocess.Popen(["sleep", "600"], env={**env, "EMOJISTREAM_PID_FILE": str(pid_file)},
+                            start_new_session=True)
+    try:
+        stopped = run_script("stop_all.sh", env=env, timeout=120, check=False)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert (f"processes started by spark_aggregator (pids {left.pid}) still run; killing them"
+                in stopped.stdout), stopped.stdout
+        assert left.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if left.poll() is None:
+            left.kill()
+        left.wait()

@@ -49,6 +49,28 @@ def runs(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def marked(var_dir: Path) -> list[int]:
+    """Running processes that start_all.sh started for this VAR_DIR (their environment has
+    start_all.sh's mark, a pid file under it)."""
+    prefix = f"EMOJISTREAM_PID_FILE={var_dir}/".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if any(item.startswith(prefix) for item in environ.split(b"\0")):
+            found.append(int(entry))
+    return found
+
+
 def write_stale(pid_files: list[Path], pid: int) -> None:
     """Each file names PID: every other one as a bare pid, the rest with another process's
     start."""
@@ -84,6 +106,9 @@ def test_stale_pid_files_start_everything_and_signal_no_other_process(tmp_path,
             assert get_json(url)[0] == 200, url
         components = {pid_file: pid_in_file(pid_file) for pid_file in pid_files}
         assert all(runs(p) and p != pid for p in components.values()), components
+        marks = marked(var)
+        assert {p for f, p in components.items() if f.parent.name == "run"} <= set(marks)
+        assert "java" in {command(p) for p in marks}  # the aggregator's Spark JVM
         assert still_sleeping(unrelated_process)
 
         # Stale files of components start_all.sh did not start (run.sh's client simulators).
@@ -96,6 +121,7 @@ def test_stale_pid_files_start_everything_and_signal_no_other_process(tmp_path,
             assert stale_message(pid_file, pid) in output, output
         assert still_sleeping(unrelated_process)
         assert [p for p in components.values() if runs(p)] == []
+        assert marked(var) == []
         assert not [p for p in pid_files + simulators if p.exists()]
         for url in health_urls(settings):
             with pytest.raises(OSError):
