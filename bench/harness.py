@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from emojistream import config
+from testkit.processes import pid_in_file
 from testkit.sandbox import isolated_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -263,8 +264,8 @@ class RssSampler:
         found: dict[str, tuple[int, int]] = {}
         for name, pid_file in self.pid_files().items():
             try:
-                root = int(pid_file.read_text())
-            except (OSError, ValueError):
+                root = pid_in_file(pid_file)
+            except (OSError, ValueError, IndexError):
                 continue
             for pid in _tree(root, table):
                 if _forking_jvm(pid, table):

@@ -148,10 +148,10 @@ $CLUSTER_SIZE_FILE to start afresh"
 
 # start_node K: start broker K in the background unless it runs.
 start_node() {
-  local k="$1" dir port name
+  local k="$1" dir port name pid
   dir="$(node_dir "$k")"; port="$(node_port "$k")"; name="$(node_name "$k")"
-  if pid_alive "$dir/kafka.pid"; then
-    say "$name already runs (pid $(cat "$dir/kafka.pid")) on $KAFKA_HOST:$port"
+  if pid="$(pid_of "$dir/kafka.pid")"; then
+    say "$name already runs (pid $pid) on $KAFKA_HOST:$port"
     return
   fi
   if port_open "$KAFKA_HOST" "$port"; then
@@ -166,7 +166,7 @@ start_node() {
   # shellcheck disable=SC2046
   setsid java $(java_opts "$dir/logs") -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties" \
     > "$dir/logs/stdout.log" 2>&1 < /dev/null &
-  echo $! > "$dir/kafka.pid"
+  write_pid_file "$dir/kafka.pid" "$!"
   say "starting $name (pid $!) on $KAFKA_HOST:$port, logs in $dir/logs"
 }
 
@@ -175,7 +175,7 @@ wait_for_node() {
   local k="$1" dir port name deadline=$((SECONDS + START_TIMEOUT))
   dir="$(node_dir "$k")"; port="$(node_port "$k")"; name="$(node_name "$k")"
   until port_open "$KAFKA_HOST" "$port"; do
-    if ! pid_alive "$dir/kafka.pid"; then
+    if ! pid_of "$dir/kafka.pid" >/dev/null; then
       tail -n 30 "$dir/logs/server.log" "$dir/logs/stdout.log" >&2 2>/dev/null || true
       rm -f "$dir/kafka.pid"
       die "$name exited during start-up (logs above)"
@@ -247,11 +247,11 @@ stop() {
 }
 
 status() {
-  local k dir running=0
+  local k dir pid running=0
   for k in $(seq 1 "$BROKERS"); do
     dir="$(node_dir "$k")"
-    if pid_alive "$dir/kafka.pid"; then
-      say "$(node_name "$k") runs (pid $(cat "$dir/kafka.pid")) on $KAFKA_HOST:$(node_port "$k")"
+    if pid="$(pid_of "$dir/kafka.pid")"; then
+      say "$(node_name "$k") runs (pid $pid) on $KAFKA_HOST:$(node_port "$k")"
       running=$((running + 1))
     elif [ "$BROKERS" -gt 1 ]; then
       say "$(node_name "$k") is not running"

@@ -31,7 +31,7 @@ RUN_DIR="$VAR_DIR/run"
 for i in $(seq 2 "$VIEWERS"); do
   (cd "$REPO_ROOT" && exec "$VENV_PYTHON" client_simulator.py "viewer_$i" --rate "$RATE" --quiet \
      > "$VAR_DIR/logs/client_simulator_$i.log" 2>&1) &
-  echo $! > "$RUN_DIR/client_simulator_$i.pid"
+  write_pid_file "$RUN_DIR/client_simulator_$i.pid" "$!"
 done
 
 say "watching the swarm as viewer_1 (Ctrl-C stops everything)"

@@ -37,8 +37,8 @@ spark_home() {
   echo "$home"
 }
 
-# launch NAME CLASS ARGS...: run one of Spark's daemons in the background with its pid in
-# $CLUSTER_DIR/NAME.pid and its output in $CLUSTER_DIR/logs/NAME.log.
+# launch NAME CLASS ARGS...: run one of Spark's daemons in the background ($! is its pid) with its
+# pid in $CLUSTER_DIR/NAME.pid and its output in $CLUSTER_DIR/logs/NAME.log.
 launch() {
   local name="$1"; shift
   [ -f "$CLUSTER_DIR/logs/$name.log" ] && mv "$CLUSTER_DIR/logs/$name.log" "$CLUSTER_DIR/logs/$name.log.1"
@@ -47,7 +47,7 @@ launch() {
   SPARK_HOME="$SPARK_HOME" SPARK_DAEMON_MEMORY="$SPARK_DAEMON_MEMORY" \
     SPARK_LOG_DIR="$CLUSTER_DIR/logs" SPARK_PID_DIR="$CLUSTER_DIR" \
     setsid "$SPARK_HOME/bin/spark-class" "$@" > "$CLUSTER_DIR/logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$CLUSTER_DIR/$name.pid"
+  write_pid_file "$CLUSTER_DIR/$name.pid" "$!"
 }
 
 # master_state: the master's JSON status (its web UI's /json/), empty when it does not answer.
@@ -71,7 +71,7 @@ wait_for() {
   local name="$1" pid_file="$2" what="$3" deadline=$((SECONDS + START_TIMEOUT))
   shift 3
   until "$@"; do
-    if ! pid_alive "$pid_file"; then
+    if ! pid_of "$pid_file" >/dev/null; then
       tail -n 20 "$CLUSTER_DIR/logs/$name.log" >&2 || true
       rm -f "$pid_file"
       die "$name exited during start-up (log above, in $CLUSTER_DIR/logs/$name.log)"
@@ -87,8 +87,9 @@ start() {
   command -v java >/dev/null || die "java not found: run scripts/setup.sh"
   SPARK_HOME="$(spark_home)"
   mkdir -p "$CLUSTER_DIR/logs" "$CLUSTER_DIR/work"
-  if pid_alive "$MASTER_PID"; then
-    say "the master already runs (pid $(cat "$MASTER_PID")) at $MASTER_URL"
+  local pid
+  if pid="$(pid_of "$MASTER_PID")"; then
+    say "the master already runs (pid $pid) at $MASTER_URL"
   else
     local port
     for port in "$SPARK_MASTER_PORT" "$SPARK_MASTER_WEBUI_PORT"; do
@@ -97,21 +98,21 @@ start() {
     done
     launch master org.apache.spark.deploy.master.Master --host "$SPARK_MASTER_HOST" \
       --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_WEBUI_PORT"
-    say "starting the master (pid $(cat "$MASTER_PID")) at $MASTER_URL, web UI on port $SPARK_MASTER_WEBUI_PORT"
+    say "starting the master (pid $!) at $MASTER_URL, web UI on port $SPARK_MASTER_WEBUI_PORT"
     wait_for master "$MASTER_PID" "the master did not answer at $MASTER_URL" \
       port_open "$SPARK_MASTER_HOST" "$SPARK_MASTER_PORT"
   fi
   local n pid_file
   for n in $(seq 1 "$WORKERS"); do
     pid_file="$CLUSTER_DIR/worker-$n.pid"
-    if pid_alive "$pid_file"; then
-      say "worker $n already runs (pid $(cat "$pid_file"))"
+    if pid="$(pid_of "$pid_file")"; then
+      say "worker $n already runs (pid $pid)"
       continue
     fi
     launch "worker-$n" org.apache.spark.deploy.worker.Worker --host "$SPARK_MASTER_HOST" \
       --webui-port "$((SPARK_WORKER_WEBUI_PORT + n - 1))" --cores "$SPARK_WORKER_CORES" \
       --memory "$SPARK_WORKER_MEMORY" --work-dir "$CLUSTER_DIR/work/worker-$n" "$MASTER_URL"
-    say "starting worker $n (pid $(cat "$pid_file")): $SPARK_WORKER_CORES cores, $SPARK_WORKER_MEMORY"
+    say "starting worker $n (pid $!): $SPARK_WORKER_CORES cores, $SPARK_WORKER_MEMORY"
   done
   for n in $(seq 1 "$WORKERS"); do
     wait_for "worker-$n" "$CLUSTER_DIR/worker-$n.pid" \
@@ -137,17 +138,17 @@ stop() {
 }
 
 status() {
-  local pid_file workers=0 master=0
-  if pid_alive "$MASTER_PID"; then
-    say "the master runs (pid $(cat "$MASTER_PID")) at $MASTER_URL"
+  local pid_file pid workers=0 master=0
+  if pid="$(pid_of "$MASTER_PID")"; then
+    say "the master runs (pid $pid) at $MASTER_URL"
     master=1
   else
     say "the master is not running"
   fi
   for pid_file in "$CLUSTER_DIR"/worker-*.pid; do
     [ -e "$pid_file" ] || continue
-    if pid_alive "$pid_file"; then
-      say "$(basename "$pid_file" .pid | sed 's/-/ /') runs (pid $(cat "$pid_file"))"
+    if pid="$(pid_of "$pid_file")"; then
+      say "$(basename "$pid_file" .pid | sed 's/-/ /') runs (pid $pid)"
       workers=$((workers + 1))
     fi
   done

@@ -20,15 +20,18 @@ STARTED=()
 # start NAME ARGS...: run "python ARGS..." in the background unless NAME already runs.
 start() {
   local name="$1"; shift
-  local pid_file="$RUN_DIR/$name.pid"
-  if pid_alive "$pid_file"; then
-    say "$name already runs (pid $(cat "$pid_file"))"
+  local pid_file="$RUN_DIR/$name.pid" pid
+  if pid="$(pid_of "$pid_file")"; then
+    say "$name already runs (pid $pid)"
     return
   fi
   [ -f "$LOG_DIR/$name.log" ] && mv "$LOG_DIR/$name.log" "$LOG_DIR/$name.log.1"
   # setsid: a session of its own, so a Ctrl-C in the terminal does not reach it; stop_all.sh does.
-  (cd "$REPO_ROOT" && exec setsid "$VENV_PYTHON" "$@" > "$LOG_DIR/$name.log" 2>&1 < /dev/null) &
-  echo $! > "$pid_file"
+  # EMOJISTREAM_PID_FILE marks the component's processes, its children's too (they inherit it):
+  # stop_all.sh finds what the component leaves behind by it.
+  (cd "$REPO_ROOT" && EMOJISTREAM_PID_FILE="$pid_file" exec setsid "$VENV_PYTHON" "$@" \
+     > "$LOG_DIR/$name.log" 2>&1 < /dev/null) &
+  write_pid_file "$pid_file" "$!"
   STARTED+=("$name")
 }
 
@@ -55,7 +58,7 @@ wait_until_ready() {
   local name deadline=$((SECONDS + READY_TIMEOUT))
   for name in "${STARTED[@]}"; do
     until is_ready "$name"; do
-      if ! pid_alive "$RUN_DIR/$name.pid"; then
+      if ! pid_of "$RUN_DIR/$name.pid" >/dev/null; then
         tail -n 15 "$LOG_DIR/$name.log" >&2
         die "$name exited during start-up (log above, in $LOG_DIR/$name.log)"
       fi

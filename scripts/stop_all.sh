@@ -10,37 +10,39 @@ GRACE_SECONDS="${STOP_GRACE_SECONDS:-20}"
 
 # stop_component PID_FILE: stop the component, then what it started that outlived it.
 stop_component() {
-  local name pid
+  local name
   name="$(basename "$1" .pid)"
-  pid="$(cat "$1" 2>/dev/null || true)"
   if stop_pid_file "$1" "$name" "$GRACE_SECONDS"; then
     say "$name stopped"
   fi
-  if [ -n "$pid" ]; then
-    stop_leftovers "$pid" "$name"
-  fi
+  stop_leftovers "$1" "$name"
 }
 
-# group_runs PGID: true while a process of the group runs (zombies, which nothing may reap when
-# PID 1 does not, are not running).
-group_runs() {
-  ps -e -o pgid=,stat= | awk -v group="$1" '$1 == group && $2 !~ /^Z/ { found = 1 }
-                                          END { exit !found }'
+# leftovers PID_FILE: the pids of the running processes of PID_FILE's component and of what it
+# started: start_all.sh puts EMOJISTREAM_PID_FILE=PID_FILE in the component's environment, and
+# its children inherit it. A zombie's environment is gone, so it does not count.
+leftovers() {
+  grep -lsxzF "EMOJISTREAM_PID_FILE=$1" /proc/[0-9]*/environ | cut -d/ -f3 || true
 }
 
-# stop_leftovers PGID NAME: start_all.sh starts each component in a process group of its own
-# (setsid), with its children in it: the aggregator's Spark JVM exits soon after its Python
-# driver, but a driver killed after the grace period may leave it running, and a new aggregator
-# must not share the checkpoint with it. Wait a little for the group to empty, then SIGKILL it.
+# stop_leftovers PID_FILE NAME: the aggregator's Spark JVM exits soon after its Python driver,
+# but a driver killed after the grace period may leave it running, and a new aggregator must not
+# share the checkpoint with it. Wait a little for the component's leftovers to exit, then SIGKILL
+# them. They are found by their mark, not by the process group of PID_FILE's pid: once the
+# component and its group are gone, that pid (and a group of that number) may be another
+# process's, and a stale file may name another process from the start.
 stop_leftovers() {
-  local pgid="$1" name="$2" deadline=$((SECONDS + 10))
-  while group_runs "$pgid"; do
+  local pid_file="$1" name="$2" deadline=$((SECONDS + 10)) left
+  left="$(leftovers "$pid_file")"
+  while [ -n "$left" ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
-      say "processes started by $name (process group $pgid) still run; killing them"
-      kill -KILL -- "-$pgid" 2>/dev/null || true
+      say "processes started by $name (pids ${left//$'\n'/ }) still run; killing them"
+      # shellcheck disable=SC2086
+      kill -KILL $left 2>/dev/null || true
       return
     fi
     sleep 0.2
+    left="$(leftovers "$pid_file")"
   done
 }
 

@@ -98,6 +98,11 @@ def running(log_dir: Path, name: str, script: str, *args: str, env: dict, **opti
         service.kill()
 
 
+def pid_in_file(path: Path) -> int:
+    """The pid a pid file of the scripts names (they write "PID START": scripts/common.sh)."""
+    return int(Path(path).read_text().split()[0])
+
+
 def get_json(url: str, timeout_s: float = 2):
     """(status, parsed body) of a GET; the body as text when an error status is not JSON."""
     try:

@@ -10,6 +10,7 @@ A test that uses the ``kafka`` fixture must carry the ``kafka`` (or ``stack``) m
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
@@ -44,6 +45,20 @@ def kafka(test_env) -> config.Settings:
         yield config.load(test_env)
     finally:
         run_script("kafka.sh", "stop", env=test_env, check=False)
+
+
+@pytest.fixture
+def unrelated_process():
+    """A process the scripts did not start, for pid files to name: `sleep 600` in a session of
+    its own, so that its process group is its pid too. Killed at the end if it still runs: it is
+    this test's child, so until it is reaped its pid cannot be another process's."""
+    process = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 @pytest.fixture

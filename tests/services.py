@@ -3,13 +3,22 @@ the process helpers of testkit (components started as processes, stopped by thei
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from testkit.processes import REPO_ROOT, Service, ServiceFailed, get_json, running, wait_for_health  # noqa: F401
+from testkit.processes import (  # noqa: F401
+    REPO_ROOT,
+    Service,
+    ServiceFailed,
+    get_json,
+    pid_in_file,
+    running,
+    wait_for_health,
+)
 from testkit.sandbox import free_port, free_port_run, isolated_env  # noqa: F401
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL)"
@@ -21,6 +30,32 @@ def run_script(script: str, *args: str, env: dict, timeout: float = 120,
     """scripts/SCRIPT ARGS, to completion, its output captured."""
     return subprocess.run([str(REPO_ROOT / "scripts" / script), *args], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def common_sh(command: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """COMMAND run by bash with scripts/common.sh's helpers, as the scripts run them."""
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; source scripts/common.sh; {command}"],
+                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          check=check)
+
+
+def process_start(pid: int) -> str:
+    """The start of process PID as scripts/common.sh records it in a pid file ("PID START"):
+    field 22 of /proc/PID/stat (clock ticks from the boot to the start) and the boot's id."""
+    ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{ticks}@{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}"
+
+
+def still_sleeping(process: subprocess.Popen) -> bool:
+    """The `sleep` started by this test still runs: it has not exited (poll reaps a zombie),
+    signal 0 reaches its pid, and that pid is still `sleep`."""
+    if process.poll() is not None:
+        return False
+    try:
+        os.kill(process.pid, 0)
+        return Path(f"/proc/{process.pid}/comm").read_text().strip() == "sleep"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 def run(script: str, *args: str, env: dict, timeout_s: float = 60) -> subprocess.CompletedProcess:
@@ -41,7 +76,3 @@ def assert_clean_log(text: str) -> None:
     assert "Traceback" not in text, text
     assert all(LOG_LINE.match(line) for line in text.splitlines()), text
 
-
-def read_pid(pid_file) -> int:
-    """The pid a pid file of the scripts names (its first word)."""
-    return int(Path(pid_file).read_text().split()[0])

@@ -39,7 +39,7 @@ from emojistream.events import (
 )
 from testkit.topics import events_of
 from testkit.viewer import RecordingViewer
-from tests.services import isolated_env, run_script
+from tests.services import isolated_env, pid_in_file, run_script
 
 pytestmark = pytest.mark.stack
 
@@ -60,14 +60,14 @@ class Processes:
         self.pids: set[int] = set()
 
     def pid(self, name: str) -> int:
-        return int((self.var / "run" / f"{name}.pid").read_text())
+        return pid_in_file(self.var / "run" / f"{name}.pid")
 
     def pid_files(self) -> list[Path]:
         return sorted((self.var / "run").glob("*.pid")) + [self.var / "kafka" / "kafka.pid"]
 
     def remember(self) -> None:
         for pid_file in self.pid_files():
-            pid = int(pid_file.read_text())
+            pid = pid_in_file(pid_file)
             self.pids.add(pid)
             if _pgid(pid) == pid:  # started by setsid: its children (Spark's JVM) are its group
                 self.groups.add(pid)
@@ -82,11 +82,13 @@ class Processes:
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
     def alive(self) -> dict[str, bool]:
-        return {path.stem: _alive(int(path.read_text())) for path in self.pid_files()}
+        return {path.stem: _alive(pid_in_file(path)) for path in self.pid_files()}
 
     def leftovers(self) -> list[int]:
-        """Processes of ours still running: remembered pids and members of remembered groups."""
-        return sorted(p for p in _all_pids() if p in self.pids or _pgid(p) in self.groups)
+        """Processes of ours still running: remembered pids and members of remembered groups
+        (not zombies: they have exited, and PID 1 reaps them when it gets to it)."""
+        return sorted(p for p in _all_pids()
+                      if (p in self.pids or _pgid(p) in self.groups) and _alive(p))
 
 
 def _all_pids() -> list[int]:
@@ -400,7 +402,7 @@ def health_ok(settings) -> dict[str, int]:
 
 def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
     processes, settings = system
-    pids = {path.stem: int(path.read_text()) for path in processes.pid_files()}
+    pids = {path.stem: pid_in_file(path) for path in processes.pid_files()}
     before = skip_counts(processes, settings)
     not_updates, bad_times = poison_records()
     poison = not_updates + bad_times
@@ -430,7 +432,7 @@ def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
         (skip_counts(processes, settings), want)
     time.sleep(2)
     assert skip_counts(processes, settings) == want
-    assert {path.stem: int(path.read_text()) for path in processes.pid_files()} == pids
+    assert {path.stem: pid_in_file(path) for path in processes.pid_files()} == pids
     assert all(processes.alive().values()), processes.alive()
     assert set(health_ok(settings).values()) == {200}
     for name in want:  # each skip is a warning with the running count

@@ -22,7 +22,14 @@ from kafka.admin import ConfigResource, NewTopic
 from emojistream import config, kafka_clients
 from testkit.sandbox import free_port_run
 from testkit.topics import events_of
-from tests.services import free_port, isolated_env, read_pid, run_script, running, wait_for_health
+from tests.services import (
+    free_port,
+    isolated_env,
+    pid_in_file,
+    run_script,
+    running,
+    wait_for_health,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -147,7 +154,7 @@ def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path
         with SteadySender(f"http://localhost:{settings.api_port}/emoji", rate=40) as sender:
             time.sleep(3)
             before = len(sender.accepted)
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            os.kill(pid_in_file(pid_file), signal.SIGKILL)
             time.sleep(10)
             during = len(sender.accepted) - before
             restarted = run_script("kafka.sh", "start", env=env, timeout=180)
@@ -243,7 +250,7 @@ def test_a_publisher_loses_no_update_while_its_target_is_down_past_the_delivery_
         publisher.wait_for_log("ready: ", timeout_s=60)
         with UpdateSender(settings, source) as sender:
             wait_until_counted(settings, target, lambda: sender.acknowledged[:5])
-            os.kill(read_pid(broker_3), signal.SIGKILL)
+            os.kill(pid_in_file(broker_3), signal.SIGKILL)
             time.sleep(10)
             during = len(sender.acknowledged)
             restarted = run_script("kafka.sh", "start", env=env, timeout=180)

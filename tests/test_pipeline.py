@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from emojistream import config, kafka_clients
 from emojistream.events import encode, format_timestamp, window_bounds
-from tests.services import isolated_env, run_script
+from tests.services import isolated_env, pid_in_file, run_script
 
 pytestmark = pytest.mark.stack
 
@@ -209,7 +209,7 @@ def test_malformed_records_neither_stop_nor_count(system):
         assert wait_for(lambda: counts_of(viewer.last_for(key)) == {"😮": 2}, timeout_s=90), \
             viewer.messages[-3:]
         assert skipped_so_far(system) == skipped_before + 6
-        pid = int((Path(system.var_dir) / "run" / "spark_aggregator.pid").read_text().split()[0])
+        pid = pid_in_file(Path(system.var_dir) / "run" / "spark_aggregator.pid")
         assert Path(f"/proc/{pid}").exists()
     finally:
         viewer.close()

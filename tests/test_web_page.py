@@ -24,7 +24,7 @@ import requests
 
 from emojistream import config
 from emojistream.events import format_timestamp
-from tests.services import REPO_ROOT, isolated_env, run_script
+from tests.services import REPO_ROOT, isolated_env, pid_in_file, run_script
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
@@ -356,7 +356,7 @@ def test_killing_its_websocket_server_makes_it_reconnect_to_another_cluster(syst
                .observe(node, {attributes: true, attributeFilter: ["data-state"]});
            }""")
     pid_file = Path(system.var_dir) / "run" / f"ws_server_{cluster}.pid"
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    os.kill(pid_in_file(pid_file), signal.SIGKILL)
 
     page.wait_for_function("() => window.seenStates.includes('reconnecting')", timeout=30_000)
     page.wait_for_function(
