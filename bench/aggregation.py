@@ -1,16 +1,16 @@
 """Aggregation: whether spark_aggregator.py keeps up at a given event rate, and its processing
 time per micro-batch.
 
-A backlog of event-shaped JSON records (timestamps spread over the last two windows, as a batch
-of live traffic has them; 100,000 users; all allowed emojis) is written to emoji-events with
-Kafka's ProducerPerformance. Then, for each
-rate R, the aggregator's own query (spark_aggregator.start_query) runs from the start of the
-topic with maxOffsetsPerTrigger = R x trigger interval, so every micro-batch holds what R
-events/s bring in one trigger; it keeps up at R when the batches finish within the trigger
-interval. Output goes to a scratch topic.
+A backlog of records as the ingest API writes them (--events-per-record events each, a JSON
+array; their times spread over the last two windows and within a second of their record's
+timestamp, as a batch of live traffic has them; 100,000 users; all allowed emojis) is written to
+emoji-events. Then, for each rate R, the aggregator's own query (spark_aggregator.start_query)
+runs from the start of the topic with maxOffsetsPerTrigger set so that every micro-batch holds
+what R events/s bring in one trigger; it keeps up at R when the batches finish within the
+trigger interval. Output goes to a scratch topic.
 
     .venv/bin/python bench/aggregation.py [--rates 10000,50000,100000] [--batches 20]
-                                          [--trigger SECONDS]
+                                          [--trigger SECONDS] [--events-per-record 500]
 """
 
 from __future__ import annotations
@@ -19,40 +19,43 @@ import argparse
 import dataclasses
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import spark_aggregator
-from bench.harness import REPO_ROOT, isolated_kafka, report
+from bench.harness import isolated_kafka, report
+from emojistream import kafka_clients
 from emojistream.events import encode, format_timestamp
 from emojistream.spark import spark_session
 
 
-def write_payloads(path: Path, settings, count: int = 50_000) -> None:
+def write_backlog(settings, events: int, per_record: int) -> None:
+    """``events`` events in records of ``per_record``, written with kafka-python, each record
+    stamped with the time of its newest event (as the API stamps its records)."""
+    producer = kafka_clients.producer(settings, acks=1, linger_ms=20, batch_size=900_000,
+                                      compression_type="lz4")
     now = datetime.now(UTC)
     span_s = 2 * settings.window_seconds
-    lines = [encode({"user_id": f"viewer_{random.randrange(100_000)}",
-                     "emoji_type": random.choice(settings.allowed_emojis),
-                     "timestamp": format_timestamp(now - timedelta(seconds=span_s * i / count))
-                     }).decode() for i in range(count)]
-    path.write_text("\n".join(reversed(lines)) + "\n")
+    records = events // per_record
+    for r in range(records):
+        newest = now - timedelta(seconds=span_s * (records - r) / records)
+        batch = [{"user_id": f"viewer_{random.randrange(100_000)}",
+                  "emoji_type": random.choice(settings.allowed_emojis),
+                  "timestamp": format_timestamp(newest - timedelta(seconds=random.random()))}
+                 for _ in range(per_record)]
+        producer.send(settings.emoji_events_topic, encode(batch if per_record > 1 else batch[0]),
+                      timestamp_ms=int(newest.timestamp() * 1000))
+    producer.flush()
+    producer.close()
 
 
-def write_backlog(settings, records: int, payloads: Path) -> None:
-    subprocess.run([str(REPO_ROOT / "scripts" / "kafka-producer-perf-test.sh"),
-                    "--topic", settings.emoji_events_topic, "--num-records", str(records),
-                    "--payload-file", str(payloads), "--throughput", "-1", "--producer-props",
-                    f"bootstrap.servers={settings.kafka_bootstrap_servers}",
-                    "linger.ms=20", "batch.size=262144", "compression.type=lz4"],
-                   check=True, capture_output=True)
-
-
-def run_at_rate(spark, settings, rate: int, batches: int, checkpoint: str) -> dict:
+def run_at_rate(spark, settings, rate: int, batches: int, checkpoint: str,
+                per_record: int) -> dict:
     per_trigger = int(rate * settings.spark_trigger_seconds)
-    tuned = dataclasses.replace(settings, spark_max_offsets_per_trigger=per_trigger)
+    tuned = dataclasses.replace(settings,
+                                spark_max_offsets_per_trigger=max(1, per_trigger // per_record))
     query = spark_aggregator.start_query(spark, tuned, checkpoint)
     try:
         while len([p for p in query.recentProgress if p["numInputRows"]]) < batches + 2:
@@ -64,8 +67,11 @@ def run_at_rate(spark, settings, rate: int, batches: int, checkpoint: str) -> di
     finally:
         query.stop()
     durations = sorted(p["durationMs"]["triggerExecution"] for p in progress)
-    rows = sum(p["numInputRows"] for p in progress)
+    rows = sum(p["numInputRows"] for p in progress) * per_record
+    skipped = sum(p["observedMetrics"]["input"]["malformed"]
+                  + p["observedMetrics"]["input"]["untimely"] for p in progress)
     return {"rows_per_batch": per_trigger, "median_ms": statistics.median(durations),
+            "skipped": skipped,
             "p95_ms": durations[int(0.95 * (len(durations) - 1))],
             "processed_per_s": rows / (sum(durations) / 1000)}
 
@@ -77,6 +83,9 @@ def main() -> None:
     parser.add_argument("--trigger", type=float,
                         help="trigger interval in seconds (default: SPARK_TRIGGER_SECONDS); a "
                              "longer one spreads each batch's fixed cost over more events")
+    parser.add_argument("--events-per-record", type=int, default=500,
+                        help="events a record carries (the API's PRODUCER_EVENTS_PER_RECORD; "
+                             "1: one record per event)")
     parser.add_argument("--no-report", action="store_true",
                         help="print the table without appending it to docs/benchmarks.md")
     args = parser.parse_args()
@@ -87,25 +96,25 @@ def main() -> None:
         settings = dataclasses.replace(
             settings, aggregated_topic=settings.cluster_topic(1),
             spark_trigger_seconds=args.trigger or settings.spark_trigger_seconds)
-        payloads = Path(tmp) / "events.jsonl"
-        write_payloads(payloads, settings)
-        backlog = max(r * settings.spark_trigger_seconds for r in rates) * (args.batches + 4)
-        write_backlog(settings, int(backlog), payloads)
+        backlog = int(max(rates) * settings.spark_trigger_seconds * (args.batches + 4))
+        write_backlog(settings, backlog, args.events_per_record)
         spark = spark_session(settings, "aggregation-benchmark")
         try:
             for rate in rates:
-                r = run_at_rate(spark, settings, rate, args.batches, str(Path(tmp) / f"cp-{rate}"))
+                r = run_at_rate(spark, settings, rate, args.batches, str(Path(tmp) / f"cp-{rate}"),
+                                args.events_per_record)
                 keeps_up = r["p95_ms"] <= settings.spark_trigger_seconds * 1000
                 rows.append([f"{rate:,}", f"{r['rows_per_batch']:,}", f"{r['median_ms']:,.0f}",
                              f"{r['p95_ms']:,.0f}", f"{r['processed_per_s']:,.0f}",
-                             "yes" if keeps_up else "no"])
+                             "yes" if keeps_up else "no", r["skipped"]])
         finally:
             spark.stop()
     report("Aggregation", ["events/s", "events per batch", "median batch ms", "p95 batch ms",
-                           "events/s processed while busy", "keeps up"], rows,
+                           "events/s processed while busy", "keeps up", "events skipped"], rows,
            notes=f"Trigger interval {settings.spark_trigger_seconds} s, SPARK_MASTER "
                  f"{settings.spark_master}, {settings.spark_shuffle_partitions} shuffle "
-                 f"partitions, {backlog:,.0f} backlog records.",
+                 f"partitions, a backlog of {backlog:,} events in records of "
+                 f"{args.events_per_record}.",
            write=not args.no_report)
 
 
