@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Stop every component started by scripts/start_all.sh (by the pids in $VAR_DIR/run), viewers and
 # ingest first, Kafka last. Each gets SIGTERM to finish cleanly, then SIGKILL after a grace period.
+#
+#   scripts/stop_all.sh              everything
+#   scripts/stop_all.sh NAME...      only these components (as $VAR_DIR/run names them, e.g.
+#                                    spark_aggregator ws_server_2); Kafka keeps running
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 show_help_if_asked "$@"
@@ -55,6 +59,13 @@ stop_group() {
   wait
 }
 
+if [ $# -gt 0 ]; then
+  for name in "$@"; do
+    [ -e "$RUN_DIR/$name.pid" ] || die "$name is not a component started by start_all.sh (no $RUN_DIR/$name.pid)"
+    stop_component "$RUN_DIR/$name.pid"
+  done
+  exit 0
+fi
 if [ -d "$RUN_DIR" ]; then
   stop_group "client_simulator*"
   stop_group "emoji_api"

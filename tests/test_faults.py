@@ -29,6 +29,7 @@ import requests
 from kafka import TopicPartition
 
 from emojistream import config, kafka_clients
+from emojistream.checkpoints import Replay
 from emojistream.events import (
     InvalidEvent,
     decode_window_update,
@@ -540,3 +541,50 @@ def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, vie
             window = message["window_start"]
             if window in expected and window != last_window:
                 assert counts_of(message) == expected[window], (window, finals[window])
+
+
+# --- the aggregator's checkpoint reset (docs/operations.md) ------------------------------------
+
+def updates_written_after(settings: config.Settings, offset: int) -> list[dict]:
+    """The window updates the aggregator wrote from ``offset`` of its topic on."""
+    return [json.loads(record.value)
+            for record in read_topic(settings, settings.aggregated_topic)
+            if record.offset >= offset]
+
+
+def test_a_reset_aggregator_counts_every_event_since_the_replay_time_again(system, viewers):
+    """scripts/reset_aggregator.sh, what recovers a checkpoint whose watermark a bad record
+    moved ahead: the windows it writes after the reset are complete and exact, it writes none
+    that the replay holds only in part, and counting goes on."""
+    processes, settings = system
+    replay_from = datetime.now(UTC)
+
+    def long_load(load):  # windows from the replay's first whole one on, too
+        wait_until_streaming(viewers, load)
+        wait_for(lambda: datetime.now(UTC) > replay_from + timedelta(seconds=14), 30)
+
+    expected = run_load_and_accept_all(settings, "before-reset", long_load)
+    assert_viewers_get(viewers, expected)
+    written_before = len(read_topic(settings, settings.aggregated_topic))
+
+    reset = run_script("reset_aggregator.sh", "--replay-from", format_timestamp(replay_from),
+                       env=processes.env, timeout=400, check=False)
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    processes.remember()
+    first_window = Replay.starting(replay_from, settings).first_window
+    replayed = {w: c for w, c in expected.items() if parse_timestamp(w) >= first_window}
+    assert len(replayed) >= 2, (expected, first_window)
+
+    def last_written() -> dict[str, dict]:
+        return {u["window_start"]: counts_of(u)
+                for u in updates_written_after(settings, written_before)}
+
+    assert wait_for(lambda: all(last_written().get(w) == c for w, c in replayed.items()), 180), \
+        (last_written(), replayed)
+    assert min(parse_timestamp(w) for w in last_written()) >= first_window
+    kept = list((processes.var / "spark" / "checkpoints").glob("aggregator.before-*"))
+    assert len(kept) == 1 and (kept[0] / "offsets").is_dir()
+
+    after = run_load_and_accept_all(
+        settings, "after-reset", lambda load: wait_until_streaming(viewers, load))
+    assert_viewers_get(viewers, after)
