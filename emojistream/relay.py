@@ -28,6 +28,8 @@ LINGER_MS = 5
 MAX_BLOCK_MS = 10_000
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 5.0
+# A flush waits at most this much longer than the delivery timeout.
+FLUSH_MARGIN_S = 5.0
 
 
 class SendFailed(RuntimeError):
@@ -39,13 +41,11 @@ class Relay:
 
     def __init__(self, settings: Settings, source: str, targets: list[str], group_id: str,
                  log: logging.Logger):
-        self.source, self.targets, self.log = source, targets, log
+        self.settings, self.source, self.targets, self.log = settings, source, targets, log
         self.consumer = kafka_clients.consumer(settings, group_id=group_id,
                                                enable_auto_commit=False,
                                                auto_offset_reset="earliest")
-        self.producer = kafka_clients.producer(
-            settings, acks="all", linger_ms=LINGER_MS, max_block_ms=MAX_BLOCK_MS,
-            **kafka_clients.delivery_options(settings, LINGER_MS))
+        self.producer = self._new_producer()
         self.stats = {"forwarded": 0, "skipped": 0, "retried": 0}
         self._backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
         try:
@@ -66,6 +66,7 @@ class Relay:
                 self._forward(polled)
             except SendFailed as err:
                 self._rewind(polled)
+                self._drop_producer()
                 delay = self._backoff.next_delay()
                 self.stats["retried"] += 1
                 self.log.warning("%s; not committing: sending the batch again in %.1f s "
@@ -78,15 +79,38 @@ class Relay:
                 self._backoff.reset()
             self._commit()
 
+    def _new_producer(self):
+        return kafka_clients.producer(
+            self.settings, acks="all", linger_ms=LINGER_MS, max_block_ms=MAX_BLOCK_MS,
+            **kafka_clients.delivery_options(self.settings, LINGER_MS))
+
+    def _drop_producer(self) -> None:
+        """After a failed batch: the next attempt gets a fresh producer. The batch is sent again
+        anyway, and the old one may hold records it can no longer deliver (seen here: after a
+        broker came back, a flush that never returned)."""
+        if self.producer is not None:
+            self.producer.close(timeout=0)
+            self.producer = None
+
+    def _producer(self):
+        if self.producer is None:
+            try:
+                self.producer = self._new_producer()
+            except kafka_clients.KafkaUnavailable as err:
+                raise SendFailed(str(err)) from None
+        return self.producer
+
     def close(self) -> None:
         self.log.info("stopping: %(forwarded)d update(s) forwarded, %(skipped)d record(s) "
                       "skipped, %(retried)d batch(es) sent again", self.stats)
-        self.producer.close()
+        if self.producer is not None:
+            self.producer.close()
         self.consumer.close()
 
     def _forward(self, polled: dict) -> None:
         """Send every update of the batch to every target and wait for Kafka's answers;
         SendFailed when one failed for a reason that may pass."""
+        producer = self._producer()
         sent = []
         for records in polled.values():
             for record in records:
@@ -94,13 +118,16 @@ class Relay:
                     continue
                 try:
                     sent.append((record, [
-                        self.producer.send(target, key=record.key, value=record.value)
+                        producer.send(target, key=record.key, value=record.value)
                         for target in self.targets]))
                 except MessageSizeTooLargeError as err:
                     self._skip(record, str(err))
                 except KafkaError as err:  # no metadata for a target in time: Kafka is down
                     raise SendFailed(f"could not send an update: {err}") from None
-        self.producer.flush()
+        try:
+            producer.flush(self.settings.kafka_delivery_timeout_s + FLUSH_MARGIN_S)
+        except KafkaError as err:
+            raise SendFailed(f"Kafka did not answer for the batch in time: {err}") from None
         forwarded = 0
         for record, futures in sent:
             errors = [future.exception for future in futures if future.failed()]

@@ -74,9 +74,10 @@ def test_aggregator_runs_on_the_cluster_with_exact_counts(cluster_env, kafka, tm
               + [("😂", f"v{i}", first + timedelta(milliseconds=1500)) for i in range(7)]
               + [("🎉", "w", second + timedelta(milliseconds=999)) for _ in range(3)])
     producer = kafka_clients.producer(settings)
-    for emoji, user, moment in events:
+    for emoji, user, moment in events:  # each record stamped with its event's time, as the API
         producer.send(settings.emoji_events_topic, key=user.encode(), value=json.dumps(
-            {"user_id": user, "emoji_type": emoji, "timestamp": iso(moment)}).encode())
+            {"user_id": user, "emoji_type": emoji, "timestamp": iso(moment)}).encode(),
+            timestamp_ms=int(moment.timestamp() * 1000))
     producer.flush()
     producer.close()
 
