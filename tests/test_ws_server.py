@@ -464,9 +464,12 @@ def test_a_viewer_that_stops_reading_is_closed_once_its_unsent_data_passes_the_c
     padding = "x" * 100_000  # extra fields travel with an update, unread by the server
     window = unique_window()
     updates = [dict(update(window, fire=n), padding=padding) for n in range(1, 81)]
-    # A client whose queue holds one message stops reading the socket once it is full.
+    # A client whose queue holds one message stops reading the socket once it is full; one
+    # with no limit reads everything as it comes.
     with connect(f"{server.url}/?token={quote(token('slow'))}", open_timeout=5,
-                 max_queue=1) as slow, server.viewer("fast") as fast, \
+                 max_queue=1) as slow, \
+            connect(f"{server.url}/?token={quote(token('fast'))}", open_timeout=5,
+                    max_queue=None) as fast, \
             server.publisher() as publisher:
         server.wait_for_counts(viewers=2, subscribers=1)
         for message in updates:
