@@ -7,10 +7,15 @@
                                  for another cluster). What viewers send is discarded
     ws://HOST:PORT/publish       the cluster's subscribers, with "Authorization: Bearer <key>"
                                  (HTTP 401 otherwise); every text message is a window update
-    GET http://HOST:PORT/health  {"cluster": N, "status": "ok", "viewers": V, "subscribers": S}
+    GET http://HOST:PORT/health  {"cluster": N, "status": "ok", "viewers": V, "subscribers": S,
+                                  "streams": {ID: {"viewers": V, "last_window": START,
+                                                   "last_window_total": T}, ...}}
 
-One asyncio event loop, no threads: the first copy of each version of a window is broadcast in
-batches of WS_BROADCAST_BATCH viewers, the second copy (from the other subscriber) dropped.
+One asyncio event loop, no threads: the first copy of each version of a window is broadcast, in
+batches of WS_BROADCAST_BATCH viewers, to the viewers of its stream (the stream their token
+names), the second copy (from the other subscriber) dropped; a stream nobody watches costs no
+broadcast. A viewer gets, as it connects, the latest update of its stream's current and
+previous windows.
 Limits: one live connection per client id (a newer one replaces the older: 4409), at most
 WS_MAX_CONNECTIONS_PER_ADDRESS viewers per client address (HTTP 429), at most
 WS_MAX_VIEWER_BUFFER_BYTES unsent per viewer (a viewer that stops reading is closed: 4408); the
@@ -42,7 +47,7 @@ from websockets.protocol import State
 
 from emojistream import closecodes, config, secrets, tokens
 from emojistream.dedup import WindowDeduplicator
-from emojistream.events import InvalidEvent, decode_window_update
+from emojistream.events import InvalidEvent, decode_window_update, parse_timestamp
 from emojistream.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
 from emojistream.logs import setup_logging
 
@@ -51,6 +56,39 @@ log = logging.getLogger("ws_server")
 VIEWER_PATH = "/"
 PUBLISH_PATH = "/publish"
 HEALTH_PATH = "/health"
+
+
+# The windows of a stream whose latest update a viewer gets as it connects.
+SNAPSHOT_WINDOWS = 2
+
+
+class Stream:
+    """A stream's viewers on this server, its deduplication, and the latest update of its two
+    newest windows (the snapshot a new viewer gets)."""
+
+    def __init__(self, dedup_windows: int):
+        self.viewers: set[ServerConnection] = set()
+        self.dedup = WindowDeduplicator(dedup_windows)
+        self.recent: dict[float, tuple[str, bytes, int]] = {}  # start -> (window, data, total)
+
+    def remember(self, update: dict, data: bytes) -> None:
+        start = parse_timestamp(update["window_start"]).timestamp()
+        if len(self.recent) >= SNAPSHOT_WINDOWS and start < min(self.recent):
+            return  # a late update of an older window
+        total = sum(a["count"] for a in update["aggregates"])
+        self.recent[start] = (update["window_start"], data, total)
+        while len(self.recent) > SNAPSHOT_WINDOWS:
+            del self.recent[min(self.recent)]
+
+    def snapshot(self) -> list[bytes]:
+        """The latest update of each recent window, oldest window first."""
+        return [self.recent[start][1] for start in sorted(self.recent)]
+
+    def health(self) -> dict:
+        latest = max(self.recent) if self.recent else None
+        window, _, total = self.recent[latest] if latest is not None else (None, b"", 0)
+        return {"viewers": len(self.viewers), "last_window": window,
+                "last_window_total": total}
 
 
 class Hub:
@@ -71,13 +109,14 @@ class Hub:
         self.viewers: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
         self._viewer_of: dict[str, ServerConnection] = {}  # client id -> its live connection
+        self.streams: dict[str, Stream] = {}
+        self._dedup_windows = settings.ws_dedup_windows
         self._per_address: Counter[str] = Counter()  # viewer connections per client address
         self._closing: set[asyncio.Task] = set()
         self._leaving: set[ServerConnection] = set()  # closed by the server, not gone yet
-        self.dedup = WindowDeduplicator(settings.ws_dedup_windows)
         self.stats = {"broadcast": 0, "duplicate": 0, "stale": 0, "invalid": 0,
                       "from_viewers": 0, "refused": 0, "replaced": 0, "too_many": 0,
-                      "too_slow": 0}
+                      "too_slow": 0, "unwatched": 0}
 
     # --- HTTP, before the WebSocket handshake ---
 
@@ -117,7 +156,15 @@ class Hub:
 
     def health(self) -> dict:
         return {"cluster": self.cluster, "status": "ok", "viewers": len(self.viewers),
-                "subscribers": len(self.subscribers)}
+                "subscribers": len(self.subscribers),
+                "streams": {stream_id: stream.health()
+                            for stream_id, stream in sorted(self.streams.items())}}
+
+    def _stream(self, stream_id: str) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            stream = self.streams[stream_id] = Stream(self._dedup_windows)
+        return stream
 
     def _health(self, connection: ServerConnection, method: str) -> Response:
         if method != "GET":
@@ -134,12 +181,13 @@ class Hub:
 
     async def handle(self, connection: ServerConnection) -> None:
         if urlsplit(connection.request.path).path == PUBLISH_PATH:
-            await self._serve(connection, self.subscribers, "subscriber", self._on_update,
+            await self._serve(connection, (self.subscribers,), "subscriber", self._on_update,
                               logging.INFO)
             return
         try:
-            client_id = tokens.verify(self._token_secret, _token(connection.request.path),
-                                      self.cluster, time.time())
+            client_id, stream_id = tokens.verify(self._token_secret,
+                                                 _token(connection.request.path), self.cluster,
+                                                 time.time())
         except tokens.TokenError as err:
             self.stats["refused"] += 1
             log.info("refused a viewer from %s: %s (%d)", _peer(connection), err.reason,
@@ -149,10 +197,13 @@ class Hub:
         if self._too_many(connection):  # handshakes that were under way together
             await connection.close(closecodes.TOO_MANY, "too many connections from your address")
             return
-        await self._serve_viewer(connection, client_id)
+        await self._serve_viewer(connection, client_id, self._stream(stream_id))
 
-    async def _serve_viewer(self, connection: ServerConnection, client_id: str) -> None:
-        """One live connection per client id: a newer one replaces the older."""
+    async def _serve_viewer(self, connection: ServerConnection, client_id: str,
+                            stream: Stream) -> None:
+        """One live connection per client id: a newer one replaces the older. The viewer gets
+        its stream's snapshot first, written before it joins the broadcasts (no await between),
+        so no update can come between them or before them."""
         previous = self._viewer_of.get(client_id)
         if previous is not None:
             self.stats["replaced"] += 1
@@ -163,9 +214,11 @@ class Hub:
         self._viewer_of[client_id] = connection
         address = _address(connection)
         self._per_address[address] += 1
+        for data in stream.snapshot():
+            broadcast([connection], data, text=True)
         try:
-            await self._serve(connection, self.viewers, f"viewer {client_id!r}",
-                              self._on_viewer_message, logging.DEBUG)
+            await self._serve(connection, (self.viewers, stream.viewers),
+                              f"viewer {client_id!r}", self._on_viewer_message, logging.DEBUG)
         finally:
             if self._viewer_of.get(client_id) is connection:
                 del self._viewer_of[client_id]
@@ -189,8 +242,10 @@ class Hub:
         except TimeoutError:
             connection.transport.abort()
 
-    async def _serve(self, connection, group: set, kind: str, on_message, level: int) -> None:
-        group.add(connection)
+    async def _serve(self, connection, groups: tuple[set, ...], kind: str, on_message,
+                     level: int) -> None:
+        for group in groups:
+            group.add(connection)
         log.log(level, "%s connected from %s; %d viewer(s), %d subscriber(s)", kind,
                 _peer(connection), len(self.viewers), len(self.subscribers))
         try:
@@ -199,7 +254,8 @@ class Hub:
         except ConnectionClosed:
             pass
         finally:
-            group.discard(connection)
+            for group in groups:
+                group.discard(connection)
             self._leaving.discard(connection)
             log.log(level, "%s from %s disconnected (code %s); %d viewer(s), %d subscriber(s)",
                     kind, _peer(connection), connection.close_code, len(self.viewers),
@@ -214,7 +270,8 @@ class Hub:
             if not isinstance(message, str):
                 raise InvalidEvent("binary message (updates are text)")
             update = decode_window_update(message)
-            verdict = self.dedup.check(update)
+            stream = self._stream(update["stream_id"])
+            verdict = stream.dedup.check(update)
         except (InvalidEvent, ValueError) as err:
             self.stats["invalid"] += 1
             log.warning("skipped an invalid update from %s: %s (%d invalid so far)",
@@ -222,10 +279,16 @@ class Hub:
             return
         if verdict != WindowDeduplicator.NEW:
             self.stats[verdict] += 1
-            log.debug("dropped a %s update for window %s", verdict, update["window_start"])
+            log.debug("dropped a %s update for window %s of %s", verdict,
+                      update["window_start"], update["stream_id"])
             return
-        self._outbox.put_nowait((update["window_start"], message.encode("utf-8")))
+        data = message.encode("utf-8")
+        stream.remember(update, data)
         self.stats["broadcast"] += 1
+        if stream.viewers:  # a stream nobody watches here costs nothing more
+            self._outbox.put_nowait((stream, update["window_start"], data))
+        else:
+            self.stats["unwatched"] += 1
 
     # --- broadcasting ---
 
@@ -244,14 +307,15 @@ class Hub:
 
     async def _broadcast_forever(self) -> None:
         while True:
-            window, data = await self._outbox.get()
-            await self._broadcast(window, data)
+            stream, window, data = await self._outbox.get()
+            await self._broadcast(stream, window, data)
             await asyncio.sleep(0)  # let the connections' tasks run between broadcasts
 
-    async def _broadcast(self, window: str, data: bytes) -> None:
-        """``data`` (encoded once) to every viewer connected now, a batch at a time."""
+    async def _broadcast(self, stream: Stream, window: str, data: bytes) -> None:
+        """``data`` (encoded once) to every viewer of the stream connected now, a batch at a
+        time."""
         started = time.perf_counter()
-        viewers = list(self.viewers)
+        viewers = list(stream.viewers)
         for first in range(0, len(viewers), self.broadcast_batch):
             if first:
                 await asyncio.sleep(0)  # let the loop run between batches
@@ -322,9 +386,10 @@ async def run(settings: config.Settings, cluster: int, key: str, token_secret: s
                  len(hub.viewers), len(hub.subscribers))
         await hub.stop()
     log.info("stopped: %(broadcast)d update(s) broadcast, %(duplicate)d repeated, %(stale)d "
-             "stale and %(invalid)d invalid dropped, %(from_viewers)d viewer message(s) "
-             "discarded, %(refused)d viewer(s) refused, %(replaced)d replaced, %(too_many)d "
-             "over the limit of their address, %(too_slow)d too slow", hub.stats)
+             "stale and %(invalid)d invalid dropped, %(unwatched)d of a stream nobody watched "
+             "here, %(from_viewers)d viewer message(s) discarded, %(refused)d viewer(s) "
+             "refused, %(replaced)d replaced, %(too_many)d over the limit of their address, "
+             "%(too_slow)d too slow", hub.stats)
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, fields
@@ -65,6 +66,8 @@ class Settings:
     cluster_topic_template: str = "cluster{n}-topic"
     subscribers_topic_template: str = "cluster{n}-topic-subscribers"
     cluster_count: int = 3
+    # The catalog of live streams added at run time (compacted; emojistream/streams.py).
+    streams_topic: str = "streams"
     emoji_events_partitions: int = 4
     topic_partitions: int = 1
     # Replicas of every topic; 0: min(3, the number of brokers the cluster has).
@@ -104,6 +107,12 @@ class Settings:
     spark_driver_memory: str = "2g"
     spark_ui_enabled: bool = False
     spark_log_level: str = "WARN"
+
+    # Live streams: every reaction, window and viewer belongs to one. STREAMS are always known
+    # (comma-separated); more are added at run time through the registration API (POST
+    # /streams, with ADMIN_KEY: when empty, the one generated in VAR_DIR/secrets/admin.key).
+    streams: str = "main"
+    admin_key: str = ""
 
     # Events and windows.
     emojis: str = DEFAULT_EMOJIS
@@ -246,6 +255,10 @@ class Settings:
         self._check_kafka_security()
         self._check_local_kafka_ports()
         self._check_event_time_limits()
+        bad_streams = [s for s in self.stream_ids if not STREAM_ID.fullmatch(s)]
+        if bad_streams or not self.stream_ids:
+            raise ConfigError(f"STREAMS must list stream ids of 1 to 64 characters from "
+                              f"[A-Za-z0-9._-], got {self.streams!r}")
         if min(self.ws_ping_interval_s, self.ws_ping_timeout_s) < WS_KEEPALIVE_MIN_S:
             raise ConfigError(f"WS_PING_INTERVAL_S and WS_PING_TIMEOUT_S must be at least "
                               f"{WS_KEEPALIVE_MIN_S:g} s (the keepalive frees the connections of "
@@ -375,6 +388,11 @@ class Settings:
         return (urls.http_url(self.registration_host, self.registration_port),)
 
     @property
+    def stream_ids(self) -> tuple[str, ...]:
+        """The streams of STREAMS."""
+        return tuple(s.strip() for s in self.streams.split(",") if s.strip())
+
+    @property
     def allowed_emojis(self) -> tuple[str, ...]:
         return tuple(e.strip() for e in self.emojis.split(",") if e.strip())
 
@@ -388,8 +406,10 @@ class Settings:
 
 
 WS_KEEPALIVE_MIN_S = 1.0
+# A stream id: what STREAMS, events and registrations may name (emojistream/streams.py).
+STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 # Settings whose values the listing of ``python -m emojistream.config`` does not show.
-SECRET_SUFFIXES = ("PASSWORD", "SECRET", "SUBSCRIBER_KEY")
+SECRET_SUFFIXES = ("PASSWORD", "SECRET", "SUBSCRIBER_KEY", "ADMIN_KEY")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

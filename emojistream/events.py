@@ -1,12 +1,14 @@
 """Message formats of the pipeline and the validation of incoming emoji events.
 
-An emoji event, as clients send it and as it travels on the emoji-events topic:
+An emoji event, as clients send it ("stream_id" may be left out: the stream is "main"):
 
-    {"user_id": "client_1", "emoji_type": "🔥", "timestamp": "2026-11-27T07:15:56.123Z"}
+    {"user_id": "client_1", "emoji_type": "🔥", "timestamp": "2026-11-27T07:15:56.123Z",
+     "stream_id": "final-2026"}
 
+On the emoji-events topic the API writes JSON arrays of such events, each with its stream_id.
 A window update, as the aggregator writes it and as every later stage forwards it to viewers:
 
-    {"window_start": "...Z", "window_end": "...Z",
+    {"stream_id": "main", "window_start": "...Z", "window_end": "...Z",
      "aggregates": [{"emoji_type": "🔥", "count": 1234, "normalized_count": 13,
                      "unique_users": 57}, ...]}
 """
@@ -21,8 +23,12 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from .config import STREAM_ID
+
 MAX_USER_ID_LENGTH = 64
 EVENT_FIELDS = ("user_id", "emoji_type", "timestamp")
+# The stream of an event, a window update or a viewer that names none: the original swarm.
+DEFAULT_STREAM = "main"
 # format_timestamp's output: a timestamp sent in this form is kept as sent.
 CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
 
@@ -101,12 +107,14 @@ class EventValidator:
         user_id, emoji, timestamp = (event[name] for name in EVENT_FIELDS)
         check_identifier(user_id, "user_id")
         self._check_emoji(emoji)
+        stream_id = check_stream_id(event.get("stream_id", DEFAULT_STREAM))
         moment = parse_timestamp(timestamp)
         if not (received_at - self.max_age <= moment <= received_at + self.max_future):
             timestamp = self._format_received(received_at)
         elif not (isinstance(timestamp, str) and CANONICAL_TIMESTAMP.fullmatch(timestamp)):
             timestamp = format_timestamp(moment)
-        return {"user_id": user_id, "emoji_type": emoji, "timestamp": timestamp}
+        return {"user_id": user_id, "emoji_type": emoji, "timestamp": timestamp,
+                "stream_id": stream_id}
 
     def _format_received(self, received_at: datetime) -> str:
         """format_timestamp(received_at), once per request's receive time (a tuple, so that
@@ -138,6 +146,15 @@ def check_identifier(value, field: str) -> None:
         raise InvalidEvent(f"{field} must not contain control characters")
 
 
+def check_stream_id(value) -> str:
+    """A stream id: 1 to 64 characters from [A-Za-z0-9._-]; InvalidEvent naming the field."""
+    if not isinstance(value, str) or not STREAM_ID.fullmatch(value):
+        shown = json.dumps(value, ensure_ascii=False)[:80]
+        raise InvalidEvent(f"stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' "
+                           f"and '-', got {shown}")
+    return value
+
+
 def json_type(value) -> str:
     """The JSON name of a parsed value's type, for error messages."""
     if value is None:
@@ -162,6 +179,7 @@ def decode_window_update(raw: bytes) -> dict:
         raise InvalidEvent("record is JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise InvalidEvent("record is not a JSON object")
+    message["stream_id"] = check_stream_id(message.get("stream_id", DEFAULT_STREAM))
     for name in ("window_start", "window_end"):
         if not isinstance(message.get(name), str):
             raise InvalidEvent(f"record has no {name}")

@@ -16,7 +16,6 @@ added anywhere is known everywhere within about a second, and the list survives 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 
 from kafka import TopicPartition
@@ -24,19 +23,13 @@ from kafka.errors import KafkaError
 
 from . import kafka_clients
 from .config import Settings
-from .events import encode
+from .events import InvalidEvent, check_stream_id, encode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STREAM = "main"
-STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 POLL_TIMEOUT_MS = 500
 # How long to wait before looking for the topic again when it does not exist (yet).
 MISSING_TOPIC_RETRY_S = 5.0
-
-
-def is_stream_id(value) -> bool:
-    return isinstance(value, str) and STREAM_ID.fullmatch(value) is not None
 
 
 class StreamCatalog:
@@ -119,10 +112,8 @@ class StreamCatalog:
 
     def _apply(self, streams: set[str], record) -> None:
         try:
-            stream_id = record.key.decode("utf-8") if record.key else None
-        except UnicodeDecodeError:
-            stream_id = None
-        if not is_stream_id(stream_id):
+            stream_id = check_stream_id(record.key.decode("utf-8") if record.key else None)
+        except (UnicodeDecodeError, InvalidEvent):
             log.warning("skipping a record of %s that names no stream (offset %d)",
                         record.topic, record.offset)
             return

@@ -7,9 +7,9 @@ Both share the secret (TOKEN_SECRET, else VAR_DIR/secrets/token.key). A token is
     base64url(payload) "." base64url(HMAC-SHA256(secret, base64url(payload)))
 
 without padding, where the payload is the JSON object {"sub": client id, "cl": cluster number,
-"exp": expiry in epoch seconds}. It binds the client id to one cluster until the expiry: it
-cannot be altered (the signature would not match), moved to another cluster, or used after it
-expires. Pure functions: the caller passes the time.
+"exp": expiry in epoch seconds, "st": stream id}. It binds the client id to one cluster and
+one stream until the expiry: it cannot be altered (the signature would not match), moved to
+another cluster, or used after it expires. Pure functions: the caller passes the time.
 
 A rejected token is a TokenError carrying the WebSocket close code and reason the server sends:
 
@@ -26,8 +26,10 @@ import binascii
 import hashlib
 import hmac
 import json
+from typing import NamedTuple
 
 from .closecodes import FORBIDDEN, UNAUTHORIZED
+from .events import DEFAULT_STREAM
 
 # Longer strings are not tokens this module issued (a 64-character client id gives ~230).
 MAX_TOKEN_LENGTH = 1024
@@ -74,18 +76,28 @@ def _signature(key: bytes, payload_b64: str) -> bytes:
     return hmac.new(key, payload_b64.encode("ascii"), hashlib.sha256).digest()
 
 
-def issue(secret: str | bytes, client_id: str, cluster: int, ttl_s: float, now: float) -> str:
-    """A token admitting ``client_id`` to ``cluster`` until ``now + ttl_s`` (epoch seconds,
-    rounded down to a whole second)."""
-    payload = json.dumps({"sub": client_id, "cl": cluster, "exp": int(now + ttl_s)},
+class Admission(NamedTuple):
+    """Who a valid token admits, and to which stream's updates."""
+
+    client_id: str
+    stream_id: str
+
+
+def issue(secret: str | bytes, client_id: str, cluster: int, ttl_s: float, now: float,
+          stream_id: str = DEFAULT_STREAM) -> str:
+    """A token admitting ``client_id`` to ``cluster`` for ``stream_id``'s updates until
+    ``now + ttl_s`` (epoch seconds, rounded down to a whole second)."""
+    payload = json.dumps({"sub": client_id, "cl": cluster, "exp": int(now + ttl_s),
+                          "st": stream_id},
                          ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     payload_b64 = _b64encode(payload.encode("utf-8"))
     return f"{payload_b64}.{_b64encode(_signature(_key(secret), payload_b64))}"
 
 
-def verify(secret: str | bytes, token: str | None, cluster: int, now: float) -> str:
-    """The client id of a token valid for ``cluster`` at ``now``; TokenError otherwise. The
-    signature is checked first: only a genuine token is told it expired or is for elsewhere."""
+def verify(secret: str | bytes, token: str | None, cluster: int, now: float) -> Admission:
+    """Who a token valid for ``cluster`` at ``now`` admits (a token without a stream is for
+    "main"); TokenError otherwise. The signature is checked first: only a genuine token is told
+    it expired or is for elsewhere."""
     key = _key(secret)
     if not token:
         raise missing()
@@ -102,14 +114,15 @@ def verify(secret: str | bytes, token: str | None, cluster: int, now: float) -> 
     except (ValueError, UnicodeDecodeError):
         raise _invalid() from None
     if not (isinstance(payload, dict) and isinstance(payload.get("sub"), str)
-            and _is_int(payload.get("cl")) and _is_int(payload.get("exp"))):
+            and _is_int(payload.get("cl")) and _is_int(payload.get("exp"))
+            and isinstance(payload.get("st", DEFAULT_STREAM), str)):
         raise _invalid()
     if now >= payload["exp"]:
         raise TokenError(UNAUTHORIZED, "token expired")
     if payload["cl"] != cluster:
         raise TokenError(FORBIDDEN, f"token is for cluster {payload['cl']}, this is cluster "
                                     f"{cluster}")
-    return payload["sub"]
+    return Admission(payload["sub"], payload.get("st", DEFAULT_STREAM))
 
 
 def _is_int(value) -> bool:

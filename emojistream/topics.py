@@ -28,6 +28,8 @@ class TopicSpec:
     replication_factor: int
     # min.insync.replicas, or None for the broker's default.
     min_insync_replicas: int | None = None
+    # A topic that keeps the last record of each key (the streams catalog).
+    compacted: bool = False
 
 
 def topic_specs(settings: config.Settings, brokers: int = 1) -> list[TopicSpec]:
@@ -42,6 +44,7 @@ def topic_specs(settings: config.Settings, brokers: int = 1) -> list[TopicSpec]:
               for n in settings.clusters]
     specs += [TopicSpec(settings.subscribers_topic(n), settings.topic_partitions, rf)
               for n in settings.clusters]
+    specs.append(TopicSpec(settings.streams_topic, 1, rf, isr, compacted=True))
     return specs
 
 
@@ -76,8 +79,13 @@ def wait_for_brokers(settings: config.Settings, count: int, timeout_s: float,
 
 def _create_request(spec: TopicSpec) -> dict:
     request = {"num_partitions": spec.partitions, "replication_factor": spec.replication_factor}
+    configs = {}
     if spec.min_insync_replicas:
-        request["configs"] = {MIN_INSYNC: str(spec.min_insync_replicas)}
+        configs[MIN_INSYNC] = str(spec.min_insync_replicas)
+    if spec.compacted:
+        configs["cleanup.policy"] = "compact"
+    if configs:
+        request["configs"] = configs
     return request
 
 

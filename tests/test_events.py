@@ -48,7 +48,23 @@ def rejection(validator, item) -> str:
 def test_valid_event_comes_back_canonical_without_extra_fields(validator):
     item = event(extra="dropped", admin=True)
     assert validator.validate(item, received_at=RECEIVED) == {
-        "user_id": "client_1", "emoji_type": "🔥", "timestamp": "2026-11-27T07:15:55.000Z"}
+        "user_id": "client_1", "emoji_type": "🔥", "timestamp": "2026-11-27T07:15:55.000Z",
+        "stream_id": "main"}
+
+
+@pytest.mark.parametrize("stream_id", ["final-2026", "a", "Match_7.semi", "x" * 64, "main"])
+def test_a_stream_id_is_kept(validator, stream_id):
+    assert validator.validate(event(stream_id=stream_id), RECEIVED)["stream_id"] == stream_id
+
+
+@pytest.mark.parametrize("stream_id, shown", [
+    ("", '""'), ("x" * 65, '"' + "x" * 65 + '"'), ("final 2026", '"final 2026"'),
+    ("fïnal", '"fïnal"'), ("a/b", '"a/b"'), (7, "7"), (None, "null"), (["main"], '["main"]')])
+def test_a_bad_stream_id_is_named(validator, stream_id, shown):
+    with pytest.raises(InvalidEvent) as err:
+        validator.validate(event(stream_id=stream_id), RECEIVED)
+    assert str(err.value) == ("stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', "
+                              f"'_' and '-', got {shown}")
 
 
 def test_from_settings_uses_the_configured_emojis_and_limits():
@@ -288,13 +304,20 @@ def raw(message) -> bytes:
 
 
 def test_decode_valid_update():
-    assert decode_window_update(raw(UPDATE)) == UPDATE
-    assert decode_window_update(encode(UPDATE)) == UPDATE
+    assert decode_window_update(raw(UPDATE)) == dict(UPDATE, stream_id="main")
+    assert decode_window_update(encode(UPDATE)) == dict(UPDATE, stream_id="main")
+    of_a_stream = dict(UPDATE, stream_id="final-2026")
+    assert decode_window_update(encode(of_a_stream)) == of_a_stream
 
 
 def test_decode_update_with_no_aggregates():
     empty = dict(UPDATE, aggregates=[])
-    assert decode_window_update(raw(empty)) == empty
+    assert decode_window_update(raw(empty)) == dict(empty, stream_id="main")
+
+
+def test_decode_refuses_an_update_of_a_bad_stream_id():
+    with pytest.raises(InvalidEvent, match="stream_id must be 1 to 64 characters"):
+        decode_window_update(encode(dict(UPDATE, stream_id="no spaces")))
 
 
 @pytest.mark.parametrize("record, message", [

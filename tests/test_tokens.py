@@ -36,8 +36,8 @@ def refused(token, cluster=2, now=NOW, secret=SECRET) -> tuple[int, str]:
 
 def test_a_token_admits_its_client_to_its_cluster_until_it_expires():
     token = issue(SECRET, "client_1", 2, 3600, NOW)
-    assert verify(SECRET, token, 2, NOW) == "client_1"
-    assert verify(SECRET, token, 2, NOW + 3599) == "client_1"
+    assert verify(SECRET, token, 2, NOW).client_id == "client_1"
+    assert verify(SECRET, token, 2, NOW + 3599).client_id == "client_1"
     assert refused(token, now=NOW + 3600) == (4401, "token expired")
 
 
@@ -46,7 +46,7 @@ def test_the_format_is_payload_dot_hmac_sha256_in_base64url():
     payload_b64, signature_b64 = token.split(".")
     padded = payload_b64 + "=" * (-len(payload_b64) % 4)
     assert json.loads(base64.urlsafe_b64decode(padded)) == {
-        "sub": "client_1", "cl": 3, "exp": int(NOW) + 60}
+        "sub": "client_1", "cl": 3, "exp": int(NOW) + 60, "st": "main"}
     expected = hmac.new(SECRET.encode(), payload_b64.encode(), hashlib.sha256).digest()
     assert signature_b64 == b64(expected)
     assert "=" not in token and "+" not in token and "/" not in token
@@ -54,7 +54,7 @@ def test_the_format_is_payload_dot_hmac_sha256_in_base64url():
 
 def test_any_client_id_round_trips():
     client_id = "ana maría/ü?&=#🔥"
-    assert verify(SECRET, issue(SECRET, client_id, 1, 60, NOW), 1, NOW) == client_id
+    assert verify(SECRET, issue(SECRET, client_id, 1, 60, NOW), 1, NOW) == (client_id, "main")
 
 
 def test_a_token_for_another_cluster_is_forbidden():
@@ -128,7 +128,8 @@ def test_a_correctly_signed_payload_of_the_wrong_shape_is_invalid(payload):
 
 
 def test_a_well_formed_signed_payload_is_accepted():
-    assert verify(SECRET, signed({"sub": "a", "cl": 2, "exp": int(NOW) + 1}), 2, NOW) == "a"
+    assert verify(SECRET, signed({"sub": "a", "cl": 2, "exp": int(NOW) + 1}), 2, NOW) == (
+        "a", "main")
 
 
 def test_an_empty_secret_is_refused():
@@ -139,3 +140,15 @@ def test_an_empty_secret_is_refused():
 def test_close_codes():
     assert (tokens.UNAUTHORIZED, tokens.FORBIDDEN) == (4401, 4403)
     assert str(TokenError(4401, "invalid token")) == "4401 invalid token"
+
+
+def test_a_token_binds_the_stream():
+    token = issue(SECRET, "fan", 1, 60, NOW, stream_id="final-2026")
+    assert verify(SECRET, token, 1, NOW) == ("fan", "final-2026")
+    assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) == {
+        "sub": "fan", "cl": 1, "exp": int(NOW) + 60, "st": "final-2026"}
+
+
+def test_a_signed_payload_whose_stream_is_not_a_string_is_invalid():
+    assert refused(signed({"sub": "a", "cl": 2, "exp": int(NOW) + 60, "st": 7})) == (
+        4401, "invalid token")

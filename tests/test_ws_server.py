@@ -85,8 +85,13 @@ class Server:
     def wait_for_counts(self, viewers: int, subscribers: int, timeout_s: float = 10) -> None:
         expected = {"cluster": CLUSTER, "status": "ok", "viewers": viewers,
                     "subscribers": subscribers}
-        wait_until(lambda: self.health() == expected, timeout_s=timeout_s,
+        wait_until(lambda: without_streams(self.health()) == expected, timeout_s=timeout_s,
                    message=f"health never became {expected}; last {self.health()}")
+
+
+def without_streams(health: dict) -> dict:
+    """A health answer without its per-stream part."""
+    return {name: value for name, value in health.items() if name != "streams"}
 
 
 def server_env(test_env: dict, port: int, **extra) -> dict:
@@ -360,7 +365,8 @@ def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env,
 # --- health and plain HTTP --------------------------------------------------------------------
 
 def test_health_counts_live_connections_exactly(server):
-    assert server.health() == {"cluster": 2, "status": "ok", "viewers": 0, "subscribers": 0}
+    assert server.health() == {"cluster": 2, "status": "ok", "viewers": 0, "subscribers": 0,
+                               "streams": {}}
     with ExitStack() as connections:
         viewers = [connections.enter_context(server.viewer(f"v{i}")) for i in range(3)]
         publisher = connections.enter_context(server.publisher())
@@ -387,7 +393,8 @@ def test_health_is_json_over_plain_http(server):
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert head.lower().count(b"content-type:") == 1
     assert b"Content-Type: application/json" in head
-    assert json.loads(body) == {"cluster": 2, "status": "ok", "viewers": 0, "subscribers": 0}
+    assert json.loads(body) == {"cluster": 2, "status": "ok", "viewers": 0, "subscribers": 0,
+                                "streams": {}}
 
 
 @pytest.mark.parametrize("request_line, status, body", [
@@ -420,6 +427,67 @@ def test_a_viewer_that_stops_answering_pings_is_dropped(start_server):
             server.wait_for_counts(viewers=1, subscribers=0, timeout_s=30)
             assert_nothing_arrives(alive)  # and the one answering pings stays connected
         server.wait_for_counts(viewers=0, subscribers=0)
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+def stream_viewer(server: Server, client_id: str, stream_id: str):
+    issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id)
+    return connect(f"{server.url}/?token={quote(issued)}", open_timeout=5)
+
+
+def test_each_viewer_gets_only_the_updates_of_its_own_stream(server):
+    window = unique_window()
+    of_a = dict(update(window, fire=3), stream_id="final-a")
+    of_b = dict(update(window, laugh=4), stream_id="final-b")
+    of_main = update(window, clap=5)  # an update that names no stream is of "main"
+    with stream_viewer(server, "fan-a", "final-a") as fan_a, \
+            stream_viewer(server, "fan-b", "final-b") as fan_b, \
+            server.viewer("fan-main") as fan_main, server.publisher() as publisher:
+        server.wait_for_counts(viewers=3, subscribers=1)
+        for message in (of_a, of_b, of_main):
+            publisher.send(text(message))
+        assert fan_a.recv(timeout=5) == text(of_a)
+        assert fan_b.recv(timeout=5) == text(of_b)
+        assert fan_main.recv(timeout=5) == text(of_main)
+        for viewer in (fan_a, fan_b, fan_main):
+            assert_nothing_arrives(viewer)
+        streams = server.health()["streams"]
+        assert streams == {
+            "final-a": {"viewers": 1, "last_window": window, "last_window_total": 3},
+            "final-b": {"viewers": 1, "last_window": window, "last_window_total": 4},
+            "main": {"viewers": 1, "last_window": window, "last_window_total": 5}}
+
+
+def test_a_new_viewer_gets_the_latest_update_of_its_streams_two_newest_windows(server):
+    hour = f"2026-11-{10 + uuid.uuid4().int % 18:02d}T{uuid.uuid4().int % 24:02d}"
+    first, second, third = (f"{hour}:00:0{s}.000Z" for s in (0, 2, 4))
+    sent = [dict(update(first, fire=1), stream_id="snap"),
+            dict(update(second, fire=2), stream_id="snap"),
+            dict(update(second, fire=3), stream_id="snap"),
+            dict(update(third, fire=4), stream_id="snap"),
+            dict(update(first, fire=9), stream_id="snap"),  # a late one for an older window
+            update(third, laugh=7)]                         # another stream's
+    with server.publisher() as publisher:
+        server.wait_for_counts(viewers=0, subscribers=1)
+        for message in sent:
+            publisher.send(text(message))
+        wait_until(lambda: server.health()["streams"].get("snap", {}).get("last_window")
+                   == third)
+        with stream_viewer(server, "late-comer", "snap") as viewer:
+            assert [viewer.recv(timeout=5), viewer.recv(timeout=5)] == [text(sent[2]),
+                                                                         text(sent[3])]
+            assert_nothing_arrives(viewer)
+            newest = dict(update(third, fire=5), stream_id="snap")
+            publisher.send(text(newest))
+            assert viewer.recv(timeout=5) == text(newest)
+        with stream_viewer(server, "elsewhere", "nobody-sent-here") as viewer:
+            assert_nothing_arrives(viewer)
+    assert server.service.stop() == 0
+    # Of the seven updates, only the one sent while the late-comer watched was broadcast: the
+    # others cost no broadcast.
+    assert "stopped: 7 update(s) broadcast, 0 repeated, 0 stale and 0 invalid dropped, 6 of a " \
+           "stream nobody watched here" in server.service.log()
 
 
 # --- limits -------------------------------------------------------------------------------------
@@ -528,7 +596,8 @@ def test_sigterm_closes_connections_and_exits_0(server):
     assert (f"INFO    ws_server: ready: cluster 2 serving viewers at ws://localhost:{server.port}/"
             ", subscribers at /publish, health at /health") in log
     assert ("INFO    ws_server: stopped: 1 update(s) broadcast, 0 repeated, 0 stale and 1 "
-            "invalid dropped, 0 viewer message(s) discarded, 0 viewer(s) refused") in log
+            "invalid dropped, 0 of a stream nobody watched here, 0 viewer message(s) discarded, "
+            "0 viewer(s) refused") in log
     assert "; open-file limit " in log
 
 
