@@ -1,8 +1,13 @@
 """Registration of viewers: assigns each one a cluster, a WebSocket endpoint and a token.
 
-    POST /register   {"client_id": "client_1"}  ->  {"status": "success", "cluster_id": "cluster2",
+    POST /register   {"client_id": "client_1", "stream_id": "main"}  ->  {"status": "success",
+                     "cluster_id": "cluster2", "stream_id": "main",
                      "subscriber_endpoint": "ws://localhost:5003/?token=eyJ..."}
+                     (stream_id may be left out: "main"; an unknown one is a 404)
     POST /deregister {"client_id": "client_1"}  ->  {"status": "success"}, or 404
+    GET  /streams    [{"stream_id", "viewers", "last_window", "last_window_total"}, ...]
+    POST /streams    {"stream_id": "final-2026"}  with "Authorization: Bearer <admin key>": 201
+    DELETE /streams/ID                            with the admin key: 200, or 404
     GET  /clusters   [{"cluster_id", "endpoint", "healthy", "live_connections",
                      "registered_viewers"}, ...]
     GET  /health     {"status": "ok", "registered_viewers": N}
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import logging
 import math
 import os
@@ -24,9 +30,10 @@ import time
 from urllib.parse import quote
 
 from flask import Flask, request
+from kafka.errors import KafkaError
 
-from emojistream import config, secrets, tokens, web, wsgi
-from emojistream.events import InvalidEvent, check_identifier
+from emojistream import config, kafka_clients, secrets, tokens, web, wsgi
+from emojistream.events import DEFAULT_STREAM, InvalidEvent, check_identifier, check_stream_id
 from emojistream.json_api import ApiError, add_json_error_handlers, json_body
 from emojistream.lifecycle import load_settings
 from emojistream.limits import RateLimiter
@@ -40,12 +47,17 @@ from emojistream.registry import (
     RegistryFull,
     cluster_id,
 )
+from emojistream.streams import StreamCatalog, StreamWriter
 
 log = logging.getLogger("registration_api")
 
-REGISTRY = "registry"  # keys of the registry and the health monitor in app.extensions
+REGISTRY = "registry"  # keys of the registry, the health monitor and the stream catalog
 MONITOR = "health_monitor"
-ENDPOINTS = "POST /register, POST /deregister, GET /clusters and GET /health"
+STREAMS = "streams"
+ENDPOINTS = ("POST /register, POST /deregister, GET /clusters, GET /streams, POST /streams, "
+             "DELETE /streams/ID and GET /health")
+# How long POST /streams waits for the new stream to be known (read back from Kafka).
+STREAM_KNOWN_TIMEOUT_S = 5.0
 
 
 def endpoint_for(settings: config.Settings, cluster: int, token: str) -> str:
@@ -70,12 +82,20 @@ def check_client_id(body) -> str:
 
 def create_app(settings: config.Settings | None = None, registry: Registry | None = None,
                probe: Probe | None = None, poll: bool = True,
-               token_secret: str | None = None) -> Flask:
+               token_secret: str | None = None, streams: StreamCatalog | None = None,
+               admin_key: str | None = None) -> Flask:
     """The registration app. ``registry`` defaults to an empty one over the settings' clusters;
     ``probe`` (the health source) to HttpProbe. Every cluster is polled once before this
     returns; with ``poll`` a HealthMonitor then keeps polling in the background (stop it with
-    ``app.extensions[MONITOR].stop()``). ``token_secret`` defaults to secrets.token_secret."""
+    ``app.extensions[MONITOR].stop()``). ``streams`` defaults to a catalog that follows the
+    streams topic (one not started knows STREAMS only); the secrets default to the
+    installation's."""
     settings = settings or config.load()
+    if token_secret is None or admin_key is None:
+        installed = secrets.all_secrets(settings)
+        token_secret = token_secret or installed[secrets.TOKEN_SECRET]
+        admin_key = admin_key or installed[secrets.ADMIN_KEY]
+    streams = streams if streams is not None else StreamCatalog(settings).start()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.registration_max_body_bytes
     registry = registry if registry is not None else Registry(
@@ -84,8 +104,9 @@ def create_app(settings: config.Settings | None = None, registry: Registry | Non
                             settings.ws_health_poll_s)
     app.extensions[REGISTRY] = registry
     app.extensions[MONITOR] = monitor
-    secret = token_secret if token_secret is not None else secrets.token_secret(settings)
-    _add_routes(app, settings, registry, monitor, secret)
+    app.extensions[STREAMS] = streams
+    _add_routes(app, settings, registry, monitor, token_secret, streams)
+    _add_stream_routes(app, settings, registry, streams, admin_key)
     web.add_web_page(app, settings)
     add_json_error_handlers(app, log, ENDPOINTS)
     monitor.poll_all()
@@ -95,7 +116,7 @@ def create_app(settings: config.Settings | None = None, registry: Registry | Non
 
 
 def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
-                monitor: HealthMonitor, secret: str) -> None:
+                monitor: HealthMonitor, secret: str, streams: StreamCatalog) -> None:
     limiter = RateLimiter(settings.registration_rate_per_address,
                           settings.registration_burst_per_address)
 
@@ -114,7 +135,9 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
 
     @app.post("/register")
     def register():
-        client_id = check_client_id(json_body())
+        body = json_body()
+        client_id = check_client_id(body)
+        stream_id = known_stream(body, streams)
         current = registry.assignment(client_id)
         if current is not None and registry.is_healthy(current):
             monitor.recheck(current)  # it registers again: is its server still there?
@@ -127,8 +150,9 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
         elif previous != cluster:
             log.info("moved %r from %s (down) to %s", client_id, cluster_id(previous),
                      cluster_id(cluster))
-        token = tokens.issue(secret, client_id, cluster, settings.token_ttl_s, time.time())
-        return {"status": "success", "cluster_id": cluster_id(cluster),
+        token = tokens.issue(secret, client_id, cluster, settings.token_ttl_s, time.time(),
+                             stream_id)
+        return {"status": "success", "cluster_id": cluster_id(cluster), "stream_id": stream_id,
                 "subscriber_endpoint": endpoint_for(settings, cluster, token)}
 
     @app.post("/deregister")
@@ -157,9 +181,81 @@ def worker_app() -> Flask:
     return create_app(config.load())
 
 
+def known_stream(body: dict, streams: StreamCatalog) -> str:
+    """The stream a request body names (default main); ApiError 400 for a malformed one, 404
+    for an unknown one."""
+    try:
+        stream_id = check_stream_id(body.get("stream_id", DEFAULT_STREAM))
+    except InvalidEvent as err:
+        raise ApiError(400, str(err)) from None
+    if not streams.known(stream_id):
+        raise ApiError(404, f"unknown stream_id {stream_id!r}: GET /streams lists the live "
+                            "streams")
+    return stream_id
+
+
+def _add_stream_routes(app: Flask, settings: config.Settings, registry: Registry,
+                       streams: StreamCatalog, admin_key: str) -> None:
+    writer: list[StreamWriter] = []  # made on first use: reading needs no Kafka producer
+
+    def admin_only() -> None:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode("utf-8"), admin_key.encode("utf-8")):
+            raise ApiError(401, "missing or wrong admin key (send Authorization: Bearer <key>; "
+                                "the key is ADMIN_KEY, or VAR_DIR/secrets/admin.key)",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def write(change) -> None:
+        try:
+            if not writer:
+                writer.append(StreamWriter(settings))
+            change(writer[0])
+        except (KafkaError, kafka_clients.KafkaUnavailable) as err:
+            raise ApiError(503, f"Kafka did not take the change ({err}); try again shortly",
+                           headers={"Retry-After": "1"}) from None
+
+    @app.get("/streams")
+    def list_streams():
+        return [{"stream_id": stream_id, **registry.stream_stats(stream_id)}
+                for stream_id in streams.all()]
+
+    @app.post("/streams")
+    def add_stream():
+        admin_only()
+        body = json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, 'body must be a JSON object like {"stream_id": "..."}')
+        try:
+            stream_id = check_stream_id(body.get("stream_id"))
+        except InvalidEvent as err:
+            raise ApiError(400, str(err)) from None
+        if streams.known(stream_id):
+            raise ApiError(409, f"stream {stream_id!r} exists already")
+        write(lambda w: w.add(stream_id))
+        deadline = time.monotonic() + STREAM_KNOWN_TIMEOUT_S
+        while not streams.known(stream_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.info("added stream %r", stream_id)
+        return {"status": "success", "stream_id": stream_id}, 201
+
+    @app.delete("/streams/<stream_id>")
+    def remove_stream(stream_id: str):
+        admin_only()
+        if stream_id in streams.configured:
+            raise ApiError(409, f"stream {stream_id!r} is one of STREAMS: change the setting "
+                                "to remove it")
+        if not streams.known(stream_id):
+            raise ApiError(404, f"unknown stream_id {stream_id!r}")
+        write(lambda w: w.remove(stream_id))
+        log.info("removed stream %r", stream_id)
+        return {"status": "success", "stream_id": stream_id}
+
+
 def stop_monitor(app: Flask) -> None:
-    """As the worker ends: stop its health polls."""
+    """As the worker ends: stop its health polls and its stream catalog."""
     app.extensions[MONITOR].stop()
+    app.extensions[STREAMS].stop()
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:

@@ -26,8 +26,19 @@ RECHECK_S = 0.5
 NO_CLUSTER = ("no cluster is available: no WebSocket server answers its health check; "
               "try again shortly")
 
-# probe(cluster) -> the server's live viewer count, or None when it is down.
-Probe = Callable[[int], "int | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterHealth:
+    """What a WebSocket server's GET /health reports: its live viewers, and for each stream
+    it has seen, {"viewers": V, "last_window": START, "last_window_total": T}."""
+
+    viewers: int
+    streams: dict = dataclasses.field(default_factory=dict)
+
+
+# probe(cluster) -> the server's health, or None when it is down.
+Probe = Callable[[int], "ClusterHealth | None"]
 
 
 class NoClusterAvailable(RuntimeError):
@@ -42,6 +53,7 @@ class RegistryFull(RuntimeError):
 class ClusterState:
     healthy: bool = False
     live: int | None = None        # live viewers in the last successful report
+    streams: dict = dataclasses.field(default_factory=dict)  # and its streams
     reported_at: float = float("-inf")  # monotonic time that report was requested
     polled_at: float = float("-inf")    # monotonic time of the last poll, whatever its outcome
     # Clients assigned since the report, with the monotonic time of their assignment.
@@ -71,26 +83,28 @@ class Registry:
 
     # --- health ---
 
-    def report(self, cluster: int, live: int | None, requested_at: float) -> None:
-        """The outcome of a health poll requested at ``requested_at``: the live viewer count,
-        or None when the server did not answer."""
+    def report(self, cluster: int, health: ClusterHealth | None, requested_at: float) -> None:
+        """The outcome of a health poll requested at ``requested_at``: the server's health, or
+        None when it did not answer."""
         with self._lock:
             state = self._state[cluster]
             state.polled_at = max(state.polled_at, requested_at)
-            if live is None:
-                state.healthy, state.live = False, None
+            if health is None:
+                state.healthy, state.live, state.streams = False, None, {}
                 return
             if requested_at < state.reported_at:
                 return  # an older poll answered late
-            state.healthy, state.live, state.reported_at = True, live, requested_at
+            state.healthy, state.live, state.reported_at = True, health.viewers, requested_at
+            state.streams = health.streams
             state.pending = {client: at for client, at in state.pending.items()
                              if at > requested_at}
 
-    def report_all(self, outcomes: dict[int, int | None], requested_at: float) -> None:
+    def report_all(self, outcomes: dict[int, ClusterHealth | None],
+                   requested_at: float) -> None:
         """The outcomes of one round of polls, applied together."""
         with self._lock:
-            for cluster, live in outcomes.items():
-                self.report(cluster, live, requested_at)
+            for cluster, health in outcomes.items():
+                self.report(cluster, health, requested_at)
 
     def mark_polled(self, cluster: int, requested_at: float) -> None:
         """A poll found the server up; its counts are left to the next round."""
@@ -115,6 +129,19 @@ class Registry:
     def live_count(self, cluster: int) -> int | None:
         with self._lock:
             return self._state[cluster].live
+
+    def stream_stats(self, stream_id: str) -> dict:
+        """A stream's live viewers on every healthy cluster, and its latest window and that
+        window's total (every cluster sees every stream's updates)."""
+        with self._lock:
+            reports = [state.streams.get(stream_id) for state in self._state.values()
+                       if state.healthy]
+        reports = [r for r in reports if isinstance(r, dict)]
+        latest = max((r for r in reports if r.get("last_window")),
+                     key=lambda r: r["last_window"], default={})
+        return {"viewers": sum(r.get("viewers", 0) for r in reports),
+                "last_window": latest.get("last_window"),
+                "last_window_total": latest.get("last_window_total", 0)}
 
     # --- assignment ---
 
@@ -198,21 +225,24 @@ class Registry:
 
 
 class HttpProbe:
-    """Asks a WebSocket server's GET /health for its live viewer count; None when it does not
-    answer within WS_HEALTH_TIMEOUT_S or answers something else. A new connection each time:
-    a server that died is noticed by the next poll."""
+    """Asks a WebSocket server's GET /health for its health; None when it does not answer
+    within WS_HEALTH_TIMEOUT_S or answers something else. A new connection each time: a server
+    that died is noticed by the next poll."""
 
     def __init__(self, settings: config.Settings):
         self.settings = settings
         self.timeout_s = settings.ws_health_timeout_s
 
-    def __call__(self, cluster: int) -> int | None:
+    def __call__(self, cluster: int) -> ClusterHealth | None:
         try:
             answer = requests.get(self.settings.ws_health_url(cluster), timeout=self.timeout_s)
-            viewers = answer.json()["viewers"] if answer.status_code == 200 else None
+            health = answer.json() if answer.status_code == 200 else {}
+            viewers, streams = health["viewers"], health.get("streams", {})
         except (requests.RequestException, ValueError, KeyError, TypeError):
             return None
-        return viewers if type(viewers) is int and viewers >= 0 else None
+        if type(viewers) is not int or viewers < 0 or not isinstance(streams, dict):
+            return None
+        return ClusterHealth(viewers, streams)
 
 
 class HealthMonitor:
@@ -240,7 +270,7 @@ class HealthMonitor:
             before = {n: self.registry.is_healthy(n) for n in self.registry.clusters}
             first = self.registry.polled_at(self.registry.clusters[0]) == float("-inf")
             requested_at = self._clock()
-            outcomes: dict[int, int | None] = {}
+            outcomes: dict[int, ClusterHealth | None] = {}
 
             def probe(n: int) -> None:
                 outcomes[n] = self._probe(n)
@@ -252,8 +282,8 @@ class HealthMonitor:
             for thread in threads:
                 thread.join()
             self.registry.report_all(outcomes, requested_at)
-            for n, live in outcomes.items():
-                self._log_change(n, before[n], live, first)
+            for n, health in outcomes.items():
+                self._log_change(n, before[n], health, first)
 
     def recheck(self, cluster: int, max_age_s: float | None = None) -> None:
         """Poll ``cluster`` now unless it was polled in the last ``max_age_s`` (default
@@ -267,25 +297,26 @@ class HealthMonitor:
                 return
             requested_at = self._clock()
             was_healthy = self.registry.is_healthy(cluster)
-            live = self._probe(cluster)
-            if live is None:
+            health = self._probe(cluster)
+            if health is None:
                 self.registry.report(cluster, None, requested_at)
                 self._log_change(cluster, was_healthy, None, False)
             else:
                 self.registry.mark_polled(cluster, requested_at)
 
-    def _probe(self, cluster: int) -> int | None:
+    def _probe(self, cluster: int) -> ClusterHealth | None:
         try:
             return self.probe(cluster)
         except Exception:  # a faulty probe must not end the polls
             log.exception("health probe of %s failed", cluster_id(cluster))
             return None
 
-    def _log_change(self, cluster: int, was_healthy: bool, live: int | None,
+    def _log_change(self, cluster: int, was_healthy: bool, health: ClusterHealth | None,
                     first: bool) -> None:
-        if live is not None and not was_healthy:
-            log.info("%s is up (%d live viewer(s)): assignable", cluster_id(cluster), live)
-        elif live is None and (was_healthy or first):
+        if health is not None and not was_healthy:
+            log.info("%s is up (%d live viewer(s)): assignable", cluster_id(cluster),
+                     health.viewers)
+        elif health is None and (was_healthy or first):
             log.warning("%s is down (its WebSocket server does not answer its health check): "
                         "not assignable", cluster_id(cluster))
 

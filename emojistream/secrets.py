@@ -3,9 +3,12 @@
     subscriber   SUBSCRIBER_KEY: subscribers present it to their WebSocket server's /publish
     token        TOKEN_SECRET: the registration API signs viewer tokens with it, the WebSocket
                  servers check them (emojistream/tokens.py)
+    admin        ADMIN_KEY: operators present it to the registration API to add and remove
+                 streams (POST /streams, DELETE /streams/ID)
 
-Two different secrets: a viewer's token never lets it publish. ``python -m emojistream.secrets``
-(run by setup) creates the files that are missing and prints where they are, not their values.
+Different secrets: a viewer's token never lets it publish or administer.
+``python -m emojistream.secrets`` (run by setup) creates the files that are missing and prints
+where they are, not their values.
 
 A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), else from
 ``$VAR_DIR/secrets/<name>.key``. The first process that needs the file creates it with a random
@@ -34,7 +37,9 @@ TOKEN_BYTES = 32
 MIN_BYTES = 32
 SUBSCRIBER_KEY = "subscriber"
 TOKEN_SECRET = "token"
-SETTINGS = {SUBSCRIBER_KEY: "SUBSCRIBER_KEY", TOKEN_SECRET: "TOKEN_SECRET"}
+ADMIN_KEY = "admin"
+SETTINGS = {SUBSCRIBER_KEY: "SUBSCRIBER_KEY", TOKEN_SECRET: "TOKEN_SECRET",
+            ADMIN_KEY: "ADMIN_KEY"}
 
 
 class SecretError(RuntimeError):
@@ -67,15 +72,25 @@ def token_secret(settings: Settings) -> str:
     return shared_secret(settings, TOKEN_SECRET, settings.token_secret)
 
 
+def all_secrets(settings: Settings) -> dict[str, str]:
+    """Every secret, checked, and checked to differ from the others: every process that holds
+    one starts with this, so a configuration in which one secret opens another's door (a
+    viewer's token secret that would let it publish) never runs."""
+    values = {name: shared_secret(settings, name, getattr(settings, variable.lower()))
+              for name, variable in SETTINGS.items()}
+    names = list(values)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if values[first] == values[second]:
+                raise SecretError(f"{SETTINGS[first]} and {SETTINGS[second]} are the same: "
+                                  "give them different values (or leave them unset)")
+    return values
+
+
 def token_secret_and_subscriber_key(settings: Settings) -> tuple[str, str]:
-    """Both secrets, checked, and checked to differ: every process that holds either one starts
-    with this, so a configuration that would let a viewer's token secret publish never runs."""
-    token, key = token_secret(settings), subscriber_key(settings)
-    if token == key:
-        raise SecretError("the token secret and the subscriber key are the same: a viewer's "
-                          "token secret would let it publish; give TOKEN_SECRET and "
-                          "SUBSCRIBER_KEY different values (or leave both unset)")
-    return token, key
+    """The token secret and the subscriber key (all_secrets checks them)."""
+    values = all_secrets(settings)
+    return values[TOKEN_SECRET], values[SUBSCRIBER_KEY]
 
 
 def _long_enough(value: str, source: str) -> str:
@@ -136,7 +151,7 @@ def main() -> int:
         settings = config.load()
         for line in ensure_all(settings):
             print(line)
-        token_secret_and_subscriber_key(settings)
+        all_secrets(settings)
     except (config.ConfigError, OSError, SecretError) as err:
         print(f"secrets: {err}", file=sys.stderr)
         return 1

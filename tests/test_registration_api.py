@@ -18,14 +18,30 @@ import requests
 
 import registration_api
 from emojistream import config, tokens
-from emojistream.registry import NO_CLUSTER, HealthMonitor, Registry, RegistryFull
+from emojistream.registry import (
+    NO_CLUSTER,
+    ClusterHealth,
+    HealthMonitor,
+    Registry,
+    RegistryFull,
+)
+from emojistream.streams import StreamCatalog
 from registration_api import create_app
 from tests.services import assert_clean_log, free_port, run, running, wait_for_health
 
 SECRET = "registration-test-secret-32-bytes-or-more"
+ADMIN = "registration-test-admin-key-32-bytes-or-more"
 ENV = {"CLUSTER_COUNT": "3", "WS_HOST": "localhost", "WS_FIRST_PORT": "5002",
        "WS_PUBLIC_URL_TEMPLATE": "ws://{host}:{port}/", "TOKEN_SECRET": SECRET,
-       "TOKEN_TTL_S": "3600"}
+       "SUBSCRIBER_KEY": "registration-test-subscriber-key-32-bytes", "ADMIN_KEY": ADMIN,
+       "TOKEN_TTL_S": "3600", "STREAMS": "main,final-2026"}
+
+
+def app_of(settings, **options):
+    """The registration app on the FakeHealth of ``options`` (default: all clusters up), no
+    background polls, and a stream catalog that knows STREAMS only (no Kafka here)."""
+    options.setdefault("probe", FakeHealth())
+    return create_app(settings, poll=False, streams=StreamCatalog(settings), **options)
 
 
 class FakeHealth:
@@ -34,11 +50,13 @@ class FakeHealth:
 
     def __init__(self, live: dict[int, int | None] | None = None):
         self.live = live if live is not None else {1: 0, 2: 0, 3: 0}
+        self.streams: dict[int, dict] = {}  # cluster -> its servers' per-stream report
         self.polls = 0
 
-    def __call__(self, cluster: int) -> int | None:
+    def __call__(self, cluster: int) -> ClusterHealth | None:
         self.polls += 1
-        return self.live[cluster]
+        live = self.live[cluster]
+        return None if live is None else ClusterHealth(live, self.streams.get(cluster, {}))
 
 
 @pytest.fixture
@@ -53,7 +71,7 @@ def health() -> FakeHealth:
 
 @pytest.fixture
 def app(settings, health):
-    return create_app(settings, probe=health, poll=False)
+    return app_of(settings, probe=health)
 
 
 @pytest.fixture
@@ -66,8 +84,8 @@ def poll(app) -> None:
     app.extensions[registration_api.MONITOR].poll_all()
 
 
-def register(client, client_id):
-    return client.post("/register", json={"client_id": client_id})
+def register(client, client_id, **fields):
+    return client.post("/register", json={"client_id": client_id, **fields})
 
 
 def cluster_of(client, client_id) -> str:
@@ -93,8 +111,9 @@ def test_register_answers_the_cluster_and_its_endpoint_with_a_token(client):
     response = register(client, "client_1")
     assert response.status_code == 200
     answer = response.get_json()
-    assert set(answer) == {"status", "cluster_id", "subscriber_endpoint"}
-    assert (answer["status"], answer["cluster_id"]) == ("success", "cluster1")
+    assert set(answer) == {"status", "cluster_id", "stream_id", "subscriber_endpoint"}
+    assert (answer["status"], answer["cluster_id"], answer["stream_id"]) == (
+        "success", "cluster1", "main")
     endpoint = answer["subscriber_endpoint"]
     assert endpoint.startswith("ws://localhost:5002/?token=")
     token = token_of(endpoint)
@@ -159,7 +178,7 @@ def test_registering_again_keeps_the_cluster_with_a_fresh_token(client):
     assert second.status_code == 200
     assert second.get_json()["cluster_id"] == first["cluster_id"] == "cluster1"
     assert tokens.verify(SECRET, token_of(second.get_json()["subscriber_endpoint"]), 1,
-                         time.time()) == "again"
+                         time.time()) == ("again", "main")
     assert clusters(client) == {"cluster1": 1, "cluster2": 1, "cluster3": 0}
 
 
@@ -216,7 +235,7 @@ def test_the_client_id_may_be_anything_printable(client):
 
 def test_a_public_url_template_with_a_query_gets_the_token_appended():
     settings = config.load(dict(ENV, WS_PUBLIC_URL_TEMPLATE="wss://{host}/ws?port={port}"))
-    app = create_app(settings, probe=FakeHealth(), poll=False)
+    app = app_of(settings, probe=FakeHealth())
     endpoint = register(app.test_client(), "x").get_json()["subscriber_endpoint"]
     assert endpoint.startswith("wss://localhost/ws?port=5002&token=")
 
@@ -224,7 +243,7 @@ def test_a_public_url_template_with_a_query_gets_the_token_appended():
 def test_concurrent_registrations_are_spread_evenly(settings):
     registry = Registry(settings.clusters)
     for n in settings.clusters:
-        registry.report(n, 0, time.monotonic())
+        registry.report(n, ClusterHealth(0), time.monotonic())
     threads = [threading.Thread(target=lambda i=i: [registry.register(f"t{i}-{j}")
                                                     for j in range(100)]) for i in range(6)]
     for thread in threads:
@@ -237,8 +256,8 @@ def test_concurrent_registrations_are_spread_evenly(settings):
 
 def test_a_late_answer_to_an_older_poll_does_not_replace_a_newer_report(settings):
     registry = Registry(settings.clusters)
-    registry.report(1, 7, requested_at=10.0)
-    registry.report(1, 3, requested_at=9.0)
+    registry.report(1, ClusterHealth(7), requested_at=10.0)
+    registry.report(1, ClusterHealth(3), requested_at=9.0)
     assert registry.live_count(1) == 7
 
 
@@ -266,7 +285,7 @@ def test_a_failing_probe_marks_the_cluster_down(settings):
         raise RuntimeError("probe bug")
 
     registry = Registry(settings.clusters)
-    registry.report(1, 0, time.monotonic())
+    registry.report(1, ClusterHealth(0), time.monotonic())
     HealthMonitor(registry, broken, interval_s=1).poll_all()
     assert not registry.is_healthy(1)
 
@@ -340,7 +359,8 @@ def test_an_unknown_path_is_a_json_404(client):
     response = client.get("/nope")
     assert response.status_code == 404
     assert response.get_json() == {"error": "no such endpoint: /nope (there are POST /register, "
-                                             "POST /deregister, GET /clusters and GET /health)"}
+                                             "POST /deregister, GET /clusters, GET /streams, "
+                                             "POST /streams, DELETE /streams/ID and GET /health)"}
 
 
 @pytest.mark.parametrize("method, path, allowed", [
@@ -362,8 +382,7 @@ def test_an_internal_error_is_a_json_500_without_details(settings):
         def register(self, client_id):
             raise RuntimeError("secret detail")
 
-    app = create_app(settings, registry=Broken(settings.clusters), probe=FakeHealth(),
-                     poll=False)
+    app = app_of(settings, registry=Broken(settings.clusters))
     response = app.test_client().post("/register", json={"client_id": "x"})
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal error"}
@@ -397,6 +416,78 @@ def test_health(client):
 
 # --- the script -------------------------------------------------------------------------------
 
+# --- streams ------------------------------------------------------------------------------------
+
+def test_a_viewer_registers_for_a_stream_and_registering_again_switches_it(client):
+    first = register(client, "fan", stream_id="final-2026").get_json()
+    assert first["stream_id"] == "final-2026"
+    assert tokens.verify(SECRET, token_of(first["subscriber_endpoint"]), 1,
+                         time.time()) == ("fan", "final-2026")
+    switched = register(client, "fan", stream_id="main").get_json()
+    assert (switched["cluster_id"], switched["stream_id"]) == ("cluster1", "main")
+    assert tokens.verify(SECRET, token_of(switched["subscriber_endpoint"]), 1,
+                         time.time()) == ("fan", "main")
+
+
+@pytest.mark.parametrize("stream_id, status, message", [
+    ("semi-final", 404, "unknown stream_id 'semi-final': GET /streams lists the live streams"),
+    ("no spaces", 400, "stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and "
+                       "'-', got \"no spaces\""),
+    (7, 400, "stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', "
+             "got 7"),
+])
+def test_an_unknown_or_malformed_stream_is_refused(client, stream_id, status, message):
+    answer = register(client, "fan", stream_id=stream_id)
+    assert (answer.status_code, answer.get_json()) == (status, {"error": message})
+    assert clusters(client) == {"cluster1": 0, "cluster2": 0, "cluster3": 0}
+
+
+def test_streams_lists_each_stream_with_its_viewers_and_last_window(app, client, health):
+    health.streams = {
+        1: {"main": {"viewers": 4, "last_window": "2026-11-27T07:00:02.000Z",
+                     "last_window_total": 40}},
+        2: {"main": {"viewers": 3, "last_window": "2026-11-27T07:00:00.000Z",
+                     "last_window_total": 11},
+            "final-2026": {"viewers": 2, "last_window": None, "last_window_total": 0}},
+        3: {"main": {"viewers": 1, "last_window": "2026-11-27T07:00:02.000Z",
+                     "last_window_total": 40}}}
+    health.live[3] = None  # down: its report no longer counts
+    poll(app)
+    assert client.get("/streams").get_json() == [
+        {"stream_id": "final-2026", "viewers": 2, "last_window": None, "last_window_total": 0},
+        {"stream_id": "main", "viewers": 7, "last_window": "2026-11-27T07:00:02.000Z",
+         "last_window_total": 40}]
+
+
+@pytest.mark.parametrize("method, path, body", [("post", "/streams", {"stream_id": "x"}),
+                                                ("delete", "/streams/final-2026", None)])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", f"Basic {ADMIN}", ADMIN])
+def test_adding_and_removing_streams_takes_the_admin_key(client, method, path, body,
+                                                         authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    answer = getattr(client, method)(path, json=body, headers=headers)
+    assert answer.status_code == 401
+    assert answer.get_json() == {"error": "missing or wrong admin key (send Authorization: "
+                                          "Bearer <key>; the key is ADMIN_KEY, or "
+                                          "VAR_DIR/secrets/admin.key)"}
+    assert client.get("/streams").get_json()[0]["stream_id"] == "final-2026"
+
+
+def test_a_stream_of_streams_cannot_be_removed_nor_added_twice(client):
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    removed = client.delete("/streams/main", headers=admin)
+    assert (removed.status_code, removed.get_json()) == (409, {
+        "error": "stream 'main' is one of STREAMS: change the setting to remove it"})
+    again = client.post("/streams", json={"stream_id": "final-2026"}, headers=admin)
+    assert (again.status_code, again.get_json()) == (409, {
+        "error": "stream 'final-2026' exists already"})
+    unknown = client.delete("/streams/nowhere", headers=admin)
+    assert (unknown.status_code, unknown.get_json()) == (404, {
+        "error": "unknown stream_id 'nowhere'"})
+    bad = client.post("/streams", json={"stream_id": "a b"}, headers=admin)
+    assert bad.status_code == 400 and "stream_id must be" in bad.get_json()["error"]
+
+
 # --- limits -------------------------------------------------------------------------------------
 
 def test_a_body_over_the_limit_is_a_413(client):
@@ -408,7 +499,7 @@ def test_a_body_over_the_limit_is_a_413(client):
 def test_registrations_per_address_are_rate_limited(settings, health):
     limited = dataclasses.replace(settings, registration_burst_per_address=3,
                                   registration_rate_per_address=0.5)
-    client = create_app(limited, probe=health, poll=False).test_client()
+    client = app_of(limited, probe=health).test_client()
     assert [register(client, f"r{i}").status_code for i in range(3)] == [200, 200, 200]
     refused = register(client, "r3")
     assert refused.status_code == 429
@@ -425,7 +516,7 @@ def test_registrations_per_address_are_rate_limited(settings, health):
 
 def test_the_registry_is_capped_and_a_full_one_still_renews(settings, health):
     capped = dataclasses.replace(settings, registry_max_viewers=2)
-    client = create_app(capped, probe=health, poll=False).test_client()
+    client = app_of(capped, probe=health).test_client()
     assert [register(client, c).status_code for c in ("a", "b")] == [200, 200]
     full = register(client, "c")
     assert (full.status_code, full.get_json()) == (503, {
@@ -440,7 +531,7 @@ def test_registrations_not_renewed_within_the_token_lifetime_expire():
     now = [1000.0]
     registry = Registry([1, 2], clock=lambda: now[0], ttl_s=60, max_viewers=3)
     for n in (1, 2):
-        registry.report(n, 0, now[0])
+        registry.report(n, ClusterHealth(0), now[0])
     for client_id in ("a", "b", "c"):
         registry.register(client_id)
     now[0] += 40
@@ -459,7 +550,7 @@ def test_registrations_not_renewed_within_the_token_lifetime_expire():
 def test_the_health_polls_expire_registrations_while_nobody_registers(settings, health):
     now = [0.0]
     registry = Registry(settings.clusters, clock=lambda: now[0], ttl_s=10)
-    app = create_app(settings, registry=registry, probe=health, poll=False)
+    app = app_of(settings, registry=registry, probe=health)
     client = app.test_client()
     register(client, "idle")
     assert client.get("/health").get_json()["registered_viewers"] == 1

@@ -37,8 +37,7 @@ def test_a_configured_secret_shorter_than_32_bytes_is_refused(tmp_path, variable
 
 
 def test_equal_token_secret_and_subscriber_key_are_refused(tmp_path):
-    with pytest.raises(SecretError, match="the token secret and the subscriber key are the "
-                                          "same"):
+    with pytest.raises(SecretError, match="SUBSCRIBER_KEY and TOKEN_SECRET are the same"):
         secrets.token_secret_and_subscriber_key(
             settings_for(tmp_path, TOKEN_SECRET=LONG, SUBSCRIBER_KEY=LONG))
 
@@ -95,4 +94,4 @@ def test_the_components_refuse_equal_secrets(tmp_path):
     env = dict(os.environ, VAR_DIR=str(tmp_path / "var"), TOKEN_SECRET=LONG, SUBSCRIBER_KEY=LONG)
     result = run("ws_server.py", "--cluster", "1", env=env)
     assert result.returncode == 1
-    assert "the token secret and the subscriber key are the same" in result.stderr
+    assert "SUBSCRIBER_KEY and TOKEN_SECRET are the same" in result.stderr
