@@ -17,7 +17,8 @@ another viewer with the same client id connects (close code 4409), it stops and 
 connection per client id.
 
 Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
-message as received, one JSON document per line.
+message as received, one JSON document per line. An update received again unchanged (after a
+reconnection, the new server sends its stream's latest updates) is not shown twice.
 """
 
 from __future__ import annotations
@@ -140,10 +141,17 @@ class Display:
         self.mode = mode  # "lines", "json" or "quiet"
         self.received = 0
         self._windows: deque[str] = deque(maxlen=REMEMBERED_WINDOWS)
+        self._recent: deque = deque(maxlen=REMEMBERED_WINDOWS)
 
     def show(self, message) -> None:
         self.received += 1
         log.debug("received message %d (%d characters)", self.received, len(message))
+        if message in self._recent:
+            # A server sends a connecting viewer its stream's latest updates, so after a
+            # reconnection the viewer may get again an update it already showed.
+            log.debug("skipped a repeat of an update already shown")
+            return
+        self._recent.append(message)
         if self.mode == "json":
             _print(_one_line(message))
             return

@@ -6,6 +6,10 @@
                    by index, the valid ones are accepted
     GET  /health   200 while Kafka takes records, else 503
 
+An event names its live stream ("stream_id", default "main"); one for a stream that is not known
+(STREAMS and those added through the registration API, emojistream/streams.py) is refused with
+404, so that neither a typo nor an attacker grows the aggregator's state with made-up streams.
+
 Browsers may call it from the pages of the origins in API_CORS_ORIGINS (default: the registration
 API's own page; "*" for any):
 preflight OPTIONS requests are answered, answers carry Access-Control-Allow-Origin, and a request
@@ -32,20 +36,27 @@ from emojistream.events import EventValidator, InvalidEvent
 from emojistream.ingest import KafkaEventSink, SinkUnavailable
 from emojistream.json_api import ApiError, add_json_error_handlers, json_body, json_error
 from emojistream.logs import setup_logging
+from emojistream.streams import StreamCatalog, UnknownStream
 
 log = logging.getLogger("emoji_api")
 
 ENDPOINTS = "POST /emoji, POST /emojis and GET /health"
-SINK = "emoji_sink"  # key of the sink in app.extensions
+SINK = "emoji_sink"  # keys of the sink and the stream catalog in app.extensions
+STREAMS = "streams"
 RETRY_AFTER_S = "1"
+# How long a new worker waits to learn the streams added at run time before it serves.
+STREAMS_READ_TIMEOUT_S = 10.0
 
 
-def create_app(settings: config.Settings | None = None, sink=None) -> Flask:
-    """The ingest app; ``sink`` (default: a KafkaEventSink for ``settings``) takes the events."""
+def create_app(settings: config.Settings | None = None, sink=None,
+               streams: StreamCatalog | None = None) -> Flask:
+    """The ingest app; ``sink`` (default: a KafkaEventSink for ``settings``) takes the events,
+    ``streams`` (default: a catalog following the streams topic) says which streams exist."""
     settings = settings or config.load()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings)
+    app.extensions[STREAMS] = streams if streams is not None else StreamCatalog(settings).start()
     _add_routes(app, settings)
     _add_cors(app, settings)
     _add_error_handlers(app)
@@ -103,11 +114,17 @@ def _add_cors(app: Flask, settings: config.Settings) -> None:
 def _add_routes(app: Flask, settings: config.Settings) -> None:
     validator = EventValidator.from_settings(settings)
     sink = app.extensions[SINK]
+    streams = app.extensions[STREAMS]
+
+    def accept(item, received_at: datetime) -> dict:
+        event = validator.validate(item, received_at)
+        streams.require(event["stream_id"])
+        return event
 
     @app.post("/emoji")
     def post_emoji():
         received_at = _now()
-        event = validator.validate(json_body(), received_at)
+        event = accept(json_body(), received_at)
         _send(sink, [event], received_at)
         return {"status": "success"}
 
@@ -116,15 +133,19 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
         items = json_body()
         _check_batch(items, settings.api_max_batch)
         received_at = _now()
-        accepted, rejected = [], []
+        accepted, rejected, unknown_streams = [], [], 0
         for index, item in enumerate(items):
             try:
-                accepted.append(validator.validate(item, received_at))
+                accepted.append(accept(item, received_at))
             except InvalidEvent as err:
                 rejected.append({"index": index, "error": str(err)})
+            except UnknownStream as err:
+                rejected.append({"index": index, "error": str(err)})
+                unknown_streams += 1
         body = {"status": "success", "accepted": len(accepted), "rejected": rejected}
         if not accepted:
-            raise ApiError(400, f"none of the {len(items)} events is valid",
+            status = 404 if unknown_streams == len(items) else 400
+            raise ApiError(status, f"none of the {len(items)} events is valid",
                            {**body, "status": "error"})
         _send(sink, accepted, received_at)
         return body
@@ -167,12 +188,17 @@ def _add_error_handlers(app: Flask) -> None:
     def invalid_event(err: InvalidEvent):
         return json_error(400, str(err))
 
+    @app.errorhandler(UnknownStream)
+    def unknown_stream(err: UnknownStream):
+        return json_error(404, str(err))
+
     add_json_error_handlers(app, log, ENDPOINTS)
 
 
 def close_sink(app: Flask) -> None:
-    """As a worker ends: deliver what it accepted before it goes."""
+    """As a worker ends: deliver what it accepted before it goes, stop following the streams."""
     app.extensions[SINK].close()
+    app.extensions[STREAMS].stop()
 
 
 def worker_app(settings: config.Settings | None = None) -> Flask:
@@ -183,6 +209,9 @@ def worker_app(settings: config.Settings | None = None) -> Flask:
     problem = app.extensions[SINK].problem()
     if problem is not None:
         log.warning("worker %d starts without Kafka: %s", os.getpid(), problem)
+    elif not app.extensions[STREAMS].wait_caught_up(STREAMS_READ_TIMEOUT_S):
+        log.warning("worker %d starts before reading the streams topic: it knows STREAMS only "
+                    "until it does", os.getpid())
     return app
 
 

@@ -47,7 +47,7 @@ from emojistream.registry import (
     RegistryFull,
     cluster_id,
 )
-from emojistream.streams import StreamCatalog, StreamWriter
+from emojistream.streams import StreamCatalog, StreamWriter, UnknownStream
 
 log = logging.getLogger("registration_api")
 
@@ -188,10 +188,10 @@ def known_stream(body: dict, streams: StreamCatalog) -> str:
         stream_id = check_stream_id(body.get("stream_id", DEFAULT_STREAM))
     except InvalidEvent as err:
         raise ApiError(400, str(err)) from None
-    if not streams.known(stream_id):
-        raise ApiError(404, f"unknown stream_id {stream_id!r}: GET /streams lists the live "
-                            "streams")
-    return stream_id
+    try:
+        return streams.require(stream_id)
+    except UnknownStream as err:
+        raise ApiError(404, str(err)) from None
 
 
 def _add_stream_routes(app: Flask, settings: config.Settings, registry: Registry,
@@ -246,7 +246,7 @@ def _add_stream_routes(app: Flask, settings: config.Settings, registry: Registry
             raise ApiError(409, f"stream {stream_id!r} is one of STREAMS: change the setting "
                                 "to remove it")
         if not streams.known(stream_id):
-            raise ApiError(404, f"unknown stream_id {stream_id!r}")
+            raise ApiError(404, str(UnknownStream(stream_id)))
         write(lambda w: w.remove(stream_id))
         log.info("removed stream %r", stream_id)
         return {"status": "success", "stream_id": stream_id}

@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
-"""Spark Structured Streaming job: emoji events in, one aggregate per 2-second window out.
+"""Spark Structured Streaming job: emoji events in, one aggregate per stream and window out.
 
-Reads the emoji-events topic, counts each emoji in event-time tumbling windows aligned to the
-epoch, and writes one record per window to aggregated-emoji-topic every time the window changes
-(output mode "update"): the latest record of a window replaces the earlier ones, and the last one
-counts every event of the window.
+Reads the emoji-events topic, counts each emoji of each live stream in event-time tumbling
+windows aligned to the epoch, and writes one record per (stream, window) to aggregated-emoji-topic
+every time it changes (output mode "update"): the latest record of a window replaces the earlier
+ones, and the last one counts every event of the window. The record's key is "STREAM/START".
 
-    {"window_start": "...Z", "window_end": "...Z",
+    {"stream_id": "main", "window_start": "...Z", "window_end": "...Z",
      "aggregates": [{"emoji_type": "🔥", "count": 1234, "normalized_count": 13,
                      "unique_users": 57}, ...]}
 
-A record of the events topic holds one event (a JSON object) or many (a JSON array of them).
-Each window is one row, with a count and an HLL sketch of the user ids (Apache DataSketches,
-hll_sketch_agg, 2^UNIQUE_USERS_LG_K buckets: 0.8% relative standard error by default, exact for
-small counts) per allowed emoji, so every record is the window's complete picture. Events that are
-not valid, or whose time is too far from their record's (emojistream/config.py), are skipped and
-counted.
+A record of the events topic holds one event (a JSON object) or many (a JSON array of them); an
+event without a stream_id belongs to "main". The ingest API lets in only the known streams; this
+job checks that a stream id is well-formed, not that it is known.
+
+Each (stream, window) is one row, with a count and an HLL sketch of the user ids (Apache
+DataSketches, hll_sketch_agg, 2^UNIQUE_USERS_LG_K buckets: 0.8% relative standard error by
+default, exact for small counts) per allowed emoji, so every record is the window's complete
+picture. Events that are not valid, or whose time is too far from their record's
+(emojistream/config.py), are skipped and counted.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from emojistream import checkpoints, kafka_clients
-from emojistream.events import MAX_USER_ID_LENGTH, format_timestamp
+from emojistream.config import STREAM_ID
+from emojistream.events import DEFAULT_STREAM, MAX_USER_ID_LENGTH, format_timestamp
 from emojistream.lifecycle import load_settings, stop_on_signals
 from emojistream.logs import setup_logging
 from emojistream.spark import ConnectorMissing, kafka_options, spark_session
 
 EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
                            StructField("emoji_type", StringType()),
-                           StructField("timestamp", StringType())])
+                           StructField("timestamp", StringType()),
+                           StructField("stream_id", StringType())])
 # Spark reads a record holding one JSON object as an array of one.
 RECORD_SCHEMA = ArrayType(EVENT_SCHEMA)
 ISO_UTC = "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'"
@@ -65,13 +70,16 @@ def parse_events(raw: DataFrame, settings) -> DataFrame:
     events = raw.select(F.explode_outer(F.from_json(F.col("value").cast("string"),
                                                     RECORD_SCHEMA)).alias("event"),
                         F.col("timestamp").alias("record_time"))
-    parsed = events.select(F.col("event.user_id").alias("user_id"),
-                           F.col("event.emoji_type").alias("emoji_type"),
-                           F.try_to_timestamp(F.col("event.timestamp")).alias("event_time"),
-                           "record_time")
+    parsed = events.select(
+        F.coalesce(F.col("event.stream_id"), F.lit(DEFAULT_STREAM)).alias("stream_id"),
+        F.col("event.user_id").alias("user_id"),
+        F.col("event.emoji_type").alias("emoji_type"),
+        F.try_to_timestamp(F.col("event.timestamp")).alias("event_time"),
+        "record_time")
     well_formed = F.coalesce(F.col("event_time").isNotNull()
                              & F.col("emoji_type").isin(*settings.allowed_emojis)
-                             & F.length("user_id").between(1, MAX_USER_ID_LENGTH), F.lit(False))
+                             & F.length("user_id").between(1, MAX_USER_ID_LENGTH)
+                             & F.col("stream_id").rlike(f"^{STREAM_ID.pattern}$"), F.lit(False))
     return (parsed.withColumn("malformed", ~well_formed)
             .withColumn("untimely", well_formed & ~_in_time(settings))
             .withColumn("valid", ~F.col("malformed") & ~F.col("untimely")))
@@ -103,7 +111,7 @@ def count_skipped(events: DataFrame) -> DataFrame:
 
 
 def aggregate_windows(events: DataFrame, settings) -> DataFrame:
-    """One row per window: count and distinct users of each allowed emoji."""
+    """One row per stream and window: count and distinct users of each allowed emoji."""
     columns = []
     for i, emoji in enumerate(settings.allowed_emojis):
         is_emoji = F.col("emoji_type") == emoji
@@ -113,12 +121,12 @@ def aggregate_windows(events: DataFrame, settings) -> DataFrame:
                     ).alias(f"users_{i}")]
     return (events
             .withWatermark("event_time", f"{settings.watermark_delay_s} seconds")
-            .groupBy(F.window("event_time", f"{settings.window_seconds} seconds"))
+            .groupBy("stream_id", F.window("event_time", f"{settings.window_seconds} seconds"))
             .agg(*columns))
 
 
 def to_window_updates(windows: DataFrame, settings) -> DataFrame:
-    """Kafka records (key: window start, value: the window update JSON)."""
+    """Kafka records (key: "STREAM/WINDOW_START", value: the window update JSON)."""
     def normalized(count):
         return (F.when(count >= settings.normalize_threshold,
                        F.ceil(count / settings.normalize_divisor)).otherwise(F.lit(0)))
@@ -130,10 +138,12 @@ def to_window_updates(windows: DataFrame, settings) -> DataFrame:
                  F.col(f"users_{i}").alias("unique_users"))
         for i, emoji in enumerate(settings.allowed_emojis)])
     window_start = F.date_format("window.start", ISO_UTC)
-    update = F.struct(window_start.alias("window_start"),
+    update = F.struct(F.col("stream_id"),
+                      window_start.alias("window_start"),
                       F.date_format("window.end", ISO_UTC).alias("window_end"),
                       F.filter(entries, lambda entry: entry["count"] > 0).alias("aggregates"))
-    return windows.select(window_start.alias("key"), F.to_json(update).alias("value"))
+    key = F.concat_ws("/", "stream_id", window_start)
+    return windows.select(key.alias("key"), F.to_json(update).alias("value"))
 
 
 def start_query(spark, settings, checkpoint: str):

@@ -185,15 +185,13 @@ class KafkaEventSink:
         try:
             producer = kafka_clients.producer(self.settings, self._connect_timeout_s,
                                               **self.producer_options())
-            # The topic's metadata now, so that the flusher never waits for it.
-            producer.partitions_for(self.topic)
         except kafka_clients.KafkaUnavailable as err:
             self._connect_error, self._connect_failed_at = str(err), time.monotonic()
             self._say_unavailable(str(err))
             raise SinkUnavailable(str(err)) from None
-        except KafkaTimeoutError:
+        if not self._topic_known(producer):
             producer.close(timeout=1)
-            message = (f"no metadata for topic {self.topic} within {MAX_BLOCK_MS} ms "
+            message = (f"no metadata for topic {self.topic} within {self._connect_timeout_s:g} s "
                        "(is Kafka up, does the topic exist?)")
             self._connect_error, self._connect_failed_at = message, time.monotonic()
             raise SinkUnavailable(message) from None
@@ -201,6 +199,19 @@ class KafkaEventSink:
                  self.topic, self.settings.kafka_bootstrap_servers,
                  self.settings.producer_events_per_record)
         return producer
+
+    def _topic_known(self, producer: KafkaProducer) -> bool:
+        """The topic's metadata, fetched now so that the flusher never waits for it. A topic
+        created a moment ago may take brokers a while to know (scripts/run.sh starts the API
+        right after creating the topics): asked again until the connect timeout."""
+        deadline = time.monotonic() + self._connect_timeout_s
+        while True:
+            try:
+                producer.partitions_for(self.topic)
+                return True
+            except KafkaTimeoutError:
+                if time.monotonic() >= deadline:
+                    return False
 
     def problem(self) -> str | None:
         """Why Kafka cannot take events now, or None when it can."""

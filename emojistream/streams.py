@@ -10,6 +10,7 @@ added anywhere is known everywhere within about a second, and the list survives 
     catalog = StreamCatalog(settings)
     catalog.start()                 # a thread that follows the topic
     catalog.known("final-2026")     # -> bool
+    catalog.require("final-2026")   # -> the id, or UnknownStream (answered 404)
     StreamWriter(settings).add("final-2026")
 """
 
@@ -32,6 +33,15 @@ POLL_TIMEOUT_MS = 500
 MISSING_TOPIC_RETRY_S = 5.0
 
 
+class UnknownStream(LookupError):
+    """A well-formed stream id that is not one of the known streams."""
+
+    def __init__(self, stream_id: str):
+        super().__init__(f"unknown stream_id {stream_id!r}: GET /streams on the registration "
+                         "API lists the live streams")
+        self.stream_id = stream_id
+
+
 class StreamCatalog:
     """The known streams, kept up to date by a thread that follows the streams topic; reads are
     thread-safe. Until the topic is read (or while Kafka is away) it knows STREAMS and what it
@@ -40,21 +50,23 @@ class StreamCatalog:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.configured = frozenset(settings.stream_ids)
-        self._added: set[str] = set()
-        self._lock = threading.Lock()
+        # Replaced whole, never changed in place: readers (every ingest request) need no lock.
+        self._known: frozenset[str] = self.configured
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread: threading.Thread | None = None
 
     def known(self, stream_id: str) -> bool:
-        with self._lock:
-            return stream_id in self.configured or stream_id in self._added
+        return stream_id in self._known
+
+    def require(self, stream_id: str) -> str:
+        if stream_id not in self._known:
+            raise UnknownStream(stream_id)
+        return stream_id
 
     def all(self) -> list[str]:
         """The known streams: the configured ones first, then the added ones, by name."""
-        with self._lock:
-            added = sorted(self._added - self.configured)
-        return sorted(self.configured) + added
+        return sorted(self.configured) + sorted(self._known - self.configured)
 
     def start(self) -> StreamCatalog:
         self._thread = threading.Thread(target=self._follow, daemon=True, name="stream-catalog")
@@ -106,8 +118,7 @@ class StreamCatalog:
                     self._apply(streams, record)
             caught_up = all(consumer.position(tp) >= end[tp] for tp in assigned)
             if caught_up or self._caught_up.is_set():
-                with self._lock:
-                    self._added = set(streams)
+                self._known = self.configured | streams
                 self._caught_up.set()
 
     def _apply(self, streams: set[str], record) -> None:

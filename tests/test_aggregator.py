@@ -48,8 +48,8 @@ def updates(spark, settings, values: list) -> dict:
     return {row.key: json.loads(row.value) for row in rows}
 
 
-def event(user, emoji, timestamp):
-    return {"user_id": user, "emoji_type": emoji, "timestamp": timestamp}
+def event(user, emoji, timestamp, **more):
+    return {"user_id": user, "emoji_type": emoji, "timestamp": timestamp, **more}
 
 
 def test_counts_normalization_and_epoch_aligned_windows(spark):
@@ -60,14 +60,16 @@ def test_counts_normalization_and_epoch_aligned_windows(spark):
               + [event("next", "🔥", "2026-11-27T07:15:58.000Z")])
     result = updates(spark, settings, values)
     assert result == {
-        "2026-11-27T07:15:56.000Z": {
+        "main/2026-11-27T07:15:56.000Z": {
+            "stream_id": "main",
             "window_start": "2026-11-27T07:15:56.000Z",
             "window_end": "2026-11-27T07:15:58.000Z",
             "aggregates": [
                 {"emoji_type": "👏", "count": 19, "normalized_count": 0, "unique_users": 1},
                 {"emoji_type": "🔥", "count": 120, "normalized_count": 2, "unique_users": 30},
                 {"emoji_type": "😂", "count": 20, "normalized_count": 1, "unique_users": 20}]},
-        "2026-11-27T07:15:58.000Z": {
+        "main/2026-11-27T07:15:58.000Z": {
+            "stream_id": "main",
             "window_start": "2026-11-27T07:15:58.000Z",
             "window_end": "2026-11-27T07:16:00.000Z",
             "aggregates": [
@@ -81,12 +83,34 @@ def test_configured_window_threshold_and_divisor(spark):
     values = [event("a", "🔥", "2026-11-27T07:15:55.100Z") for _ in range(5)] + [
         event("b", "🎯", "2026-11-27T07:15:59.900Z") for _ in range(2)]
     assert updates(spark, settings, values) == {
-        "2026-11-27T07:15:55.000Z": {
+        "main/2026-11-27T07:15:55.000Z": {
+            "stream_id": "main",
             "window_start": "2026-11-27T07:15:55.000Z",
             "window_end": "2026-11-27T07:16:00.000Z",
             "aggregates": [
                 {"emoji_type": "🔥", "count": 5, "normalized_count": 3, "unique_users": 1},
                 {"emoji_type": "🎯", "count": 2, "normalized_count": 0, "unique_users": 1}]}}
+
+
+def test_each_stream_has_its_own_windows_and_a_malformed_stream_id_is_skipped(spark):
+    settings = config.load({})
+    at_56 = "2026-11-27T07:15:56.000Z"
+    values = [[event("a", "🔥", at_56), event("b", "🔥", at_56, stream_id="final-2026"),
+               event("c", "😂", at_56, stream_id="final-2026"),
+               event("d", "🔥", at_56, stream_id="main")],
+              event("e", "🔥", at_56, stream_id="bad id"), event("f", "🔥", at_56, stream_id=""),
+              event("g", "🔥", at_56, stream_id="x" * 65)]
+    rows = spark_aggregator.parse_events(raw_records(spark, values), settings).collect()
+    assert [(row.user_id, row.stream_id, row.malformed) for row in rows] == [
+        ("a", "main", False), ("b", "final-2026", False), ("c", "final-2026", False),
+        ("d", "main", False), ("e", "bad id", True), ("f", "", True), ("g", "x" * 65, True)]
+    window = {"window_start": at_56, "window_end": "2026-11-27T07:15:58.000Z"}
+    assert updates(spark, settings, values) == {
+        f"main/{at_56}": {"stream_id": "main", **window, "aggregates": [
+            {"emoji_type": "🔥", "count": 2, "normalized_count": 0, "unique_users": 2}]},
+        f"final-2026/{at_56}": {"stream_id": "final-2026", **window, "aggregates": [
+            {"emoji_type": "🔥", "count": 1, "normalized_count": 0, "unique_users": 1},
+            {"emoji_type": "😂", "count": 1, "normalized_count": 0, "unique_users": 1}]}}
 
 
 def test_invalid_records_are_flagged_and_not_counted(spark):
@@ -101,7 +125,8 @@ def test_invalid_records_are_flagged_and_not_counted(spark):
     events = spark_aggregator.parse_events(raw_records(spark, [good] + bad), settings).collect()
     assert [(row.valid, row.malformed) for row in events] == [(True, False)] + [
         (False, True)] * len(bad)
-    assert updates(spark, settings, [good] + bad)["2026-11-27T07:15:56.000Z"]["aggregates"] == [
+    result = updates(spark, settings, [good] + bad)
+    assert result["main/2026-11-27T07:15:56.000Z"]["aggregates"] == [
         {"emoji_type": "🔥", "count": 1, "normalized_count": 0, "unique_users": 1}]
 
 
@@ -112,13 +137,15 @@ def test_a_record_may_hold_an_array_of_events_and_both_shapes_count_alike(spark)
     values = [fire[:250], fire[250:], laugh, [laugh, laugh],
               [event("w", "🔥", "2026-11-27T07:15:58.5Z")]]
     assert updates(spark, settings, values) == {
-        "2026-11-27T07:15:56.000Z": {
+        "main/2026-11-27T07:15:56.000Z": {
+            "stream_id": "main",
             "window_start": "2026-11-27T07:15:56.000Z",
             "window_end": "2026-11-27T07:15:58.000Z",
             "aggregates": [
                 {"emoji_type": "🔥", "count": 500, "normalized_count": 5, "unique_users": 500},
                 {"emoji_type": "😂", "count": 3, "normalized_count": 0, "unique_users": 1}]},
-        "2026-11-27T07:15:58.000Z": {
+        "main/2026-11-27T07:15:58.000Z": {
+            "stream_id": "main",
             "window_start": "2026-11-27T07:15:58.000Z",
             "window_end": "2026-11-27T07:16:00.000Z",
             "aggregates": [
@@ -134,7 +161,7 @@ def test_in_an_array_each_invalid_event_is_skipped_and_a_malformed_array_is_one_
     assert [(row.user_id, row.valid) for row in rows] == [
         ("u1", True), ("u2", False), ("u1", True), (None, False),
         (None, False), (None, False), (None, False)]
-    assert updates(spark, settings, values)["2026-11-27T07:15:56.000Z"]["aggregates"] == [
+    assert updates(spark, settings, values)["main/2026-11-27T07:15:56.000Z"]["aggregates"] == [
         {"emoji_type": "🔥", "count": 2, "normalized_count": 0, "unique_users": 1}]
 
 

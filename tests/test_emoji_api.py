@@ -17,10 +17,11 @@ import requests
 from kafka import TopicPartition
 from kafka.admin import NewTopic
 
-from emoji_api import SINK, create_app
+from emoji_api import SINK, STREAMS, create_app, worker_app
 from emojistream import config, kafka_clients
 from emojistream.events import encode, format_timestamp
 from emojistream.ingest import KafkaEventSink
+from emojistream.streams import StreamCatalog, StreamWriter
 from testkit.topics import events_of
 from tests.services import REPO_ROOT, free_port, run_script
 
@@ -94,23 +95,26 @@ def event(user_id="client_1", emoji_type="🔥", seconds_ago=-1.5, **changes) ->
 def canonical(item: dict) -> dict:
     moment = datetime.fromisoformat(item["timestamp"])
     return {"user_id": item["user_id"], "emoji_type": item["emoji_type"],
-            "timestamp": format_timestamp(moment)}
+            "timestamp": format_timestamp(moment), "stream_id": item.get("stream_id", "main")}
 
 
 # --- fixtures: one events topic and one app for the module ----------------------------------
 
 @pytest.fixture(scope="module")
 def settings(kafka, test_env) -> config.Settings:
-    topic = unique_topic("api-events")
+    topic, streams_topic = unique_topic("api-events"), unique_topic("api-streams")
     create_topic(kafka, topic, kafka.emoji_events_partitions)
-    return config.load(dict(test_env, EMOJI_EVENTS_TOPIC=topic))
+    create_topic(kafka, streams_topic, 1)
+    return config.load(dict(test_env, EMOJI_EVENTS_TOPIC=topic, STREAMS_TOPIC=streams_topic,
+                            STREAMS="main,final-2026"))
 
 
 @pytest.fixture(scope="module")
 def app(settings):
-    app = create_app(settings)
+    app = worker_app(settings)  # connected to Kafka, and the streams topic read, as it serves
     yield app
     app.extensions[SINK].close(10)
+    app.extensions[STREAMS].stop()
 
 
 @pytest.fixture
@@ -166,7 +170,7 @@ def test_epoch_milliseconds_and_unicode_user_ids(client, tail):
     [(_, key, value, _)] = tail()
     assert key is None
     assert json.loads(value) == {"user_id": "Zoë 用户", "emoji_type": "❤️",
-                                 "timestamp": format_timestamp(moment)}
+                                 "timestamp": format_timestamp(moment), "stream_id": "main"}
 
 
 @pytest.mark.parametrize("seconds_ago", [3600, -3600])
@@ -208,7 +212,7 @@ def test_batch_accepts_the_valid_and_reports_the_invalid_by_index(client, tail):
 def test_events_are_coalesced_into_records_of_at_most_the_configured_size(settings, app, tail):
     small = dataclasses.replace(settings, producer_events_per_record=10)
     sink = KafkaEventSink(small)
-    client = create_app(small, sink=sink).test_client()
+    client = create_app(small, sink=sink, streams=app.extensions[STREAMS]).test_client()
     before = int(time.time() * 1000)
     items = [event(user_id=f"coalesced-{i}") for i in range(25)]
     try:
@@ -235,6 +239,75 @@ def test_batch_of_only_invalid_events_is_a_400_and_sends_nothing(client, tail):
         "rejected": [{"index": 0, "error": "missing field(s): emoji_type, timestamp"},
                      {"index": 1, "error": "timestamp 'soon' is not ISO-8601"}]}
     assert tail() == []
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+def unknown(stream_id: str) -> str:
+    return (f"unknown stream_id {stream_id!r}: GET /streams on the registration API lists the "
+            "live streams")
+
+
+def test_each_event_carries_its_stream_and_main_is_the_default(client, tail):
+    items = [event(user_id="fan-1"), event(user_id="fan-2", stream_id="final-2026"),
+             event(user_id="fan-3", stream_id="main")]
+    assert post(client, "/emoji", items[0]).status_code == 200
+    assert post(client, "/emojis", items[1:]).get_json() == {
+        "status": "success", "accepted": 2, "rejected": []}
+    streams = sorted((e["user_id"], e["stream_id"]) for _, _, value, _ in tail()
+                     for e in events_of(value))
+    assert streams == [("fan-1", "main"), ("fan-2", "final-2026"), ("fan-3", "main")]
+
+
+def test_an_event_for_an_unknown_stream_is_a_404_and_reaches_no_topic(client, tail):
+    response = post(client, "/emoji", event(stream_id="semi-final"))
+    assert (response.status_code, response.get_json()) == (404, {"error": unknown("semi-final")})
+    malformed = post(client, "/emoji", event(stream_id="semi final"))
+    assert (malformed.status_code, malformed.get_json()) == (400, {
+        "error": "stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', "
+                 'got "semi final"'})
+    assert tail() == []
+
+
+def test_a_batch_reports_unknown_streams_by_index_and_keeps_the_rest(client, tail):
+    items = [event(user_id="kept-1"), event(stream_id="nope"), event(user_id="kept-2",
+                                                                     stream_id="final-2026")]
+    response = post(client, "/emojis", items)
+    assert (response.status_code, response.get_json()) == (200, {
+        "status": "success", "accepted": 2, "rejected": [{"index": 1, "error": unknown("nope")}]})
+    assert values(tail()) == sorted(encode(canonical(item)) for item in (items[0], items[2]))
+
+
+def test_a_batch_of_only_unknown_streams_is_a_404_and_a_mixed_failure_a_400(client, tail):
+    only_unknown = post(client, "/emojis", [event(stream_id="x1"), event(stream_id="x2")])
+    assert (only_unknown.status_code, only_unknown.get_json()) == (404, {
+        "status": "error", "accepted": 0, "error": "none of the 2 events is valid",
+        "rejected": [{"index": 0, "error": unknown("x1")}, {"index": 1, "error": unknown("x2")}]})
+    mixed = post(client, "/emojis", [event(stream_id="x1"), {"user_id": "a"}])
+    assert mixed.status_code == 400 and mixed.get_json()["accepted"] == 0
+    assert tail() == []
+
+
+def test_a_stream_added_at_run_time_is_accepted_within_5_seconds(settings, client, tail):
+    stream_id = f"added-{uuid.uuid4().hex[:8]}"
+    assert post(client, "/emoji", event(stream_id=stream_id)).status_code == 404
+    writer = StreamWriter(settings)
+    try:
+        writer.add(stream_id)
+        added_at = time.monotonic()
+        while post(client, "/emoji", event(user_id="early", stream_id=stream_id)).status_code \
+                == 404:
+            assert time.monotonic() - added_at < 5, "the new stream was not accepted within 5 s"
+            time.sleep(0.05)
+        assert [(e["user_id"], e["stream_id"]) for _, _, value, _ in tail()
+                for e in events_of(value)] == [("early", stream_id)]
+        writer.remove(stream_id)
+        removed_at = time.monotonic()
+        while post(client, "/emoji", event(stream_id=stream_id)).status_code == 200:
+            assert time.monotonic() - removed_at < 5, "the removed stream was still accepted"
+            time.sleep(0.05)
+    finally:
+        writer.close()
 
 
 # --- rejected requests ----------------------------------------------------------------------
@@ -289,7 +362,7 @@ def test_bad_input_is_a_400_naming_the_problem_and_reaches_no_topic(client, tail
 def small_app(settings, app):
     """The module app's limits made small; shares its sink."""
     small = dataclasses.replace(settings, api_max_batch=3, api_max_body_bytes=1000)
-    return create_app(small, sink=app.extensions[SINK])
+    return create_app(small, sink=app.extensions[SINK], streams=app.extensions[STREAMS])
 
 
 def test_batch_over_the_limit_is_a_413_and_sends_nothing(small_app, tail):
@@ -357,7 +430,7 @@ def test_unreachable_kafka_is_a_503_and_never_a_hang(test_env):
     port = free_port()
     settings = config.load(dict(test_env, KAFKA_BOOTSTRAP_SERVERS=f"localhost:{port}"))
     sink = KafkaEventSink(settings, connect_timeout_s=1)
-    client = create_app(settings, sink=sink).test_client()
+    client = create_app(settings, sink=sink, streams=StreamCatalog(settings)).test_client()
     expected = {"error": f"Kafka is unavailable (Kafka is not reachable at localhost:{port} "
                          "(KafkaTimeoutError); is it running? (scripts/kafka.sh status)); "
                          "try again shortly"}
@@ -412,7 +485,7 @@ def test_kafka_outage_turns_into_503s_and_loses_nothing_answered_200(outage_brok
     env = dict(outage_broker, EMOJI_EVENTS_TOPIC=topic, PRODUCER_ACK_TIMEOUT_S="2")
     settings = config.load(env)
     create_topic(settings, topic, 2)
-    app = create_app(settings)
+    app = create_app(settings, streams=StreamCatalog(settings))
     sink, client = app.extensions[SINK], app.test_client()
     accepted = []
     try:
@@ -447,7 +520,7 @@ def test_after_a_long_outage_503_until_kafka_is_back(outage_broker):
     create_topic(settings, topic, 1)
     sink = KafkaEventSink(settings, producer_overrides={"delivery_timeout_ms": 4000,
                                                         "request_timeout_ms": 3000})
-    client = create_app(settings, sink=sink).test_client()
+    client = create_app(settings, sink=sink, streams=StreamCatalog(settings)).test_client()
     before, during, after = [], [], []
     try:
         post_until(client, 200, before, timeout_s=10)

@@ -430,7 +430,8 @@ def test_a_viewer_registers_for_a_stream_and_registering_again_switches_it(clien
 
 
 @pytest.mark.parametrize("stream_id, status, message", [
-    ("semi-final", 404, "unknown stream_id 'semi-final': GET /streams lists the live streams"),
+    ("semi-final", 404, "unknown stream_id 'semi-final': GET /streams on the registration API "
+                        "lists the live streams"),
     ("no spaces", 400, "stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and "
                        "'-', got \"no spaces\""),
     (7, 400, "stream_id must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', "
@@ -483,7 +484,8 @@ def test_a_stream_of_streams_cannot_be_removed_nor_added_twice(client):
         "error": "stream 'final-2026' exists already"})
     unknown = client.delete("/streams/nowhere", headers=admin)
     assert (unknown.status_code, unknown.get_json()) == (404, {
-        "error": "unknown stream_id 'nowhere'"})
+        "error": "unknown stream_id 'nowhere': GET /streams on the registration API lists the "
+                 "live streams"})
     bad = client.post("/streams", json={"stream_id": "a b"}, headers=admin)
     assert bad.status_code == 400 and "stream_id must be" in bad.get_json()["error"]
 

@@ -82,10 +82,11 @@ def test_aggregator_runs_on_the_cluster_with_exact_counts(cluster_env, kafka, tm
     producer.close()
 
     expected = {
-        iso(first): [{"emoji_type": "🔥", "count": 130, "normalized_count": 2, "unique_users": 25},
-                     {"emoji_type": "😂", "count": 7, "normalized_count": 0, "unique_users": 7}],
-        iso(second): [{"emoji_type": "🎉", "count": 3, "normalized_count": 0,
-                       "unique_users": 1}]}
+        f"main/{iso(first)}": [
+            {"emoji_type": "🔥", "count": 130, "normalized_count": 2, "unique_users": 25},
+            {"emoji_type": "😂", "count": 7, "normalized_count": 0, "unique_users": 7}],
+        f"main/{iso(second)}": [
+            {"emoji_type": "🎉", "count": 3, "normalized_count": 0, "unique_users": 1}]}
     consumer = kafka_clients.consumer(settings, settings.aggregated_topic,
                                       auto_offset_reset="earliest", consumer_timeout_ms=1000)
     latest: dict[str, list] = {}
