@@ -1,8 +1,9 @@
 """A simulated viewer: registers, watches its cluster's window updates, and sends emojis.
 
-It registers CLIENT_ID with the registration API, connects to the WebSocket endpoint it is given
-(which carries its token) and prints each window update it receives as one line (stdout), while
-it sends random emojis to the ingest API at --rate events per second (one per POST /emoji, or
+It registers CLIENT_ID with the registration API as a viewer of one live stream (--stream ID;
+default main), connects to the WebSocket endpoint it is given (which carries its token) and
+prints each window update of that stream it receives as one line (stdout), while it sends random
+emojis for that stream to the ingest API at --rate events per second (one per POST /emoji, or
 --batch B per POST /emojis). After --duration seconds, or on Ctrl-C / SIGTERM, it deregisters
 and exits 0.
 
@@ -83,9 +84,11 @@ class Sender:
     """Sends random emojis to the ingest API at a steady rate; failures are logged, never
     fatal."""
 
-    def __init__(self, api_url: str, client_id: str, rate: float, batch: int, emojis):
+    def __init__(self, api_url: str, client_id: str, rate: float, batch: int, emojis,
+                 stream_id: str | None = None):
         self.api_url = api_url.rstrip("/")
         self.client_id = client_id
+        self.stream_id = stream_id
         self.interval_s = batch / rate
         self.batch = batch
         self.emojis = emojis
@@ -105,8 +108,11 @@ class Sender:
             await _wait(stop, next_at - loop.time())
 
     def _event(self) -> dict:
-        return {"user_id": self.client_id, "emoji_type": random.choice(self.emojis),
-                "timestamp": format_timestamp(datetime.now(UTC))}
+        event = {"user_id": self.client_id, "emoji_type": random.choice(self.emojis),
+                 "timestamp": format_timestamp(datetime.now(UTC))}
+        if self.stream_id is not None:
+            event["stream_id"] = self.stream_id
+        return event
 
     def _post(self, events: list[dict]) -> None:
         path, body = ("/emojis", events) if self.batch > 1 else ("/emoji", events[0])
@@ -284,7 +290,7 @@ def _without_token(endpoint: str) -> str:
 
 async def simulate(args: argparse.Namespace, settings: config.Settings) -> int:
     stop = _stop_event(args.duration)
-    registration = RegistrationClient(args.registration_url)
+    registration = RegistrationClient(args.registration_url, args.stream)
     try:
         assignment = await _first_registration(registration, args.client_id, stop, settings)
     except RegistrationError as err:
@@ -293,15 +299,16 @@ async def simulate(args: argparse.Namespace, settings: config.Settings) -> int:
     if assignment is None:  # stopped while waiting for a cluster
         registration.close()
         return 0
-    log.info("registered %r: %s at %s", args.client_id, assignment.get("cluster_id"),
-             _without_token(assignment["subscriber_endpoint"]))
+    log.info("registered %r: %s at %s, stream %s", args.client_id,
+             assignment.get("cluster_id"), _without_token(assignment["subscriber_endpoint"]),
+             assignment.get("stream_id"))
     display = Display("quiet" if args.quiet else "json" if args.print_json else "lines")
     watcher = Watcher(registration, args.client_id, display, settings)
     watching = asyncio.create_task(watcher.run(assignment))
     sender = sending = None
     if args.rate > 0:
         sender = Sender(args.api_url, args.client_id, args.rate, args.batch,
-                        settings.allowed_emojis)
+                        settings.allowed_emojis, args.stream)
         sending = asyncio.create_task(sender.run(stop))
         log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
                  f" in batches of {args.batch}" if args.batch > 1 else "")
@@ -393,9 +400,13 @@ def parse_args(argv, settings: config.Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="client_simulator.py",
         description="A simulated viewer: registers CLIENT_ID, prints the window updates of its "
-                    "cluster (stdout), sends random emojis to the ingest API, and deregisters "
+                    "stream (stdout), sends random emojis to the ingest API, and deregisters "
                     "on exit (after --duration, Ctrl-C or SIGTERM).")
     parser.add_argument("client_id", metavar="CLIENT_ID", help="the viewer's id (and user_id)")
+    parser.add_argument("--stream", metavar="ID", default=None,
+                        help="the live stream to watch and react to (default: the API's "
+                             "default stream, main); GET /streams on the registration API "
+                             "lists them")
     parser.add_argument("--rate", type=non_negative_float, default=5.0,
                         help="emojis sent per second (default 5; 0 sends none)")
     parser.add_argument("--batch", type=positive_int, default=1,

@@ -25,23 +25,28 @@ class RegistrationUnavailable(RegistrationError):
 
 
 class RegistrationClient:
-    """POST /register and /deregister of the registration API at ``base_url``; thread-safe.
+    """POST /register and /deregister of the registration API at ``base_url``, for a viewer of
+    ``stream_id``; thread-safe.
 
     After a deregister, register is refused: a registration still under way in another thread
     when the viewer leaves completes before the deregister, never after it."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, stream_id: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self.stream_id = stream_id  # None: the API's default stream
         self._session = requests.Session()
         self._lock = threading.Lock()
         self._left = False
 
     def register(self, client_id: str) -> dict:
-        """The assignment: {"cluster_id": ..., "subscriber_endpoint": ...}."""
+        """The assignment: {"cluster_id": ..., "subscriber_endpoint": ..., "stream_id": ...}."""
+        body = {"client_id": client_id}
+        if self.stream_id is not None:
+            body["stream_id"] = self.stream_id
         with self._lock:
             if self._left:
                 raise RegistrationError("the viewer has deregistered")
-            assignment = self._post("/register", client_id)
+            assignment = self._post("/register", body)
         if not isinstance(assignment, dict) or not isinstance(
                 assignment.get("subscriber_endpoint"), str):
             raise RegistrationError(f"/register answered without a subscriber_endpoint: "
@@ -53,7 +58,7 @@ class RegistrationClient:
         try:
             with self._lock:
                 self._left = True
-                self._post("/deregister", client_id)
+                self._post("/deregister", {"client_id": client_id})
         except RegistrationError as err:
             if err.status == 404:
                 return False
@@ -63,11 +68,10 @@ class RegistrationClient:
     def close(self) -> None:
         self._session.close()
 
-    def _post(self, path: str, client_id: str) -> dict:
+    def _post(self, path: str, body: dict) -> dict:
         url = self.base_url + path
         try:
-            answer = self._session.post(url, json={"client_id": client_id},
-                                        timeout=HTTP_TIMEOUT_S)
+            answer = self._session.post(url, json=body, timeout=HTTP_TIMEOUT_S)
         except requests.RequestException as err:
             raise RegistrationUnavailable(
                 f"the registration API at {self.base_url} is not reachable "

@@ -266,6 +266,38 @@ def test_a_refused_client_id_is_a_one_line_error(services):
                              "longer than 64 characters")
 
 
+def test_stream_option_watches_and_reacts_to_that_stream_only(test_env, tmp_path, ingest):
+    with ExitStack() as stack:
+        services = Services(dict(test_env, STREAMS="main,final-2026"), tmp_path, stack)
+        simulator = services.simulator("sim-final", "--print-json", "--stream", "final-2026",
+                                       "--rate", "20", "--batch", "2", "--api-url", ingest.url)
+        services.wait_for_viewer()
+        main_update = dict(UPDATE, stream_id="main")
+        final_update = dict(UPDATE, stream_id="final-2026",
+                            aggregates=[dict(UPDATE["aggregates"][0], count=7)])
+        services.publish(main_update, final_update)
+        wait_until(lambda: services.output() == text(final_update) + "\n", timeout_s=10)
+        wait_until(lambda: len(ingest.requests) >= 2, timeout_s=10)
+        assert simulator.stop() == 0
+        assert services.output() == text(final_update) + "\n"  # never main's update
+        events = [event for _, body in ingest.requests for event in body]
+        assert {event["stream_id"] for event in events} == {"final-2026"}
+        assert "stream final-2026" in next(line for line in simulator.log().splitlines()
+                                           if "registered 'sim-final': " in line)
+
+
+def test_an_unknown_stream_is_a_one_line_error(services):
+    result = run("client_simulator.py", "sim-x", "--stream", "no-such-match",
+                 "--registration-url", services.registration_url, env=services.env,
+                 timeout_s=30)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("ERROR   client_simulator: /register answered 404: unknown "
+                             "stream_id 'no-such-match': GET /streams on the registration API "
+                             "lists the live streams")
+
+
 @pytest.mark.parametrize("args", [["--rate", "-1"], ["--batch", "0"], ["--rate", "fast"]])
 def test_bad_options_are_usage_errors(args):
     result = run("client_simulator.py", "sim", *args, env=dict(os.environ))
@@ -276,7 +308,7 @@ def test_bad_options_are_usage_errors(args):
 def test_help_exits_0():
     result = run("client_simulator.py", "--help", env=dict(os.environ))
     assert result.returncode == 0
-    for option in ("--rate", "--batch", "--duration", "--registration-url", "--api-url",
+    for option in ("--stream", "--rate", "--batch", "--duration", "--registration-url", "--api-url",
                    "--quiet", "--print-json"):
         assert option in result.stdout
 
@@ -331,7 +363,7 @@ def ingest():
 
 
 def assert_valid_event(event: dict, client_id: str, started: datetime) -> None:
-    assert set(event) == {"user_id", "emoji_type", "timestamp"}
+    assert set(event) == {"user_id", "emoji_type", "timestamp"}  # no stream_id: main
     assert event["user_id"] == client_id
     assert event["emoji_type"] in config.load().allowed_emojis
     assert event["timestamp"].endswith("Z")
