@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
+import signal
 import socket
+import threading
+import time
 from functools import partial
 
 from granian import Granian
@@ -25,6 +29,10 @@ from granian.server.mp import MPServer
 
 from .logs import FORMAT
 
+# How often a worker checks that its parent (granian's main process) lives, and how long an
+# orphaned worker has to stop gracefully.
+PARENT_CHECK_S = 1.0
+ORPHAN_GRACE_S = 10.0
 # The app of this worker process and the function that ends it (see _serve_worker).
 _worker: dict = {}
 
@@ -85,12 +93,30 @@ def _load_app(worker_exit: str | None, factory: str):
 
 
 def _serve_worker(*args, **kwargs) -> None:
-    """A worker of granian's WSGI mode that runs ``worker_exit`` when it stops serving."""
+    """A worker of granian's WSGI mode that runs ``worker_exit`` when it stops serving, and
+    stops when its parent dies."""
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="parent-watch").start()
     try:
         MPServer._spawn_wsgi_worker(*args, **kwargs)
     finally:
         if _worker.get("exit"):
             _call(_worker["exit"], _worker["app"])
+
+
+def _stop_when_orphaned(parent_pid: int) -> None:
+    """Stop this worker (as SIGTERM would) once its parent is gone.
+
+    Granian's workers outlive a main process killed with SIGKILL (or by a crash) and would go
+    on answering on the shared port: nothing then stops them, and a new start finds the port in
+    use. If the graceful stop has not ended the worker within ORPHAN_GRACE_S, it exits."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    logging.getLogger(__name__).warning("the server's main process %d is gone; stopping "
+                                        "worker %d", parent_pid, os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
 
 
 def _call(path: str, *args):

@@ -27,7 +27,14 @@ from emojistream.registry import (
 )
 from emojistream.streams import StreamCatalog
 from registration_api import create_app
-from tests.services import assert_clean_log, free_port, run, running, wait_for_health
+from tests.services import (
+    assert_clean_log,
+    free_port,
+    run,
+    running,
+    wait_for_health,
+    wait_until,
+)
 
 SECRET = "registration-test-secret-32-bytes-or-more"
 ADMIN = "registration-test-admin-key-32-bytes-or-more"
@@ -624,6 +631,37 @@ def test_script_serves_with_one_worker_and_stops_on_sigterm(test_env, tmp_path):
     # Down is logged once per cluster, not at every poll.
     assert log.count("WARNING registration_api: cluster1 is down") == 1
     assert log.count("WARNING registration_api: cluster2 is down") == 1
+
+
+def test_a_killed_main_process_takes_its_worker_with_it(test_env, tmp_path):
+    """granian's worker would go on answering on the port after its main process died."""
+    port = free_port()
+    with running(tmp_path, "registration_api", "registration_api.py", "--port", str(port),
+                 env=test_env) as service:
+        wait_for_health(f"http://localhost:{port}/health", service)
+        worker = int(service.log().split("Spawning worker-1 with PID: ")[1].split()[0])
+        try:
+            service.kill()  # SIGKILL: the main process gets no chance to stop its worker
+            wait_until(lambda: not process_runs(worker, "registration_api.py"), timeout_s=20,
+                       message="the worker outlived its main process")
+        finally:
+            if process_runs(worker, "registration_api.py"):
+                os.kill(worker, signal.SIGKILL)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://localhost:{port}/health", timeout=2)
+    log = service.log()
+    assert f"WARNING emojistream.wsgi: the server's main process {service.pid} is gone; " \
+           f"stopping worker {worker}" in log
+
+
+def process_runs(pid: int, script: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) process running ``script``."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+            return state != "Z" and script.encode() in cmdline.read()
+    except FileNotFoundError:
+        return False
 
 
 def test_script_stops_on_sigint_too(test_env, tmp_path):
