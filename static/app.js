@@ -1,14 +1,17 @@
-// The viewers' page: registers, watches its cluster's window updates, sends reactions.
+// The viewers' page: registers for a live stream, watches that stream's window updates, sends
+// reactions to it. The stream is the one in the address (?stream=ID), else main; the picker
+// switches it (registering again) and lists the streams GET /streams knows.
 // It knows no host or port: config.json (served beside this page by the registration API) says
 // where the ingest API and the registration API are, and POST /register where to connect.
 
 import {Sender} from "./sender.js";
-import {Chart, Swarm, buildButtons, showCluster, showSent, showState, showViewersOnline}
-  from "./view.js";
-import {Viewer, deregister} from "./viewer.js";
+import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
+  showViewersOnline} from "./view.js";
+import {DEFAULT_STREAM, Viewer, deregister} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
 const MAX_CLIENT_ID_LENGTH = 64;
+const STREAM_ID = /^[A-Za-z0-9._-]{1,64}$/; // the registration API's rule (emojistream/events.py)
 
 function generatedClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(4));
@@ -53,6 +56,38 @@ function initialClientId() {
     }
   }
   return generatedClientId();
+}
+
+function initialStreamId() {
+  const wanted = new URLSearchParams(location.search).get("stream");
+  return wanted && STREAM_ID.test(wanted) ? wanted : DEFAULT_STREAM;
+}
+
+/** Keep ?stream= in the address, so that a reload or a shared link shows the same stream. */
+function rememberStreamInAddress(streamId) {
+  const url = new URL(location.href);
+  url.searchParams.set("stream", streamId);
+  history.replaceState(null, "", url);
+}
+
+/** Polls GET /streams for the picker's options; returns a function that polls at once. */
+function watchStreams(registrationUrl, intervalS, chosen) {
+  async function poll() {
+    let streams = [];
+    try {
+      const response = await fetch(`${registrationUrl}/streams`, {
+        cache: "no-store", signal: AbortSignal.timeout(5000)});
+      const body = response.ok ? await response.json() : null;
+      streams = Array.isArray(body) ? body.filter((s) => s && typeof s.stream_id === "string")
+                                    : [];
+    } catch {
+      // the picker keeps the chosen stream only
+    }
+    showStreams(streams, chosen());
+  }
+  poll();
+  setInterval(poll, Math.max(1, intervalS) * 1000);
+  return poll;
 }
 
 async function loadConfig() {
@@ -101,9 +136,11 @@ async function main() {
   const emojis = Array.isArray(config.emojis) ? config.emojis.filter((e) => typeof e === "string")
                                               : [];
   const windowSeconds = Number(config.window_seconds) || 2;
-  const chart = new Chart(emojis);
+  let chart = new Chart(emojis);
+  let history = new History(emojis);
   const swarm = new Swarm(windowSeconds);
   let latestWindowMs = -Infinity;
+  let streamId = initialStreamId();
 
   let sentTotal = 0;
   const sender = new Sender(String(config.api_url), ({sent, error}) => {
@@ -114,9 +151,12 @@ async function main() {
 
   const pollViewers = watchViewersOnline(String(config.registration_url),
                                          Number(config.stats_interval_s) || 5);
+  const pollStreams = watchStreams(String(config.registration_url),
+                                   Number(config.stats_interval_s) || 5, () => streamId);
 
   function onUpdate(update) {
     swarm.show(update);
+    history.show(update);
     const windowMs = Date.parse(update.window_start);
     // The chart shows the newest window; an update for an older one (late events) only swarms.
     if (windowMs >= latestWindowMs) {
@@ -131,9 +171,11 @@ async function main() {
       viewer.stop();
     }
     sender.userId = clientId;
+    sender.streamId = streamId;
     const current = new Viewer({
       registrationUrl: String(config.registration_url),
       clientId,
+      streamId,
       retryInitialS: Number(config.retry_initial_s) || 0.5,
       retryMaxS: Number(config.retry_max_s) || 8,
       onState: (state, detail) => {
@@ -181,6 +223,20 @@ async function main() {
     }
   });
   input.addEventListener("input", () => input.setCustomValidity(""));
+
+  document.querySelector('[data-testid="stream-picker"]').addEventListener("change", (event) => {
+    if (event.target.value === streamId) {
+      return;
+    }
+    streamId = event.target.value;
+    rememberStreamInAddress(streamId);
+    chart = new Chart(emojis);
+    history = new History(emojis);
+    swarm.forgetWindows();
+    latestWindowMs = -Infinity;
+    connect(clientId); // registering again switches the stream
+    pollStreams();
+  });
 
   window.addEventListener("online", () => viewer && viewer.retryNow());
   window.addEventListener("pagehide", (event) => {

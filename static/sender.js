@@ -13,11 +13,13 @@ export class Sender {
   constructor(apiUrl, onResult) {
     this.apiUrl = apiUrl;
     this.userId = "";
+    this.streamId = "main";
     this.onResult = onResult;
   }
 
   event(emoji) {
-    return {user_id: this.userId, emoji_type: emoji, timestamp: new Date().toISOString()};
+    return {user_id: this.userId, emoji_type: emoji, timestamp: new Date().toISOString(),
+            stream_id: this.streamId};
   }
 
   sendOne(emoji) {

@@ -1,10 +1,12 @@
-// What the page shows: the connection state, the latest window's bar chart and totals, and the
-// swarm. Every value from data goes into the DOM as text (textContent) or a data attribute,
+// What the page shows: the connection state, the stream picker, the latest window's bar chart
+// and totals, the last windows' history, and the swarm. Every value from data goes into the DOM as text (textContent) or a data attribute,
 // never as HTML.
 
 const REMEMBERED_WINDOWS = 64;
 const MAX_PARTICLES = 400;       // on screen at once; more would only slow the page down
 const MAX_PER_UPDATE = 150;      // copies of one emoji started by one update
+const HISTORY_WINDOWS = 30;      // windows in the history chart
+const SVG = "http://www.w3.org/2000/svg";
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -42,6 +44,24 @@ export function showSent(total, error) {
   byTestId("send-error").textContent = error ? ` · ${error}` : "";
 }
 
+/** The stream picker's options: the known streams (GET /streams: [{stream_id, viewers}, ...]),
+ * the chosen one always among them. */
+export function showStreams(streams, chosen) {
+  const picker = byTestId("stream-picker");
+  const known = new Map(streams.map((s) => [s.stream_id, s]));
+  if (!known.has(chosen)) {
+    known.set(chosen, {stream_id: chosen, viewers: null});
+  }
+  const options = [...known.values()].map((stream) => {
+    const viewers = Number.isFinite(stream.viewers) ? ` · ${stream.viewers} watching` : "";
+    const option = element("option", "", `${stream.stream_id}${viewers}`);
+    option.value = stream.stream_id;
+    return option;
+  });
+  picker.replaceChildren(...options);
+  picker.value = chosen;
+}
+
 /** The row of emoji buttons; onButton(button, emoji) wires each. */
 export function buildButtons(emojis, onButton) {
   const row = byTestId("emoji-buttons");
@@ -64,6 +84,10 @@ export class Chart {
     this.list = byTestId("chart");
     this.columns = new Map();
     this.list.replaceChildren();
+    this.section.dataset.windowStart = "";
+    this.section.dataset.windowEnd = "";
+    byTestId("window-time").textContent = "waiting for the first update…";
+    byTestId("total-events").textContent = "0";
     for (const emoji of emojis) {
       this.column(emoji);
     }
@@ -122,6 +146,66 @@ export class Chart {
   }
 }
 
+/** The last HISTORY_WINDOWS windows' count of each emoji, one sparkline row per emoji; each
+ * row's data-counts lists them oldest first. */
+export class History {
+  constructor(emojis) {
+    this.list = byTestId("history");
+    this.emojis = [...emojis];
+    this.windows = new Map(); // window_start -> Map(emoji -> count), newest last when drawn
+    this.list.replaceChildren();
+  }
+
+  show(update) {
+    this.windows.set(update.window_start,
+                     new Map(update.aggregates.map((a) => [a.emoji_type, a.count])));
+    for (const aggregate of update.aggregates) {
+      if (!this.emojis.includes(aggregate.emoji_type)) {
+        this.emojis.push(aggregate.emoji_type);
+      }
+    }
+    const starts = [...this.windows.keys()].sort((a, b) => Date.parse(a) - Date.parse(b));
+    for (const start of starts.slice(0, -HISTORY_WINDOWS)) {
+      this.windows.delete(start);
+    }
+    this.draw(starts.slice(-HISTORY_WINDOWS));
+  }
+
+  draw(starts) {
+    const series = this.emojis.map((emoji) =>
+      [emoji, starts.map((start) => this.windows.get(start).get(emoji) || 0)]);
+    const highest = Math.max(1, ...series.flatMap(([, counts]) => counts));
+    this.list.replaceChildren(...series.map(([emoji, counts]) => row(emoji, counts, highest)));
+    this.list.dataset.windows = String(starts.length);
+  }
+}
+
+function row(emoji, counts, highest) {
+  const item = element("li", "history-row");
+  item.dataset.testid = "history-row";
+  item.dataset.emoji = emoji;
+  item.dataset.counts = counts.join(",");
+  const latest = counts.length ? counts[counts.length - 1] : 0;
+  item.title = `${emoji}: ${counts.join(", ")} (last ${counts.length} windows, oldest first)`;
+  item.append(element("span", "emoji", emoji), sparkline(counts, highest),
+              element("span", "latest", String(latest)));
+  return item;
+}
+
+/** A line of the counts, scaled so that ``highest`` touches the top. */
+function sparkline(counts, highest) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${HISTORY_WINDOWS - 1} 10`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "sparkline");
+  const offset = HISTORY_WINDOWS - counts.length; // the newest window at the right edge
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", counts.map((count, i) =>
+    `${offset + i},${(10 - (count / highest) * 9.5).toFixed(2)}`).join(" "));
+  svg.append(line);
+  return svg;
+}
+
 function clock(timestamp) {
   const moment = new Date(timestamp);
   if (Number.isNaN(moment.getTime())) {
@@ -138,6 +222,11 @@ export class Swarm {
     this.spawned = new Map(); // window_start -> Map(emoji -> copies started)
     this.total = 0;
     this.reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  }
+
+  /** Forget the windows seen (another stream's windows start at the same times). */
+  forgetWindows() {
+    this.spawned.clear();
   }
 
   /** Start the copies this update asks for beyond those already started for its window (an

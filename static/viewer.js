@@ -7,6 +7,8 @@ const CONNECT_TIMEOUT_MS = 10000;
 // The close code of a connection replaced by a newer one of the same client (another tab):
 // that one watches now, so this one stops instead of taking it back (emojistream/closecodes.py).
 const REPLACED = 4409;
+// The stream of an update or a viewer that names none (emojistream/events.py).
+export const DEFAULT_STREAM = "main";
 
 /** Delays that double from initialS up to maxS, each varied by up to ±jitter. */
 export class Backoff {
@@ -36,14 +38,14 @@ export function failure(err) {
                                                                   : "unreachable";
 }
 
-/** POST /register: {cluster_id, subscriber_endpoint, ...}. */
-export async function register(registrationUrl, clientId) {
+/** POST /register for a viewer of streamId: {cluster_id, subscriber_endpoint, stream_id}. */
+export async function register(registrationUrl, clientId, streamId) {
   let response;
   try {
     response = await fetch(`${registrationUrl}/register`, {
       method: "POST",
       headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({client_id: clientId}),
+      body: JSON.stringify({client_id: clientId, stream_id: streamId}),
       signal: AbortSignal.timeout(REGISTER_TIMEOUT_MS),
     });
   } catch (err) {
@@ -90,6 +92,7 @@ export function parseUpdate(text) {
     a && typeof a.emoji_type === "string" && Number.isFinite(a.count) && a.count >= 0
     && Number.isFinite(a.normalized_count) && a.normalized_count >= 0);
   return {
+    stream_id: typeof update.stream_id === "string" ? update.stream_id : DEFAULT_STREAM,
     window_start: update.window_start,
     window_end: typeof update.window_end === "string" ? update.window_end : "",
     aggregates: aggregates.map((a) => ({
@@ -102,16 +105,17 @@ export function parseUpdate(text) {
 }
 
 /**
- * Keeps one viewer connected. Callbacks:
+ * Keeps one viewer of one stream connected. Callbacks:
  *   onState(state, detail)    "connecting" | "live" | "reconnecting" | "replaced" (stopped)
  *   onAssignment(answer)      each successful registration
- *   onUpdate(update)          each window update received (parsed)
+ *   onUpdate(update)          each window update of the stream received (parsed)
  */
 export class Viewer {
-  constructor({registrationUrl, clientId, retryInitialS, retryMaxS, onState, onAssignment,
-               onUpdate}) {
+  constructor({registrationUrl, clientId, streamId, retryInitialS, retryMaxS, onState,
+               onAssignment, onUpdate}) {
     this.registrationUrl = registrationUrl;
     this.clientId = clientId;
+    this.streamId = streamId;
     this.backoff = new Backoff(retryInitialS, retryMaxS);
     this.onState = onState;
     this.onAssignment = onAssignment;
@@ -145,7 +149,7 @@ export class Viewer {
     while (!this.stopped) {
       let reason;
       try {
-        const assignment = await register(this.registrationUrl, this.clientId);
+        const assignment = await register(this.registrationUrl, this.clientId, this.streamId);
         if (this.stopped) {
           break;
         }
@@ -210,7 +214,7 @@ export class Viewer {
           return;
         }
         const update = parseUpdate(event.data);
-        if (update) {
+        if (update && update.stream_id === this.streamId) {
           this.onUpdate(update);
         }
       });

@@ -17,7 +17,7 @@ import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -37,6 +37,7 @@ API_HOST = "emoji-api.test"
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
 CLICKS = 25
 CLICK_ATTEMPTS = 3
+OTHER_STREAM = "final-2026"
 UPDATE_TIMEOUT_S = 90         # Kafka, Spark and the delivery tier, on a busy 2-core machine
 
 
@@ -59,6 +60,7 @@ def system(tmp_path_factory):
         env["API_PUBLIC_URL"] = f"http://{API_HOST}:{env['API_PORT']}"
         # Where the page is, as a deployment says: the ingest API takes posts from its origin.
         env["REGISTRATION_PUBLIC_URL"] = f"http://{PAGE_HOST}:{env['REGISTRATION_PORT']}"
+        env["STREAMS"] = f"main,{OTHER_STREAM}"
         try:
             started = run_script("start_all.sh", env=env, timeout=400, check=False)
             if started.returncode == 0:
@@ -251,11 +253,11 @@ def test_25_clicks_on_fire_show_count_25_and_normalized_1(system, page):
     assert page.recorder.errors == []
 
 
-def post_crowd(system, window_ms: int, counts: dict[str, int]) -> None:
+def post_crowd(system, window_ms: int, counts: dict[str, int], stream_id: str = "main") -> None:
     """Other viewers' reactions, into the window that starts at ``window_ms``."""
     moment = datetime.fromtimestamp(window_ms / 1000, UTC) + timedelta(milliseconds=300)
     events = [{"user_id": f"crowd-{i % 500}", "emoji_type": emoji,
-               "timestamp": format_timestamp(moment)}
+               "timestamp": format_timestamp(moment), "stream_id": stream_id}
               for emoji, count in counts.items() for i in range(count)]
     answer = requests.post(f"http://{system.api_host}:{system.api_port}/emojis", json=events,
                            timeout=30)
@@ -296,6 +298,61 @@ def test_holding_a_button_sends_a_burst_and_the_crowd_floods_the_screen(system, 
         '[data-testid="swarm"] .particle').length >= 40""", 3)
     time.sleep(1.0)
     page.screenshot(path=str(SCREENSHOT))
+    assert page.recorder.errors == []
+
+
+def pick_stream(page, stream_id: str) -> None:
+    """Choose ``stream_id`` in the picker; the page registers again, for that stream."""
+    page.wait_for_function(
+        """(id) => [...document.querySelector('[data-testid="stream-picker"]').options]
+                     .some((option) => option.value === id)""", arg=stream_id)
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/register") as answer:
+        by_testid(page, "stream-picker").select_option(stream_id)
+    assert answer.value.json()["stream_id"] == stream_id
+    wait_live(page)
+    assert parse_qs(urlsplit(page.url).query)["stream"] == [stream_id]
+
+
+def last_window_of(system, stream_id: str) -> tuple[str, int]:
+    streams = requests.get(f"http://localhost:{system.registration_port}/streams",
+                           timeout=5).json()
+    stream = next(s for s in streams if s["stream_id"] == stream_id)
+    return stream["last_window"], stream["last_window_total"]
+
+
+def history_counts(page, emoji: str) -> list[int]:
+    row = page.locator(f'[data-testid="history-row"][data-emoji="{emoji}"]')
+    return [int(count) for count in row.get_attribute("data-counts").split(",")]
+
+
+def test_picking_a_stream_shows_that_streams_reactions_only(system, page):
+    wait_live(page)
+    pick_stream(page, OTHER_STREAM)
+    wait_for_window_boundary(system.window_seconds, margin_s=0.2)
+    window_ms = window_start_ms(int(time.time() * 1000), system.window_seconds)
+    post_crowd(system, window_ms, {"🎉": 70, "🏏": 30}, OTHER_STREAM)
+    post_crowd(system, window_ms, {"🎉": 500, "😂": 200})  # main's viewers, the same window
+    assert wait_for_window(page, window_ms, "🎉", 70, UPDATE_TIMEOUT_S), shown_window(page, "🎉")
+    assert wait_for_window(page, window_ms, "🏏", 30, UPDATE_TIMEOUT_S), shown_window(page, "🏏")
+    # main's update of that window has reached the servers too: the page never showed it.
+    window = format_timestamp(datetime.fromtimestamp(window_ms / 1000, UTC))
+    deadline = time.monotonic() + UPDATE_TIMEOUT_S
+    while last_window_of(system, "main") != (window, 700) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert last_window_of(system, "main") == (window, 700)
+    assert last_window_of(system, OTHER_STREAM) == (window, 100)
+    for emoji, count in {"🎉": 70, "🏏": 30, "😂": 0}.items():
+        assert shown_window(page, emoji)["count"] == count
+    assert shown_window(page, "🎉")["total"] == "100"
+    # The history: this stream's windows only, the newest last.
+    assert history_counts(page, "🎉")[-1] == 70
+    assert history_counts(page, "😂")[-1] == 0
+    # The page's own reactions go to its stream.
+    with page.expect_request(lambda r: urlsplit(r.url).path == "/emoji") as sent:
+        page.locator('[data-testid="emoji-button"][data-emoji="👏"]').click()
+    assert json.loads(sent.value.post_data)["stream_id"] == OTHER_STREAM
+
+    pick_stream(page, "main")
     assert page.recorder.errors == []
 
 
