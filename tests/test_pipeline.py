@@ -27,11 +27,13 @@ from tests.services import isolated_env, pid_in_file, run_script
 pytestmark = pytest.mark.stack
 
 UNIQUE_USERS_TOLERANCE = 0.02
+OTHER_STREAM = "final-2026"
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     env = isolated_env(tmp_path_factory.mktemp("system"))
+    env["STREAMS"] = f"main,{OTHER_STREAM}"
     try:
         started = run_script("start_all.sh", env=env, timeout=400, check=False)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -45,11 +47,14 @@ def system(tmp_path_factory):
 class Viewer:
     """A registered viewer whose WebSocket messages are collected by a thread."""
 
-    def __init__(self, settings, client_id: str):
+    def __init__(self, settings, client_id: str, stream_id: str | None = None):
         url = f"http://{settings.registration_host}:{settings.registration_port}/register"
-        answer = requests.post(url, json={"client_id": client_id}, timeout=10)
+        body = {"client_id": client_id} if stream_id is None else {"client_id": client_id,
+                                                                   "stream_id": stream_id}
+        answer = requests.post(url, json=body, timeout=10)
         assert answer.status_code == 200, answer.text
         self.assignment = answer.json()
+        assert self.assignment["stream_id"] == (stream_id or "main")
         self.messages: list[dict] = []
         self._resources = ExitStack()
         self.socket = self._resources.enter_context(
@@ -100,8 +105,10 @@ def post_batch(settings, events):
     assert answer.json() == {"status": "success", "accepted": len(events), "rejected": []}
 
 
-def event(user: str, emoji: str, moment: datetime) -> dict:
-    return {"user_id": user, "emoji_type": emoji, "timestamp": format_timestamp(moment)}
+def event(user: str, emoji: str, moment: datetime, stream_id: str | None = None) -> dict:
+    """An event; without ``stream_id`` it names none, as the original protocol (main)."""
+    body = {"user_id": user, "emoji_type": emoji, "timestamp": format_timestamp(moment)}
+    return body if stream_id is None else dict(body, stream_id=stream_id)
 
 
 def next_window_start(settings) -> datetime:
@@ -166,6 +173,42 @@ def test_viewers_receive_exact_window_counts(system):
             for emoji, users in distinct_users.items():
                 assert abs(by_emoji[emoji]["unique_users"] - users) <= math.ceil(
                     users * UNIQUE_USERS_TOLERANCE), (emoji, by_emoji[emoji])
+    finally:
+        for viewer in viewers:
+            viewer.close()
+
+
+def test_two_streams_in_the_same_window_each_get_their_own_exact_counts(system):
+    main_viewers = [Viewer(system, f"main-viewer-{i}", "main") for i in range(2)]
+    final_viewers = [Viewer(system, f"final-viewer-{i}", OTHER_STREAM) for i in range(2)]
+    viewers = main_viewers + final_viewers
+    try:
+        window_start = next_window_start(system)
+        inside = window_start + timedelta(milliseconds=700)
+        post_batch(system, [event(f"m-{i % 9}", "🔥", inside, "main") for i in range(40)]
+                   + [event(f"m-{i}", "😂", inside) for i in range(10)])  # main by default
+        post_batch(system, [event(f"f-{i % 3}", "🔥", inside, OTHER_STREAM) for i in range(7)]
+                   + [event(f"f-{i}", "🏏", inside, OTHER_STREAM) for i in range(33)])
+        post_single(system, [event("f-solo", "🏏", inside, OTHER_STREAM)])
+
+        key = format_timestamp(window_start)
+        expected = {"main": {"🔥": 40, "😂": 10}, OTHER_STREAM: {"🔥": 7, "🏏": 34}}
+        for stream_id, watching in (("main", main_viewers), (OTHER_STREAM, final_viewers)):
+            assert wait_for(lambda w=watching, s=stream_id: all(
+                counts_of(v.last_for(key)) == expected[s] for v in w), timeout_s=90), \
+                (stream_id, [counts_of(v.last_for(key)) for v in watching])
+        time.sleep(system.window_seconds)  # an update of another stream would have come by now
+        for stream_id, watching in (("main", main_viewers), (OTHER_STREAM, final_viewers)):
+            for viewer in watching:
+                assert {m["stream_id"] for m in viewer.messages} == {stream_id}
+                assert all(list(m)[0] == "stream_id" for m in viewer.messages)
+                users = {a["emoji_type"]: a["unique_users"]
+                         for a in viewer.last_for(key)["aggregates"]}
+                distinct = {"🔥": 9, "😂": 10} if stream_id == "main" else {"🔥": 3, "🏏": 34}
+                assert users.keys() == distinct.keys()
+                for emoji, count in distinct.items():
+                    assert abs(users[emoji] - count) <= math.ceil(
+                        count * UNIQUE_USERS_TOLERANCE), (stream_id, emoji, users)
     finally:
         for viewer in viewers:
             viewer.close()
