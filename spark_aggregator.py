@@ -28,6 +28,7 @@ import sys
 import time
 
 from py4j.protocol import Py4JError
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
@@ -47,6 +48,9 @@ EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
 # Spark reads a record holding one JSON object as an array of one.
 RECORD_SCHEMA = ArrayType(EVENT_SCHEMA)
 ISO_UTC = "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'"
+# In Spark's error for a checkpoint whose state has other columns than the query's
+# (STATE_STORE_KEY_SCHEMA_NOT_COMPATIBLE, STATE_STORE_VALUE_SCHEMA_NOT_COMPATIBLE).
+STATE_SCHEMA_CHANGED = "SCHEMA_NOT_COMPATIBLE"
 
 
 def read_events(spark, settings, replay: checkpoints.Replay | None = None) -> DataFrame:
@@ -226,8 +230,18 @@ class ProgressLog(StreamingQueryListener):
         pass
 
     def onQueryTerminated(self, event):
-        if event.exception:
-            self.log.error("query failed: %s", event.exception)
+        pass  # main() reports why the query stopped
+
+
+def failure_message(error: str, checkpoint: str) -> str:
+    """One line for the operator on a query that stopped with ``error`` (Spark's message)."""
+    first_line = next((line for line in error.splitlines() if line.strip()), "no reason given")
+    if STATE_SCHEMA_CHANGED in error:
+        return (f"the checkpoint {checkpoint} holds windows of another shape than this aggregator "
+                "counts (written by an earlier version, before windows were counted per "
+                "stream, or with other settings): scripts/reset_aggregator.sh starts a new "
+                f"checkpoint and counts again from a time you choose ({first_line.strip()})")
+    return f"the query stopped: {first_line.strip()}"
 
 
 def reset_checkpoint(checkpoint: str, settings, replay_from, log) -> int:
@@ -267,6 +281,9 @@ def main(argv=None) -> int:
             if query.awaitTermination(1):
                 return 1
         return 0
+    except StreamingQueryException as err:
+        log.error("%s", failure_message(str(err), checkpoint))
+        return 1
     except Py4JError:
         if stopping.is_set():
             return 0

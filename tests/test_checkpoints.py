@@ -92,3 +92,25 @@ def test_replay_from_takes_a_time_or_how_long_ago(text, expected):
 def test_replay_from_refuses_anything_else():
     with pytest.raises(ValueError, match="an ISO-8601 time or a duration like 10m, got 'soon'"):
         checkpoints.parse_replay_from("soon", now=T)
+
+
+# Spark's error (abridged) when the aggregator of windows per stream meets a checkpoint written
+# before windows were counted per stream.
+OLD_STATE = (
+    "org.apache.spark.sql.execution.streaming.state.StateStoreKeySchemaNotCompatible: "
+    "[STATE_STORE_KEY_SCHEMA_NOT_COMPATIBLE] Provided key schema does not match existing state "
+    "key schema.\nPlease check number and type of fields.\nExisting key_schema=StructType("
+    "StructField(window,...)) and new key_schema=StructType(StructField(stream_id,...))")
+
+
+def test_a_checkpoint_of_another_shape_is_one_line_pointing_to_the_reset():
+    from spark_aggregator import failure_message
+    assert failure_message(OLD_STATE, "/var/cp") == (
+        "the checkpoint /var/cp holds windows of another shape than this aggregator counts "
+        "(written by an earlier version, before windows were counted per stream, or with other "
+        "settings): scripts/reset_aggregator.sh starts a new checkpoint and counts again from a "
+        "time you choose (org.apache.spark.sql.execution.streaming.state."
+        "StateStoreKeySchemaNotCompatible: [STATE_STORE_KEY_SCHEMA_NOT_COMPATIBLE] Provided key "
+        "schema does not match existing state key schema.)")
+    assert failure_message("\nboom: the disk is full\nat ...", "/var/cp") == \
+        "the query stopped: boom: the disk is full"
