@@ -63,19 +63,20 @@ def test_create_topics_is_idempotent_and_honours_settings(kafka, test_env, tmp_p
     env = dict(test_env, CLUSTER_COUNT="4", EMOJI_EVENTS_PARTITIONS="6", TOPIC_PARTITIONS="2",
                EMOJI_EVENTS_TOPIC="it-emoji-events", AGGREGATED_TOPIC="it-aggregated",
                CLUSTER_TOPIC_TEMPLATE="it-cluster{n}-topic",
-               SUBSCRIBERS_TOPIC_TEMPLATE="it-cluster{n}-topic-subscribers")
-    expected = {"it-emoji-events": 6, "it-aggregated": 2}
+               SUBSCRIBERS_TOPIC_TEMPLATE="it-cluster{n}-topic-subscribers",
+               STREAMS_TOPIC="it-streams")
+    expected = {"it-emoji-events": 6, "it-aggregated": 2, "it-streams": 1}
     expected.update({f"it-cluster{n}-topic": 2 for n in range(1, 5)})
     expected.update({f"it-cluster{n}-topic-subscribers": 2 for n in range(1, 5)})
 
     first = run_script("create_topics.sh", env=env)
-    assert first.stderr.count(" created, ") == 10, first.stderr
+    assert first.stderr.count(" created, ") == 11, first.stderr
     after_first = {k: v for k, v in describe(kafka).items() if k.startswith("it-")}
     assert after_first == expected
 
     second = run_script("create_topics.sh", env=env)
     assert second.returncode == 0
-    assert second.stderr.count(" exists, ") == 10, second.stderr
+    assert second.stderr.count(" exists, ") == 11, second.stderr
     assert " created, " not in second.stderr
     assert {k: v for k, v in describe(kafka).items() if k.startswith("it-")} == expected
 

@@ -61,7 +61,8 @@ def test_three_brokers_with_replicated_topics(cluster_env):
     assert status.stdout.count("runs (pid") == BROKERS
 
     created = run_script("create_topics.sh", env=cluster_env)
-    assert created.stderr.count(" created, ") == 2 + 2 * settings.cluster_count, created.stderr
+    # emoji-events, the aggregated topic, two per cluster, and the streams catalog
+    assert created.stderr.count(" created, ") == 3 + 2 * settings.cluster_count, created.stderr
     admin = kafka_clients.admin_client(settings)
     try:
         assert len(admin.describe_cluster()["brokers"]) == BROKERS
