@@ -187,7 +187,7 @@ def start_configs(env: dict, args, tmp: Path) -> list[Config]:
     for server in args.servers.split(","):
         configs.append(start(f"{server}: today's app", env, tmp,
                              lambda e, p, s=server: server_command(s, e, p)))
-    configs.append(start("granian: today's app, one record per event",
+    configs.append(start("granian, one record per event: today's app",
                          dict(env, PRODUCER_EVENTS_PER_RECORD="1"), tmp,
                          lambda e, p: server_command("granian", e, p)))
     return configs
@@ -288,7 +288,7 @@ def measure(args, ceiling: float) -> tuple[list[list], dict]:
 
 
 def plot(path: str, results: dict) -> None:
-    bars = {f"{config}: {label}": [r["landed"] for r in runs]
+    bars = {f"{config.split(':')[0]}: {label}": [r["landed"] for r in runs]
             for (config, label), runs in results.items()}
     plots.bars(path, bars, "Ingest: events/s landed in Kafka (median, range of the trials)",
                "events/s landed (log scale)", log_scale=True)

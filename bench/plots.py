@@ -83,7 +83,7 @@ def bars(path: Path | str, trials: dict[str, list[float]], title: str, xlabel: s
     medians = [statistics.median(trials[k]) for k in labels]
     low = [m - min(trials[k]) for m, k in zip(medians, labels, strict=True)]
     high = [max(trials[k]) - m for m, k in zip(medians, labels, strict=True)]
-    figure, axes = plt.subplots(figsize=(SIZE[0], 0.45 * len(labels) + 1.5))
+    figure, axes = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.5))
     axes.barh(range(len(labels)), medians, xerr=[low, high], capsize=3, color="tab:blue")
     axes.set_yticks(range(len(labels)), labels, fontsize="small")
     axes.invert_yaxis()
