@@ -11,12 +11,14 @@ trigger interval. Output goes to a scratch topic.
 
     .venv/bin/python bench/aggregation.py [--rates 10000,50000,100000] [--batches 20]
                                           [--trigger SECONDS] [--events-per-record 500]
+                                          [--plot docs/aggregation.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import random
 import statistics
 import tempfile
@@ -25,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import spark_aggregator
+from bench import plots
 from bench.harness import isolated_kafka, report
 from emojistream import kafka_clients
 from emojistream.events import encode, format_timestamp
@@ -86,11 +89,17 @@ def main() -> None:
     parser.add_argument("--events-per-record", type=int, default=500,
                         help="events a record carries (the API's PRODUCER_EVENTS_PER_RECORD; "
                              "1: one record per event)")
+    parser.add_argument("--plot", default=None,
+                        help="write a PNG of the events/s processed while busy against the "
+                             "offered rate here (e.g. docs/aggregation.png)")
     parser.add_argument("--no-report", action="store_true",
                         help="print the table without appending it to docs/benchmarks.md")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
+                                                   "%(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     rates = [int(r) for r in args.rates.split(",")]
-    rows = []
+    rows, points = [], []
     with isolated_kafka() as (env, settings), \
             tempfile.TemporaryDirectory() as tmp:
         settings = dataclasses.replace(
@@ -104,6 +113,7 @@ def main() -> None:
                 r = run_at_rate(spark, settings, rate, args.batches, str(Path(tmp) / f"cp-{rate}"),
                                 args.events_per_record)
                 keeps_up = r["p95_ms"] <= settings.spark_trigger_seconds * 1000
+                points.append((rate, r["processed_per_s"]))
                 rows.append([f"{rate:,}", f"{r['rows_per_batch']:,}", f"{r['median_ms']:,.0f}",
                              f"{r['p95_ms']:,.0f}", f"{r['processed_per_s']:,.0f}",
                              "yes" if keeps_up else "no", r["skipped"]])
@@ -116,6 +126,11 @@ def main() -> None:
                  f"partitions, a backlog of {backlog:,} events in records of "
                  f"{args.events_per_record}.",
            write=not args.no_report)
+    if args.plot:
+        plots.curves(args.plot, {"events/s processed while busy": points},
+                     f"Aggregation: capacity against the offered rate (trigger "
+                     f"{settings.spark_trigger_seconds} s); above y = x it keeps up",
+                     xlabel="offered events/s", ylabel="events/s", diagonal=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ update of that emoji's window, at given event rates and at the highest sustainab
 peak resident memory of every component meanwhile.
 
     .venv/bin/python bench/end_to_end.py [--rates 1000,10000,max] [--seconds 60] [--no-report]
+        [--plot docs/end_to_end_latency.png] [--plot-rates docs/end_to_end_rates.png]
 
 The whole system runs as scripts/start_all.sh starts it, on free ports with a temporary VAR_DIR
 (its configured sizes: Kafka heap, Spark driver memory and shuffle partitions as by default or
@@ -58,8 +59,9 @@ from urllib.parse import urlsplit
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
+from bench import plots
 from bench.harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
-from emojistream.events import parse_timestamp
+from emojistream.events import DEFAULT_STREAM, parse_timestamp
 from emojistream.viewer import RegistrationClient, RegistrationError
 
 log = logging.getLogger("end_to_end")
@@ -207,8 +209,9 @@ def quiet_worker() -> None:
 # --- viewers -----------------------------------------------------------------------------------
 
 class Watcher:
-    """A viewer registered through the registration API; notes every window update it gets as
-    window -> [(arrival epoch s, total count)]."""
+    """A viewer registered through the registration API (for the stream "main"); notes every
+    update of its stream it gets as window -> [(arrival epoch s, total count)], and counts the
+    updates of any other stream (there should be none)."""
 
     def __init__(self, settings, client_id: str):
         self.window_ms = settings.window_seconds * 1000
@@ -217,7 +220,9 @@ class Watcher:
             self.assignment = registration.register(client_id)
         finally:
             registration.close()
+        self.stream_id = self.assignment.get("stream_id", DEFAULT_STREAM)
         self.updates: dict[int, list[tuple[float, int]]] = {}
+        self.foreign = 0
         self.last_arrival = time.time()
         self.closed_reason: str | None = None
         self.socket = connect(self.assignment["subscriber_endpoint"], open_timeout=30)
@@ -229,6 +234,9 @@ class Watcher:
             for text in self.socket:
                 arrival = self.last_arrival = time.time()
                 update = json.loads(text)
+                if update.get("stream_id", DEFAULT_STREAM) != self.stream_id:
+                    self.foreign += 1
+                    continue
                 start_ms = round(parse_timestamp(update["window_start"]).timestamp() * 1000)
                 total = sum(a["count"] for a in update["aggregates"])
                 self.updates.setdefault(start_ms // self.window_ms, []).append((arrival, total))
@@ -267,6 +275,7 @@ class RunFigures:
     send_lag_s: float
     errors: dict[str, int]
     failures: list[str] = field(default_factory=list)
+    samples: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (ms, events)
 
     @property
     def held(self) -> bool:
@@ -362,7 +371,7 @@ def figures(label: str, plan: LoadPlan, load: LoadResult, watchers, window_ms: i
     run = RunFigures(label, plan.rate, plan.seconds, accepted / max(load.elapsed_s, 1e-9),
                      accepted, load.refused, len(windows), exact_windows(windows, watchers),
                      pct, drift(by_window), load.cpu_s / max(load.elapsed_s, 1e-9),
-                     load.max_send_lag_s, load.errors)
+                     load.max_send_lag_s, load.errors, samples=samples)
     run.failures = failures(run, limits)
     return run
 
@@ -499,7 +508,9 @@ def publish(bench: Bench, best: RunFigures | None, phases: list[str], write: boo
                else "No rate held. " if args.probe else "")
     notes = (f"{highest}Latency: from the API's 200 reply to a viewer receiving the last "
              f"update of the event's window (the window, {settings.window_seconds} s, is not "
-             f"subtracted), over {len(bench.watchers)} viewer(s), one per cluster. Load: "
+             f"subtracted), over {len(bench.watchers)} viewer(s), one per cluster, of the "
+             f"stream main (updates of other streams they received: "
+             f"{sum(w.foreign for w in bench.watchers)}). Load: "
              f"{args.requests_per_second} POST /emojis per second over {args.connections} "
              f"keep-alive connections, from a process of its own. Kafka heap "
              f"{settings.kafka_heap}, Spark driver memory {settings.spark_driver_memory}, "
@@ -515,13 +526,30 @@ def publish(bench: Bench, best: RunFigures | None, phases: list[str], write: boo
            ["component", "processes"] + [f"peak at {p}" for p in phases],
            memory_rows(bench.sampler, phases), notes=MEMORY_NOTES, write=write)
     print(MEMORY_NOTES)
+    draw(bench.runs, args)
+
+
+def draw(runs: list[RunFigures], args) -> None:
+    """The latency CDF of every run (--plot) and latency against the rate (--plot-rates)."""
+    if args.plot:
+        plots.cdf(args.plot, {f"{r.label} (p99 {r.latencies_ms.get('p99', math.nan):,.0f} ms)":
+                              r.samples for r in runs if r.samples},
+                  "End to end: API acceptance to a viewer's last update of the window",
+                  xlabel="latency (ms)")
+    if args.plot_rates:
+        ran = [r for r in runs if r.latencies_ms]
+        plots.curves(args.plot_rates, {
+            name: [(r.achieved, r.latencies_ms[name]) for r in ran]
+            for name in ("p50", "p95", "p99")},
+            "End to end: latency against the accepted rate (every run)",
+            xlabel="events/s accepted", ylabel="latency (ms)")
 
 
 MEMORY_NOTES = (
     "VmRSS of each component's processes, sampled every 0.5 s during each run (load and "
-    "delivery); a component's row is the peak of the sum over its processes (forked gunicorn "
-    "workers count pages shared with their parent once each). The last row is the peak of the "
-    "simultaneous sum over all components; target: within 6 GB at 10,000 events/s.")
+    "delivery); a component's row is the peak of the sum over its processes (the API's granian "
+    "worker processes count pages shared with their parent once each). The last row is the "
+    "peak of the simultaneous sum over all components; target: within 6 GB at 10,000 events/s.")
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -560,6 +588,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--var-dir", type=Path,
                         help="keep the system's data and logs in this new or empty folder "
                              "(default: a temporary one, removed afterwards)")
+    parser.add_argument("--plot", default=None,
+                        help="write a PNG of each run's latency CDF here (e.g. "
+                             "docs/end_to_end_latency.png)")
+    parser.add_argument("--plot-rates", default=None,
+                        help="write a PNG of p50/p95/p99 against the accepted rate here (e.g. "
+                             "docs/end_to_end_rates.png)")
     parser.add_argument("--no-report", action="store_true",
                         help="print the tables without appending them to docs/benchmarks.md")
     args = parser.parse_args(argv)

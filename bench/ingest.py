@@ -1,39 +1,58 @@
-"""Ingest: events per second that emoji_api.py accepts AND that land in Kafka.
+"""Ingest: events per second that emoji_api.py accepts AND that land in Kafka, before and after
+issue 11, side by side in one run.
 
 Landed events are counted in the topic, inside its records (a record carries one event or a JSON
-array of them), not taken from the replies. The same app is served by each HTTP server of
---servers, side by side in one run: granian (what emoji_api.py ships), and gunicorn and uWSGI from
-their own command lines. Also in the run: the one-record-per-event path
-(PRODUCER_EVENTS_PER_RECORD=1, what the API did before it coalesced events), kafka-python
-producing directly with one event and with 500 events a record, and the broker ceiling (Kafka's
-own ProducerPerformance). HTTP load comes from wrk (Debian's package; installed by this script
-when missing) with keep-alive connections; its answers are counted by status.
+array of them), not taken from the replies. Every configuration below serves at the same time
+(each idle while another is measured), and the trials alternate between them: trial 1 measures
+them in order, trial 2 in reverse, and so on, so that a machine whose speed changes by the hour
+slows every configuration alike. Each row gives the median of --trials trials and their range.
 
-    .venv/bin/python bench/ingest.py [--seconds 15] [--connections 64]
-                                     [--servers granian,gunicorn,uwsgi] [--no-report]
+- before: the API of commit dd833b1 (the last before issue 11), checked out into a temporary
+  folder: gunicorn 2 workers x 8 threads, the standard library's json, one Kafka record per
+  event, its validator;
+- today's emoji_api.py served by each HTTP server of --servers: granian (what it ships), and
+  gunicorn and uWSGI from their own command lines (2 workers x 4 threads each): orjson, events
+  coalesced into records of up to PRODUCER_EVENTS_PER_RECORD (500);
+- granian with PRODUCER_EVENTS_PER_RECORD=1: today's code with one record per event.
+
+Also in the run, once: kafka-python producing directly with one event and with 500 events a
+record, and the broker ceiling (Kafka's own ProducerPerformance). HTTP load comes from wrk
+(Debian's package; installed by this script when missing) with keep-alive connections; its
+answers are counted by status.
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--trials 3] [--connections 64]
+                                     [--servers granian,gunicorn,uwsgi] [--no-before]
+                                     [--plot docs/ingest.png] [--no-report]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kafka import TopicPartition
 
-from bench import broker_ceiling
-from bench.harness import isolated_kafka, report
+from bench import broker_ceiling, plots
+from bench.harness import REPO_ROOT, isolated_kafka, report
 from emojistream import kafka_clients
 from emojistream.events import encode, format_timestamp
 from emojistream.ingest import KafkaEventSink
 from testkit.processes import Service, stop_all, wait_for_health
 from testkit.sandbox import free_port
 from testkit.topics import events_of
+
+log = logging.getLogger("ingest")
+
+BEFORE_COMMIT = "dd833b1"  # the last commit before issue 11's changes to the ingest path
 
 # wrk's Lua: POST the body file, count the answers by status, print them as one line at the end.
 WRK_SCRIPT = """wrk.method = "POST"
@@ -110,27 +129,73 @@ class EventCounter:
         self.consumer.close()
 
 
-def start_server(server: str, env: dict, port: int, log_dir: Path) -> Service:
-    """emoji_api.py (granian), or the same app under gunicorn or uWSGI with the same workers
-    and threads."""
+@dataclass
+class Config:
+    """One way of serving the ingest API, running while the benchmark lasts."""
+
+    label: str
+    service: Service
+    port: int
+    paths: list = field(default_factory=lambda: PATHS)
+
+
+def server_command(server: str, env: dict, port: int) -> tuple[str, ...]:
+    """Today's emoji_api.py (granian), or the same app under gunicorn or uWSGI with the same
+    workers and threads."""
     workers, threads = env.get("API_WORKERS", "2"), env.get("API_THREADS", "4")
     if server == "granian":
-        return Service(log_dir, server, "emoji_api.py", env=env)
+        return ("emoji_api.py",)
     if server == "gunicorn":
-        return Service(log_dir, server, ".venv/bin/gunicorn", "--workers", workers, "--threads",
-                       threads, "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}",
-                       "--log-level", "warning", "emoji_api:worker_app()", env=env)
+        return (".venv/bin/gunicorn", "--workers", workers, "--threads", threads,
+                "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}", "--log-level",
+                "warning", "emoji_api:worker_app()")
     if server == "uwsgi":
-        return Service(log_dir, server, ".venv/bin/uwsgi", "--http-socket", f"127.0.0.1:{port}",
-                       "--module", "emoji_api:worker_app()", "--processes", workers,
-                       "--threads", threads, "--master", "--lazy-apps", "--disable-logging",
-                       "--die-on-term", env=env)
+        return (".venv/bin/uwsgi", "--http-socket", f"127.0.0.1:{port}", "--module",
+                "emoji_api:worker_app()", "--processes", workers, "--threads", threads,
+                "--master", "--lazy-apps", "--disable-logging", "--die-on-term")
     raise ValueError(f"unknown server {server!r}")
 
 
+def before_tree(tmp: Path) -> Path:
+    """The repository as of BEFORE_COMMIT, in a folder of ``tmp``."""
+    tree = tmp / f"before-{BEFORE_COMMIT}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", BEFORE_COMMIT], cwd=REPO_ROOT,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def start(label: str, env: dict, tmp: Path, command, paths=PATHS) -> Config:
+    """``command(port)`` -> (script, args...) run on a free port; waits for /health."""
+    port = free_port()
+    env = dict(env, API_PORT=str(port), LOG_LEVEL="WARNING")
+    name = "".join(c if c.isalnum() else "_" for c in label)[:48]
+    service = Service(tmp, name, *command(env, port), env=env)
+    wait_for_health(f"http://127.0.0.1:{port}/health", service, timeout_s=90)
+    log.info("%s listening on %d", label, port)
+    return Config(label, service, port, paths)
+
+
+def start_configs(env: dict, args, tmp: Path) -> list[Config]:
+    configs = []
+    if args.before:
+        tree = before_tree(tmp)
+        configs.append(start(f"before ({BEFORE_COMMIT}): gunicorn 2x8, stdlib json, one record "
+                             f"per event", dict(env, PYTHONPATH=str(tree)), tmp,
+                             lambda _env, _port: (str(tree / "emoji_api.py"),)))
+    for server in args.servers.split(","):
+        configs.append(start(f"{server}: today's app", env, tmp,
+                             lambda e, p, s=server: server_command(s, e, p)))
+    configs.append(start("granian, one record per event: today's app",
+                         dict(env, PRODUCER_EVENTS_PER_RECORD="1"), tmp,
+                         lambda e, p: server_command("granian", e, p)))
+    return configs
+
+
 def http_run(url: str, batch: int, seconds: int, connections: int, tmp: Path,
-             counter: EventCounter) -> tuple[float, float, str, float]:
-    """(events landed/s, requests/s, answers by status, load generator CPU in cores)."""
+             counter: EventCounter) -> dict:
+    """Events landed/s, requests/s, answers by status and load generator CPU (cores)."""
     body = tmp / f"body-{batch}.json"
     body.write_bytes(encode(events(batch)[0] if batch == 1 else events(batch)))
     script = tmp / f"post-{batch}.lua"
@@ -143,29 +208,49 @@ def http_run(url: str, batch: int, seconds: int, connections: int, tmp: Path,
     elapsed = time.monotonic() - started
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     landed, landed_at = counter.landed()
-    requests_per_s = float(out.split("Requests/sec:")[1].split()[0])
-    answers = out.split("ANSWERS ")[1].split()[0] if "ANSWERS " in out else "?"
-    load_cpu = (cpu_after.ru_utime + cpu_after.ru_stime
-                - cpu_before.ru_utime - cpu_before.ru_stime) / elapsed
+    answers = out.split("ANSWERS ")[1].split()[0] if "ANSWERS " in out else ""
     # Until the last event landed: what the API had buffered counts only once it is in Kafka.
-    return landed / max(elapsed, landed_at - started), requests_per_s, answers, load_cpu
+    return {"landed": landed / max(elapsed, landed_at - started),
+            "rps": float(out.split("Requests/sec:")[1].split()[0]),
+            "non_2xx": non_2xx(answers),
+            "cpu": (cpu_after.ru_utime + cpu_after.ru_stime
+                    - cpu_before.ru_utime - cpu_before.ru_stime) / elapsed}
 
 
-def server_rows(server: str, env: dict, args, tmp: Path, counter: EventCounter,
-                label_suffix: str = "", paths=PATHS) -> list[list]:
-    port = free_port()
-    env = dict(env, API_PORT=str(port), LOG_LEVEL="WARNING")
-    service = start_server(server, env, port, tmp)
+def non_2xx(answers: str) -> int:
+    """Answers other than 2xx in wrk's line "200=n,503=m"."""
+    counts = [part.split("=") for part in answers.split(",") if "=" in part]
+    return sum(int(n) for status, n in counts if not status.startswith("2"))
+
+
+def trials(configs: list[Config], args, tmp: Path, counter: EventCounter) -> dict:
+    """(config label, path label) -> the figures of each trial; the order of the
+    configurations alternates from one trial to the next."""
+    results: dict[tuple[str, str], list[dict]] = {}
+    for trial in range(args.trials):
+        order = configs if trial % 2 == 0 else configs[::-1]
+        for config in order:
+            for label, path, batch in config.paths:
+                figures = http_run(f"http://127.0.0.1:{config.port}{path}", batch,
+                                   args.seconds, args.connections, tmp, counter)
+                log.info("trial %d, %s, %s: %s events/s landed", trial + 1, config.label,
+                         label, f"{figures['landed']:,.0f}")
+                results.setdefault((config.label, label), []).append(figures)
+    return results
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def http_rows(results: dict, ceiling: float) -> list[list]:
     rows = []
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}/health", service, timeout_s=60)
-        for label, path, batch in paths:
-            landed, rps, answers, cpu = http_run(f"http://127.0.0.1:{port}{path}", batch,
-                                                 args.seconds, args.connections, tmp, counter)
-            rows.append([f"{server}: {label}{label_suffix}", f"{landed:,.0f}", f"{rps:,.0f}",
-                         answers, f"{cpu:.2f}"])
-    finally:
-        stop_all([service])
+    for (config, path), runs in results.items():
+        landed = [r["landed"] for r in runs]
+        rows.append([f"{config}: {path}", spread(landed),
+                     f"{statistics.median(landed) / ceiling:.3f}", spread([r["rps"] for r in runs]),
+                     sum(r["non_2xx"] for r in runs),
+                     f"{statistics.median(r['cpu'] for r in runs):.2f}"])
     return rows
 
 
@@ -184,43 +269,70 @@ def direct_run(settings, count: int, per_record: int, counter: EventCounter) -> 
     return landed / (landed_at - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--servers", default="granian,gunicorn,uwsgi",
-                        help="HTTP servers to measure, side by side (default: %(default)s)")
-    parser.add_argument("--direct-events", type=int, default=500_000)
-    parser.add_argument("--ceiling-records", type=int, default=1_000_000)
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the table without appending it to docs/benchmarks.md")
-    args = parser.parse_args()
-    ceiling = broker_ceiling.ceiling(args.ceiling_records)
-    rows = []
+def measure(args, ceiling: float) -> tuple[list[list], dict]:
+    """The table's rows and the HTTP trials."""
     with isolated_kafka() as (env, settings), tempfile.TemporaryDirectory() as tmp:
-        counter = EventCounter(settings)
+        counter, configs = EventCounter(settings), []
         try:
-            for server in args.servers.split(","):
-                rows += server_rows(server, env, args, Path(tmp), counter)
-            rows += server_rows("granian", dict(env, PRODUCER_EVENTS_PER_RECORD="1"), args,
-                                Path(tmp), counter, " (one record per event)",
-                                paths=[PATHS[0], PATHS[2]])
+            configs = start_configs(env, args, Path(tmp))
+            results = trials(configs, args, Path(tmp), counter)
+            rows = http_rows(results, ceiling)
             for per_record in (1, 500):
                 direct = direct_run(settings, args.direct_events, per_record, counter)
                 rows.append([f"kafka-python directly (no HTTP), {per_record} event(s) a record",
-                             f"{direct:,.0f}", "", "", ""])
+                             f"{direct:,.0f}", f"{direct / ceiling:.3f}", "", "", ""])
         finally:
+            stop_all([c.service for c in configs])
             counter.close()
-    for row in rows:
-        landed = float(row[1].replace(",", ""))
-        row.insert(2, f"{landed / ceiling:.2f}")
-    report("Ingest", ["load", "events/s landed", "ratio to ceiling", "requests/s",
-                      "answers by status", "load generator CPU (cores)"], rows,
+    return rows, results
+
+
+def plot(path: str, results: dict) -> None:
+    bars = {f"{config.split(':')[0]}: {label}": [r["landed"] for r in runs]
+            for (config, label), runs in results.items()}
+    plots.bars(path, bars, "Ingest: events/s landed in Kafka (median, range of the trials)",
+               "events/s landed (log scale)", log_scale=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk's run per row and trial")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="trials of every row, alternating the order (default 3)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--servers", default="granian,gunicorn,uwsgi",
+                        help="HTTP servers to serve today's app (default: %(default)s)")
+    parser.add_argument("--no-before", dest="before", action="store_false",
+                        help=f"leave out the API of commit {BEFORE_COMMIT}")
+    parser.add_argument("--direct-events", type=int, default=500_000)
+    parser.add_argument("--ceiling-records", type=int, default=1_000_000)
+    parser.add_argument("--plot", default=None,
+                        help="write a PNG of events/s landed here (e.g. docs/ingest.png)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="print the table without appending it to docs/benchmarks.md")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
+                                                   "%(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    ceiling = broker_ceiling.ceiling(args.ceiling_records)
+    rows, results = measure(args, ceiling)
+    report("Ingest, before and after issue 11",
+           ["load", "events/s landed: median (range)", "ratio to ceiling",
+            "requests/s: median (range)", "non-2xx answers", "load generator CPU (cores)"],
+           rows,
            notes=f"Broker ceiling (acks=all, one event a record, Kafka's ProducerPerformance) "
-                 f"measured in the same run: {ceiling:,.0f} records/s. Each server runs the "
-                 f"same app, 2 workers x 4 threads; wrk: 2 threads, {args.connections} "
-                 f"keep-alive connections, {args.seconds} s per row.",
+                 f"measured in the same run: {ceiling:,.0f} records/s. {args.trials} trials "
+                 f"per row, the configurations alternating (all of them serving throughout, "
+                 f"idle while another is measured); wrk: 2 threads, {args.connections} "
+                 f"keep-alive connections, {args.seconds} s per row and trial. Events/s "
+                 f"landed: until the last event of the trial was in Kafka.",
            write=not args.no_report)
+    if args.plot:
+        plot(args.plot, results)
 
 
 if __name__ == "__main__":

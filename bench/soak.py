@@ -3,7 +3,7 @@
 Starts a system of its own (scripts/start_all.sh on free ports and a temporary VAR_DIR), posts
 events at a steady rate to POST /emojis, keeps one viewer per cluster connected throughout and a
 crowd of others joining and leaving, and samples every component's resident memory (the process
-and its children: gunicorn's workers, Spark's JVM). At the end it checks that nothing was lost:
+and its children: granian's workers, Spark's JVM). At the end it checks that nothing was lost:
 every event answered 200 is in emoji-events exactly once, and the persistent viewers' last update
 of every window has exactly the counts of the events in Kafka for it. Reports RSS at start, end
 and peak per component, and appends the table to docs/benchmarks.md.
@@ -243,7 +243,7 @@ def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
              f"with {wrong} (viewer, window) pairs not exact; {crowd.joined} other viewers "
              f"joined and {crowd.left} left (at most {args.viewers} at a time; they received "
              f"{crowd.updates_received:,} updates). RSS in MiB of each component with its "
-             f"children (gunicorn's workers; Spark's driver JVM is a row of its own), sampled "
+             f"children (granian's workers; Spark's driver JVM is a row of its own), sampled "
              f"every "
              f"{args.sample_interval:.0f} s from the start of the load; the last column is "
              f"the growth from half-time to the end, once warmed up. "

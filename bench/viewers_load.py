@@ -1,26 +1,34 @@
-"""Load client for the delivery tier: N concurrent viewers, the fraction of them each window
-update reaches, and how long it takes.
+"""Load client for the delivery tier: N concurrent viewers spread over S streams, the fraction
+of them each window update reaches, and how long it takes.
 
-    .venv/bin/python bench/viewers_load.py --viewers 10000 --processes 4 --updates 20 --interval 2
+    .venv/bin/python bench/viewers_load.py --viewers 10000 --streams 1 --processes 4
+    .venv/bin/python bench/viewers_load.py --layouts 100x1,1x100,100x100,1x10000
 
 It opens N viewer connections the way real viewers do, through the registration API (POST
-/register, then the WebSocket endpoint with its token), spread over --processes processes of
-asyncio clients (each raises its open-file limit). Then it acts as the subscribers: it connects
-to every cluster's /publish with the subscriber key and publishes --updates synthetic window
-updates (distinct windows), one every --interval seconds, noting the hand-over time
-(time.time() just before each send). Every viewer notes when each update reached it; viewers and
-publisher run on the same machine, so their clocks agree. It reports, per update, how many
-viewers got it and the delay percentiles, then overall figures, and appends them to
-docs/benchmarks.md (--no-report: print only).
+/register for a stream, then the WebSocket endpoint with its token, which binds the stream),
+spread round-robin over --streams streams ("main", bench-1, bench-2, ...) and over --processes
+processes of asyncio clients (each raises its open-file limit). Then it acts as the subscribers:
+it connects to every cluster's /publish with the subscriber key and publishes --updates
+windows, one every --interval seconds, an update of each for every stream ({"stream_id": ...,
+"window_start": ...}), noting each hand-over time (time.time() just before each send). Every
+viewer notes when each update of its stream reached it, and counts any update of another
+stream (there should be none: a server sends an update only to its stream's viewers). Viewers
+and publisher run on the same machine, so their clocks agree. It reports per layout how many
+deliveries arrived and the delay percentiles, and appends them to docs/benchmarks.md
+(--no-report: print only; --plot: a PNG of each layout's delay CDF).
 
-By default it starts the system it measures itself: a registration API and --clusters WebSocket
-servers on free ports with a temporary VAR_DIR and fresh secrets, stopped by pid at the end.
---registration-url points it at a running system instead (the subscriber key then comes from
-SUBSCRIBER_KEY or VAR_DIR/secrets/subscriber.key, and the clusters from GET /clusters).
---clusters 1 puts every viewer on one WebSocket server.
+--layouts measures several layouts (STREAMSxVIEWERS_PER_STREAM) one after the other on one
+system in one run, e.g. 100 streams of 1 viewer against 1 stream of 100 viewers; --trials
+repeats them, the order reversed every other time.
 
-The viewer side (register_all, open_viewers, Viewer) is also what tests/test_delivery.py uses
-for its 1,000-viewer test.
+By default it starts the system it measures itself: a registration API (STREAMS listing the
+streams) and --clusters WebSocket servers on free ports with a temporary VAR_DIR and fresh
+secrets, stopped by pid at the end. --registration-url points it at a running system instead
+(the subscriber key then comes from SUBSCRIBER_KEY or VAR_DIR/secrets/subscriber.key, and the
+clusters from GET /clusters). --clusters 1 puts every viewer on one WebSocket server.
+
+The viewer side (register_all, open_viewers, Viewer) and publish are also what
+tests/test_delivery.py uses for its 1,000-viewer test.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -47,12 +56,14 @@ import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from bench import harness
+from bench import harness, plots
 from emojistream import config
-from emojistream.events import format_timestamp
+from emojistream.events import DEFAULT_STREAM, format_timestamp, parse_timestamp
 from emojistream.lifecycle import raise_open_file_limit
 from testkit.processes import Service, ServiceFailed, get_json, stop_all, wait_for_health
 from testkit.sandbox import isolated_env
+
+log = logging.getLogger("viewers_load")
 
 REGISTER_THREADS = 8        # concurrent POST /register per process
 CONNECT_CONCURRENCY = 200   # WebSocket handshakes in flight per process
@@ -63,18 +74,21 @@ CONNECT_ATTEMPTS = 3
 # --- the viewer side --------------------------------------------------------------------------
 
 def register_all(registration_url: str, client_ids: list[str],
-                 threads: int = REGISTER_THREADS) -> list[dict]:
-    """POST /register for each client id (``threads`` at a time); the assignments, in order.
-    Raises RuntimeError naming the first refusal."""
+                 threads: int = REGISTER_THREADS, streams: list[str] | None = None) -> list[dict]:
+    """POST /register for each client id (``threads`` at a time), for the stream of the same
+    index in ``streams`` (default: none named, "main"); the assignments, in order. Raises
+    RuntimeError naming the first refusal."""
     local = threading.local()
+    bodies = [{"client_id": c} if streams is None else {"client_id": c, "stream_id": s}
+              for c, s in zip(client_ids, streams or client_ids, strict=True)]
 
-    def register(client_id: str) -> dict:
+    def register(body: dict) -> dict:
+        client_id = body["client_id"]
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
         for attempt in range(5):
-            answer = session.post(f"{registration_url}/register", json={"client_id": client_id},
-                                  timeout=30)
+            answer = session.post(f"{registration_url}/register", json=body, timeout=30)
             if answer.status_code != 503:
                 break
             time.sleep(0.5 * (attempt + 1))  # no cluster available (yet): try again shortly
@@ -84,17 +98,20 @@ def register_all(registration_url: str, client_ids: list[str],
         return dict(answer.json(), client_id=client_id)
 
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(register, client_ids))
+        return list(pool.map(register, bodies))
 
 
 @dataclass
 class Viewer:
-    """One viewer connection and what it received: window start -> receipt times."""
+    """One viewer connection and what it received of its stream: window start -> receipt
+    times; updates of any other stream are only counted (``foreign``): there should be none."""
 
     client_id: str
     cluster_id: str
     endpoint: str
+    stream_id: str = DEFAULT_STREAM
     received: dict[str, list[float]] = field(default_factory=dict)
+    foreign: int = 0
     connected: bool = False
     error: str | None = None
     close_code: int | None = None
@@ -119,13 +136,17 @@ class Viewer:
         self.connected, self.error = True, None
         try:
             async for message in self._connection:
-                now = time.time()
-                window = json.loads(message)["window_start"]
-                self.received.setdefault(window, []).append(now)
+                self._note(json.loads(message), time.time())
         except ConnectionClosed:
             pass
         finally:
             self.close_code = self._connection.close_code
+
+    def _note(self, update: dict, now: float) -> None:
+        if update.get("stream_id", DEFAULT_STREAM) != self.stream_id:
+            self.foreign += 1
+        else:
+            self.received.setdefault(update["window_start"], []).append(now)
 
     def start(self, gate: asyncio.Semaphore) -> None:
         self._task = asyncio.create_task(self.run(gate))
@@ -137,7 +158,8 @@ class Viewer:
             self._connection.transport.abort()  # many at once: no closing handshakes
 
     def summary(self) -> tuple:
-        return (self.client_id, self.cluster_id, self.connected, self.error, self.received)
+        return (self.client_id, self.cluster_id, self.connected, self.error, self.received,
+                self.stream_id, self.foreign)
 
 
 async def open_viewers(assignments: list[dict], concurrency: int = CONNECT_CONCURRENCY,
@@ -145,8 +167,8 @@ async def open_viewers(assignments: list[dict], concurrency: int = CONNECT_CONCU
     """A Viewer per assignment, each connecting and recording in a task of its own; returns
     once every one is connected or has given up (or after ``timeout_s``)."""
     gate = asyncio.Semaphore(concurrency)
-    viewers = [Viewer(a["client_id"], a["cluster_id"], a["subscriber_endpoint"])
-               for a in assignments]
+    viewers = [Viewer(a["client_id"], a["cluster_id"], a["subscriber_endpoint"],
+                      a.get("stream_id", DEFAULT_STREAM)) for a in assignments]
     for viewer in viewers:
         viewer.start(gate)
     deadline = time.monotonic() + timeout_s
@@ -164,14 +186,15 @@ async def close_viewers(viewers: list[Viewer]) -> None:
                          return_exceptions=True)
 
 
-def _worker(index: int, registration_url: str, client_ids: list[str], pipe) -> None:
+def _worker(index: int, registration_url: str, client_ids: list[str], pipe,
+            streams: list[str] | None = None) -> None:
     """A viewer process: registers and connects its share, reports, waits for "stop", then
     sends back what each viewer received."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     limit = raise_open_file_limit()
     started = time.monotonic()
     try:
-        assignments = register_all(registration_url, client_ids)
+        assignments = register_all(registration_url, client_ids, streams=streams)
     except Exception as err:  # reported to the parent, which stops
         pipe.send(("failed", f"process {index}: {err}"))
         return
@@ -194,17 +217,24 @@ def _worker(index: int, registration_url: str, client_ids: list[str], pipe) -> N
 
 # --- the system under test --------------------------------------------------------------------
 
+def stream_ids(count: int) -> list[str]:
+    """The streams of a layout of ``count`` streams: "main" first, then bench-1, bench-2, ..."""
+    return [DEFAULT_STREAM] + [f"bench-{i}" for i in range(1, count)]
+
+
 class System:
     """A registration API and the WebSocket servers, started on free ports in a temporary
-    VAR_DIR, each stopped by its pid."""
+    VAR_DIR, each stopped by its pid; STREAMS lists ``streams``."""
 
-    def __init__(self, clusters: int, log_dir: str | None = None, log_level: str = "WARNING"):
+    def __init__(self, clusters: int, log_dir: str | None = None, log_level: str = "WARNING",
+                 streams: int = 1):
         self._dir = tempfile.TemporaryDirectory(prefix="viewers-load-")
         var_dir = Path(self._dir.name)
         self.env = isolated_env(var_dir, cluster_count=clusters)
         self.key = random_tokens.token_urlsafe(32)
         self.env.update(SUBSCRIBER_KEY=self.key, TOKEN_SECRET=random_tokens.token_urlsafe(32),
-                        REGISTRATION_THREADS="16", LOG_LEVEL=log_level)
+                        REGISTRATION_THREADS="16", LOG_LEVEL=log_level,
+                        STREAMS=",".join(stream_ids(streams)))
         self.settings = config.load(self.env)
         self.registration_url = self.settings.registration_url()
         self.log_dir = Path(log_dir) if log_dir else var_dir / "logs"
@@ -245,11 +275,17 @@ def health_url(publish_url: str) -> str:
         .removesuffix("/publish") + "/health"
 
 
+def live_viewers(urls: dict[str, str]) -> dict[str, int]:
+    """cluster id -> its live viewer connections (GET /health)."""
+    return {cluster: requests.get(health_url(url), timeout=30).json()["viewers"]
+            for cluster, url in urls.items()}
+
+
 # --- the publisher ----------------------------------------------------------------------------
 
-def window_update(start: datetime, number: int) -> str:
+def window_update(start: datetime, number: int, stream_id: str = DEFAULT_STREAM) -> str:
     end = start + timedelta(seconds=2)
-    return json.dumps({"window_start": format_timestamp(start),
+    return json.dumps({"stream_id": stream_id, "window_start": format_timestamp(start),
                        "window_end": format_timestamp(end),
                        "aggregates": [{"emoji_type": "🔥", "count": 100 + number,
                                        "normalized_count": 2, "unique_users": 50},
@@ -258,11 +294,20 @@ def window_update(start: datetime, number: int) -> str:
                       ensure_ascii=False, separators=(",", ":"))
 
 
-def publish(urls: dict[str, str], key: str, updates: int, interval_s: float
-            ) -> tuple[list[str], dict[str, dict[str, float]], list[float]]:
-    """Publish ``updates`` updates to every cluster; the windows, the hand-over time of each
-    window on each cluster, and the time each server took to answer GET /health right after
-    (how long the broadcast held its event loop, plus the request)."""
+def first_window(after: datetime | None = None) -> datetime:
+    """The window starting now (rounded down to 2 s), or just after ``after`` if later."""
+    now = datetime.now(UTC)
+    first = now.replace(microsecond=0) - timedelta(seconds=now.second % 2)
+    return max(first, after + timedelta(seconds=2)) if after else first
+
+
+def publish(urls: dict[str, str], key: str, updates: int, interval_s: float,
+            streams: tuple[str, ...] = (DEFAULT_STREAM,), first: datetime | None = None
+            ) -> tuple[list[str], dict[str, dict[tuple[str, str], float]], list[float]]:
+    """Publish ``updates`` windows, an update of each for every stream, to every cluster; the
+    windows, the hand-over time of each (stream, window) on each cluster, and the time each
+    server took to answer GET /health right after (how long the broadcasts held its event loop,
+    plus the request). Windows start at ``first`` (default: now)."""
     from websockets.sync.client import connect as sync_connect
     headers = {"Authorization": f"Bearer {key}"}
     stack = ExitStack()
@@ -270,21 +315,20 @@ def publish(urls: dict[str, str], key: str, updates: int, interval_s: float
         url, additional_headers=headers, open_timeout=10, compression=None))
         for cluster, url in urls.items()}
     session = requests.Session()
-    handed_over: dict[str, dict[str, float]] = {cluster: {} for cluster in urls}
+    handed_over: dict[str, dict[tuple[str, str], float]] = {cluster: {} for cluster in urls}
     health_s: list[float] = []
-    now = datetime.now(UTC)
-    first = now.replace(microsecond=0) - timedelta(seconds=now.second % 2)
+    first = first or first_window()
     windows = []
     try:
         next_at = time.monotonic()
         for number in range(updates):
             start = first + timedelta(seconds=2 * number)
-            message = window_update(start, number)
-            window = format_timestamp(start)
-            windows.append(window)
-            for cluster, connection in connections.items():
-                handed_over[cluster][window] = time.time()
-                connection.send(message)
+            windows.append(format_timestamp(start))
+            for stream in streams:
+                message = window_update(start, number, stream)
+                for cluster, connection in connections.items():
+                    handed_over[cluster][(stream, windows[-1])] = time.time()
+                    connection.send(message)
             for url in urls.values():
                 asked = time.monotonic()
                 session.get(health_url(url), timeout=30)
@@ -314,128 +358,200 @@ def delays_ms(values: list[float]) -> list[str]:
 
 
 def analyse(summaries: list[tuple], windows: list[str], handed_over: dict) -> dict:
-    """Per-update and overall figures from every viewer's receipts."""
+    """Per-update figures from every viewer's receipts (of its own stream), and under
+    "foreign" the updates of other streams viewers received."""
     per_window = {w: {"got": 0, "duplicates": 0, "delays": []} for w in windows}
-    for _client, cluster, _connected, _error, received in summaries:
+    foreign = 0
+    for _client, cluster, _connected, _error, received, stream, wrong in summaries:
+        foreign += wrong
         for window, times in received.items():
             if window not in per_window:
                 continue
             entry = per_window[window]
             entry["got"] += 1
             entry["duplicates"] += len(times) - 1
-            entry["delays"].append(times[0] - handed_over[cluster][window])
-    return per_window
+            entry["delays"].append(times[0] - handed_over[cluster][(stream, window)])
+    return {"windows": per_window, "foreign": foreign}
+
+
+# --- one layout: S streams, V viewers spread over them ----------------------------------------
+
+@dataclass
+class Layout:
+    streams: int
+    viewers: int         # in all, spread round-robin over the streams
+
+    @property
+    def label(self) -> str:
+        return f"{self.streams:,} stream(s) x {self.viewers // self.streams:,} viewer(s)"
+
+
+@dataclass
+class LayoutRun:
+    layout: Layout
+    connected: int
+    connect_s: float
+    spread: str
+    windows: list[str]
+    figures: dict
+    health_s: list[float]
+
+
+def start_workers(args, registration_url: str, layout: Layout, run_id: str) -> list:
+    """Viewer processes, each registering and connecting its share of the layout's viewers."""
+    streams = stream_ids(layout.streams)
+    client_ids = [f"load-{run_id}-{i}" for i in range(layout.viewers)]
+    stream_of = [streams[i % layout.streams] for i in range(layout.viewers)]
+    processes = min(args.processes, layout.viewers)
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    for index in range(processes):
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=_worker, daemon=True, args=(
+            index, registration_url, client_ids[index::processes], child_end,
+            stream_of[index::processes]))
+        process.start()
+        workers.append((process, parent_end))
+    return workers
+
+
+def wait_ready(workers: list) -> list[dict]:
+    ready = []
+    for _process, pipe in workers:
+        kind, payload = pipe.recv()
+        if kind == "failed":
+            raise RuntimeError(payload)
+        ready.append(payload)
+    return ready
+
+
+def collect(workers: list) -> list[tuple]:
+    for _process, pipe in workers:
+        pipe.send("stop")
+    summaries = []
+    for _process, pipe in workers:
+        _kind, payload = pipe.recv()
+        summaries.extend(payload)
+    return summaries
+
+
+def join_workers(workers: list) -> None:
+    for process, _pipe in workers:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def wait_drained(urls: dict[str, str], timeout_s: float = 60) -> None:
+    """Until the servers hold no viewer connection (the previous layout's are gone)."""
+    deadline = time.monotonic() + timeout_s
+    while sum(live_viewers(urls).values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def run_layout(args, registration_url: str, key: str, urls: dict[str, str], layout: Layout,
+               after: datetime | None) -> LayoutRun:
+    """Connect the layout's viewers, publish windows after ``after`` (the previous layout's
+    last), collect what the viewers received."""
+    wait_drained(urls)
+    started = time.monotonic()
+    log.info("%s: registering and connecting %s viewers from %d process(es)", layout.label,
+             f"{layout.viewers:,}", min(args.processes, layout.viewers))
+    workers = start_workers(args, registration_url, layout, random_tokens.token_hex(3))
+    try:
+        ready = wait_ready(workers)
+        connect_s = time.monotonic() - started
+        connected = sum(r["connected"] for r in ready)
+        for error in (e for r in ready for e in r["errors"]):
+            log.warning("connection error: %s", error)
+        spread = ", ".join(f"{c} {n:,}" for c, n in live_viewers(urls).items())
+        log.info("%s/%s viewers connected in %.1f s (%s)", f"{connected:,}",
+                 f"{layout.viewers:,}", connect_s, spread)
+        windows, handed_over, health_s = publish(
+            urls, key, args.updates, args.interval, tuple(stream_ids(layout.streams)),
+            first_window(after))
+        time.sleep(args.grace)
+        figures = analyse(collect(workers), windows, handed_over)
+    finally:
+        join_workers(workers)
+    return LayoutRun(layout, connected, connect_s, spread, windows, figures, health_s)
 
 
 def run(args: argparse.Namespace) -> int:
     limit = raise_open_file_limit()
     load_before = os.getloadavg()[0]
     system = None
-    workers: list = []
     try:
         if args.registration_url:
             registration_url = args.registration_url.rstrip("/")
             from emojistream import secrets
             key = secrets.subscriber_key(config.load())
         else:
-            system = System(args.clusters, args.log_dir, args.log_level)
-            print(f"starting a registration API and {args.clusters} WebSocket server(s) "
-                  f"(logs in {system.log_dir})", flush=True)
+            system = System(args.clusters, args.log_dir, args.log_level,
+                            max(layout.streams for layout in args.layouts))
+            log.info("starting a registration API and %d WebSocket server(s) (logs in %s)",
+                     args.clusters, system.log_dir)
             system.start()
             registration_url, key = system.registration_url, system.key
         urls = publish_urls(registration_url)
-
-        run_id = random_tokens.token_hex(3)
-        client_ids = [f"load-{run_id}-{i}" for i in range(args.viewers)]
-        shares = [client_ids[i::args.processes] for i in range(args.processes)]
-        context = multiprocessing.get_context("spawn")
-        started = time.monotonic()
-        print(f"registering and connecting {args.viewers:,} viewers from {args.processes} "
-              f"process(es)", flush=True)
-        for index, share in enumerate(shares):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=_worker, args=(index, registration_url, share,
-                                                            child_end), daemon=True)
-            process.start()
-            workers.append((process, parent_end))
-        ready = []
-        for _process, pipe in workers:
-            kind, payload = pipe.recv()
-            if kind == "failed":
-                raise RuntimeError(payload)
-            ready.append(payload)
-        connect_s = time.monotonic() - started
-        connected = sum(r["connected"] for r in ready)
-        print(f"{connected:,}/{args.viewers:,} viewers connected in {connect_s:.1f} s "
-              f"(registration took {max(r['registered_s'] for r in ready):.1f} s)", flush=True)
-        for errors in (r["errors"] for r in ready):
-            for error in errors:
-                print(f"  connection error: {error}", flush=True)
-        spread = ", ".join(
-            f"{cluster} {requests.get(health_url(url), timeout=30).json()['viewers']:,}"
-            for cluster, url in urls.items())
-        print(f"live viewer connections (GET /health): {spread}", flush=True)
-
-        windows, handed_over, health_s = publish(urls, key, args.updates, args.interval)
-        time.sleep(args.grace)
-        summaries = []
-        for _process, pipe in workers:
-            pipe.send("stop")
-        for _process, pipe in workers:
-            kind, payload = pipe.recv()
-            summaries.extend(payload)
-        figures = analyse(summaries, windows, handed_over)
-        load = (load_before, os.getloadavg()[0])
-        report(args, figures, windows, connected, connect_s, spread, health_s, limit,
-               len(urls), load)
+        runs, last = [], None
+        for trial in range(args.trials):
+            order = args.layouts if trial % 2 == 0 else args.layouts[::-1]
+            for layout in order:
+                runs.append(run_layout(args, registration_url, key, urls, layout, last))
+                last = parse_timestamp(runs[-1].windows[-1])
+        report(args, runs, limit, len(urls), (load_before, os.getloadavg()[0]))
         return 0
     finally:
-        for process, _pipe in workers:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
         if system is not None:
             system.stop()
 
 
-def report(args, figures: dict, windows: list[str], connected: int, connect_s: float,
-           spread: str, health_s: list[float], limit: int, servers: int,
+# --- the report -------------------------------------------------------------------------------
+
+def layout_row(run: LayoutRun) -> list:
+    per_window = run.figures["windows"].values()
+    delays = [d for entry in per_window for d in entry["delays"]]
+    got = sum(entry["got"] for entry in per_window)
+    expected = run.layout.viewers * len(run.windows)
+    health = sorted(run.health_s)
+    return [run.layout.label, f"{run.layout.viewers:,}", f"{run.connected:,}",
+            f"{got:,}/{expected:,}", f"{100 * got / expected:.2f}%", *delays_ms(delays),
+            sum(entry["duplicates"] for entry in per_window), run.figures["foreign"],
+            f"{1000 * percentile(health, 0.5):,.0f} / {1000 * health[-1]:,.0f}",
+            f"{run.connect_s:.1f}"]
+
+
+HEADERS = ["layout", "viewers", "connected", "deliveries", "fraction", "p50 ms", "p95 ms",
+           "p99 ms", "max ms", "duplicates", "other streams' updates received",
+           "GET /health p50 / max ms", "connect s"]
+
+
+def report(args, runs: list[LayoutRun], limit: int, servers: int,
            load: tuple[float, float]) -> None:
-    rows = []
-    all_delays: list[float] = []
-    delivered = duplicates = 0
-    for number, window in enumerate(windows, start=1):
-        entry = figures[window]
-        all_delays.extend(entry["delays"])
-        delivered += entry["got"]
-        duplicates += entry["duplicates"]
-        rows.append([number, f"{entry['got']:,}/{args.viewers:,}",
-                     f"{100 * entry['got'] / args.viewers:.2f}%", *delays_ms(entry["delays"]),
-                     entry["duplicates"]])
-    total = args.viewers * len(windows)
-    rows.append(["all", f"{delivered:,}/{total:,}", f"{100 * delivered / total:.2f}%",
-                 *delays_ms(all_delays), duplicates])
-    headers = ["update", "viewers that got it", "fraction", "p50 ms", "p95 ms", "p99 ms",
-               "max ms", "duplicates"]
     import websockets
-    health_sorted = sorted(health_s)
-    notes = (f"{connected:,} of {args.viewers:,} viewers connected through POST /register in "
-             f"{connect_s:.1f} s from {args.processes} process(es) ({spread}). Delay: from "
-             f"the publisher handing an update to a WebSocket server's /publish (as a "
-             f"subscriber does) to a viewer receiving it, viewers and servers on the same "
-             f"2-core machine. A GET /health sent to each server right after each hand-over, "
-             f"while it was broadcasting, was answered in p50 "
-             f"{1000 * percentile(health_sorted, 0.5):.0f} ms, max "
-             f"{1000 * health_sorted[-1]:.0f} ms (the event loop keeps serving during the "
-             f"fan-out). Load average (1 min) {load[0]:.1f} before the run, "
-             f"{load[1]:.1f} at the end, other work included. websockets "
+    notes = (f"Per layout: {args.updates} windows published, one every {args.interval} s, an "
+             f"update of each window for every stream (S streams: S updates per window), to "
+             f"each of {servers} WebSocket server(s); viewers registered through POST /register "
+             f"for their stream (round-robin), from {args.processes} process(es). Delay: from "
+             f"the publisher handing a stream's update to a server's /publish (as a subscriber "
+             f"does) to a viewer of that stream receiving it, viewers and servers on the same "
+             f"2-core machine. GET /health was sent to each server right after each window's "
+             f"hand-overs, while it broadcast. Layouts in this order, {args.trials} trial(s), "
+             f"the order reversed every other trial. Load average (1 min) {load[0]:.1f} "
+             f"before the run, {load[1]:.1f} at the end, other work included. websockets "
              f"{websockets.__version__}; open-file limit {limit}.")
-    title = (f"Viewers: {args.viewers:,} concurrent viewers on {servers} WebSocket "
-             f"server(s), {len(windows)} updates")
-    harness.report(title, headers, rows, notes=notes, write=not args.no_report)
+    title = f"Viewers over streams: {', '.join(layout.label for layout in args.layouts)}"
+    harness.report(title, HEADERS, [layout_row(run) for run in runs], notes=notes,
+                   write=not args.no_report)
     print()
     print(notes)
+    if args.plot:
+        plots.cdf(args.plot, {f"{run.layout.label} ({run.layout.viewers:,})": [
+            (1000 * d, 1) for entry in run.figures["windows"].values() for d in entry["delays"]]
+            for run in runs}, "Hand-over to a viewer's receipt, per layout",
+            xlabel="delay (ms)")
 
 
 def positive_int(text: str) -> int:
@@ -445,20 +561,43 @@ def positive_int(text: str) -> int:
     return value
 
 
+def layouts(text: str) -> list[Layout]:
+    """"100x1,1x100": STREAMS x VIEWERS-PER-STREAM, comma-separated."""
+    found = []
+    for item in text.split(","):
+        try:
+            streams, per_stream = (positive_int(n) for n in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"a layout is STREAMSxVIEWERS_PER_STREAM, e.g. 100x1; got {item!r}") from None
+        found.append(Layout(streams, streams * per_stream))
+    return found
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/viewers_load.py",
-        description="Open N concurrent viewers through the registration API, publish window "
-                    "updates as a subscriber would, and report per update the fraction of "
-                    "viewers reached and the hand-over-to-receipt delay (p50/p95/p99/max).")
+        description="Open N concurrent viewers through the registration API, spread over "
+                    "--streams streams, publish window updates as a subscriber would, and "
+                    "report the fraction of viewers reached and the hand-over-to-receipt delay "
+                    "(p50/p95/p99/max); --layouts compares several spreads in one run.")
     parser.add_argument("--viewers", type=positive_int, default=10_000,
                         help="concurrent viewer connections (default 10000)")
+    parser.add_argument("--streams", type=positive_int, default=1,
+                        help="streams the viewers are spread over, round-robin (default 1)")
+    parser.add_argument("--layouts", type=layouts, default=None,
+                        help="instead of --viewers and --streams: several layouts measured in "
+                             "one run on one system, STREAMSxVIEWERS_PER_STREAM, e.g. "
+                             "100x1,1x100,100x100,1x10000")
+    parser.add_argument("--trials", type=positive_int, default=1,
+                        help="times to measure every layout, the order reversed every other "
+                             "time (default 1)")
     parser.add_argument("--processes", type=positive_int, default=4,
                         help="viewer processes, asyncio clients each (default 4)")
     parser.add_argument("--updates", type=positive_int, default=20,
-                        help="window updates to publish (default 20)")
+                        help="windows to publish per layout (default 20)")
     parser.add_argument("--interval", type=float, default=2.0,
-                        help="seconds between updates (default 2, the window length)")
+                        help="seconds between windows (default 2, the window length)")
     parser.add_argument("--clusters", type=positive_int, default=3,
                         help="WebSocket servers of the system it starts (default 3; 1 puts "
                              "every viewer on one server)")
@@ -466,27 +605,34 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds to wait for the last update after sending it (default 5)")
     parser.add_argument("--registration-url", default=None,
                         help="measure a running system at this registration API instead of "
-                             "starting one")
+                             "starting one (its streams must include those of the layouts)")
     parser.add_argument("--log-dir", default=None,
                         help="keep the started system's logs in this folder (default: a "
                              "temporary one, deleted)")
     parser.add_argument("--log-level", default="WARNING",
                         help="LOG_LEVEL of the started system (default WARNING; DEBUG logs "
                              "each broadcast's duration)")
+    parser.add_argument("--plot", default=None,
+                        help="write a PNG of the delay CDF of each layout here (e.g. "
+                             "docs/viewers_streams.png)")
     parser.add_argument("--no-report", action="store_true",
                         help="print the figures without appending them to docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if args.processes > args.viewers:
-        parser.error("--processes must not exceed --viewers")
+    if args.layouts is None:
+        if args.streams > args.viewers:
+            parser.error("--streams must not exceed --viewers")
+        args.layouts = [Layout(args.streams, args.viewers)]
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
+                                                   "%(message)s")
     try:
         return run(args)
     except (RuntimeError, OSError, requests.RequestException) as err:
-        print(f"viewers_load: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
 
 
