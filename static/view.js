@@ -6,7 +6,6 @@ const REMEMBERED_WINDOWS = 64;
 const MAX_PARTICLES = 400;       // on screen at once; more would only slow the page down
 const MAX_PER_UPDATE = 150;      // copies of one emoji started by one update
 const HISTORY_WINDOWS = 30;      // windows in the history chart
-const SVG = "http://www.w3.org/2000/svg";
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -192,18 +191,18 @@ function row(emoji, counts, highest) {
   return item;
 }
 
-/** A line of the counts, scaled so that ``highest`` touches the top. */
+/** A bar per window, scaled so that ``highest`` fills the height; the newest at the right. */
 function sparkline(counts, highest) {
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", `0 0 ${HISTORY_WINDOWS - 1} 10`);
-  svg.setAttribute("preserveAspectRatio", "none");
-  svg.setAttribute("class", "sparkline");
-  const offset = HISTORY_WINDOWS - counts.length; // the newest window at the right edge
-  const line = document.createElementNS(SVG, "polyline");
-  line.setAttribute("points", counts.map((count, i) =>
-    `${offset + i},${(10 - (count / highest) * 9.5).toFixed(2)}`).join(" "));
-  svg.append(line);
-  return svg;
+  const bars = element("span", "sparkline");
+  for (let i = counts.length; i < HISTORY_WINDOWS; i += 1) {
+    bars.append(element("span", "spark empty"));
+  }
+  for (const count of counts) {
+    const bar = element("span", count ? "spark" : "spark empty");
+    bar.style.setProperty("--level", String(count / highest));
+    bars.append(bar);
+  }
+  return bars;
 }
 
 function clock(timestamp) {
