@@ -220,8 +220,9 @@ class RelayMetrics:
         self.skipped = Counter(f"emojistream_{prefix}_skipped",
                                "Records skipped (not a window update, or refused by Kafka)",
                                registry=self.registry)
-        self.retried = Counter(f"emojistream_{prefix}_retried_batches",
-                               "Batches sent again after a failure", registry=self.registry)
+        self.retried = Counter(f"emojistream_{prefix}_retries",
+                               "Batches to send again after a failure (a subscriber: connections "
+                               "to its WebSocket server lost or refused)", registry=self.registry)
         self.lag = Gauge("emojistream_consumer_lag",
                          "Records of the source topic not consumed yet (all partitions)",
                          registry=self.registry)

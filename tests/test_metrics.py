@@ -3,20 +3,29 @@ values after known actions."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
+from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.protocol import State
 
 import emoji_api
 from emojistream import config, metrics
 from emojistream.events import format_timestamp
 from emojistream.ingest import SinkUnavailable
+from emojistream.relay import Relay
 from emojistream.streams import StreamCatalog
+from subscriber import Subscriber
 from testkit.processes import REPO_ROOT
+from testkit.sandbox import free_port
 
 
 def samples(text: str) -> dict:
@@ -105,6 +114,7 @@ def test_ingest_reports_the_producer_buffer_and_its_errors(ingest):
 
 WORKER = """
 import sys
+import urllib.request
 from emojistream import metrics
 metrics.use_multiprocess_values()
 counters = metrics.IngestMetrics()
@@ -127,3 +137,111 @@ def test_ingest_workers_are_summed_in_multiprocess_mode(tmp_path):
                           capture_output=True, cwd=REPO_ROOT).stdout
     assert value(text, "emojistream_api_events_accepted_total") == 7
     assert value(text, "emojistream_api_producer_buffer_bytes") == 70
+
+
+# --- publishers and subscribers ---------------------------------------------------------------
+
+UPDATE = json.dumps({"stream_id": "main", "window_start": "2026-11-27T07:15:56.000Z",
+                     "window_end": "2026-11-27T07:15:58.000Z",
+                     "aggregates": [{"emoji_type": "🔥", "count": 3, "normalized_count": 0,
+                                     "unique_users": 2}]}).encode()
+SOURCE = TopicPartition("cluster1-topic", 0)
+
+
+def record(offset: int, value: bytes):
+    return SimpleNamespace(topic=SOURCE.topic, partition=0, offset=offset, key=b"k", value=value)
+
+
+class FakeConsumer:
+    """An assignment of one partition, its position and its end as the last fetch told."""
+
+    def __init__(self, position: int | None, end: int | None):
+        self._position, self._end = position, end
+
+    def assignment(self):
+        return {SOURCE}
+
+    def highwater(self, tp):
+        return self._end
+
+    def position(self, tp, timeout_ms=None):
+        return self._position
+
+
+class FakeProducer:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, topic, key=None, value=None):
+        self.sent.append((topic, value))
+        return SimpleNamespace(failed=lambda: False)
+
+    def flush(self, timeout=None):
+        pass
+
+
+def fake_relay(consumer) -> Relay:
+    forwarder = Relay.__new__(Relay)
+    forwarder.settings, forwarder.targets = config.load({}), ["a", "b"]
+    forwarder.log, forwarder.consumer = logging.getLogger("test"), consumer
+    forwarder.producer = FakeProducer()
+    forwarder.stats = {"forwarded": 0, "skipped": 0, "retried": 0}
+    forwarder.metrics = metrics.RelayMetrics()
+    return forwarder
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.read().decode()
+
+
+def test_a_publisher_serves_forwarded_skipped_and_lag_on_its_port():
+    forwarder = fake_relay(FakeConsumer(position=10, end=14))
+    forwarder._forward({SOURCE: [record(7, UPDATE), record(8, b"junk"), record(9, UPDATE)]})
+    forwarder.metrics.observe_lag(forwarder.consumer)
+    port = free_port()
+    assert metrics.serve(forwarder.metrics.registry, "localhost", port, "test")
+    text = scrape(f"http://localhost:{port}/metrics")
+    assert len(forwarder.producer.sent) == 4
+    assert value(text, "emojistream_relay_forwarded_total") == 2
+    assert value(text, "emojistream_relay_skipped_total") == 1
+    assert value(text, "emojistream_relay_retries_total") == 0
+    assert value(text, "emojistream_consumer_lag") == 4
+
+
+def test_a_taken_metrics_port_is_logged_and_not_fatal(caplog):
+    port = free_port()
+    assert metrics.serve(metrics.RelayMetrics().registry, "localhost", port, "first")
+    assert not metrics.serve(metrics.RelayMetrics().registry, "localhost", port, "second")
+    assert f"second: metrics port {port} on localhost is already in use" in caplog.text
+
+
+@pytest.mark.parametrize("position, end, lag", [(5, 5, 0), (3, 11, 8), (None, 11, None),
+                                                (4, None, None)])
+def test_consumer_lag_is_what_the_last_fetch_left_behind(position, end, lag):
+    assert metrics.consumer_lag(FakeConsumer(position, end)) == lag
+
+
+def test_a_subscriber_counts_what_it_handed_over_and_skipped():
+    handed = []
+    subscriber = Subscriber(FakeConsumer(2, 2), outlet=None, stop=None, backoff=None)
+    subscriber._commit = lambda tp, offset: None
+    connection = SimpleNamespace(send=handed.append, state=State.OPEN,
+                                 ping=lambda ack_on_close: SimpleNamespace(wait=lambda s: True))
+    subscriber._hand_over(connection, SOURCE, [record(0, UPDATE), record(1, b"\xff")])
+    subscriber.metrics.observe_lag(subscriber.consumer)
+    text = metrics.exposition(subscriber.metrics.registry)[0].decode()
+    assert handed == [UPDATE.decode()]
+    assert value(text, "emojistream_subscriber_forwarded_total") == 1
+    assert value(text, "emojistream_subscriber_skipped_total") == 1
+    assert value(text, "emojistream_consumer_lag") == 0
+
+
+def test_the_metrics_ports_of_kafka_only_processes_never_collide():
+    settings = config.load({"METRICS_FIRST_PORT": "9310", "CLUSTER_COUNT": "3",
+                            "SUBSCRIBERS_PER_CLUSTER": "2"})
+    ports = [settings.aggregator_metrics_port(), settings.main_publisher_metrics_port()]
+    ports += [settings.cluster_publisher_metrics_port(n) for n in settings.clusters]
+    ports += [settings.subscriber_metrics_port(n, k) for n in settings.clusters for k in (1, 2)]
+    assert ports == list(range(9310, 9321))
+    assert settings.metrics_port_count() == 11
