@@ -3,11 +3,13 @@ values after known actions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -15,10 +17,13 @@ from types import SimpleNamespace
 import pytest
 from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import serve as ws_serve
 from websockets.protocol import State
 
 import emoji_api
-from emojistream import config, metrics
+import ws_server
+from emojistream import config, metrics, tokens
 from emojistream.events import format_timestamp
 from emojistream.ingest import SinkUnavailable
 from emojistream.relay import Relay
@@ -114,6 +119,7 @@ def test_ingest_reports_the_producer_buffer_and_its_errors(ingest):
 
 WORKER = """
 import sys
+import time
 import urllib.request
 from emojistream import metrics
 metrics.use_multiprocess_values()
@@ -245,3 +251,44 @@ def test_the_metrics_ports_of_kafka_only_processes_never_collide():
     ports += [settings.subscriber_metrics_port(n, k) for n in settings.clusters for k in (1, 2)]
     assert ports == list(range(9310, 9321))
     assert settings.metrics_port_count() == 11
+
+
+# --- WebSocket server -------------------------------------------------------------------------
+
+WS_KEY = "metrics-test-subscriber-key-32-bytes-or-more"
+WS_SECRET = "metrics-test-token-secret-32-bytes-or-more"
+
+
+async def exercise_ws_server(port: int) -> tuple[str, str]:
+    """A viewer, a viewer with a forged token, a subscriber sending one update twice; what the
+    viewer received and the server's /metrics."""
+    hub = ws_server.Hub(config.load({}), 1, WS_KEY, WS_SECRET)
+    hub.start()
+    async with ws_serve(hub.handle, "localhost", port, process_request=hub.process_request):
+        good = tokens.issue(WS_SECRET, "viewer_1", 1, 60, time.time(), "main")
+        async with ws_connect(f"ws://localhost:{port}/?token={good}") as viewer, \
+                ws_connect(f"ws://localhost:{port}/publish",
+                           additional_headers={"Authorization": f"Bearer {WS_KEY}"}) as pub:
+            async with ws_connect(f"ws://localhost:{port}/?token=forged") as refused:
+                await refused.wait_closed()
+            await pub.send(UPDATE.decode())
+            await pub.send(UPDATE.decode())
+            received = await asyncio.wait_for(viewer.recv(), 5)
+            await (await pub.ping())  # both updates read by the server
+            text = await asyncio.to_thread(scrape, f"http://localhost:{port}/metrics")
+        await hub.stop()
+    return received, text
+
+
+def test_a_websocket_server_serves_viewers_broadcasts_and_refusals_at_metrics():
+    received, text = asyncio.run(exercise_ws_server(free_port()))
+    assert received == UPDATE.decode()
+    assert value(text, "emojistream_ws_viewers") == 1
+    assert value(text, "emojistream_ws_subscribers") == 1
+    assert value(text, "emojistream_ws_broadcasts_total") == 1
+    assert value(text, "emojistream_ws_messages_sent_total") == 1
+    assert value(text, "emojistream_ws_broadcast_duration_seconds_count") == 1
+    assert value(text, "emojistream_ws_tokens_refused_total") == 1
+    assert value(text, "emojistream_ws_slow_viewers_dropped_total") == 0
+    assert value(text, "emojistream_ws_updates_dropped_total", reason="duplicate") == 1
+    assert value(text, "emojistream_ws_updates_dropped_total", reason="invalid") == 0
