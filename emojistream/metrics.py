@@ -316,6 +316,8 @@ class _ClusterLoad:
         }
         for n in self.viewers.clusters:
             families["healthy"].add_metric([str(n)], int(self.viewers.is_healthy(n)))
-            families["live"].add_metric([str(n)], self.viewers.live_count(n))
+            live = self.viewers.live_count(n)
+            if live is not None:  # else its server is down: nothing to report
+                families["live"].add_metric([str(n)], live)
             families["registered"].add_metric([str(n)], self.viewers.registered_count(n))
         return list(families.values())

@@ -22,10 +22,12 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.protocol import State
 
 import emoji_api
+import registration_api
 import ws_server
 from emojistream import config, metrics, tokens
 from emojistream.events import format_timestamp
 from emojistream.ingest import SinkUnavailable
+from emojistream.registry import ClusterHealth
 from emojistream.relay import Relay
 from emojistream.streams import StreamCatalog
 from subscriber import Subscriber
@@ -292,3 +294,34 @@ def test_a_websocket_server_serves_viewers_broadcasts_and_refusals_at_metrics():
     assert value(text, "emojistream_ws_slow_viewers_dropped_total") == 0
     assert value(text, "emojistream_ws_updates_dropped_total", reason="duplicate") == 1
     assert value(text, "emojistream_ws_updates_dropped_total", reason="invalid") == 0
+
+
+# --- registration API -------------------------------------------------------------------------
+
+def test_the_registration_api_serves_registrations_and_each_clusters_load():
+    settings = config.load({"CLUSTER_COUNT": "3", "TOKEN_SECRET": WS_SECRET,
+                            "SUBSCRIBER_KEY": WS_KEY, "STREAMS": "main",
+                            "ADMIN_KEY": "metrics-test-admin-key-32-bytes-or-more"})
+    live = {1: 5, 2: None, 3: 2}  # cluster 2's server is down
+    app = registration_api.create_app(
+        settings, poll=False, streams=StreamCatalog(settings),
+        probe=lambda n: None if live[n] is None else ClusterHealth(live[n], {}))
+    client = app.test_client()
+    for name in ("a", "b", "c"):
+        assert client.post("/register", json={"client_id": name}).status_code == 200
+    assert client.post("/deregister", json={"client_id": "a"}).status_code == 200
+    assert client.post("/deregister", json={"client_id": "zz"}).status_code == 404
+    text = client.get("/metrics").text
+    registered = {n: app.extensions[registration_api.REGISTRY].registered_count(n)
+                  for n in (1, 2, 3)}
+    assert registered[2] == 0 and sum(registered.values()) == 2
+    assert value(text, "emojistream_registrations_total") == 3
+    assert value(text, "emojistream_deregistrations_total") == 1
+    for n in (1, 2, 3):
+        cluster = str(n)
+        assert value(text, "emojistream_cluster_healthy", cluster=cluster) == int(n != 2)
+        assert value(text, "emojistream_cluster_registered_viewers",
+                     cluster=cluster) == registered[n]
+    assert value(text, "emojistream_cluster_live_connections", cluster="1") == 5
+    assert value(text, "emojistream_cluster_live_connections", cluster="3") == 2
+    assert ("emojistream_cluster_live_connections", (("cluster", "2"),)) not in samples(text)
