@@ -325,3 +325,37 @@ def test_the_registration_api_serves_registrations_and_each_clusters_load():
     assert value(text, "emojistream_cluster_live_connections", cluster="1") == 5
     assert value(text, "emojistream_cluster_live_connections", cluster="3") == 2
     assert ("emojistream_cluster_live_connections", (("cluster", "2"),)) not in samples(text)
+
+
+# --- aggregator -------------------------------------------------------------------------------
+
+def progress(**overrides):
+    """What pyspark's StreamingQueryProgress holds, for one batch."""
+    return SimpleNamespace(**{
+        "durationMs": {"triggerExecution": 1500}, "numInputRows": 40,
+        "inputRowsPerSecond": 80.0, "processedRowsPerSecond": float("nan"),
+        "observedMetrics": {"input": {"events": 1000, "malformed": 3, "untimely": 2}},
+        "eventTime": {"watermark": "2026-11-27T07:15:50.000Z"},
+        "stateOperators": [SimpleNamespace(numRowsTotal=6)], **overrides})
+
+
+def test_the_aggregator_metrics_follow_each_batchs_progress():
+    aggregator = metrics.AggregatorMetrics()
+    watermark = datetime(2026, 11, 27, 7, 15, 50, tzinfo=UTC).timestamp()
+    aggregator.record(progress(), now=watermark + 12.5)
+    aggregator.record(progress(numInputRows=10, observedMetrics={},
+                               eventTime={"watermark": "1970-01-01T00:00:00.000Z"},
+                               stateOperators=[SimpleNamespace(numRowsTotal=4)]), now=0)
+    text = metrics.exposition(aggregator.registry)[0].decode()
+    assert value(text, "emojistream_aggregator_batches_total") == 2
+    assert value(text, "emojistream_aggregator_batch_duration_seconds_count") == 2
+    assert value(text, "emojistream_aggregator_batch_duration_seconds_sum") == 3.0
+    assert value(text, "emojistream_aggregator_batch_duration_seconds_bucket", le="1.5") == 2
+    assert value(text, "emojistream_aggregator_input_records_total") == 50
+    assert value(text, "emojistream_aggregator_events_total") == 1000
+    assert value(text, "emojistream_aggregator_events_skipped_total", reason="malformed") == 3
+    assert value(text, "emojistream_aggregator_events_skipped_total", reason="untimely") == 2
+    assert value(text, "emojistream_aggregator_input_rows_per_second") == 80
+    assert value(text, "emojistream_aggregator_processed_rows_per_second") == 0
+    assert value(text, "emojistream_aggregator_watermark_delay_seconds") == 12.5
+    assert value(text, "emojistream_aggregator_state_rows") == 4
