@@ -237,12 +237,11 @@ class Settings:
     # counted from METRICS_FIRST_PORT: the aggregator +0, the main publisher +1, cluster N's
     # publisher +1+N, cluster N's subscriber K +1+CLUSTER_COUNT+(N-1)*SUBSCRIBERS_PER_CLUSTER+K
     # (9310 to 9320 by default); METRICS_HOST is the address they listen on. Kafka broker K's
-    # JMX exporter listens on KAFKA_METRICS_PORT + K - 1 (0: no exporter). PROMETHEUS_PORT is
-    # where scripts/prometheus.sh's Prometheus listens.
+    # JMX exporter listens on KAFKA_METRICS_PORT + K - 1 (0: no exporter).
+    # `python -m emojistream.prometheus_config` prints a Prometheus scrape config of them all.
     metrics_host: str = "localhost"
     metrics_first_port: int = 9310
     kafka_metrics_port: int = 9404
-    prometheus_port: int = 9090
 
     # Reconnect delays (exponential backoff with jitter) of subscribers and viewers.
     subscriber_retry_max_s: float = 2.0
