@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from websockets.protocol import State
 import emoji_api
 import registration_api
 import ws_server
-from emojistream import config, metrics, tokens
+from emojistream import config, metrics, prometheus_config, status, tokens
 from emojistream.events import format_timestamp
 from emojistream.ingest import SinkUnavailable
 from emojistream.registry import ClusterHealth
@@ -32,7 +33,7 @@ from emojistream.relay import Relay
 from emojistream.streams import StreamCatalog
 from subscriber import Subscriber
 from testkit.processes import REPO_ROOT
-from testkit.sandbox import free_port
+from testkit.sandbox import free_port, free_port_run
 
 
 def samples(text: str) -> dict:
@@ -359,3 +360,63 @@ def test_the_aggregator_metrics_follow_each_batchs_progress():
     assert value(text, "emojistream_aggregator_processed_rows_per_second") == 0
     assert value(text, "emojistream_aggregator_watermark_delay_seconds") == 12.5
     assert value(text, "emojistream_aggregator_state_rows") == 4
+
+
+# --- what operators read: the scrape config, the status table, the dashboard --------------------
+
+def every_metric_name() -> set[str]:
+    """The names of every sample the components expose."""
+    viewers = SimpleNamespace(clusters=[1], is_healthy=lambda n: True, live_count=lambda n: 0,
+                              registered_count=lambda n: 0)
+    registries = [metrics.IngestMetrics().registry, metrics.AggregatorMetrics().registry,
+                  metrics.RelayMetrics().registry,
+                  metrics.RelayMetrics(prefix="subscriber").registry,
+                  metrics.WsMetrics(SimpleNamespace(viewers=(), subscribers=())).registry,
+                  metrics.RegistrationMetrics(viewers).registry]
+    return {name for registry in registries
+            for name, _ in samples(metrics.exposition(registry)[0].decode())}
+
+
+def test_the_dashboard_queries_only_metrics_that_exist():
+    dashboard = json.loads((REPO_ROOT / "docs" / "grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"emojistream_\w+", expr)}
+    assert len(dashboard["panels"]) == 6
+    assert used - every_metric_name() == set()
+
+
+def test_the_scrape_config_has_a_target_per_component_with_its_labels():
+    settings = config.load({"CLUSTER_COUNT": "2", "SUBSCRIBERS_PER_CLUSTER": "2",
+                            "METRICS_FIRST_PORT": "9310", "KAFKA_METRICS_PORT": "9404",
+                            "KAFKA_BROKERS": "3", "API_PORT": "5000"})
+    jobs = prometheus_config.scrape_targets(settings)
+    assert {job: len(entries) for job, entries in jobs.items()} == {
+        "kafka": 3, "spark_aggregator": 1, "ws_server": 2, "registration_api": 1,
+        "subscriber": 4, "cluster_publisher": 2, "main_publisher": 1, "emoji_api": 1}
+    assert jobs["kafka"][2] == {"targets": ["localhost:9406"], "labels": {"component": "kafka_3"}}
+    assert jobs["subscriber"][3] == {"targets": ["localhost:9317"],
+                                     "labels": {"component": "subscriber_2_2", "cluster": "2"}}
+    assert jobs["emoji_api"] == [{"targets": ["localhost:5000"],
+                                  "labels": {"component": "emoji_api"}}]
+
+
+def test_status_shows_down_components_and_the_lag_of_running_consumers():
+    settings = config.load({"CLUSTER_COUNT": "1", "SUBSCRIBERS_PER_CLUSTER": "1",
+                            "KAFKA_BROKERS": "1", "METRICS_FIRST_PORT": str(free_port_run(4))})
+    relay_metrics = metrics.RelayMetrics()
+    relay_metrics.lag.set(12)
+    assert metrics.serve(relay_metrics.registry, "localhost",
+                         settings.main_publisher_metrics_port(), "test")
+    table = status.rows(settings, {"main_publisher": "4242", "subscriber_1_1": "4343"})
+    by_name = {row["name"]: row for row in table}
+    assert [row["name"] for row in table] == [
+        "kafka", "spark_aggregator", "ws_server_1", "registration_api", "subscriber_1_1",
+        "cluster_publisher_1", "main_publisher", "emoji_api"]
+    assert by_name["main_publisher"]["lag"] == 12 and by_name["main_publisher"]["pid"] == 4242
+    assert by_name["subscriber_1_1"]["lag"] is None  # up, but its metrics do not answer
+    assert by_name["kafka"]["state"] == "down" and by_name["kafka"]["pid"] is None
+    lines = status.render(table).splitlines()
+    assert lines[7].split() == ["main_publisher", "4242", "up",
+                                f"http://localhost:{settings.main_publisher_metrics_port()}/metrics",
+                                "12"]
+    assert lines[5].split()[-1] == "?"
