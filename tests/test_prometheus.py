@@ -31,6 +31,7 @@ REFUSED_INVALID = 'sum(emojistream_api_events_refused_total{reason="invalid"})'
 def system(tmp_path_factory):
     """The whole system, stopped by stop_all.sh (by its pid files) even when a test fails."""
     env = isolated_env(tmp_path_factory.mktemp("prometheus-system"))
+    env.setdefault("READY_TIMEOUT", "300")  # Spark takes minutes on a busy 2-core machine
     try:
         started = run_script("start_all.sh", env=env, timeout=400, check=False)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -42,14 +43,14 @@ def system(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prometheus(system, tmp_path_factory):
-    """Prometheus on a free port, scraping every second; its base URL. Stopped by its pid,
+    """Prometheus on a free port, scraping every 2 s; its base URL. Stopped by its pid,
     checked to still be this Prometheus, also when a test fails."""
     if not Path(PROMETHEUS).exists():
         pytest.fail(f"{PROMETHEUS} is missing: run scripts/setup.sh")
     env, _ = system
     folder = tmp_path_factory.mktemp("prometheus")
     generated = subprocess.run([sys.executable, "-m", "emojistream.prometheus_config",
-                                "--interval", "1s"], env=env, cwd=REPO_ROOT, check=True,
+                                "--interval", "2s"], env=env, cwd=REPO_ROOT, check=True,
                                capture_output=True, text=True).stdout
     (folder / "prometheus.yml").write_text(generated)
     port = free_port()
@@ -105,7 +106,7 @@ def query(url: str, expression: str) -> float | None:
 def test_every_component_is_a_target_and_up(prometheus, system):
     _, settings = system
     expected = 1 + 1 + 1 + 1 + settings.cluster_count * (2 + settings.subscribers_per_cluster)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while not (len(targets(prometheus)) == expected
                and all(t["health"] == "up" for t in targets(prometheus))):
         assert time.monotonic() < deadline, [
@@ -136,11 +137,11 @@ def test_the_accepted_events_counter_moves_by_exactly_the_events_sent(prometheus
     assert answer.status_code == 200 and answer.json()["accepted"] == 40, answer.text
     for n in range(7):  # spread over the API's workers
         assert requests.post(api + "/emoji", json=event(100 + n), timeout=10).status_code == 200
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while query(prometheus, ACCEPTED) != before + 47:
         assert time.monotonic() < deadline, (before, query(prometheus, ACCEPTED))
         time.sleep(0.5)
-    time.sleep(3)  # three more scrapes: nothing else counted
+    time.sleep(5)  # more scrapes: nothing else counted
     assert query(prometheus, ACCEPTED) == before + 47
     assert query(prometheus, REFUSED_INVALID) == invalid_before + 1
 
