@@ -105,12 +105,15 @@ def query(url: str, expression: str) -> float | None:
 
 def test_every_component_is_a_target_and_up(prometheus, system):
     _, settings = system
-    expected = 1 + 1 + 1 + 1 + settings.cluster_count * (2 + settings.subscribers_per_cluster)
+    # kafka, spark_aggregator, registration_api, main_publisher, emoji_api, and per cluster a
+    # WebSocket server, a cluster publisher and the subscribers.
+    expected = 5 + settings.cluster_count * (2 + settings.subscribers_per_cluster)
     deadline = time.monotonic() + 180
     while not (len(targets(prometheus)) == expected
                and all(t["health"] == "up" for t in targets(prometheus))):
-        assert time.monotonic() < deadline, [
-            (t["labels"]["component"], t["health"], t["lastError"]) for t in targets(prometheus)]
+        assert time.monotonic() < deadline, (len(targets(prometheus)), [
+            (t["labels"]["component"], t["lastError"]) for t in targets(prometheus)
+            if t["health"] != "up"])
         time.sleep(1)
     names = sorted(t["labels"]["component"] for t in targets(prometheus))
     assert names == sorted(["kafka", "spark_aggregator", "registration_api", "main_publisher",
