@@ -178,11 +178,13 @@ start_node() {
   if port_open "$KAFKA_HOST" "$(node_controller_port "$k")"; then
     die "$KAFKA_HOST:$(node_controller_port "$k") is already taken by another process; set KAFKA_CONTROLLER_PORT"
   fi
+  # A taken metrics port costs the broker its metrics, not its start (as for every component).
+  local agent=""
   if [ "$(node_metrics_port "$k")" -ne 0 ] && port_open "$KAFKA_HOST" "$(node_metrics_port "$k")"; then
-    die "$KAFKA_HOST:$(node_metrics_port "$k") (the broker's metrics) is already taken by another process; set KAFKA_METRICS_PORT"
+    say "WARNING: $KAFKA_HOST:$(node_metrics_port "$k") is already taken: $name starts without its metrics (set KAFKA_METRICS_PORT)" >&2
+  else
+    agent="$(jmx_exporter_opts "$k")"
   fi
-  local agent
-  agent="$(jmx_exporter_opts "$k")"
   mkdir -p "$dir/data" "$dir/logs"
   write_properties "$k"
   format_storage_once "$k"
