@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     try:
         relay(settings, settings.cluster_topic(args.cluster),
               [settings.subscribers_topic(args.cluster)],
-              f"cluster{args.cluster}-publisher", log, stop)
+              f"cluster{args.cluster}-publisher", log, stop,
+              settings.cluster_publisher_metrics_port(args.cluster))
     except kafka_clients.KafkaUnavailable as err:
         log.error("%s", err)
         return 1

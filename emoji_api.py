@@ -5,6 +5,7 @@
     POST /emojis   a JSON array of events (at most API_MAX_BATCH); invalid ones are reported
                    by index, the valid ones are accepted
     GET  /health   200 while Kafka takes records, else 503
+    GET  /metrics  Prometheus metrics, summed over the server's worker processes
 
 An event names its live stream ("stream_id", default "main"); one for a stream that is not known
 (STREAMS and those added through the registration API, emojistream/streams.py) is refused with
@@ -27,11 +28,13 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 
 from flask import Flask, request
 
-from emojistream import config, ingest, kafka_clients, wsgi
+from emojistream import config, ingest, kafka_clients, metrics, wsgi
 from emojistream.events import EventValidator, InvalidEvent
 from emojistream.ingest import KafkaEventSink, SinkUnavailable
 from emojistream.json_api import ApiError, add_json_error_handlers, json_body, json_error
@@ -40,9 +43,12 @@ from emojistream.streams import StreamCatalog, UnknownStream
 
 log = logging.getLogger("emoji_api")
 
-ENDPOINTS = "POST /emoji, POST /emojis and GET /health"
-SINK = "emoji_sink"  # keys of the sink and the stream catalog in app.extensions
+ENDPOINTS = "POST /emoji, POST /emojis, GET /health and GET /metrics"
+SINK = "emoji_sink"  # keys of the sink, the stream catalog and the metrics in app.extensions
 STREAMS = "streams"
+METRICS = "metrics"
+# How often each worker copies its producer's buffer and errors into the metrics.
+METRICS_SAMPLE_S = 1.0
 RETRY_AFTER_S = "1"
 # How long a new worker waits to learn the streams added at run time before it serves.
 STREAMS_READ_TIMEOUT_S = 10.0
@@ -57,7 +63,9 @@ def create_app(settings: config.Settings | None = None, sink=None,
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings)
     app.extensions[STREAMS] = streams if streams is not None else StreamCatalog(settings).start()
+    app.extensions[METRICS] = metrics.IngestMetrics()
     _add_routes(app, settings)
+    _add_metrics(app)
     _add_cors(app, settings)
     _add_error_handlers(app)
     return app
@@ -116,6 +124,8 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
     sink = app.extensions[SINK]
     streams = app.extensions[STREAMS]
 
+    refused = app.extensions[METRICS].refused
+
     def accept(item, received_at: datetime) -> dict:
         event = validator.validate(item, received_at)
         streams.require(event["stream_id"])
@@ -124,14 +134,21 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
     @app.post("/emoji")
     def post_emoji():
         received_at = _now()
-        event = accept(json_body(), received_at)
-        _send(sink, [event], received_at)
+        try:
+            event = accept(json_body(), received_at)
+        except InvalidEvent:
+            refused.labels("invalid").inc()
+            raise
+        except UnknownStream:
+            refused.labels("unknown_stream").inc()
+            raise
+        _send(app, [event], received_at)
         return {"status": "success"}
 
     @app.post("/emojis")
     def post_emojis():
         items = json_body()
-        _check_batch(items, settings.api_max_batch)
+        _check_batch(items, settings.api_max_batch, refused)
         received_at = _now()
         accepted, rejected, unknown_streams = [], [], 0
         for index, item in enumerate(items):
@@ -143,11 +160,13 @@ def _add_routes(app: Flask, settings: config.Settings) -> None:
                 rejected.append({"index": index, "error": str(err)})
                 unknown_streams += 1
         body = {"status": "success", "accepted": len(accepted), "rejected": rejected}
+        refused.labels("unknown_stream").inc(unknown_streams)
+        refused.labels("invalid").inc(len(rejected) - unknown_streams)
         if not accepted:
             status = 404 if unknown_streams == len(items) else 400
             raise ApiError(status, f"none of the {len(items)} events is valid",
                            {**body, "status": "error"})
-        _send(sink, accepted, received_at)
+        _send(app, accepted, received_at)
         return body
 
     @app.get("/health")
@@ -162,20 +181,57 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_batch(items, max_batch: int) -> None:
+def _check_batch(items, max_batch: int, refused) -> None:
     if not isinstance(items, list):
         raise ApiError(400, "body must be a JSON array of events")
     if not items:
         raise ApiError(400, "empty batch")
     if len(items) > max_batch:
+        refused.labels("too_large").inc(len(items))
         raise ApiError(413, f"batch has {len(items)} events; at most {max_batch} are allowed")
 
 
-def _send(sink, events: list[dict], received_at: datetime) -> None:
+def _send(app: Flask, events: list[dict], received_at: datetime) -> None:
+    counters = app.extensions[METRICS]
     try:
-        sink.send(events, received_at.timestamp())
+        app.extensions[SINK].send(events, received_at.timestamp())
     except SinkUnavailable as err:
+        counters.refused.labels("unavailable").inc(len(events))
         raise _unavailable(str(err)) from None
+    counters.accepted.inc(len(events))
+
+
+def _add_metrics(app: Flask) -> None:
+    """GET /metrics, and every answer counted by endpoint and status."""
+    counters = app.extensions[METRICS]
+
+    @app.after_request
+    def count(response):
+        endpoint = request.url_rule.rule if request.url_rule is not None else "other"
+        counters.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.get(metrics.PATH)
+    def serve_metrics():
+        sample_sink(app)
+        registry = (metrics.multiprocess_registry() if os.environ.get(metrics.MULTIPROC_ENV)
+                    else counters.registry)
+        body, content_type = metrics.exposition(registry)
+        return body, 200, {"Content-Type": content_type}
+
+
+def sample_sink(app: Flask) -> None:
+    """Copy the sink's buffer and failures into the metrics (a sink without stats has none)."""
+    stats = getattr(app.extensions[SINK], "stats", None)
+    if stats is not None:
+        app.extensions[METRICS].sample(stats())
+
+
+def _sample_forever(app: Flask) -> None:
+    """In each worker: its buffer in the metrics, also when another worker answers /metrics."""
+    while True:
+        time.sleep(METRICS_SAMPLE_S)
+        sample_sink(app)
 
 
 def _unavailable(reason: str) -> ApiError:
@@ -199,13 +255,17 @@ def close_sink(app: Flask) -> None:
     """As a worker ends: deliver what it accepted before it goes, stop following the streams."""
     app.extensions[SINK].close()
     app.extensions[STREAMS].stop()
+    metrics.forget_process(os.getpid())
 
 
 def worker_app(settings: config.Settings | None = None) -> Flask:
     """The app of one server worker, its producer connected before it serves (requests would
     otherwise be answered 503 while it connects). Runs in each worker after the fork, so every
     worker has its own producer. Settings default to the environment's."""
+    metrics.use_multiprocess_values()
     app = create_app(settings or config.load())
+    threading.Thread(target=_sample_forever, args=(app,), daemon=True,
+                     name="metrics-sampler").start()
     problem = app.extensions[SINK].problem()
     if problem is not None:
         log.warning("worker %d starts without Kafka: %s", os.getpid(), problem)
@@ -251,6 +311,10 @@ def main(argv=None) -> int:
              settings.emoji_events_topic)
     os.environ.update(config.to_environment(settings))  # the workers' settings
     try:
+        # Checked before the metrics folder is emptied: it may be a running API's.
+        wsgi.check_port_free(settings.api_host, settings.api_port)
+        metrics.prepare_multiprocess_dir(
+            settings.var_path / "metrics" / f"emoji_api-{settings.api_port}")
         wsgi.serve("emoji_api:worker_app", host=settings.api_host, port=settings.api_port,
                    workers=settings.api_workers, threads=settings.api_threads,
                    worker_exit="emoji_api:close_sink")

@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     stop = stop_on_signals()
     targets = [settings.cluster_topic(n) for n in settings.clusters]
     try:
-        relay(settings, settings.aggregated_topic, targets, GROUP_ID, log, stop)
+        relay(settings, settings.aggregated_topic, targets, GROUP_ID, log, stop,
+              settings.main_publisher_metrics_port())
     except kafka_clients.KafkaUnavailable as err:
         log.error("%s", err)
         return 1

@@ -11,6 +11,7 @@
     GET  /clusters   [{"cluster_id", "endpoint", "healthy", "live_connections",
                      "registered_viewers"}, ...]
     GET  /health     {"status": "ok", "registered_viewers": N}
+    GET  /metrics    Prometheus metrics: registrations, each cluster's health and load
     GET  /           the viewers' web page (emojistream/web.py, static/)
 
 The registry (emojistream/registry.py) lives in memory, so the API is served by one granian
@@ -32,7 +33,7 @@ from urllib.parse import quote
 from flask import Flask, request
 from kafka.errors import KafkaError
 
-from emojistream import config, kafka_clients, secrets, tokens, web, wsgi
+from emojistream import config, kafka_clients, metrics, secrets, tokens, web, wsgi
 from emojistream.events import DEFAULT_STREAM, InvalidEvent, check_identifier, check_stream_id
 from emojistream.json_api import ApiError, add_json_error_handlers, json_body
 from emojistream.lifecycle import load_settings
@@ -51,11 +52,12 @@ from emojistream.streams import StreamCatalog, StreamWriter, UnknownStream
 
 log = logging.getLogger("registration_api")
 
-REGISTRY = "registry"  # keys of the registry, the health monitor and the stream catalog
+REGISTRY = "registry"  # keys of the registry, the health monitor, the stream catalog, metrics
 MONITOR = "health_monitor"
 STREAMS = "streams"
+METRICS = "metrics"
 ENDPOINTS = ("POST /register, POST /deregister, GET /clusters, GET /streams, POST /streams, "
-             "DELETE /streams/ID and GET /health")
+             "DELETE /streams/ID, GET /health and GET /metrics")
 # How long POST /streams waits for the new stream to be known (read back from Kafka).
 STREAM_KNOWN_TIMEOUT_S = 5.0
 
@@ -105,6 +107,7 @@ def create_app(settings: config.Settings | None = None, registry: Registry | Non
     app.extensions[REGISTRY] = registry
     app.extensions[MONITOR] = monitor
     app.extensions[STREAMS] = streams
+    app.extensions[METRICS] = metrics.RegistrationMetrics(registry)
     _add_routes(app, settings, registry, monitor, token_secret, streams)
     _add_stream_routes(app, settings, registry, streams, admin_key)
     web.add_web_page(app, settings)
@@ -152,6 +155,7 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
                      cluster_id(cluster))
         token = tokens.issue(secret, client_id, cluster, settings.token_ttl_s, time.time(),
                              stream_id)
+        app.extensions[METRICS].registrations.inc()
         return {"status": "success", "cluster_id": cluster_id(cluster), "stream_id": stream_id,
                 "subscriber_endpoint": endpoint_for(settings, cluster, token)}
 
@@ -162,6 +166,7 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
         if cluster is None:
             raise ApiError(404, f"client_id {client_id!r} is not registered")
         log.info("deregistered %r from %s", client_id, cluster_id(cluster))
+        app.extensions[METRICS].deregistrations.inc()
         return {"status": "success"}
 
     @app.get("/clusters")
@@ -174,6 +179,11 @@ def _add_routes(app: Flask, settings: config.Settings, registry: Registry,
     @app.get("/health")
     def health():
         return {"status": "ok", "registered_viewers": registry.total()}
+
+    @app.get(metrics.PATH)
+    def serve_metrics():
+        body, content_type = metrics.exposition(app.extensions[METRICS].registry)
+        return body, 200, {"Content-Type": content_type}
 
 
 def worker_app() -> Flask:

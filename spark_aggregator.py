@@ -19,6 +19,9 @@ DataSketches, hll_sketch_agg, 2^UNIQUE_USERS_LG_K buckets: 0.8% relative standar
 default, exact for small counts) per allowed emoji, so every record is the window's complete
 picture. Events that are not valid, or whose time is too far from their record's
 (emojistream/config.py), are skipped and counted.
+
+Metrics (batch duration, rows/s, skipped events, watermark delay, state rows) are served at
+http://METRICS_HOST:METRICS_FIRST_PORT/metrics; Spark's own UI at SPARK_UI_PORT (logged).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from emojistream import checkpoints, kafka_clients
+from emojistream import checkpoints, kafka_clients, metrics
 from emojistream.config import STREAM_ID
 from emojistream.events import DEFAULT_STREAM, MAX_USER_ID_LENGTH, format_timestamp
 from emojistream.lifecycle import load_settings, stop_on_signals
@@ -244,6 +247,25 @@ def failure_message(error: str, checkpoint: str) -> str:
     return f"the query stopped: {first_line.strip()}"
 
 
+class ProgressMetrics(StreamingQueryListener):
+    """Each micro-batch's progress into the aggregator's metrics."""
+
+    def __init__(self, aggregator_metrics: metrics.AggregatorMetrics):
+        self.metrics = aggregator_metrics
+
+    def onQueryStarted(self, event):
+        pass
+
+    def onQueryProgress(self, event):
+        self.metrics.record(event.progress)
+
+    def onQueryIdle(self, event):
+        pass
+
+    def onQueryTerminated(self, event):
+        pass
+
+
 def reset_checkpoint(checkpoint: str, settings, replay_from, log) -> int:
     try:
         replay, kept = checkpoints.reset(checkpoint, settings, replay_from)
@@ -272,6 +294,7 @@ def main(argv=None) -> int:
     stopping = stop_on_signals()
     try:
         spark.streams.addListener(ProgressLog(log, args.progress_interval))
+        serve_metrics(spark, settings, log)
         query = start_query(spark, settings, checkpoint)
         log.info("ready: aggregating %s into %s: %s-second windows, watermark %s s, master %s",
                  settings.emoji_events_topic, settings.aggregated_topic,
@@ -291,6 +314,16 @@ def main(argv=None) -> int:
         return 1
     finally:
         stop_spark(spark, log)
+
+
+def serve_metrics(spark, settings, log) -> None:
+    """The metrics on their port, from every batch's progress; where Spark's UI is."""
+    aggregator_metrics = metrics.AggregatorMetrics()
+    spark.streams.addListener(ProgressMetrics(aggregator_metrics))
+    metrics.serve(aggregator_metrics.registry, settings.metrics_host,
+                  settings.aggregator_metrics_port(), "spark_aggregator")
+    ui = spark.sparkContext.uiWebUrl
+    log.info("Spark's UI: %s", ui or "off (SPARK_UI_ENABLED=false)")
 
 
 def stop_spark(spark, log) -> None:

@@ -23,7 +23,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from emojistream import config, kafka_clients, secrets
+from emojistream import config, kafka_clients, metrics, secrets
 from emojistream.backoff import Backoff
 from emojistream.events import InvalidEvent, decode_window_update
 from emojistream.lifecycle import add_cluster_option, load_settings, stop_on_signals
@@ -91,6 +91,7 @@ class Subscriber:
         self.stop = stop
         self.backoff = backoff
         self.stats = {"handed_over": 0, "skipped": 0}
+        self.metrics = metrics.RelayMetrics(prefix="subscriber")
         self._positions_logged: set[TopicPartition] = set()
 
     def run(self) -> None:
@@ -103,6 +104,7 @@ class Subscriber:
                     self.backoff.reset()
                     self._forward_while_open(connection)
             except (HandOverFailed, OSError, WebSocketException, TimeoutError) as err:
+                self.metrics.retried.inc()
                 delay = self.backoff.next_delay()
                 log.warning("no connection to %s (%s); retrying in %.1f s (attempt %d)",
                             self.outlet.url, describe(err), delay, self.backoff.attempts)
@@ -115,6 +117,7 @@ class Subscriber:
             if connection.state is not State.OPEN:
                 raise HandOverFailed("the server closed the connection")
             batches = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            self.metrics.observe_lag(self.consumer)
             self._log_new_partitions(batches)
             self._forward(connection, batches)
 
@@ -158,6 +161,7 @@ class Subscriber:
         if texts:
             deliver(connection, texts)
         self.stats["handed_over"] += len(texts)
+        self.metrics.forwarded.inc(len(texts))
         self._commit(tp, records[-1].offset + 1)
 
     def _update_text(self, record) -> str | None:
@@ -167,6 +171,7 @@ class Subscriber:
             return record.value.decode("utf-8")
         except (InvalidEvent, UnicodeDecodeError) as err:
             self.stats["skipped"] += 1
+            self.metrics.skipped.inc()
             log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
                         record.partition, record.offset, err, self.stats["skipped"])
             return None
@@ -234,6 +239,8 @@ def main(argv=None) -> int:
     outlet = Outlet(settings.ws_publish_url(args.cluster), key, settings)
     subscriber = Subscriber(consumer, outlet, stop,
                             Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s))
+    metrics.serve(subscriber.metrics.registry, settings.metrics_host,
+                  settings.subscriber_metrics_port(args.cluster, args.member), log.name)
     log.info("cluster %d subscriber %d: %s -> %s", args.cluster, args.member,
              settings.subscribers_topic(args.cluster), outlet.url)
     try:

@@ -10,6 +10,8 @@
     GET http://HOST:PORT/health  {"cluster": N, "status": "ok", "viewers": V, "subscribers": S,
                                   "streams": {ID: {"viewers": V, "last_window": START,
                                                    "last_window_total": T}, ...}}
+    GET http://HOST:PORT/metrics Prometheus metrics: viewers, broadcasts and their duration,
+                                 slow viewers dropped, tokens refused (emojistream/metrics.py)
 
 One asyncio event loop, no threads: the first copy of each version of a window is broadcast, in
 batches of WS_BROADCAST_BATCH viewers, to the viewers of its stream (the stream their token
@@ -45,7 +47,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from emojistream import closecodes, config, secrets, tokens
+from emojistream import closecodes, config, metrics, secrets, tokens
 from emojistream.dedup import WindowDeduplicator
 from emojistream.events import InvalidEvent, decode_window_update, parse_timestamp
 from emojistream.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
@@ -56,6 +58,7 @@ log = logging.getLogger("ws_server")
 VIEWER_PATH = "/"
 PUBLISH_PATH = "/publish"
 HEALTH_PATH = "/health"
+METRICS_PATH = metrics.PATH
 
 
 # The windows of a stream whose latest update a viewer gets as it connects.
@@ -117,6 +120,7 @@ class Hub:
         self.stats = {"broadcast": 0, "duplicate": 0, "stale": 0, "invalid": 0,
                       "from_viewers": 0, "refused": 0, "replaced": 0, "too_many": 0,
                       "too_slow": 0, "unwatched": 0}
+        self.metrics = metrics.WsMetrics(self)
 
     # --- HTTP, before the WebSocket handshake ---
 
@@ -124,6 +128,8 @@ class Hub:
         path = urlsplit(request.path).path
         if path == HEALTH_PATH:
             return self._health(connection, request.method)
+        if path == METRICS_PATH:
+            return self._metrics(connection, request.method)
         if path == PUBLISH_PATH and not self._authorized(request.headers):
             log.warning("refused a subscriber from %s: missing or wrong key",
                         _peer(connection))
@@ -168,14 +174,14 @@ class Hub:
 
     def _health(self, connection: ServerConnection, method: str) -> Response:
         if method != "GET":
-            response = connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
-                                          f"{method} is not allowed on {HEALTH_PATH}; use GET\n")
-            response.headers["Allow"] = "GET"
-            return response
-        response = connection.respond(http.HTTPStatus.OK, json.dumps(self.health()) + "\n")
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "application/json"
-        return response
+            return _get_only(connection, method, HEALTH_PATH)
+        return _answer(connection, json.dumps(self.health()) + "\n", "application/json")
+
+    def _metrics(self, connection: ServerConnection, method: str) -> Response:
+        if method != "GET":
+            return _get_only(connection, method, METRICS_PATH)
+        body, content_type = metrics.exposition(self.metrics.registry)
+        return _answer(connection, body.decode("utf-8"), content_type)
 
     # --- WebSocket connections ---
 
@@ -190,6 +196,7 @@ class Hub:
                                                  time.time())
         except tokens.TokenError as err:
             self.stats["refused"] += 1
+            self.metrics.tokens_refused.inc()
             log.info("refused a viewer from %s: %s (%d)", _peer(connection), err.reason,
                      err.code)
             await connection.close(err.code, err.reason)
@@ -274,11 +281,13 @@ class Hub:
             verdict = stream.dedup.check(update)
         except (InvalidEvent, ValueError) as err:
             self.stats["invalid"] += 1
+            self.metrics.updates_dropped.labels("invalid").inc()
             log.warning("skipped an invalid update from %s: %s (%d invalid so far)",
                         _peer(connection), err, self.stats["invalid"])
             return
         if verdict != WindowDeduplicator.NEW:
             self.stats[verdict] += 1
+            self.metrics.updates_dropped.labels(verdict).inc()
             log.debug("dropped a %s update for window %s of %s", verdict,
                       update["window_start"], update["stream_id"])
             return
@@ -320,8 +329,11 @@ class Hub:
             if first:
                 await asyncio.sleep(0)  # let the loop run between batches
             # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
-            broadcast(self._keeping_up(viewers[first:first + self.broadcast_batch]), data,
-                      text=True)
+            batch = self._keeping_up(viewers[first:first + self.broadcast_batch])
+            broadcast(batch, data, text=True)
+            self.metrics.messages.inc(len(batch))
+        self.metrics.broadcasts.inc()
+        self.metrics.duration.observe(time.perf_counter() - started)
         log.debug("broadcast window %s to %d viewer(s) in %.1f ms", window, len(viewers),
                   1000 * (time.perf_counter() - started))
 
@@ -340,11 +352,26 @@ class Hub:
                 keeping_up.append(viewer)
                 continue
             self.stats["too_slow"] += 1
+            self.metrics.slow_dropped.inc()
             log.info("closing a viewer from %s that does not keep up: %d bytes unsent",
                      _peer(viewer), unsent)
             self._close_later(viewer, closecodes.TOO_SLOW,
                               f"too slow: more than {self.max_unsent_bytes} bytes unsent")
         return keeping_up
+
+
+def _get_only(connection: ServerConnection, method: str, path: str) -> Response:
+    response = connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
+                                  f"{method} is not allowed on {path}; use GET\n")
+    response.headers["Allow"] = "GET"
+    return response
+
+
+def _answer(connection: ServerConnection, body: str, content_type: str) -> Response:
+    response = connection.respond(http.HTTPStatus.OK, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def _token(path: str) -> str | None:
@@ -379,8 +406,9 @@ async def run(settings: config.Settings, cluster: int, key: str, token_secret: s
                      **settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
                      compression=None, backlog=settings.ws_listen_backlog):
         log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
-                 "health at %s; open-file limit %d (one per connection)", cluster,
-                 settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH, HEALTH_PATH, open_files)
+                 "health at %s, metrics at %s; open-file limit %d (one per connection)", cluster,
+                 settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH, HEALTH_PATH, METRICS_PATH,
+                 open_files)
         await stop.wait()
         log.info("stopping: closing %d viewer and %d subscriber connection(s)",
                  len(hub.viewers), len(hub.subscribers))

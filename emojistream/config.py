@@ -105,7 +105,10 @@ class Settings:
     # partition holds them; more only add a task and a state store commit to every batch.
     spark_shuffle_partitions: int = 1
     spark_driver_memory: str = "2g"
-    spark_ui_enabled: bool = False
+    # Spark's own web UI (jobs, stages, the streaming query's batches) on SPARK_UI_PORT while
+    # the aggregator runs (Spark takes the next free port when it is taken, and logs where).
+    spark_ui_enabled: bool = True
+    spark_ui_port: int = 4040
     spark_log_level: str = "WARN"
 
     # Live streams: every reaction, window and viewer belongs to one. STREAMS are always known
@@ -228,6 +231,18 @@ class Settings:
     ws_health_poll_s: float = 1.0
     ws_health_timeout_s: float = 2.0
     ws_health_url_template: str = "http://{host}:{port}/health"
+    # Prometheus metrics (emojistream/metrics.py, docs/operations.md). The HTTP components serve
+    # GET /metrics on their own port (the ingest API, the registration API, each WebSocket
+    # server). The processes that only talk to Kafka each serve it on a port of their own,
+    # counted from METRICS_FIRST_PORT: the aggregator +0, the main publisher +1, cluster N's
+    # publisher +1+N, cluster N's subscriber K +1+CLUSTER_COUNT+(N-1)*SUBSCRIBERS_PER_CLUSTER+K
+    # (9310 to 9320 by default); METRICS_HOST is the address they listen on. Kafka broker K's
+    # JMX exporter listens on KAFKA_METRICS_PORT + K - 1 (0: no exporter).
+    # `python -m emojistream.prometheus_config` prints a Prometheus scrape config of them all.
+    metrics_host: str = "localhost"
+    metrics_first_port: int = 9310
+    kafka_metrics_port: int = 9404
+
     # Reconnect delays (exponential backoff with jitter) of subscribers and viewers.
     subscriber_retry_max_s: float = 2.0
     viewer_retry_initial_s: float = 0.5
@@ -337,6 +352,30 @@ class Settings:
     def ws_port(self, n: int) -> int:
         """The port of cluster N's WebSocket server."""
         return self.ws_first_port + n - 1
+
+    def aggregator_metrics_port(self) -> int:
+        return self.metrics_first_port
+
+    def main_publisher_metrics_port(self) -> int:
+        return self.metrics_first_port + 1
+
+    def cluster_publisher_metrics_port(self, n: int) -> int:
+        return self.metrics_first_port + 1 + n
+
+    def subscriber_metrics_port(self, n: int, k: int) -> int:
+        """Cluster N's subscriber K: after every cluster publisher's port, so no two collide."""
+        return (self.metrics_first_port + 1 + self.cluster_count
+                + (n - 1) * self.subscribers_per_cluster + k)
+
+    def metrics_port_count(self) -> int:
+        """How many ports from METRICS_FIRST_PORT the Kafka-only processes take."""
+        return 2 + self.cluster_count * (1 + self.subscribers_per_cluster)
+
+    def kafka_metrics_ports(self) -> list[int]:
+        """The JMX exporter's port of each local broker (none when KAFKA_METRICS_PORT is 0)."""
+        if not self.kafka_metrics_port:
+            return []
+        return [self.kafka_metrics_port + i for i in range(self.kafka_brokers)]
 
     def ws_cluster_host(self, n: int) -> str:
         """The host name of cluster N's WebSocket server (WS_CLUSTER_HOSTS, else WS_HOST)."""

@@ -150,6 +150,7 @@ class KafkaEventSink:
         self._progress_at = time.monotonic()
         self._failure: str | None = None
         self._lost = 0
+        self._send_errors = 0   # records Kafka did not take
         self._probe_at = -math.inf
         self._closed = False
         self._said_unavailable = False
@@ -247,6 +248,12 @@ class KafkaEventSink:
         if problem is not None:
             raise SinkUnavailable(problem)
 
+    def stats(self) -> dict:
+        """What waits for Kafka now, and what failed since the start (for the metrics)."""
+        with self._lock:
+            return {"pending_events": self._pending, "pending_bytes": self._pending_bytes,
+                    "send_errors": self._send_errors, "lost_events": self._lost}
+
     def _problem_locked(self, extra_bytes: int) -> str | None:
         if self._closed:
             return "the API is shutting down"
@@ -340,6 +347,7 @@ class KafkaEventSink:
             self._pending -= len(record.events)
             self._pending_bytes -= record.size - len(record.events)
             self._lost += len(record.events)
+            self._send_errors += 1
             first = self._failure is None
             self._failure = str(error)
         if first:

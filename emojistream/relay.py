@@ -17,7 +17,7 @@ import threading
 
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 
-from . import kafka_clients
+from . import kafka_clients, metrics
 from .backoff import Backoff
 from .config import Settings
 from .events import InvalidEvent, decode_window_update
@@ -47,6 +47,7 @@ class Relay:
                                                auto_offset_reset="earliest")
         self.producer = self._new_producer()
         self.stats = {"forwarded": 0, "skipped": 0, "retried": 0}
+        self.metrics = metrics.RelayMetrics()
         self._backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
         try:
             kafka_clients.require_topics(settings, [source, *targets], self.consumer)
@@ -60,6 +61,7 @@ class Relay:
         """Forward until ``stop`` is set."""
         while not stop.is_set():
             polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            self.metrics.observe_lag(self.consumer)
             if not polled:
                 continue
             try:
@@ -69,6 +71,7 @@ class Relay:
                 self._drop_producer()
                 delay = self._backoff.next_delay()
                 self.stats["retried"] += 1
+                self.metrics.retried.inc()
                 self.log.warning("%s; not committing: sending the batch again in %.1f s "
                                  "(attempt %d)", err, delay, self._backoff.attempts)
                 stop.wait(delay)
@@ -139,6 +142,7 @@ class Relay:
             else:
                 forwarded += 1
         self.stats["forwarded"] += forwarded
+        self.metrics.forwarded.inc(forwarded)
 
     def _is_update(self, record) -> bool:
         try:
@@ -150,6 +154,7 @@ class Relay:
 
     def _skip(self, record, reason: str) -> None:
         self.stats["skipped"] += 1
+        self.metrics.skipped.inc()
         self.log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
                          record.partition, record.offset, reason, self.stats["skipped"])
 
@@ -172,10 +177,13 @@ class Relay:
 
 
 def relay(settings: Settings, source: str, targets: list[str], group_id: str,
-          log: logging.Logger, stop: threading.Event) -> None:
-    """Forward every window update of ``source`` to each of ``targets`` until ``stop`` is set.
-    KafkaUnavailable (or its MissingTopic) when Kafka or a topic is not there."""
+          log: logging.Logger, stop: threading.Event, metrics_port: int | None = None) -> None:
+    """Forward every window update of ``source`` to each of ``targets`` until ``stop`` is set,
+    serving the metrics on ``metrics_port``. KafkaUnavailable (or its MissingTopic) when Kafka or
+    a topic is not there."""
     forwarder = Relay(settings, source, targets, group_id, log)
+    if metrics_port:
+        metrics.serve(forwarder.metrics.registry, settings.metrics_host, metrics_port, log.name)
     try:
         forwarder.run(stop)
     finally:

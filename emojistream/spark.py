@@ -109,6 +109,7 @@ def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = N
                .config("spark.jars", ",".join(connector_jars(settings)))
                .config("spark.sql.shuffle.partitions", settings.spark_shuffle_partitions)
                .config("spark.ui.enabled", str(settings.spark_ui_enabled).lower())
+               .config("spark.ui.port", str(settings.spark_ui_port))
                .config("spark.driver.memory", settings.spark_driver_memory)
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.showConsoleProgress", "false")

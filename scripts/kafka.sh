@@ -15,8 +15,12 @@
 # controller on KAFKA_CONTROLLER_PORT + (K-1)*KAFKA_PORT_STEP. Set KAFKA_BROKERS=N rather than
 # --brokers N alone, so that the clients' KAFKA_BOOTSTRAP_SERVERS lists every broker.
 #
+# Each broker carries the Prometheus JMX exporter's Java agent (lib/jmx-exporter, fetched by
+# scripts/setup.sh; rules in config/kafka-jmx-exporter.yaml): broker K's metrics are at
+# http://KAFKA_HOST:(KAFKA_METRICS_PORT + K - 1)/metrics; KAFKA_METRICS_PORT=0 leaves it out.
+#
 # Settings (environment): KAFKA_BROKERS, KAFKA_HOST, KAFKA_PORT, KAFKA_CONTROLLER_PORT,
-# KAFKA_PORT_STEP, KAFKA_HEAP, VAR_DIR, KAFKA_HOME (use an existing Kafka distribution instead
+# KAFKA_PORT_STEP, KAFKA_METRICS_PORT, KAFKA_HEAP, VAR_DIR, KAFKA_HOME (use an existing Kafka distribution instead
 # of the jars in lib/kafka), KAFKA_START_TIMEOUT, KAFKA_STOP_TIMEOUT (seconds).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -33,6 +37,10 @@ node_dir() {
 }
 node_port() { echo $((KAFKA_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
 node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
+# node_metrics_port K: where broker K's JMX exporter listens (0: no exporter).
+node_metrics_port() {
+  if [ "$KAFKA_METRICS_PORT" -eq 0 ]; then echo 0; else echo $((KAFKA_METRICS_PORT + $1 - 1)); fi
+}
 node_name() {
   if [ "$BROKERS" -eq 1 ]; then echo "Kafka"; else echo "Kafka broker $1"; fi
 }
@@ -100,6 +108,16 @@ java_opts() {
   echo "-Dlog4j2.configurationFile=$REPO_ROOT/config/kafka-log4j2.properties"
 }
 
+# jmx_exporter_opts K: the JVM option that loads the JMX exporter into broker K, if any.
+jmx_exporter_opts() {
+  local port jar
+  port="$(node_metrics_port "$1")"
+  [ "$port" -ne 0 ] || return 0
+  jar="$(ls "$REPO_ROOT"/lib/jmx-exporter/jmx_prometheus_javaagent-*.jar 2>/dev/null | head -n 1)"
+  [ -n "$jar" ] || die "the JMX exporter's agent is missing from lib/jmx-exporter: run scripts/setup.sh (or set KAFKA_METRICS_PORT=0)"
+  echo "-javaagent:$jar=$KAFKA_HOST:$port:$REPO_ROOT/config/kafka-jmx-exporter.yaml"
+}
+
 kafka_storage_tool() {
   java -cp "$(kafka_classpath)" \
     -Dlog4j2.configurationFile="$REPO_ROOT/config/kafka-tools-log4j2.properties" \
@@ -160,14 +178,22 @@ start_node() {
   if port_open "$KAFKA_HOST" "$(node_controller_port "$k")"; then
     die "$KAFKA_HOST:$(node_controller_port "$k") is already taken by another process; set KAFKA_CONTROLLER_PORT"
   fi
+  # A taken metrics port costs the broker its metrics, not its start (as for every component).
+  local agent=""
+  if [ "$(node_metrics_port "$k")" -ne 0 ] && port_open "$KAFKA_HOST" "$(node_metrics_port "$k")"; then
+    say "WARNING: $KAFKA_HOST:$(node_metrics_port "$k") is already taken: $name starts without its metrics (set KAFKA_METRICS_PORT)" >&2
+  else
+    agent="$(jmx_exporter_opts "$k")"
+  fi
   mkdir -p "$dir/data" "$dir/logs"
   write_properties "$k"
   format_storage_once "$k"
   # shellcheck disable=SC2046
-  setsid java $(java_opts "$dir/logs") -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties" \
+  setsid java $(java_opts "$dir/logs") $agent -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties" \
     > "$dir/logs/stdout.log" 2>&1 < /dev/null &
   write_pid_file "$dir/kafka.pid" "$!"
   say "starting $name (pid $!) on $KAFKA_HOST:$port, logs in $dir/logs"
+  [ -z "$agent" ] || say "$name's metrics: http://$KAFKA_HOST:$(node_metrics_port "$k")/metrics"
 }
 
 # wait_for_node K: until broker K accepts connections; die if it exits or takes too long.

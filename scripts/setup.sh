@@ -5,9 +5,13 @@
 #   - lib/kafka/: the Apache Kafka broker and tools, from Maven Central (jvm/kafka/pom.xml);
 #   - lib/spark-kafka/: Spark's Kafka source and sink at the pyspark version, without the jars
 #     pyspark already ships (jvm/spark-kafka/pom.xml);
+#   - lib/jmx-exporter/: the Prometheus JMX exporter's Java agent, which scripts/kafka.sh loads
+#     into every broker (jvm/jmx-exporter/pom.xml);
 #   - Debian's chromium (and an emoji font), for the web page's browser tests, which Playwright
 #     drives (Playwright's own browser download is not used): installed with apt-get when
 #     /usr/bin/chromium is missing;
+#   - Debian's prometheus, for the metrics test (tests/test_prometheus.py) and
+#     scripts/prometheus.sh: installed with apt-get when /usr/bin/prometheus is missing;
 #   - the token secret and the subscriber key under $VAR_DIR/secrets, when not configured.
 # Requires Python 3.11+, Java 17+ and Maven.
 set -euo pipefail
@@ -103,28 +107,50 @@ setup_browser() {
     say "WARNING: (Debian/Ubuntu packages: ${BROWSER_PACKAGES[*]}) and run setup again"
     return
   fi
+  apt_install "the browser tests" "${BROWSER_PACKAGES[@]}"
+  [ -x /usr/bin/chromium ] || die "apt-get installed chromium, but /usr/bin/chromium is missing"
+}
+
+# apt_install PURPOSE PACKAGE...: install Debian packages with apt-get (as root, or with sudo).
+apt_install() {
+  local purpose="$1"; shift
   local sudo=()
   if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null \
-      || die "installing ${BROWSER_PACKAGES[*]} needs root: run 'apt-get install ${BROWSER_PACKAGES[*]}' as root"
+      || die "installing $* needs root: run 'apt-get install $*' as root"
     sudo=(sudo)
   fi
-  say "installing Debian's ${BROWSER_PACKAGES[*]} (apt-get) for the browser tests"
+  say "installing Debian's $* (apt-get) for $purpose"
   "${sudo[@]}" apt-get update -qq || die "apt-get update failed (see above)"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${BROWSER_PACKAGES[@]}" \
-    || die "apt-get could not install ${BROWSER_PACKAGES[*]} (see above)"
-  [ -x /usr/bin/chromium ] || die "apt-get installed chromium, but /usr/bin/chromium is missing"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+    || die "apt-get could not install $* (see above)"
+}
+
+# Debian's Prometheus server, which tests/test_prometheus.py starts on a free port (the package
+# also installs a service that this project does not use). Without apt-get this says what to
+# install and carries on.
+setup_prometheus() {
+  [ -x /usr/bin/prometheus ] && return
+  if ! command -v apt-get >/dev/null; then
+    say "WARNING: /usr/bin/prometheus is missing and apt-get is not available here; the metrics"
+    say "WARNING: test (tests/test_prometheus.py) needs it: install Debian's prometheus package"
+    return
+  fi
+  apt_install "the metrics test" prometheus
+  [ -x /usr/bin/prometheus ] || die "apt-get installed prometheus, but /usr/bin/prometheus is missing"
 }
 
 main() {
   check_prerequisites
   setup_browser
+  setup_prometheus
   setup_python
   mkdir -p lib
   if [ -z "${KAFKA_HOME:-}" ]; then
     fetch_jars kafka
   fi
   fetch_jars spark-kafka
+  fetch_jars jmx-exporter
   drop_jars_pyspark_ships
   check_connector_version
   # The token secret and the subscriber key, random, under $VAR_DIR/secrets unless configured.

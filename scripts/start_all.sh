@@ -88,4 +88,4 @@ start main_publisher main_publisher.py
 start emoji_api emoji_api.py
 
 wait_until_ready
-say "the system is up: ingest http://$API_HOST:$API_PORT, registration http://$REGISTRATION_HOST:$REGISTRATION_PORT, logs in $LOG_DIR"
+say "the system is up: ingest http://$API_HOST:$API_PORT, registration http://$REGISTRATION_HOST:$REGISTRATION_PORT, logs in $LOG_DIR; scripts/status.sh shows every component and its metrics"

@@ -59,6 +59,11 @@ def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
         "REGISTRATION_PORT": str(free_port()),
         "WS_FIRST_PORT": str(free_port_run(cluster_count)),
         "CLUSTER_COUNT": str(cluster_count),
+        # The Kafka-only processes' metrics ports (2 subscribers a cluster), up to 3 brokers'
+        # JMX exporters, Spark's UI.
+        "METRICS_FIRST_PORT": str(free_port_run(2 + 3 * cluster_count)),
+        "KAFKA_METRICS_PORT": str(free_port_run(3)),
+        "SPARK_UI_PORT": str(free_port()),
         "SPARK_DRIVER_MEMORY": "1g",
     })
     return env

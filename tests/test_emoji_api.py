@@ -405,7 +405,8 @@ def test_unknown_path_is_a_json_404(client):
     response = client.post("/emoji/extra", json=event())
     assert response.status_code == 404
     assert response.get_json() == {"error": "no such endpoint: /emoji/extra "
-                                            "(there are POST /emoji, POST /emojis and GET /health)"}
+                                            "(there are POST /emoji, POST /emojis, GET /health "
+                                            "and GET /metrics)"}
 
 
 @pytest.mark.parametrize("method, path, allowed", [("GET", "/emoji", "OPTIONS, POST"),
@@ -457,7 +458,8 @@ def test_unreachable_kafka_is_a_503_and_never_a_hang(test_env):
 def outage_broker(test_env, tmp_path_factory):
     """A broker of its own that tests may stop; each test leaves it running."""
     env = dict(test_env, VAR_DIR=str(tmp_path_factory.mktemp("outage")),
-               KAFKA_PORT=str(free_port()), KAFKA_CONTROLLER_PORT=str(free_port()))
+               KAFKA_PORT=str(free_port()), KAFKA_CONTROLLER_PORT=str(free_port()),
+               KAFKA_METRICS_PORT=str(free_port()))
     started = run_script("kafka.sh", "start", env=env, check=False)
     try:
         assert started.returncode == 0, started.stdout + started.stderr

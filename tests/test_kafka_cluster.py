@@ -84,6 +84,21 @@ def test_three_brokers_with_replicated_topics(cluster_env):
     assert again.stderr.count(" exists, ") == 3 + 2 * settings.cluster_count, again.stderr
 
 
+def test_each_broker_serves_its_metrics_on_a_port_of_its_own(cluster_env):
+    """Broker K's JMX exporter listens on KAFKA_METRICS_PORT + K - 1; one broker of the three
+    is the active controller."""
+    settings = config.load(cluster_env)
+    ports = settings.kafka_metrics_ports()
+    assert ports == [int(cluster_env["KAFKA_METRICS_PORT"]) + k for k in range(BROKERS)]
+    controllers = []
+    for port in ports:
+        text = requests.get(f"http://localhost:{port}/metrics", timeout=10).text
+        line = next(line for line in text.splitlines()
+                    if line.startswith("kafka_controller_activecontrollercount "))
+        controllers.append(float(line.split()[1]))
+    assert sorted(controllers) == [0.0, 0.0, 1.0]
+
+
 class SteadySender:
     """Posts one event a time to the ingest API at a steady rate from a thread, each with a
     user id of its own, and remembers the ids the API answered 200 for."""
