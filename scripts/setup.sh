@@ -41,12 +41,22 @@ write_stamp() {
   cat "$@" | sha256sum > "$stamp"
 }
 
+# Whether the editable install maps the package to this checkout (not to a moved or another
+# one that shares the .venv): -I keeps the current directory off the import path.
+project_installed_here() {
+  local installed
+  installed="$(.venv/bin/python -I -c 'import emojistream, os
+print(os.path.dirname(os.path.dirname(os.path.realpath(emojistream.__file__))))' 2>/dev/null)"
+  [ "$installed" = "$(pwd -P)" ]
+}
+
 setup_python() {
   if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     python3 -m venv .venv
   fi
-  if stamp_matches .venv/.requirements.sha256 requirements.lock pyproject.toml; then
+  if stamp_matches .venv/.requirements.sha256 requirements.lock pyproject.toml \
+      && project_installed_here; then
     return
   fi
   say "installing Python packages (requirements.lock, with their hashes) and the project"
