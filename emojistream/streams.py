@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 # How long to wait before looking for the topic again when it does not exist (yet).
 MISSING_TOPIC_RETRY_S = 5.0
+# How long stop() waits for the thread that follows the topic.
+STOP_WAIT_S = 1.0
 
 
 class UnknownStream(LookupError):
@@ -80,7 +82,9 @@ class StreamCatalog:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            # Not longer: the thread may be waiting out a Kafka connect timeout, and holds
+            # nothing that must be saved (it is a daemon; its consumer commits nothing).
+            self._thread.join(timeout=STOP_WAIT_S)
 
     def _follow(self) -> None:
         while not self._stop.is_set():
