@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 
 from . import config
+from .lifecycle import load_settings
 from .status import components
 
 # "subscriber_2_1" -> job "subscriber", cluster "2"; "ws_server_3" -> "ws_server", "3".
@@ -58,11 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--interval", default="5s",
                         help="scrape and evaluation interval (default 5s)")
     args = parser.parse_args(argv)
-    try:
-        settings = config.load()
-    except config.ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
+    settings = load_settings(logging.getLogger(__name__))
     sys.stdout.write(render(settings, args.interval))
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import config, urls
+from .lifecycle import load_settings
 
 LAG_METRIC = "emojistream_consumer_lag"
 SCRAPE_TIMEOUT_S = 2.0
@@ -124,11 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("pids", nargs="*", metavar="NAME=PID")
     args = parser.parse_args(argv)
-    try:
-        settings = config.load()
-    except config.ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
+    settings = load_settings(logging.getLogger(__name__))
     if args.components:
         for component in components(settings):
             print(component.name, component.pid_file)
