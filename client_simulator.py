@@ -39,12 +39,13 @@ import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from emojistream import closecodes, config
-from emojistream.backoff import Backoff
-from emojistream.events import InvalidEvent, decode_window_update, format_timestamp
-from emojistream.lifecycle import load_settings
-from emojistream.logs import setup_logging
-from emojistream.viewer import RegistrationClient, RegistrationError, format_window
+from emojistream import config
+from emojistream.client.viewer import RegistrationClient, RegistrationError, format_window
+from emojistream.common import closecodes
+from emojistream.common.backoff import Backoff
+from emojistream.common.events import InvalidEvent, decode_window_update, format_timestamp
+from emojistream.common.lifecycle import load_settings
+from emojistream.common.logs import setup_logging
 
 log = logging.getLogger("client_simulator")
 

@@ -13,10 +13,11 @@ import argparse
 import logging
 import sys
 
-from emojistream import config, kafka_clients
-from emojistream.lifecycle import add_cluster_option, load_settings, stop_on_signals
-from emojistream.logs import setup_logging
-from emojistream.relay import relay
+from emojistream import config
+from emojistream.common import kafka_clients
+from emojistream.common.lifecycle import add_cluster_option, load_settings, stop_on_signals
+from emojistream.common.logs import setup_logging
+from emojistream.relay.relay import relay
 
 
 def parse_args(argv, settings: config.Settings) -> argparse.Namespace:

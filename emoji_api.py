@@ -8,7 +8,7 @@
     GET  /metrics  Prometheus metrics, summed over the server's worker processes
 
 An event names its live stream ("stream_id", default "main"); one for a stream that is not known
-(STREAMS and those added through the registration API, emojistream/streams.py) is refused with
+(STREAMS and those added through the registration API, emojistream/common/streams.py) is refused with
 404, so that neither a typo nor an attacker grows the aggregator's state with made-up streams.
 
 Browsers may call it from the pages of the origins in API_CORS_ORIGINS (default: the registration
@@ -34,12 +34,14 @@ from datetime import UTC, datetime
 
 from flask import Flask, request
 
-from emojistream import config, ingest, kafka_clients, metrics, wsgi
-from emojistream.events import EventValidator, InvalidEvent
-from emojistream.ingest import KafkaEventSink, SinkUnavailable
-from emojistream.json_api import ApiError, add_json_error_handlers, json_body, json_error
-from emojistream.logs import setup_logging
-from emojistream.streams import StreamCatalog, UnknownStream
+from emojistream import config
+from emojistream.common import kafka_clients, metrics, wsgi
+from emojistream.common.events import EventValidator, InvalidEvent
+from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body, json_error
+from emojistream.common.logs import setup_logging
+from emojistream.common.streams import StreamCatalog, UnknownStream
+from emojistream.ingest import sink as ingest
+from emojistream.ingest.sink import KafkaEventSink, SinkUnavailable
 
 log = logging.getLogger("emoji_api")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emojistream import kafka_clients
-from emojistream.lifecycle import load_settings, stop_on_signals
-from emojistream.logs import setup_logging
-from emojistream.relay import relay
+from emojistream.common import kafka_clients
+from emojistream.common.lifecycle import load_settings, stop_on_signals
+from emojistream.common.logs import setup_logging
+from emojistream.relay.relay import relay
 
 GROUP_ID = "main-publisher"
 

@@ -12,9 +12,9 @@
                      "registered_viewers"}, ...]
     GET  /health     {"status": "ok", "registered_viewers": N}
     GET  /metrics    Prometheus metrics: registrations, each cluster's health and load
-    GET  /           the viewers' web page (emojistream/web.py, static/)
+    GET  /           the viewers' web page (emojistream/registration/web.py, static/)
 
-The registry (emojistream/registry.py) lives in memory, so the API is served by one granian
+The registry (emojistream/registration/registry.py) lives in memory, so the API is served by one granian
 worker with several threads. Balancing, tokens and re-registration: docs/delivery.md.
 """
 
@@ -33,13 +33,21 @@ from urllib.parse import quote
 from flask import Flask, request
 from kafka.errors import KafkaError
 
-from emojistream import config, kafka_clients, metrics, secrets, tokens, web, wsgi
-from emojistream.events import DEFAULT_STREAM, InvalidEvent, check_identifier, check_stream_id
-from emojistream.json_api import ApiError, add_json_error_handlers, json_body
-from emojistream.lifecycle import load_settings
-from emojistream.limits import RateLimiter
-from emojistream.logs import setup_logging
-from emojistream.registry import (
+from emojistream import config
+from emojistream.common import kafka_clients, metrics, secrets, tokens, wsgi
+from emojistream.common.events import (
+    DEFAULT_STREAM,
+    InvalidEvent,
+    check_identifier,
+    check_stream_id,
+)
+from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body
+from emojistream.common.lifecycle import load_settings
+from emojistream.common.limits import RateLimiter
+from emojistream.common.logs import setup_logging
+from emojistream.common.streams import StreamCatalog, StreamWriter, UnknownStream
+from emojistream.registration import web
+from emojistream.registration.registry import (
     HealthMonitor,
     HttpProbe,
     NoClusterAvailable,
@@ -48,7 +56,6 @@ from emojistream.registry import (
     RegistryFull,
     cluster_id,
 )
-from emojistream.streams import StreamCatalog, StreamWriter, UnknownStream
 
 log = logging.getLogger("registration_api")
 

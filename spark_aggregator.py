@@ -37,12 +37,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from emojistream import checkpoints, kafka_clients, metrics
+from emojistream.aggregator import checkpoints
+from emojistream.aggregator.spark import ConnectorMissing, kafka_options, spark_session
+from emojistream.common import kafka_clients, metrics
+from emojistream.common.events import DEFAULT_STREAM, MAX_USER_ID_LENGTH, format_timestamp
+from emojistream.common.lifecycle import load_settings, stop_on_signals
+from emojistream.common.logs import setup_logging
 from emojistream.config import STREAM_ID
-from emojistream.events import DEFAULT_STREAM, MAX_USER_ID_LENGTH, format_timestamp
-from emojistream.lifecycle import load_settings, stop_on_signals
-from emojistream.logs import setup_logging
-from emojistream.spark import ConnectorMissing, kafka_options, spark_session
 
 EVENT_SCHEMA = StructType([StructField("user_id", StringType()),
                            StructField("emoji_type", StringType()),

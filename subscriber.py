@@ -23,11 +23,12 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from emojistream import config, kafka_clients, metrics, secrets
-from emojistream.backoff import Backoff
-from emojistream.events import InvalidEvent, decode_window_update
-from emojistream.lifecycle import add_cluster_option, load_settings, stop_on_signals
-from emojistream.logs import setup_logging
+from emojistream import config
+from emojistream.common import kafka_clients, metrics, secrets
+from emojistream.common.backoff import Backoff
+from emojistream.common.events import InvalidEvent, decode_window_update
+from emojistream.common.lifecycle import add_cluster_option, load_settings, stop_on_signals
+from emojistream.common.logs import setup_logging
 
 log = logging.getLogger("subscriber")
 

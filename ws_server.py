@@ -11,7 +11,7 @@
                                   "streams": {ID: {"viewers": V, "last_window": START,
                                                    "last_window_total": T}, ...}}
     GET http://HOST:PORT/metrics Prometheus metrics: viewers, broadcasts and their duration,
-                                 slow viewers dropped, tokens refused (emojistream/metrics.py)
+                                 slow viewers dropped, tokens refused (emojistream/common/metrics.py)
 
 One asyncio event loop, no threads: the first copy of each version of a window is broadcast, in
 batches of WS_BROADCAST_BATCH viewers, to the viewers of its stream (the stream their token
@@ -21,7 +21,7 @@ previous windows.
 Limits: one live connection per client id (a newer one replaces the older: 4409), at most
 WS_MAX_CONNECTIONS_PER_ADDRESS viewers per client address (HTTP 429), at most
 WS_MAX_VIEWER_BUFFER_BYTES unsent per viewer (a viewer that stops reading is closed: 4408); the
-close codes are in emojistream/closecodes.py. Deduplication, heartbeats and scale:
+close codes are in emojistream/common/closecodes.py. Deduplication, heartbeats and scale:
 docs/delivery.md.
 """
 
@@ -47,11 +47,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from emojistream import closecodes, config, metrics, secrets, tokens
-from emojistream.dedup import WindowDeduplicator
-from emojistream.events import InvalidEvent, decode_window_update, parse_timestamp
-from emojistream.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
-from emojistream.logs import setup_logging
+from emojistream import config
+from emojistream.common import closecodes, metrics, secrets, tokens
+from emojistream.common.events import InvalidEvent, decode_window_update, parse_timestamp
+from emojistream.common.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
+from emojistream.common.logs import setup_logging
+from emojistream.delivery.dedup import WindowDeduplicator
 
 log = logging.getLogger("ws_server")
 

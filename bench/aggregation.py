@@ -29,9 +29,9 @@ from pathlib import Path
 import spark_aggregator
 from bench import plots
 from bench.harness import isolated_kafka, report
-from emojistream import kafka_clients
-from emojistream.events import encode, format_timestamp
-from emojistream.spark import spark_session
+from emojistream.aggregator.spark import spark_session
+from emojistream.common import kafka_clients
+from emojistream.common.events import encode, format_timestamp
 
 
 def write_backlog(settings, events: int, per_record: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.harness import REPO_ROOT, isolated_kafka, report
 from emojistream import config
-from emojistream.events import encode, format_timestamp
+from emojistream.common.events import encode, format_timestamp
 
 SUMMARY = re.compile(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), "
                      r"([\d.]+) ms avg latency, ([\d.]+) ms max latency, (\d+) ms 50th, "

@@ -61,8 +61,8 @@ from websockets.sync.client import connect
 
 from bench import plots
 from bench.harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
-from emojistream.events import DEFAULT_STREAM, parse_timestamp
-from emojistream.viewer import RegistrationClient, RegistrationError
+from emojistream.client.viewer import RegistrationClient, RegistrationError
+from emojistream.common.events import DEFAULT_STREAM, parse_timestamp
 
 log = logging.getLogger("end_to_end")
 

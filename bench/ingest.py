@@ -43,9 +43,9 @@ from kafka import TopicPartition
 
 from bench import broker_ceiling, plots
 from bench.harness import REPO_ROOT, isolated_kafka, report
-from emojistream import kafka_clients
-from emojistream.events import encode, format_timestamp
-from emojistream.ingest import KafkaEventSink
+from emojistream.common import kafka_clients
+from emojistream.common.events import encode, format_timestamp
+from emojistream.ingest.sink import KafkaEventSink
 from testkit.processes import Service, stop_all, wait_for_health
 from testkit.sandbox import free_port
 from testkit.topics import events_of

@@ -2,7 +2,7 @@
 validation before and after it was made faster, in µs of CPU per event, in one process.
 
 The request path is what emoji_api.py does with a request body, without HTTP and Kafka: parse
-the body, validate every event (emojistream.events.EventValidator, today's), encode every
+the body, validate every event (emojistream.common.events.EventValidator, today's), encode every
 event for its record (the API encodes each event once, then joins them into arrays). "stdlib"
 is json.loads (strict: no NaN) and json.dumps(ensure_ascii=False, compact); "orjson" is
 orjson.loads and orjson.dumps, as the API does now. The validation rows compare the validator of
@@ -32,7 +32,7 @@ import orjson
 from bench import plots
 from bench.harness import REPO_ROOT, report
 from emojistream import config
-from emojistream.events import EventValidator, format_timestamp
+from emojistream.common.events import EventValidator, format_timestamp
 
 log = logging.getLogger("json_codec")
 
@@ -55,11 +55,11 @@ CODECS = {"stdlib json": (stdlib_loads, stdlib_dumps), "orjson": (orjson.loads, 
 
 
 def old_events_module() -> types.ModuleType:
-    """emojistream/events.py as of BEFORE_COMMIT (it imports the standard library only)."""
-    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:emojistream/events.py"],
+    """emojistream/common/events.py as of BEFORE_COMMIT (it imports the standard library only)."""
+    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:emojistream/common/events.py"],
                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     module = types.ModuleType("events_before")
-    exec(compile(source, f"{BEFORE_COMMIT}:emojistream/events.py", "exec"), module.__dict__)
+    exec(compile(source, f"{BEFORE_COMMIT}:emojistream/common/events.py", "exec"), module.__dict__)
     return module
 
 

@@ -29,8 +29,9 @@ import requests
 from kafka import TopicPartition
 
 from bench.harness import REPO_ROOT, RssSampler, report, system_pid_files
-from emojistream import config, kafka_clients
-from emojistream.events import format_timestamp, parse_timestamp, window_bounds
+from emojistream import config
+from emojistream.common import kafka_clients
+from emojistream.common.events import format_timestamp, parse_timestamp, window_bounds
 from testkit.sandbox import isolated_env
 from testkit.topics import events_of
 from testkit.viewer import RecordingViewer

@@ -58,8 +58,8 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from bench import harness, plots
 from emojistream import config
-from emojistream.events import DEFAULT_STREAM, format_timestamp, parse_timestamp
-from emojistream.lifecycle import raise_open_file_limit
+from emojistream.common.events import DEFAULT_STREAM, format_timestamp, parse_timestamp
+from emojistream.common.lifecycle import raise_open_file_limit
 from testkit.processes import Service, ServiceFailed, get_json, stop_all, wait_for_health
 from testkit.sandbox import isolated_env
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import urls
+from emojistream.common import urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,8 +43,8 @@ class Settings:
     # to run instead of the jars setup fetched into lib/kafka.
     kafka_heap: str = "1g"
     kafka_home: str = ""
-    # Kafka client security, passed to every kafka-python client (emojistream/kafka_clients.py)
-    # and to Spark's Kafka source and sink (emojistream/spark.py). KAFKA_SECURITY_PROTOCOL is
+    # Kafka client security, passed to every kafka-python client (emojistream/common/kafka_clients.py)
+    # and to Spark's Kafka source and sink (emojistream/aggregator/spark.py). KAFKA_SECURITY_PROTOCOL is
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; KAFKA_SASL_MECHANISM is PLAIN, SCRAM-SHA-256
     # or SCRAM-SHA-512 (with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD). The TLS files are PEM:
     # the CA that signed the brokers' certificates, and for mutual TLS the client's certificate
@@ -66,7 +66,7 @@ class Settings:
     cluster_topic_template: str = "cluster{n}-topic"
     subscribers_topic_template: str = "cluster{n}-topic-subscribers"
     cluster_count: int = 3
-    # The catalog of live streams added at run time (compacted; emojistream/streams.py).
+    # The catalog of live streams added at run time (compacted; emojistream/common/streams.py).
     streams_topic: str = "streams"
     emoji_events_partitions: int = 4
     topic_partitions: int = 1
@@ -151,7 +151,7 @@ class Settings:
     api_max_batch: int = 10_000
     api_max_body_bytes: int = 2 * 1024 * 1024
     # The API coalesces accepted events into Kafka records of up to PRODUCER_EVENTS_PER_RECORD
-    # events, written every PRODUCER_LINGER_MS (emojistream/ingest.py).
+    # events, written every PRODUCER_LINGER_MS (emojistream/ingest/sink.py).
     producer_linger_ms: int = 50
     producer_events_per_record: int = 500
     producer_buffer_bytes: int = 64 * 1024 * 1024
@@ -231,14 +231,14 @@ class Settings:
     ws_health_poll_s: float = 1.0
     ws_health_timeout_s: float = 2.0
     ws_health_url_template: str = "http://{host}:{port}/health"
-    # Prometheus metrics (emojistream/metrics.py, docs/operations.md). The HTTP components serve
+    # Prometheus metrics (emojistream/common/metrics.py, docs/operations.md). The HTTP components serve
     # GET /metrics on their own port (the ingest API, the registration API, each WebSocket
     # server). The processes that only talk to Kafka each serve it on a port of their own,
     # counted from METRICS_FIRST_PORT: the aggregator +0, the main publisher +1, cluster N's
     # publisher +1+N, cluster N's subscriber K +1+CLUSTER_COUNT+(N-1)*SUBSCRIBERS_PER_CLUSTER+K
     # (9310 to 9320 by default); METRICS_HOST is the address they listen on. Kafka broker K's
     # JMX exporter listens on KAFKA_METRICS_PORT + K - 1 (0: no exporter).
-    # `python -m emojistream.prometheus_config` prints a Prometheus scrape config of them all.
+    # `python -m emojistream.ops.prometheus_config` prints a Prometheus scrape config of them all.
     metrics_host: str = "localhost"
     metrics_first_port: int = 9310
     kafka_metrics_port: int = 9404
@@ -445,7 +445,7 @@ class Settings:
 
 
 WS_KEEPALIVE_MIN_S = 1.0
-# A stream id: what STREAMS, events and registrations may name (emojistream/streams.py).
+# A stream id: what STREAMS, events and registrations may name (emojistream/common/streams.py).
 STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 # Settings whose values the listing of ``python -m emojistream.config`` does not show.
 SECRET_SUFFIXES = ("PASSWORD", "SECRET", "SUBSCRIBER_KEY", "ADMIN_KEY")

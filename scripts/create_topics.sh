@@ -6,4 +6,4 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 [ -x "$VENV_PYTHON" ] || die "no Python environment: run scripts/setup.sh"
 cd "$REPO_ROOT"
-exec "$VENV_PYTHON" -m emojistream.topics "$@"
+exec "$VENV_PYTHON" -m emojistream.ops.topics "$@"

@@ -26,7 +26,7 @@ trap stop_everything INT TERM EXIT
 
 "$REPO_ROOT/scripts/start_all.sh"
 say "the live page: $WEB_PAGE_URL (open it in a browser)"
-say "metrics: every component's /metrics URL and its state in scripts/status.sh; Kafka's at http://$KAFKA_HOST:$KAFKA_METRICS_PORT/metrics; a Prometheus config of them all: .venv/bin/python -m emojistream.prometheus_config (docs/operations.md)"
+say "metrics: every component's /metrics URL and its state in scripts/status.sh; Kafka's at http://$KAFKA_HOST:$KAFKA_METRICS_PORT/metrics; a Prometheus config of them all: .venv/bin/python -m emojistream.ops.prometheus_config (docs/operations.md)"
 if [ "$SPARK_UI_ENABLED" = "true" ]; then
   say "Spark's UI: http://localhost:$SPARK_UI_PORT/ (or the next port if it was taken: see $VAR_DIR/logs/spark_aggregator.log)"
 fi

@@ -164,7 +164,7 @@ main() {
   drop_jars_pyspark_ships
   check_connector_version
   # The token secret and the subscriber key, random, under $VAR_DIR/secrets unless configured.
-  .venv/bin/python -m emojistream.secrets
+  .venv/bin/python -m emojistream.common.secrets
   say "ready"
 }
 

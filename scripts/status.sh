@@ -27,7 +27,7 @@ while read -r name pid_file; do
   else
     PIDS+=("$name=-")
   fi
-done < <(cd "$REPO_ROOT" && "$VENV_PYTHON" -m emojistream.status --components)
+done < <(cd "$REPO_ROOT" && "$VENV_PYTHON" -m emojistream.ops.status --components)
 
 cd "$REPO_ROOT"
-exec "$VENV_PYTHON" -m emojistream.status "${JSON[@]}" "${PIDS[@]}"
+exec "$VENV_PYTHON" -m emojistream.ops.status "${JSON[@]}" "${PIDS[@]}"

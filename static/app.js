@@ -11,7 +11,7 @@ import {DEFAULT_STREAM, Viewer, deregister} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
 const MAX_CLIENT_ID_LENGTH = 64;
-const STREAM_ID = /^[A-Za-z0-9._-]{1,64}$/; // the registration API's rule (emojistream/events.py)
+const STREAM_ID = /^[A-Za-z0-9._-]{1,64}$/; // the registration API's rule (emojistream/common/events.py)
 
 function generatedClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(4));

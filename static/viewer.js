@@ -5,9 +5,9 @@
 const REGISTER_TIMEOUT_MS = 10000;
 const CONNECT_TIMEOUT_MS = 10000;
 // The close code of a connection replaced by a newer one of the same client (another tab):
-// that one watches now, so this one stops instead of taking it back (emojistream/closecodes.py).
+// that one watches now, so this one stops instead of taking it back (emojistream/common/closecodes.py).
 const REPLACED = 4409;
-// The stream of an update or a viewer that names none (emojistream/events.py).
+// The stream of an update or a viewer that names none (emojistream/common/events.py).
 export const DEFAULT_STREAM = "main";
 
 /** Delays that double from initialS up to maxS, each varied by up to ±jitter. */

@@ -8,7 +8,7 @@ import threading
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
-from emojistream.viewer import RegistrationClient, RegistrationError
+from emojistream.client.viewer import RegistrationClient, RegistrationError
 
 
 class RecordingViewer:

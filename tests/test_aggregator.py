@@ -11,8 +11,8 @@ import pytest
 
 import spark_aggregator
 from emojistream import config
-from emojistream.events import format_timestamp
-from emojistream.spark import spark_session
+from emojistream.aggregator.spark import spark_session
+from emojistream.common.events import format_timestamp
 
 pytestmark = pytest.mark.spark
 

@@ -1,4 +1,4 @@
-"""The aggregator's checkpoint reset (emojistream/checkpoints.py): where a replay starts, the
+"""The aggregator's checkpoint reset (emojistream/aggregator/checkpoints.py): where a replay starts, the
 first window it writes, and finding a poisoned watermark in Spark's offset log (no JVM)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from emojistream import checkpoints, config
-from emojistream.checkpoints import CheckpointError, Replay
+from emojistream import config
+from emojistream.aggregator import checkpoints
+from emojistream.aggregator.checkpoints import CheckpointError, Replay
 
 SETTINGS = config.load({})  # windows of 2 s, events up to 5 s ahead of their record, margin 1 s
 T = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)

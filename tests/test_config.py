@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from emojistream import config, kafka_clients
-from emojistream.spark import cluster_conf, kafka_options
+from emojistream import config
+from emojistream.aggregator.spark import cluster_conf, kafka_options
+from emojistream.common import kafka_clients
 
 
 def settings_with(**env) -> config.Settings:

@@ -1,4 +1,4 @@
-"""The WebSocket servers' memory of what they have broadcast (emojistream/dedup.py)."""
+"""The WebSocket servers' memory of what they have broadcast (emojistream/delivery/dedup.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from emojistream.dedup import WindowDeduplicator
-from emojistream.events import InvalidEvent
+from emojistream.common.events import InvalidEvent
+from emojistream.delivery.dedup import WindowDeduplicator
 
 
 def update(second: int, count: int = 1, emoji: str = "🔥") -> dict:

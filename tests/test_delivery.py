@@ -21,7 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from bench import viewers_load
-from emojistream import config, kafka_clients, tokens
+from emojistream import config
+from emojistream.common import kafka_clients, tokens
 from tests.services import Service, free_port, free_port_run, get_json, wait_for_health, wait_until
 
 KEY = "delivery-test-subscriber-key-32-bytes-or-more"

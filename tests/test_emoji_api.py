@@ -18,10 +18,11 @@ from kafka import TopicPartition
 from kafka.admin import NewTopic
 
 from emoji_api import SINK, STREAMS, create_app, worker_app
-from emojistream import config, kafka_clients
-from emojistream.events import encode, format_timestamp
-from emojistream.ingest import KafkaEventSink
-from emojistream.streams import StreamCatalog, StreamWriter
+from emojistream import config
+from emojistream.common import kafka_clients
+from emojistream.common.events import encode, format_timestamp
+from emojistream.common.streams import StreamCatalog, StreamWriter
+from emojistream.ingest.sink import KafkaEventSink
 from testkit.topics import events_of
 from tests.services import REPO_ROOT, free_port, run_script
 
@@ -635,5 +636,5 @@ def test_script_serves_with_granian_and_delivers_everything_on_sigterm(kafka, te
     assert "Traceback" not in log
     assert "_granian: Spawning worker-1 with PID" in log
     assert "_granian: Spawning worker-2 with PID" in log
-    assert log.count("emojistream.ingest: producer closed; 0 event(s) lost since start") == 2
+    assert log.count("emojistream.ingest.sink: producer closed; 0 event(s) lost since start") == 2
     assert all(LOG_LINE.match(line) for line in log.splitlines()), log

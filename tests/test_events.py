@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from emojistream import config
-from emojistream.events import (
+from emojistream.common.events import (
     EventValidator,
     InvalidEvent,
     decode_window_update,

@@ -28,9 +28,10 @@ import pytest
 import requests
 from kafka import TopicPartition
 
-from emojistream import config, kafka_clients
-from emojistream.checkpoints import Replay
-from emojistream.events import (
+from emojistream import config
+from emojistream.aggregator.checkpoints import Replay
+from emojistream.common import kafka_clients
+from emojistream.common.events import (
     InvalidEvent,
     decode_window_update,
     encode,

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from kafka.admin import NewTopic
 
-from emojistream import kafka_clients
+from emojistream.common import kafka_clients
 from tests.services import REPO_ROOT, run_script
 
 pytestmark = pytest.mark.kafka

@@ -19,7 +19,8 @@ import requests
 from kafka import TopicPartition
 from kafka.admin import ConfigResource, NewTopic
 
-from emojistream import config, kafka_clients
+from emojistream import config
+from emojistream.common import kafka_clients
 from testkit.sandbox import free_port_run
 from testkit.topics import events_of
 from tests.services import (

@@ -25,12 +25,14 @@ from websockets.protocol import State
 import emoji_api
 import registration_api
 import ws_server
-from emojistream import config, metrics, prometheus_config, status, tokens
-from emojistream.events import format_timestamp
-from emojistream.ingest import SinkUnavailable
-from emojistream.registry import ClusterHealth
-from emojistream.relay import Relay
-from emojistream.streams import StreamCatalog
+from emojistream import config
+from emojistream.common import metrics, tokens
+from emojistream.common.events import format_timestamp
+from emojistream.common.streams import StreamCatalog
+from emojistream.ingest.sink import SinkUnavailable
+from emojistream.ops import prometheus_config, status
+from emojistream.registration.registry import ClusterHealth
+from emojistream.relay.relay import Relay
 from subscriber import Subscriber
 from testkit.processes import REPO_ROOT
 from testkit.sandbox import free_port, free_port_run
@@ -124,14 +126,14 @@ WORKER = """
 import sys
 import time
 import urllib.request
-from emojistream import metrics
+from emojistream.common import metrics
 metrics.use_multiprocess_values()
 counters = metrics.IngestMetrics()
 counters.accepted.inc(int(sys.argv[1]))
 counters.buffer_bytes.set(int(sys.argv[1]) * 10)
 """
 READER = """
-from emojistream import metrics
+from emojistream.common import metrics
 print(metrics.exposition(metrics.multiprocess_registry())[0].decode())
 """
 

@@ -20,8 +20,9 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from emojistream import config, kafka_clients
-from emojistream.events import encode, format_timestamp, window_bounds
+from emojistream import config
+from emojistream.common import kafka_clients
+from emojistream.common.events import encode, format_timestamp, window_bounds
 from tests.services import isolated_env, pid_in_file, run_script
 
 pytestmark = pytest.mark.stack

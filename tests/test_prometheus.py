@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's) scraping the whole running system (scripts/start_all.sh on its
-own ports and VAR_DIR) with the configuration python -m emojistream.prometheus_config generates:
+own ports and VAR_DIR) with the configuration python -m emojistream.ops.prometheus_config generates:
 every target is up, and the accepted-events counter moves by exactly the events sent. Also
 scripts/status.sh on that system."""
 
@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from emojistream import config
-from emojistream.events import format_timestamp
+from emojistream.common.events import format_timestamp
 from tests.services import REPO_ROOT, free_port, isolated_env, run_script, wait_until
 
 pytestmark = pytest.mark.stack
@@ -49,7 +49,7 @@ def prometheus(system, tmp_path_factory):
         pytest.fail(f"{PROMETHEUS} is missing: run scripts/setup.sh")
     env, _ = system
     folder = tmp_path_factory.mktemp("prometheus")
-    generated = subprocess.run([sys.executable, "-m", "emojistream.prometheus_config",
+    generated = subprocess.run([sys.executable, "-m", "emojistream.ops.prometheus_config",
                                 "--interval", "2s"], env=env, cwd=REPO_ROOT, check=True,
                                capture_output=True, text=True).stdout
     (folder / "prometheus.yml").write_text(generated)

@@ -17,15 +17,16 @@ import pytest
 import requests
 
 import registration_api
-from emojistream import config, tokens
-from emojistream.registry import (
+from emojistream import config
+from emojistream.common import tokens
+from emojistream.common.streams import StreamCatalog
+from emojistream.registration.registry import (
     NO_CLUSTER,
     ClusterHealth,
     HealthMonitor,
     Registry,
     RegistryFull,
 )
-from emojistream.streams import StreamCatalog
 from registration_api import create_app
 from tests.services import (
     assert_clean_log,
@@ -203,7 +204,7 @@ def test_registering_again_while_the_cluster_is_down_moves_the_client(app, clien
 def test_registering_again_rechecks_the_cluster_at_once(app, client, health, monkeypatch):
     """A viewer registers again when its connection dropped: its server is polled then and
     there (not only every WS_HEALTH_POLL_S)."""
-    monkeypatch.setattr("emojistream.registry.RECHECK_S", 0.0)
+    monkeypatch.setattr("emojistream.registration.registry.RECHECK_S", 0.0)
     assert cluster_of(client, "dropped") == "cluster1"
     health.live[1] = None  # died; the background poll has not noticed yet
     polls = health.polls
@@ -651,7 +652,7 @@ def test_a_killed_main_process_takes_its_worker_with_it(test_env, tmp_path):
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://localhost:{port}/health", timeout=2)
     log = service.log()
-    assert f"WARNING emojistream.wsgi: the server's main process {service.pid} is gone; " \
+    assert f"WARNING emojistream.common.wsgi: the server's main process {service.pid} is gone; " \
            f"stopping worker {worker}" in log
 
 

@@ -1,4 +1,4 @@
-"""The installation's secrets (emojistream/secrets.py): generated once, private, long enough and
+"""The installation's secrets (emojistream/common/secrets.py): generated once, private, long enough and
 distinct; and the components that hold them refuse to start otherwise (one line, exit 1)."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from emojistream import config, secrets
-from emojistream.secrets import SecretError
+from emojistream import config
+from emojistream.common import secrets
+from emojistream.common.secrets import SecretError
 from tests.services import run
 
 LONG = "a-configured-secret-of-more-than-32-bytes"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from emojistream import config, kafka_clients
+from emojistream import config
+from emojistream.common import kafka_clients
 from tests.services import REPO_ROOT, free_port, get_json, run_script, running
 
 pytestmark = [pytest.mark.spark, pytest.mark.kafka]

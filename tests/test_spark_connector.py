@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kafka.admin import NewTopic
 
-from emojistream import kafka_clients
-from emojistream.spark import spark_session
+from emojistream.aggregator.spark import spark_session
+from emojistream.common import kafka_clients
 
 pytestmark = [pytest.mark.spark, pytest.mark.kafka]
 

@@ -17,7 +17,8 @@ from kafka import TopicPartition
 from kafka.admin import NewTopic
 from websockets.sync.client import connect
 
-from emojistream import config, kafka_clients, tokens
+from emojistream import config
+from emojistream.common import kafka_clients, tokens
 from tests.services import (
     Service,
     assert_clean_log,

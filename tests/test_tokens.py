@@ -1,4 +1,4 @@
-"""emojistream/tokens.py: issuing and checking viewer tokens (pure functions, no processes)."""
+"""emojistream/common/tokens.py: issuing and checking viewer tokens (pure functions, no processes)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from emojistream import tokens
-from emojistream.tokens import TokenError, issue, verify
+from emojistream.common import tokens
+from emojistream.common.tokens import TokenError, issue, verify
 
 SECRET = "test-token-secret"
 NOW = 1_800_000_000.0

@@ -13,8 +13,8 @@ from flask import Flask
 import registration_api
 from emoji_api import create_app as create_api_app
 from emojistream import config
-from emojistream.events import format_timestamp
-from emojistream.web import STATIC_DIR, add_web_page, page_config
+from emojistream.common.events import format_timestamp
+from emojistream.registration.web import STATIC_DIR, add_web_page, page_config
 from tests.services import isolated_env
 
 # --- the page's routes, without a browser ---------------------------------------------------
@@ -101,7 +101,7 @@ def test_the_registration_api_serves_the_page(tmp_path):
     page = client.get("/")
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert "Content-Security-Policy" in page.headers, \
-        "GET / is not served by emojistream.web.add_web_page (another route for / comes first)"
+        "GET / is not served by emojistream.registration.web.add_web_page (another route for / comes first)"
     assert client.get("/assets/app.js").status_code == 200
     assert client.get("/config.json").get_json()["emojis"] == list(settings.allowed_emojis)
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from emojistream import config
-from emojistream.events import format_timestamp
+from emojistream.common.events import format_timestamp
 from tests.services import REPO_ROOT, isolated_env, pid_in_file, run_script
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]

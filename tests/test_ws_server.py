@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from emojistream import tokens
+from emojistream.common import tokens
 from tests.services import (
     Service,
     assert_clean_log,

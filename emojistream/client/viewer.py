@@ -7,7 +7,7 @@ import threading
 
 import requests
 
-from .events import InvalidEvent, parse_timestamp
+from emojistream.common.events import InvalidEvent, parse_timestamp
 
 HTTP_TIMEOUT_S = (3.0, 5.0)  # connect, read
 

@@ -28,8 +28,8 @@ import hmac
 import json
 from typing import NamedTuple
 
-from .closecodes import FORBIDDEN, UNAUTHORIZED
-from .events import DEFAULT_STREAM
+from emojistream.common.closecodes import FORBIDDEN, UNAUTHORIZED
+from emojistream.common.events import DEFAULT_STREAM
 
 # Longer strings are not tokens this module issued (a 64-character client id gives ~230).
 MAX_TOKEN_LENGTH = 1024

@@ -2,12 +2,12 @@
 
     subscriber   SUBSCRIBER_KEY: subscribers present it to their WebSocket server's /publish
     token        TOKEN_SECRET: the registration API signs viewer tokens with it, the WebSocket
-                 servers check them (emojistream/tokens.py)
+                 servers check them (emojistream/common/tokens.py)
     admin        ADMIN_KEY: operators present it to the registration API to add and remove
                  streams (POST /streams, DELETE /streams/ID)
 
 Different secrets: a viewer's token never lets it publish or administer.
-``python -m emojistream.secrets`` (run by setup) creates the files that are missing and prints
+``python -m emojistream.common.secrets`` (run by setup) creates the files that are missing and prints
 where they are, not their values.
 
 A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), else from
@@ -29,8 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import config
-from .config import Settings
+from emojistream import config
+from emojistream.config import Settings
 
 TOKEN_BYTES = 32
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it; a random one is 43 characters.

@@ -8,7 +8,7 @@ import resource
 import signal
 import threading
 
-from . import config
+from emojistream import config
 
 
 def stop_on_signals() -> threading.Event:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .events import parse_timestamp
+from emojistream.common.events import parse_timestamp
 
 
 class WindowDeduplicator:

@@ -22,9 +22,9 @@ import threading
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from . import kafka_clients
-from .config import Settings
-from .events import InvalidEvent, check_stream_id, encode
+from emojistream.common import kafka_clients
+from emojistream.common.events import InvalidEvent, check_stream_id, encode
+from emojistream.config import Settings
 
 log = logging.getLogger(__name__)
 

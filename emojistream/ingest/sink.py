@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from kafka import KafkaProducer, codec
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from . import kafka_clients
-from .config import Settings
-from .events import encode
+from emojistream.common import kafka_clients
+from emojistream.common.events import encode
+from emojistream.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, request, send_from_directory
 
-from . import config, urls
+from emojistream import config
+from emojistream.common import urls
 
 STATIC_DIR = config.REPO_ROOT / "static"
 ASSETS_PATH = "/assets"

@@ -1,8 +1,8 @@
 """What scripts/status.sh shows: every component of the system, whether it runs, where its
 metrics are, and for the Kafka consumers their lag (read from their own /metrics).
 
-    python -m emojistream.status --components      NAME PID_FILE lines, for status.sh
-    python -m emojistream.status [--json] NAME=PID...  the table (PID: "-" when not running)
+    python -m emojistream.ops.status --components      NAME PID_FILE lines, for status.sh
+    python -m emojistream.ops.status [--json] NAME=PID...  the table (PID: "-" when not running)
 
 Whether a component runs is decided by status.sh with the pid files' identity check
 (scripts/common.sh: pid_of), never here.
@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import config, urls
-from .lifecycle import load_settings
+from emojistream import config
+from emojistream.common import urls
+from emojistream.common.lifecycle import load_settings
 
 LAG_METRIC = "emojistream_consumer_lag"
 SCRAPE_TIMEOUT_S = 2.0
@@ -119,7 +120,7 @@ def _lag_text(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emojistream.status",
+    parser = argparse.ArgumentParser(prog="python -m emojistream.ops.status",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--components", action="store_true",
                         help="print NAME PID_FILE of every component and exit")

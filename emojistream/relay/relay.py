@@ -17,10 +17,10 @@ import threading
 
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 
-from . import kafka_clients, metrics
-from .backoff import Backoff
-from .config import Settings
-from .events import InvalidEvent, decode_window_update
+from emojistream.common import kafka_clients, metrics
+from emojistream.common.backoff import Backoff
+from emojistream.common.events import InvalidEvent, decode_window_update
+from emojistream.config import Settings
 
 POLL_TIMEOUT_MS = 200
 LINGER_MS = 5

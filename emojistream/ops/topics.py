@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from kafka.admin import ConfigResource
 from kafka.errors import KafkaError
 
-from . import config
-from .kafka_clients import KafkaUnavailable, admin_client
-from .logs import setup_logging
+from emojistream import config
+from emojistream.common.kafka_clients import KafkaUnavailable, admin_client
+from emojistream.common.logs import setup_logging
 
 TOPIC_ALREADY_EXISTS = 36
 MIN_INSYNC = "min.insync.replicas"

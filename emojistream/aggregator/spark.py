@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import REPO_ROOT, ConfigError, Settings
+from emojistream.config import REPO_ROOT, ConfigError, Settings
 
 LOG_CONFIG = REPO_ROOT / "config" / "spark-log4j2.properties"
 

@@ -8,7 +8,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from .config import Settings
+from emojistream.config import Settings
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import requests
 
-from . import config
+from emojistream import config
 
 log = logging.getLogger("registration_api")
 

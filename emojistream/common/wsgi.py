@@ -27,7 +27,7 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server.mp import MPServer
 
-from .logs import FORMAT
+from emojistream.common.logs import FORMAT
 
 # How often a worker checks that its parent (granian's main process) lives, and how long an
 # orphaned worker has to stop gracefully.
