@@ -26,9 +26,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import spark_aggregator
 from bench import plots
 from bench.harness import isolated_kafka, report
+from emojistream.aggregator import job as spark_aggregator
 from emojistream.aggregator.spark import spark_session
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode, format_timestamp

@@ -61,6 +61,7 @@ from websockets.sync.client import connect
 
 from bench import plots
 from bench.harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
+from emojistream import topology
 from emojistream.client.viewer import RegistrationClient, RegistrationError
 from emojistream.common.events import DEFAULT_STREAM, parse_timestamp
 
@@ -215,7 +216,7 @@ class Watcher:
 
     def __init__(self, settings, client_id: str):
         self.window_ms = settings.window_seconds * 1000
-        registration = RegistrationClient(settings.registration_url())
+        registration = RegistrationClient(topology.registration_url(settings))
         try:
             self.assignment = registration.register(client_id)
         finally:

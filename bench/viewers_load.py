@@ -57,7 +57,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from bench import harness, plots
-from emojistream import config
+from emojistream import config, topology
 from emojistream.common.events import DEFAULT_STREAM, format_timestamp, parse_timestamp
 from emojistream.common.lifecycle import raise_open_file_limit
 from testkit.processes import Service, ServiceFailed, get_json, stop_all, wait_for_health
@@ -236,7 +236,7 @@ class System:
                         REGISTRATION_THREADS="16", LOG_LEVEL=log_level,
                         STREAMS=",".join(stream_ids(streams)))
         self.settings = config.load(self.env)
-        self.registration_url = self.settings.registration_url()
+        self.registration_url = topology.registration_url(self.settings)
         self.log_dir = Path(log_dir) if log_dir else var_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.services: list[Service] = []

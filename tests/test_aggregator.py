@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import spark_aggregator
 from emojistream import config
+from emojistream.aggregator import job as spark_aggregator
 from emojistream.aggregator.spark import spark_session
 from emojistream.common.events import format_timestamp
 

@@ -1,5 +1,6 @@
-"""The aggregator's checkpoint reset (emojistream/aggregator/checkpoints.py): where a replay starts, the
-first window it writes, and finding a poisoned watermark in Spark's offset log (no JVM)."""
+"""The aggregator's checkpoint reset (emojistream/aggregator/checkpoints.py): where a replay
+starts, the first window it writes, and finding a poisoned watermark in Spark's offset log (no
+JVM)."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ OLD_STATE = (
 
 
 def test_a_checkpoint_of_another_shape_is_one_line_pointing_to_the_reset():
-    from spark_aggregator import failure_message
+    from emojistream.aggregator.main import failure_message
     assert failure_message(OLD_STATE, "/var/cp") == (
         "the checkpoint /var/cp holds windows of another shape than this aggregator counts "
         "(written by an earlier version, before windows were counted per stream, or with other "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from emojistream import config
+from emojistream import config, topology
 from emojistream.aggregator.spark import cluster_conf, kafka_options
 from emojistream.common import kafka_clients
 
@@ -77,9 +77,9 @@ def test_websocket_servers_on_several_machines():
     settings = config.load({"WS_CLUSTER_HOSTS": "ws1.internal, ws2.internal", "CLUSTER_COUNT": "2",
                             "WS_HOST": "0.0.0.0", "WS_FIRST_PORT": "7001",
                             "WS_PUBLIC_URL_TEMPLATE": "wss://ws{n}.cricket.example/"})
-    assert [settings.ws_public_url(n) for n in settings.clusters] == [
+    assert [topology.ws_public_url(settings, n) for n in settings.clusters] == [
         "wss://ws1.cricket.example/", "wss://ws2.cricket.example/"]
-    assert [settings.ws_health_url(n) for n in settings.clusters] == [
+    assert [topology.ws_health_url(settings, n) for n in settings.clusters] == [
         "http://ws1.internal:7001/health", "http://ws2.internal:7002/health"]
     with pytest.raises(config.ConfigError, match="WS_CLUSTER_HOSTS names 1 host"):
         config.load({"WS_CLUSTER_HOSTS": "ws1.internal", "CLUSTER_COUNT": "2"})
@@ -144,11 +144,11 @@ def test_executor_size_and_driver_address_from_settings():
 def test_each_cluster_publishes_to_its_own_websocket_host():
     settings = config.load({"WS_HOST": "ws.example", "WS_FIRST_PORT": "6002",
                             "WS_CLUSTER_HOSTS": "ws1.example,ws2.example,::1"})
-    assert [settings.ws_publish_url(n) for n in (1, 2, 3)] == [
+    assert [topology.ws_publish_url(settings, n) for n in (1, 2, 3)] == [
         "ws://ws1.example:6002/publish", "ws://ws2.example:6003/publish",
         "ws://[::1]:6004/publish"]
     single_host = config.load({"WS_HOST": "0.0.0.0", "WS_FIRST_PORT": "6002"})
-    assert single_host.ws_publish_url(2) == "ws://localhost:6003/publish"
+    assert topology.ws_publish_url(single_host, 2) == "ws://localhost:6003/publish"
 
 
 def test_the_old_ws_base_port_is_refused_with_its_replacement():
@@ -183,5 +183,5 @@ def test_every_setting_is_read_from_its_name_in_upper_case():
     (3, {"MIN_INSYNC_REPLICAS": "3"}, (3, 3))])
 def test_the_replication_policy_of_every_topic(brokers, env, expected):
     settings = config.load(env)
-    replicas = settings.topic_replicas(brokers)
-    assert (replicas, settings.topic_min_insync(replicas)) == expected
+    replicas = topology.topic_replicas(settings, brokers)
+    assert (replicas, topology.topic_min_insync(settings, replicas)) == expected

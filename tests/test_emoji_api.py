@@ -17,11 +17,12 @@ import requests
 from kafka import TopicPartition
 from kafka.admin import NewTopic
 
-from emoji_api import SINK, STREAMS, create_app, worker_app
 from emojistream import config
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode, format_timestamp
 from emojistream.common.streams import StreamCatalog, StreamWriter
+from emojistream.ingest.app import SINK, STREAMS, create_app
+from emojistream.ingest.server import worker_app
 from emojistream.ingest.sink import KafkaEventSink
 from testkit.topics import events_of
 from tests.services import REPO_ROOT, free_port, run_script

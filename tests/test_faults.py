@@ -28,7 +28,7 @@ import pytest
 import requests
 from kafka import TopicPartition
 
-from emojistream import config
+from emojistream import config, topology
 from emojistream.aggregator.checkpoints import Replay
 from emojistream.common import kafka_clients
 from emojistream.common.events import (
@@ -397,7 +397,8 @@ def health_ok(settings) -> dict[str, int]:
     urls = {"emoji_api": f"http://{settings.api_host}:{settings.api_port}/health",
             "registration_api": f"http://{settings.registration_host}:"
                                 f"{settings.registration_port}/health"}
-    urls.update({f"ws_server_{n}": f"http://{settings.ws_host}:{settings.ws_port(n)}/health"
+    urls.update({f"ws_server_{n}":
+                 f"http://{settings.ws_host}:{topology.ws_port(settings, n)}/health"
                  for n in settings.clusters})
     return {name: requests.get(url, timeout=5).status_code for name, url in urls.items()}
 

@@ -19,7 +19,7 @@ import requests
 from kafka import TopicPartition
 from kafka.admin import ConfigResource, NewTopic
 
-from emojistream import config
+from emojistream import config, topology
 from emojistream.common import kafka_clients
 from testkit.sandbox import free_port_run
 from testkit.topics import events_of
@@ -89,7 +89,7 @@ def test_each_broker_serves_its_metrics_on_a_port_of_its_own(cluster_env):
     """Broker K's JMX exporter listens on KAFKA_METRICS_PORT + K - 1; one broker of the three
     is the active controller."""
     settings = config.load(cluster_env)
-    ports = settings.kafka_metrics_ports()
+    ports = topology.kafka_metrics_ports(settings)
     assert ports == [int(cluster_env["KAFKA_METRICS_PORT"]) + k for k in range(BROKERS)]
     controllers = []
     for port in ports:

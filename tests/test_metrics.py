@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from datetime import UTC, datetime
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -22,18 +23,23 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import serve as ws_serve
 from websockets.protocol import State
 
-import emoji_api
-import registration_api
-import ws_server
-from emojistream import config
+from emojistream import config, topology
+from emojistream.aggregator.metrics import AggregatorMetrics
 from emojistream.common import metrics, tokens
 from emojistream.common.events import format_timestamp
 from emojistream.common.streams import StreamCatalog
+from emojistream.delivery import hub as ws_server
+from emojistream.delivery.metrics import WsMetrics
+from emojistream.delivery.routes import process_request
+from emojistream.delivery.subscriber import Subscriber
+from emojistream.ingest import app as emoji_api
+from emojistream.ingest.metrics import IngestMetrics
 from emojistream.ingest.sink import SinkUnavailable
 from emojistream.ops import prometheus_config, status
+from emojistream.registration import app as registration_api
+from emojistream.registration.metrics import RegistrationMetrics
 from emojistream.registration.registry import ClusterHealth
 from emojistream.relay.relay import Relay
-from subscriber import Subscriber
 from testkit.processes import REPO_ROOT
 from testkit.sandbox import free_port, free_port_run
 
@@ -52,12 +58,18 @@ def value(text: str, name: str, **labels) -> float:
 
 
 class FakeSink:
-    """Takes events until told Kafka is gone; reports a fixed buffer."""
+    """Takes events until told Kafka is gone; reports a fixed buffer, and counts failures as
+    KafkaEventSink does."""
 
-    def __init__(self):
+    def __init__(self, counters: IngestMetrics):
         self.events, self.down = [], False
-        self.pending = {"pending_events": 7, "pending_bytes": 700, "send_errors": 2,
-                        "lost_events": 9}
+        self.counters = counters
+        self.buffer = (7, 700)
+        self.fail(records=2, events=9)
+
+    def fail(self, records: int, events: int) -> None:
+        self.counters.send_errors.inc(records)
+        self.counters.lost.inc(events)
 
     def send(self, events, received_at=None):
         if self.down:
@@ -67,8 +79,8 @@ class FakeSink:
     def problem(self):
         return None
 
-    def stats(self):
-        return dict(self.pending)
+    def pending(self):
+        return self.buffer
 
     def close(self):
         pass
@@ -82,8 +94,10 @@ def event(**fields) -> dict:
 @pytest.fixture
 def ingest():
     settings = config.load({"STREAMS": "main"})
-    sink = FakeSink()
-    app = emoji_api.create_app(settings, sink=sink, streams=StreamCatalog(settings))
+    counters = IngestMetrics()
+    sink = FakeSink(counters)
+    app = emoji_api.create_app(settings, sink=sink, streams=StreamCatalog(settings),
+                               counters=counters)
     return app.test_client(), sink
 
 
@@ -115,7 +129,8 @@ def test_ingest_reports_the_producer_buffer_and_its_errors(ingest):
     assert value(text, "emojistream_api_producer_buffer_events") == 7
     assert value(text, "emojistream_api_send_errors_total") == 2
     assert value(text, "emojistream_api_events_lost_total") == 9
-    sink.pending.update(pending_bytes=0, pending_events=0, send_errors=3, lost_events=10)
+    sink.buffer = (0, 0)
+    sink.fail(records=1, events=1)
     text = client.get("/metrics").text
     assert value(text, "emojistream_api_producer_buffer_bytes") == 0
     assert value(text, "emojistream_api_send_errors_total") == 3
@@ -127,8 +142,9 @@ import sys
 import time
 import urllib.request
 from emojistream.common import metrics
+from emojistream.ingest.metrics import IngestMetrics
 metrics.use_multiprocess_values()
-counters = metrics.IngestMetrics()
+counters = IngestMetrics()
 counters.accepted.inc(int(sys.argv[1]))
 counters.buffer_bytes.set(int(sys.argv[1]) * 10)
 """
@@ -196,7 +212,6 @@ def fake_relay(consumer) -> Relay:
     forwarder.settings, forwarder.targets = config.load({}), ["a", "b"]
     forwarder.log, forwarder.consumer = logging.getLogger("test"), consumer
     forwarder.producer = FakeProducer()
-    forwarder.stats = {"forwarded": 0, "skipped": 0, "retried": 0}
     forwarder.metrics = metrics.RelayMetrics()
     return forwarder
 
@@ -251,11 +266,13 @@ def test_a_subscriber_counts_what_it_handed_over_and_skipped():
 def test_the_metrics_ports_of_kafka_only_processes_never_collide():
     settings = config.load({"METRICS_FIRST_PORT": "9310", "CLUSTER_COUNT": "3",
                             "SUBSCRIBERS_PER_CLUSTER": "2"})
-    ports = [settings.aggregator_metrics_port(), settings.main_publisher_metrics_port()]
-    ports += [settings.cluster_publisher_metrics_port(n) for n in settings.clusters]
-    ports += [settings.subscriber_metrics_port(n, k) for n in settings.clusters for k in (1, 2)]
+    ports = [topology.aggregator_metrics_port(settings),
+             topology.main_publisher_metrics_port(settings)]
+    ports += [topology.cluster_publisher_metrics_port(settings, n) for n in settings.clusters]
+    ports += [topology.subscriber_metrics_port(settings, n, k)
+              for n in settings.clusters for k in (1, 2)]
     assert ports == list(range(9310, 9321))
-    assert settings.metrics_port_count() == 11
+    assert topology.metrics_port_count(settings) == 11
 
 
 # --- WebSocket server -------------------------------------------------------------------------
@@ -269,7 +286,8 @@ async def exercise_ws_server(port: int) -> tuple[str, str]:
     viewer received and the server's /metrics."""
     hub = ws_server.Hub(config.load({}), 1, WS_KEY, WS_SECRET)
     hub.start()
-    async with ws_serve(hub.handle, "localhost", port, process_request=hub.process_request):
+    async with ws_serve(hub.handle, "localhost", port,
+                        process_request=partial(process_request, hub)):
         good = tokens.issue(WS_SECRET, "viewer_1", 1, 60, time.time(), "main")
         async with ws_connect(f"ws://localhost:{port}/?token={good}") as viewer, \
                 ws_connect(f"ws://localhost:{port}/publish",
@@ -343,7 +361,7 @@ def progress(**overrides):
 
 
 def test_the_aggregator_metrics_follow_each_batchs_progress():
-    aggregator = metrics.AggregatorMetrics()
+    aggregator = AggregatorMetrics()
     watermark = datetime(2026, 11, 27, 7, 15, 50, tzinfo=UTC).timestamp()
     aggregator.record(progress(), now=watermark + 12.5)
     aggregator.record(progress(numInputRows=10, observedMetrics={},
@@ -370,11 +388,11 @@ def every_metric_name() -> set[str]:
     """The names of every sample the components expose."""
     viewers = SimpleNamespace(clusters=[1], is_healthy=lambda n: True, live_count=lambda n: 0,
                               registered_count=lambda n: 0)
-    registries = [metrics.IngestMetrics().registry, metrics.AggregatorMetrics().registry,
+    registries = [IngestMetrics().registry, AggregatorMetrics().registry,
                   metrics.RelayMetrics().registry,
                   metrics.RelayMetrics(prefix="subscriber").registry,
-                  metrics.WsMetrics(SimpleNamespace(viewers=(), subscribers=())).registry,
-                  metrics.RegistrationMetrics(viewers).registry]
+                  WsMetrics(SimpleNamespace(viewers=(), subscribers=())).registry,
+                  RegistrationMetrics(viewers).registry]
     return {name for registry in registries
             for name, _ in samples(metrics.exposition(registry)[0].decode())}
 
@@ -408,7 +426,7 @@ def test_status_shows_down_components_and_the_lag_of_running_consumers():
     relay_metrics = metrics.RelayMetrics()
     relay_metrics.lag.set(12)
     assert metrics.serve(relay_metrics.registry, "localhost",
-                         settings.main_publisher_metrics_port(), "test")
+                         topology.main_publisher_metrics_port(settings), "test")
     table = status.rows(settings, {"main_publisher": "4242", "subscriber_1_1": "4343"})
     by_name = {row["name"]: row for row in table}
     assert [row["name"] for row in table] == [
@@ -419,6 +437,6 @@ def test_status_shows_down_components_and_the_lag_of_running_consumers():
     assert by_name["kafka"]["state"] == "down" and by_name["kafka"]["pid"] is None
     lines = status.render(table).splitlines()
     assert lines[7].split() == ["main_publisher", "4242", "up",
-                                f"http://localhost:{settings.main_publisher_metrics_port()}/metrics",
+                                f"http://localhost:{topology.main_publisher_metrics_port(settings)}/metrics",
                                 "12"]
     assert lines[5].split()[-1] == "?"

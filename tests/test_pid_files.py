@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emojistream import config
+from emojistream import config, topology
 from tests.services import (
     get_json,
     isolated_env,
@@ -36,7 +36,7 @@ def component_names(settings: config.Settings) -> list[str]:
 def health_urls(settings: config.Settings) -> list[str]:
     return ([f"http://{settings.api_host}:{settings.api_port}/health",
              f"http://{settings.registration_host}:{settings.registration_port}/health"]
-            + [f"http://{settings.ws_host}:{settings.ws_port(n)}/health"
+            + [f"http://{settings.ws_host}:{topology.ws_port(settings, n)}/health"
                for n in settings.clusters])
 
 

@@ -16,10 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-import registration_api
 from emojistream import config
 from emojistream.common import tokens
 from emojistream.common.streams import StreamCatalog
+from emojistream.registration import app as registration_api
+from emojistream.registration.app import create_app
 from emojistream.registration.registry import (
     NO_CLUSTER,
     ClusterHealth,
@@ -27,7 +28,6 @@ from emojistream.registration.registry import (
     Registry,
     RegistryFull,
 )
-from registration_api import create_app
 from tests.services import (
     assert_clean_log,
     free_port,

@@ -1,5 +1,6 @@
-"""The installation's secrets (emojistream/common/secrets.py): generated once, private, long enough and
-distinct; and the components that hold them refuse to start otherwise (one line, exit 1)."""
+"""The installation's secrets (emojistream/common/secrets.py): generated once, private, long
+enough and distinct; and the components that hold them refuse to start otherwise (one line,
+exit 1)."""
 
 from __future__ import annotations
 

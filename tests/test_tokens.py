@@ -1,4 +1,5 @@
-"""emojistream/common/tokens.py: issuing and checking viewer tokens (pure functions, no processes)."""
+"""emojistream/common/tokens.py: issuing and checking viewer tokens (pure functions, no
+processes)."""
 
 from __future__ import annotations
 

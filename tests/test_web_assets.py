@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from flask import Flask
 
-import registration_api
-from emoji_api import create_app as create_api_app
-from emojistream import config
+from emojistream import config, topology
 from emojistream.common.events import format_timestamp
+from emojistream.ingest.app import create_app as create_api_app
+from emojistream.registration import app as registration_api
 from emojistream.registration.web import STATIC_DIR, add_web_page, page_config
 from tests.services import isolated_env
 
@@ -101,7 +101,8 @@ def test_the_registration_api_serves_the_page(tmp_path):
     page = client.get("/")
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert "Content-Security-Policy" in page.headers, \
-        "GET / is not served by emojistream.registration.web.add_web_page (another route for / comes first)"
+        ("GET / is not served by emojistream.registration.web.add_web_page (another route for "
+         "/ comes first)")
     assert client.get("/assets/app.js").status_code == 200
     assert client.get("/config.json").get_json()["emojis"] == list(settings.allowed_emojis)
 
@@ -202,7 +203,8 @@ def test_by_default_the_registration_apis_page_may_send_and_no_other(path):
     ({"API_CORS_ORIGINS": "*"}, ("*",)),
 ])
 def test_the_default_origin_is_the_registration_apis_page(environ, origins):
-    assert config.load(environ).cors_origins == origins
+    settings = config.load(environ)
+    assert topology.cors_origins(settings, settings.api_cors_origins) == origins
 
 
 def test_any_origin_may_send_when_configured_with_a_star():

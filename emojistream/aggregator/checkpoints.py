@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+from emojistream.aggregator.settings import AggregatorSettings as Settings
 from emojistream.common.events import InvalidEvent, format_timestamp, parse_timestamp
-from emojistream.config import Settings
 
 REPLAY_FILE = "emojistream-replay.json"
 FILE_SYSTEM_CHECKPOINTS = ("org.apache.spark.sql.execution.streaming.checkpointing."

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emojistream.config import REPO_ROOT, ConfigError, Settings
+from emojistream.aggregator.settings import AggregatorSettings as Settings
+from emojistream.common.settings import REPO_ROOT, ConfigError
 
 LOG_CONFIG = REPO_ROOT / "config" / "spark-log4j2.properties"
 

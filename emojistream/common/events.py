@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from emojistream.config import STREAM_ID
+from emojistream.common.settings import STREAM_ID
 
 MAX_USER_ID_LENGTH = 64
 EVENT_FIELDS = ("user_id", "emoji_type", "timestamp")

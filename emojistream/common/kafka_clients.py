@@ -8,7 +8,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from emojistream.config import Settings
+from emojistream.common.settings import SharedSettings as Settings
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
@@ -23,7 +23,7 @@ def bootstrap_servers(settings: Settings) -> list[str]:
 
 def security_options(settings: Settings) -> dict:
     """The kafka-python keyword arguments of the Kafka security settings (none for PLAINTEXT);
-    config.load has checked that they fit together."""
+    the settings have checked that they fit together."""
     protocol = settings.kafka_security_protocol.upper()
     if protocol == "PLAINTEXT":
         return {}
@@ -140,3 +140,12 @@ class ReadyLog(ConsumerRebalanceListener):
         if revoked:
             self.log.info("partition(s) %s of %s revoked",
                           sorted(tp.partition for tp in revoked), self.topic)
+
+
+def force_close(producer: KafkaProducer) -> None:
+    """Stop a producer at once, dropping what it has not delivered.
+
+    kafka-python has no public call for it: close() flushes first, and raises again when Kafka
+    does not answer. This is the one use of its private ``_sender`` (tests/test_kafka_clients.py
+    fails loudly if an upgrade takes it away)."""
+    producer._sender.force_close()

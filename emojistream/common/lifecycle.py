@@ -1,14 +1,15 @@
-"""Process lifecycle shared by the long-running components."""
+"""Process lifecycle and command line shared by the long-running components."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import signal
 import threading
 
-from emojistream import config
+from emojistream.common.settings import ConfigError, S, SharedSettings, load_from
 
 
 def stop_on_signals() -> threading.Event:
@@ -33,7 +34,17 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def add_cluster_option(parser: argparse.ArgumentParser, settings: config.Settings) -> None:
+def load_settings(log: logging.Logger, cls: type[S]) -> S:
+    """The component's settings from the environment, or exit 2 naming the bad setting (not a
+    traceback)."""
+    try:
+        return load_from(cls)
+    except ConfigError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+
+
+def add_cluster_option(parser: argparse.ArgumentParser, settings: SharedSettings) -> None:
     """--cluster N, required, one of the configured clusters (1 to CLUSTER_COUNT)."""
 
     def cluster_number(text: str) -> int:
@@ -50,10 +61,19 @@ def add_cluster_option(parser: argparse.ArgumentParser, settings: config.Setting
                         help=f"cluster number, 1 to {settings.cluster_count}")
 
 
-def load_settings(log: logging.Logger) -> config.Settings:
-    """The settings from the environment, or exit 2 naming the bad setting (not a traceback)."""
-    try:
-        return config.load()
-    except config.ConfigError as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
+def server_options(parser: argparse.ArgumentParser, settings: SharedSettings,
+                   **fields: str) -> None:
+    """Options of an HTTP server's script that override settings: ``fields`` maps each option
+    (host, port, workers, threads) to the setting it overrides, e.g. host="api_host"."""
+    helps = {"host": "address to listen on", "port": "port to listen on",
+             "workers": "worker processes", "threads": "threads of each worker"}
+    for option, field in fields.items():
+        default = getattr(settings, field)
+        parser.add_argument(f"--{option}", dest=field, default=default, type=type(default),
+                            metavar=option.upper(),
+                            help=f"{helps[option]} (default {default}, {field.upper()})")
+
+
+def with_options(settings: S, args: argparse.Namespace, *fields: str) -> S:
+    """The settings with the values of the options ``server_options`` added."""
+    return dataclasses.replace(settings, **{field: getattr(args, field) for field in fields})

@@ -7,8 +7,8 @@
                  streams (POST /streams, DELETE /streams/ID)
 
 Different secrets: a viewer's token never lets it publish or administer.
-``python -m emojistream.common.secrets`` (run by setup) creates the files that are missing and prints
-where they are, not their values.
+``python -m emojistream.common.secrets`` (run by setup) creates the files that are missing and
+prints where they are, not their values.
 
 A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), else from
 ``$VAR_DIR/secrets/<name>.key``. The first process that needs the file creates it with a random
@@ -29,8 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from emojistream import config
-from emojistream.config import Settings
+from emojistream.common.settings import ConfigError, SharedSettings, load_from
 
 TOKEN_BYTES = 32
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it; a random one is 43 characters.
@@ -46,11 +45,11 @@ class SecretError(RuntimeError):
     """A secret file exists but cannot be used; the message says which and why."""
 
 
-def secret_path(settings: Settings, name: str) -> Path:
+def secret_path(settings: SharedSettings, name: str) -> Path:
     return settings.var_path / "secrets" / f"{name}.key"
 
 
-def shared_secret(settings: Settings, name: str, configured_value: str) -> str:
+def shared_secret(settings: SharedSettings, name: str, configured_value: str) -> str:
     """``configured_value`` when set, else the installation's secret ``name`` (created if
     missing). Raises SecretError (too short, a file others may read) or OSError."""
     if configured_value:
@@ -61,18 +60,18 @@ def shared_secret(settings: Settings, name: str, configured_value: str) -> str:
     return _long_enough(_read(path), str(path))
 
 
-def subscriber_key(settings: Settings) -> str:
+def subscriber_key(settings: SharedSettings) -> str:
     """The key subscribers present to the WebSocket servers' /publish endpoint."""
     return shared_secret(settings, SUBSCRIBER_KEY, settings.subscriber_key)
 
 
-def token_secret(settings: Settings) -> str:
+def token_secret(settings: SharedSettings) -> str:
     """The secret viewer tokens are signed with (registration API) and checked with (WebSocket
     servers)."""
     return shared_secret(settings, TOKEN_SECRET, settings.token_secret)
 
 
-def all_secrets(settings: Settings) -> dict[str, str]:
+def all_secrets(settings: SharedSettings) -> dict[str, str]:
     """Every secret, checked, and checked to differ from the others: every process that holds
     one starts with this, so a configuration in which one secret opens another's door (a
     viewer's token secret that would let it publish) never runs."""
@@ -87,7 +86,7 @@ def all_secrets(settings: Settings) -> dict[str, str]:
     return values
 
 
-def token_secret_and_subscriber_key(settings: Settings) -> tuple[str, str]:
+def token_secret_and_subscriber_key(settings: SharedSettings) -> tuple[str, str]:
     """The token secret and the subscriber key (all_secrets checks them)."""
     values = all_secrets(settings)
     return values[TOKEN_SECRET], values[SUBSCRIBER_KEY]
@@ -103,7 +102,7 @@ def _long_enough(value: str, source: str) -> str:
     return value
 
 
-def ensure_all(settings: Settings) -> list[str]:
+def ensure_all(settings: SharedSettings) -> list[str]:
     """Create every secret that is neither configured nor on disk; one line per secret saying
     where it comes from."""
     lines = []
@@ -148,11 +147,11 @@ def _read(path: Path) -> str:
 
 def main() -> int:
     try:
-        settings = config.load()
+        settings = load_from(SharedSettings)
         for line in ensure_all(settings):
             print(line)
         all_secrets(settings)
-    except (config.ConfigError, OSError, SecretError) as err:
+    except (ConfigError, OSError, SecretError) as err:
         print(f"secrets: {err}", file=sys.stderr)
         return 1
     return 0

@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 
 from emojistream.common import kafka_clients
 from emojistream.common.events import InvalidEvent, check_stream_id, encode
-from emojistream.config import Settings
+from emojistream.common.settings import SharedSettings as Settings
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from functools import partial
 from granian import Granian
 from granian.constants import Interfaces
 from granian.log import LogLevels
-from granian.server.mp import MPServer
 
 from emojistream.common.logs import FORMAT
 
@@ -33,8 +32,6 @@ from emojistream.common.logs import FORMAT
 # orphaned worker has to stop gracefully.
 PARENT_CHECK_S = 1.0
 ORPHAN_GRACE_S = 10.0
-# The app of this worker process and the function that ends it (see _serve_worker).
-_worker: dict = {}
 
 LOG_CONFIG = {
     "formatters": {"generic": {"()": "logging.Formatter", "fmt": FORMAT}},
@@ -82,26 +79,26 @@ def serve(factory: str, *, host: str, port: int, workers: int, threads: int,
                      blocking_threads=threads,
                      log_level=LogLevels(level if level in LogLevels.__members__ else "info"),
                      log_dictconfig=LOG_CONFIG, log_access=False)
-    server.serve(spawn_target=_serve_worker, target_loader=partial(_load_app, worker_exit))
+    server.serve(target_loader=partial(_load_app, worker_exit))
 
 
 def _load_app(worker_exit: str | None, factory: str):
-    """In a worker: make its app, and remember how to end it."""
+    """In a worker, as granian loads its app: the app, a watch that stops the worker when its
+    parent dies, and ``worker_exit`` run as the worker ends."""
     app = _call(factory)
-    _worker.update(app=app, exit=worker_exit)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="parent-watch").start()
+    if worker_exit:
+        threading.Thread(target=_after_serving, args=(worker_exit, app),
+                         name="worker-exit").start()
     return app
 
 
-def _serve_worker(*args, **kwargs) -> None:
-    """A worker of granian's WSGI mode that runs ``worker_exit`` when it stops serving, and
-    stops when its parent dies."""
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True,
-                     name="parent-watch").start()
-    try:
-        MPServer._spawn_wsgi_worker(*args, **kwargs)
-    finally:
-        if _worker.get("exit"):
-            _call(_worker["exit"], _worker["app"])
+def _after_serving(worker_exit: str, app) -> None:
+    """Call ``worker_exit`` once the worker's main thread is done serving. A thread that is not
+    a daemon: Python waits for it before the worker process exits."""
+    threading.main_thread().join()
+    _call(worker_exit, app)
 
 
 def _stop_when_orphaned(parent_pid: int) -> None:

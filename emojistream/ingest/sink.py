@@ -3,14 +3,8 @@
 
 Coalescing (as Hotstar's ingest does): a request hands its accepted events to an in-process
 buffer and returns; a flusher thread writes the buffer to Kafka every PRODUCER_LINGER_MS, or as
-soon as PRODUCER_EVENTS_PER_RECORD events wait, as records that each carry up to that many events
-(a JSON array; a record of one event is the plain object). Kafka's per-record cost, most of
-kafka-python's CPU per event, is paid once per record instead of once per event.
-
-A record's timestamp is the time the API received its earliest event, and a record spans at most
-half of EVENT_TIME_MARGIN_S of receive times: the aggregator checks every event's time against
-its record's (see emojistream/config.py), so a record delivered late (after an outage) still
-counts, and a far-off client time never does.
+soon as PRODUCER_EVENTS_PER_RECORD events wait, as records of many events (records.py). Kafka's
+per-record cost, most of kafka-python's CPU per event, is paid once per record.
 
 Durability. A 200 means the events are valid and in this process's buffer; they reach Kafka
 within PRODUCER_LINGER_MS plus Kafka's acknowledgement (acks=all, idempotent producer), and
@@ -29,22 +23,22 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 
-from kafka import KafkaProducer, codec
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode
-from emojistream.config import Settings
+from emojistream.ingest.metrics import IngestMetrics
+from emojistream.ingest.records import Record, coalesce, compression_type
+from emojistream.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
 # How long a request may wait in producer.send for topic metadata: only the first request of a
 # worker does (the flusher sends everything after), and it must not hang on a Kafka that is down.
 MAX_BLOCK_MS = 200
-# Below the broker's default message.max.bytes (1 MiB + 12), for one record and for one batch.
-MAX_RECORD_BYTES = 900_000
+# Below the broker's default message.max.bytes (1 MiB + 12), for one batch.
 MAX_BATCH_BYTES = 1_000_000
 # The producer batches the flusher's records for a moment more: they come all at once.
 PRODUCER_LINGER_MS = 5
@@ -60,60 +54,8 @@ SEND_RETRY_S = 0.5
 # How long a stopping worker waits for Kafka to acknowledge what it accepted.
 CLOSE_TIMEOUT_S = 20.0
 
-CODECS = {"gzip": (codec.has_gzip, "(built in)"), "snappy": (codec.has_snappy, "python-snappy"),
-          "lz4": (codec.has_lz4, "lz4"), "zstd": (codec.has_zstd, "zstandard")}
-
-
 class SinkUnavailable(RuntimeError):
     """Kafka cannot take events now; the message says why."""
-
-
-def compression_type(settings: Settings) -> str | None:
-    """PRODUCER_COMPRESSION as kafka-python wants it; ValueError when unusable here."""
-    name = settings.producer_compression.strip().lower()
-    if name in ("", "none"):
-        return None
-    if name not in CODECS:
-        raise ValueError(f"PRODUCER_COMPRESSION must be one of none, {', '.join(CODECS)}; "
-                         f"got {settings.producer_compression!r}")
-    available, package = CODECS[name]
-    if not available():
-        raise ValueError(f"PRODUCER_COMPRESSION={name} needs the Python package {package}")
-    return name
-
-
-@dataclass
-class Record:
-    """Events on their way to Kafka as one record."""
-
-    received_ms: int  # when the API received the earliest of them
-    events: list[bytes] = field(default_factory=list)
-    size: int = 0
-
-    def value(self) -> bytes:
-        if len(self.events) == 1:
-            return self.events[0]
-        return b"[" + b",".join(self.events) + b"]"
-
-
-def coalesce(batches: list[tuple[int, list[bytes]]], events_per_record: int,
-             span_ms: int) -> list[Record]:
-    """Records of the encoded events of ``batches`` ((received ms, events), in arrival order):
-    at most ``events_per_record`` events and MAX_RECORD_BYTES each, received within ``span_ms``
-    of the record's first."""
-    records: list[Record] = []
-    current: Record | None = None
-    for received_ms, events in batches:
-        for event in events:
-            if (current is None or len(current.events) >= events_per_record
-                    or current.size + len(event) + 1 > MAX_RECORD_BYTES
-                    or abs(received_ms - current.received_ms) > span_ms):
-                current = Record(received_ms)
-                records.append(current)
-            current.events.append(event)
-            current.size += len(event) + 1
-            current.received_ms = min(current.received_ms, received_ms)
-    return records
 
 
 class KafkaEventSink:
@@ -124,10 +66,11 @@ class KafkaEventSink:
     extra KafkaProducer options (tests shorten the delivery timeout with it).
     """
 
-    def __init__(self, settings: Settings,
+    def __init__(self, settings: IngestSettings,
                  connect_timeout_s: float = kafka_clients.DEFAULT_CONNECT_TIMEOUT_S,
-                 producer_overrides: dict | None = None):
+                 producer_overrides: dict | None = None, counters: IngestMetrics | None = None):
         self.settings = settings
+        self.counters = counters if counters is not None else IngestMetrics()
         self._overrides = producer_overrides or {}
         self.topic = settings.emoji_events_topic
         self._compression = compression_type(settings)
@@ -149,9 +92,9 @@ class KafkaEventSink:
         self._pending_bytes = 0
         self._progress_at = time.monotonic()
         self._failure: str | None = None
-        self._lost = 0
-        self._send_errors = 0   # records Kafka did not take
         self._probe_at = -math.inf
+        self._prober: KafkaConsumer | None = None  # asks Kafka for metadata while failing
+        self._probing = threading.Lock()
         self._closed = False
         self._said_unavailable = False
 
@@ -248,11 +191,14 @@ class KafkaEventSink:
         if problem is not None:
             raise SinkUnavailable(problem)
 
-    def stats(self) -> dict:
-        """What waits for Kafka now, and what failed since the start (for the metrics)."""
+    def pending(self) -> tuple[int, int]:
+        """The events, and their bytes, that wait for Kafka's acknowledgement now."""
         with self._lock:
-            return {"pending_events": self._pending, "pending_bytes": self._pending_bytes,
-                    "send_errors": self._send_errors, "lost_events": self._lost}
+            return self._pending, self._pending_bytes
+
+    def lost(self) -> int:
+        """Events accepted since the start that Kafka never took."""
+        return self.counters.lost_count()
 
     def _problem_locked(self, extra_bytes: int) -> str | None:
         if self._closed:
@@ -272,7 +218,7 @@ class KafkaEventSink:
         if problem is None:
             if self._said_unavailable:
                 self._said_unavailable = False
-                log.info("Kafka takes events again (%d event(s) lost since start)", self._lost)
+                log.info("Kafka takes events again (%d event(s) lost since start)", self.lost())
             return
         self._say_unavailable(problem)
         if self._failure is not None:
@@ -346,30 +292,37 @@ class KafkaEventSink:
         with self._lock:
             self._pending -= len(record.events)
             self._pending_bytes -= record.size - len(record.events)
-            self._lost += len(record.events)
-            self._send_errors += 1
             first = self._failure is None
             self._failure = str(error)
+        self.counters.send_errors.inc()
+        self.counters.lost.inc(len(record.events))
         if first:
             log.error("Kafka did not take a record of %d event(s): %s", len(record.events),
                       error)
 
     def _probe(self) -> None:
-        """Ask for fresh metadata; an answer that knows the topic ends the failure state.
-
-        Nothing else would: while failing, the API sends nothing, so no delivery can succeed.
-        kafka-python has no public call for a metadata refresh, hence ``_metadata``.
-        """
+        """Ask Kafka for fresh metadata, in the background; an answer that knows the topic ends
+        the failure state. Nothing else would: while failing, the API sends nothing, so no
+        delivery can succeed."""
         with self._lock:
             now = time.monotonic()
             if now - self._probe_at < PROBE_INTERVAL_S:
                 return
             self._probe_at = now
-        future = self._producer._metadata.request_update()
-        future.add_callback(self._probe_answered)
+        threading.Thread(target=self._probe_once, daemon=True, name="metadata-probe").start()
 
-    def _probe_answered(self, cluster) -> None:
-        if cluster.partitions_for_topic(self.topic):
+    def _probe_once(self) -> None:
+        if not self._probing.acquire(blocking=False):
+            return  # the previous probe still waits for its answer
+        try:
+            if self._prober is None:
+                self._prober = kafka_clients.consumer(self.settings, self._connect_timeout_s)
+            known = self.topic in self._prober.topics()  # always asks a broker
+        except (KafkaError, kafka_clients.KafkaUnavailable):
+            return
+        finally:
+            self._probing.release()
+        if known:
             with self._lock:
                 self._failure = None
                 self._progress_at = time.monotonic()
@@ -406,7 +359,8 @@ class KafkaEventSink:
         except KafkaTimeoutError:
             log.error("Kafka did not acknowledge %d event(s) within %.0f s; they are lost",
                       self._pending, timeout_s)
-            # Otherwise close() would flush again and raise again.
-            producer._sender.force_close()
+            kafka_clients.force_close(producer)  # else close() would flush and raise again
         producer.close(timeout=timeout_s)
-        log.info("producer closed; %d event(s) lost since start", self._lost)
+        if self._prober is not None:
+            self._prober.close()
+        log.info("producer closed; %d event(s) lost since start", self.lost())

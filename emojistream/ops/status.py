@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from emojistream import config
+from emojistream import topology
 from emojistream.common import urls
 from emojistream.common.lifecycle import load_settings
+from emojistream.common.settings import SharedSettings
 
 LAG_METRIC = "emojistream_consumer_lag"
 SCRAPE_TIMEOUT_S = 2.0
@@ -36,7 +37,7 @@ class Component:
     consumer: bool = False
 
 
-def components(settings: config.Settings) -> list[Component]:
+def components(settings: SharedSettings) -> list[Component]:
     """Every component start_all.sh starts, and the local Kafka brokers, in start order."""
     run = settings.var_path / "run"
 
@@ -45,33 +46,34 @@ def components(settings: config.Settings) -> list[Component]:
 
     found = [_broker(settings, k, url) for k in range(1, settings.kafka_brokers + 1)]
     found.append(Component("spark_aggregator", str(run / "spark_aggregator.pid"),
-                           url(settings.metrics_host, settings.aggregator_metrics_port())))
+                           url(settings.metrics_host, topology.aggregator_metrics_port(settings))))
     for n in settings.clusters:
         found.append(Component(f"ws_server_{n}", str(run / f"ws_server_{n}.pid"),
-                               url(settings.ws_cluster_host(n), settings.ws_port(n))))
+                               url(topology.ws_cluster_host(settings, n),
+                                   topology.ws_port(settings, n))))
     found.append(Component("registration_api", str(run / "registration_api.pid"),
                            url(settings.registration_host, settings.registration_port)))
     for n in settings.clusters:
         for k in range(1, settings.subscribers_per_cluster + 1):
             found.append(Component(
                 f"subscriber_{n}_{k}", str(run / f"subscriber_{n}_{k}.pid"),
-                url(settings.metrics_host, settings.subscriber_metrics_port(n, k)), True))
+                url(settings.metrics_host, topology.subscriber_metrics_port(settings, n, k)), True))
         found.append(Component(
             f"cluster_publisher_{n}", str(run / f"cluster_publisher_{n}.pid"),
-            url(settings.metrics_host, settings.cluster_publisher_metrics_port(n)), True))
+            url(settings.metrics_host, topology.cluster_publisher_metrics_port(settings, n)), True))
     found.append(Component("main_publisher", str(run / "main_publisher.pid"),
-                           url(settings.metrics_host, settings.main_publisher_metrics_port()),
-                           True))
+                           url(settings.metrics_host,
+                               topology.main_publisher_metrics_port(settings)), True))
     found.append(Component("emoji_api", str(run / "emoji_api.pid"),
                            url(settings.api_host, settings.api_port)))
     return found
 
 
-def _broker(settings: config.Settings, k: int, url) -> Component:
+def _broker(settings: SharedSettings, k: int, url) -> Component:
     kafka_dir = settings.var_path / "kafka"
     single = settings.kafka_brokers == 1
     pid_file = kafka_dir / "kafka.pid" if single else kafka_dir / f"broker-{k}" / "kafka.pid"
-    ports = settings.kafka_metrics_ports()
+    ports = topology.kafka_metrics_ports(settings)
     metrics_url = url(settings.kafka_host, ports[k - 1]) if ports else ""
     return Component("kafka" if single else f"kafka_{k}", str(pid_file), metrics_url)
 
@@ -90,7 +92,7 @@ def consumer_lag(metrics_url: str) -> int | None:
     return None
 
 
-def rows(settings: config.Settings, pids: dict[str, str]) -> list[dict]:
+def rows(settings: SharedSettings, pids: dict[str, str]) -> list[dict]:
     """One row per component: name, pid (None when down), state, metrics URL, lag."""
     table = []
     for component in components(settings):
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("pids", nargs="*", metavar="NAME=PID")
     args = parser.parse_args(argv)
-    settings = load_settings(logging.getLogger(__name__))
+    settings = load_settings(logging.getLogger(__name__), SharedSettings)
     if args.components:
         for component in components(settings):
             print(component.name, component.pid_file)

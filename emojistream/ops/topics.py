@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from kafka.admin import ConfigResource
 from kafka.errors import KafkaError
 
-from emojistream import config
+from emojistream import topology
 from emojistream.common.kafka_clients import KafkaUnavailable, admin_client
 from emojistream.common.logs import setup_logging
+from emojistream.common.settings import ConfigError, SharedSettings, load_from
 
 TOPIC_ALREADY_EXISTS = 36
 MIN_INSYNC = "min.insync.replicas"
@@ -32,12 +33,12 @@ class TopicSpec:
     compacted: bool = False
 
 
-def topic_specs(settings: config.Settings, brokers: int = 1) -> list[TopicSpec]:
+def topic_specs(settings: SharedSettings, brokers: int = 1) -> list[TopicSpec]:
     """Every topic of the pipeline, in the order data flows through them, for a cluster of
     ``brokers`` brokers. The events and the window aggregates, which nothing upstream can send
     again, also get min.insync.replicas."""
-    rf = settings.topic_replicas(brokers)
-    isr = settings.topic_min_insync(rf)
+    rf = topology.topic_replicas(settings, brokers)
+    isr = topology.topic_min_insync(settings, rf)
     specs = [TopicSpec(settings.emoji_events_topic, settings.emoji_events_partitions, rf, isr),
              TopicSpec(settings.aggregated_topic, settings.topic_partitions, rf, isr)]
     specs += [TopicSpec(settings.cluster_topic(n), settings.topic_partitions, rf)
@@ -52,7 +53,7 @@ def broker_count(admin) -> int:
     return len(admin.describe_cluster()["brokers"])
 
 
-def wait_for_brokers(settings: config.Settings, count: int, timeout_s: float,
+def wait_for_brokers(settings: SharedSettings, count: int, timeout_s: float,
                      log: logging.Logger | None = None) -> bool:
     """Wait until the cluster has at least ``count`` brokers; False on timeout."""
     log = log or logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def _set_min_insync(admin, spec: TopicSpec, replicas: int, log: logging.Logger) 
     log.info("%s: %s set to %d (was %s)", spec.name, MIN_INSYNC, wanted, value)
 
 
-def ensure_topics(settings: config.Settings, log: logging.Logger) -> list[str]:
+def ensure_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
     """Create the missing topics; report existing ones whose partitions or replicas differ,
     and give the events and aggregates topics their min.insync.replicas.
 
@@ -187,9 +188,9 @@ def main(argv=None) -> int:
         "replication_factor": args.replication_factor,
         "min_insync_replicas": args.min_insync_replicas}.items() if value is not None}
     try:
-        settings = config.load(**overrides)
+        settings = load_from(SharedSettings, **overrides)
         ensure_topics(settings, log)
-    except (KafkaUnavailable, KafkaError, RuntimeError, config.ConfigError) as err:
+    except (KafkaUnavailable, KafkaError, RuntimeError, ConfigError) as err:
         log.error("%s", err)
         return 1
     return 0

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import requests
 
-from emojistream import config
+from emojistream import topology
+from emojistream.common.settings import SharedSettings
 
 log = logging.getLogger("registration_api")
 
@@ -229,13 +230,14 @@ class HttpProbe:
     within WS_HEALTH_TIMEOUT_S or answers something else. A new connection each time: a server
     that died is noticed by the next poll."""
 
-    def __init__(self, settings: config.Settings):
+    def __init__(self, settings: SharedSettings):
         self.settings = settings
         self.timeout_s = settings.ws_health_timeout_s
 
     def __call__(self, cluster: int) -> ClusterHealth | None:
         try:
-            answer = requests.get(self.settings.ws_health_url(cluster), timeout=self.timeout_s)
+            answer = requests.get(topology.ws_health_url(self.settings, cluster),
+                                  timeout=self.timeout_s)
             health = answer.json() if answer.status_code == 200 else {}
             viewers, streams = health["viewers"], health.get("streams", {})
         except (requests.RequestException, ValueError, KeyError, TypeError):

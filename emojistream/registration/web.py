@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, request, send_from_directory
 
-from emojistream import config
+from emojistream import topology
 from emojistream.common import urls
+from emojistream.common.settings import REPO_ROOT
+from emojistream.registration.settings import RegistrationSettings
 
-STATIC_DIR = config.REPO_ROOT / "static"
+STATIC_DIR = REPO_ROOT / "static"
 ASSETS_PATH = "/assets"
 
 # The page loads its own scripts and styles only; it talks to the configured APIs and WebSocket
@@ -39,7 +41,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
 ])
 
 
-def page_config(settings: config.Settings, page_url: str) -> dict:
+def page_config(settings: RegistrationSettings, page_url: str) -> dict:
     """What config.json answers to a page loaded from ``page_url``."""
     page = urlsplit(page_url)
     if settings.api_public_url:
@@ -49,7 +51,7 @@ def page_config(settings: config.Settings, page_url: str) -> dict:
         # the page.
         api_url = f"{page.scheme}://{urls.host_port(page.hostname, settings.api_port)}"
     else:
-        api_url = settings.api_url()
+        api_url = topology.api_url(settings)
     if settings.registration_public_url:
         registration_url = settings.registration_public_url.rstrip("/")
     else:
@@ -67,7 +69,7 @@ def page_config(settings: config.Settings, page_url: str) -> dict:
     }
 
 
-def add_web_page(app: Flask, settings: config.Settings, static_dir: Path = STATIC_DIR) -> None:
+def add_web_page(app: Flask, settings: RegistrationSettings, static_dir: Path = STATIC_DIR) -> None:
     """Serve the web page at / (with its assets and /config.json) from ``app``."""
     web = Blueprint("web_page", __name__, static_folder=str(static_dir),
                     static_url_path=ASSETS_PATH)

@@ -20,7 +20,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from emojistream.common import kafka_clients, metrics
 from emojistream.common.backoff import Backoff
 from emojistream.common.events import InvalidEvent, decode_window_update
-from emojistream.config import Settings
+from emojistream.common.settings import SharedSettings as Settings
 
 POLL_TIMEOUT_MS = 200
 LINGER_MS = 5
@@ -46,7 +46,6 @@ class Relay:
                                                enable_auto_commit=False,
                                                auto_offset_reset="earliest")
         self.producer = self._new_producer()
-        self.stats = {"forwarded": 0, "skipped": 0, "retried": 0}
         self.metrics = metrics.RelayMetrics()
         self._backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
         try:
@@ -70,7 +69,6 @@ class Relay:
                 self._rewind(polled)
                 self._drop_producer()
                 delay = self._backoff.next_delay()
-                self.stats["retried"] += 1
                 self.metrics.retried.inc()
                 self.log.warning("%s; not committing: sending the batch again in %.1f s "
                                  "(attempt %d)", err, delay, self._backoff.attempts)
@@ -104,8 +102,8 @@ class Relay:
         return self.producer
 
     def close(self) -> None:
-        self.log.info("stopping: %(forwarded)d update(s) forwarded, %(skipped)d record(s) "
-                      "skipped, %(retried)d batch(es) sent again", self.stats)
+        self.log.info("stopping: %d update(s) forwarded, %d record(s) skipped, %d batch(es) "
+                      "sent again", *self.metrics.totals())
         if self.producer is not None:
             self.producer.close()
         self.consumer.close()
@@ -141,7 +139,6 @@ class Relay:
                 self._skip(record, f"Kafka refused it: {errors[0]}")
             else:
                 forwarded += 1
-        self.stats["forwarded"] += forwarded
         self.metrics.forwarded.inc(forwarded)
 
     def _is_update(self, record) -> bool:
@@ -153,10 +150,9 @@ class Relay:
             return False
 
     def _skip(self, record, reason: str) -> None:
-        self.stats["skipped"] += 1
         self.metrics.skipped.inc()
         self.log.warning("skipping record at %s[%d]@%d: %s (%d skipped so far)", record.topic,
-                         record.partition, record.offset, reason, self.stats["skipped"])
+                         record.partition, record.offset, reason, self.metrics.skipped_count())
 
     def _rewind(self, polled: dict) -> None:
         """Back to the first record of each partition of the batch, so the next poll returns

@@ -1,0 +1,27 @@
+"""The aggregator's settings (docs/operations.md#settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emojistream.common.settings import REPO_ROOT, SharedSettings
+
+
+@dataclass(frozen=True)
+class AggregatorSettings(SharedSettings):
+    spark_master: str = "local[*]"  # or spark://host:port
+    spark_driver_host: str = ""  # where executors reach the driver; empty: Spark's choice
+    spark_driver_memory: str = "2g"
+    spark_executor_memory: str = "1g"
+    spark_executor_cores: int = 1
+    spark_cores_max: int = 0  # 0: all the cluster offers
+    spark_connector_jars_dir: str = str(REPO_ROOT / "lib" / "spark-kafka")
+    spark_shuffle_partitions: int = 1
+    spark_ui_enabled: bool = True
+    spark_ui_port: int = 4040
+    spark_log_level: str = "WARN"
+    spark_trigger_seconds: float = 0.5
+    spark_max_offsets_per_trigger: int = 1_000_000
+    normalize_threshold: int = 20
+    normalize_divisor: int = 100
+    unique_users_lg_k: int = 14  # HLL sketch of 2^k buckets

@@ -1,0 +1,194 @@
+"""client_simulator.py CLIENT_ID: a simulated viewer that registers, watches its cluster's
+window updates, and sends emojis.
+
+It registers CLIENT_ID with the registration API as a viewer of one live stream (--stream ID;
+default main), connects to the WebSocket endpoint it is given (which carries its token) and
+prints each window update of that stream it receives as one line (stdout), while it sends random
+emojis for that stream to the ingest API at --rate events per second (one per POST /emoji, or
+--batch B per POST /emojis). After --duration seconds, or on Ctrl-C / SIGTERM, it deregisters
+and exits 0.
+
+Reconnection. When the connection drops (its WebSocket server died, a network failure, no pong)
+or the server refuses the token (close code 4401: missing, invalid or expired; 4403: issued for
+another cluster), it registers again, which gets a fresh token and, when its cluster's server
+is down, another cluster, and reconnects. Attempts are spaced by exponential backoff with jitter
+(VIEWER_RETRY_INITIAL_S doubling up to VIEWER_RETRY_MAX_S, each varied by up to 30%), so that
+thousands of viewers dropped together do not come back in one burst. The backoff starts again
+from the beginning only after a connection that delivered an update or lasted STABLE_S. When
+another viewer with the same client id connects (close code 4409), it stops and exits 1: one
+connection per client id.
+
+Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
+message as received, one JSON document per line. An update received again unchanged (after a
+reconnection, the new server sends its stream's latest updates) is not shown twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from emojistream import topology
+from emojistream.client.sender import Sender, wait_at_most
+from emojistream.client.settings import ViewerSettings
+from emojistream.client.viewer import RegistrationClient, RegistrationError
+from emojistream.client.watcher import Display, Watcher, without_token
+from emojistream.common.backoff import Backoff
+from emojistream.common.lifecycle import load_settings
+from emojistream.common.logs import setup_logging
+
+log = logging.getLogger("client_simulator")
+
+
+async def simulate(args: argparse.Namespace, settings: ViewerSettings) -> int:
+    stop = _stop_event(args.duration)
+    registration = RegistrationClient(args.registration_url, args.stream)
+    try:
+        assignment = await _first_registration(registration, args.client_id, stop, settings)
+    except RegistrationError as err:
+        log.error("%s", err)
+        return 1
+    if assignment is None:  # stopped while waiting for a cluster
+        registration.close()
+        return 0
+    log.info("registered %r: %s at %s, stream %s", args.client_id,
+             assignment.get("cluster_id"), without_token(assignment["subscriber_endpoint"]),
+             assignment.get("stream_id"))
+    display = Display("quiet" if args.quiet else "json" if args.print_json else "lines")
+    watcher = Watcher(registration, args.client_id, display, settings)
+    watching = asyncio.create_task(watcher.run(assignment))
+    sender = sending = None
+    if args.rate > 0:
+        sender = Sender(args.api_url, args.client_id, args.rate, args.batch,
+                        settings.allowed_emojis, args.stream)
+        sending = asyncio.create_task(sender.run(stop))
+        log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
+                 f" in batches of {args.batch}" if args.batch > 1 else "")
+    failed = await _run_until(stop, watching, sending)
+    if not watcher.replaced:  # else the registration is the newer viewer's now
+        await _deregister(registration, args.client_id)
+    _log_summary(display, sender)
+    if sender is not None:
+        sender.close()
+    registration.close()
+    return 1 if failed or watcher.replaced else 0
+
+
+async def _first_registration(registration: RegistrationClient, client_id: str,
+                              stop: asyncio.Event, settings: ViewerSettings) -> dict | None:
+    """The first assignment. While no cluster is available (503: every WebSocket server is
+    down, or the system is starting) it tries again with backoff; None if stopped meanwhile.
+    Any other refusal raises RegistrationError."""
+    backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
+    while True:
+        try:
+            return await asyncio.to_thread(registration.register, client_id)
+        except RegistrationError as err:
+            if err.status != 503:
+                raise
+            delay = backoff.next_delay()
+            log.warning("%s; trying again in %.1f s", err, delay)
+        await wait_at_most(stop, delay)
+        if stop.is_set():
+            return None
+
+
+def _stop_event(duration: float | None) -> asyncio.Event:
+    """Set by SIGINT, SIGTERM or after ``duration`` seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    return stop
+
+
+async def _run_until(stop: asyncio.Event, watching: asyncio.Task,
+                     sending: asyncio.Task | None) -> bool:
+    """Run until ``stop`` is set (or a task fails), then cancel the watcher and let the sender
+    finish its request; True if a task failed."""
+    tasks = [task for task in (watching, sending) if task is not None]
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    watching.cancel()
+    results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
+    failures = [result for result in results if isinstance(result, Exception)]
+    for failure in failures:
+        log.error("stopping after an unexpected error", exc_info=failure)
+    return bool(failures)
+
+
+async def _deregister(registration: RegistrationClient, client_id: str) -> None:
+    try:
+        known = await asyncio.to_thread(registration.deregister, client_id)
+    except RegistrationError as err:
+        log.warning("could not deregister: %s", err)
+        return
+    log.info("deregistered %r%s", client_id, "" if known else " (it was not registered)")
+
+
+def _log_summary(display: Display, sender: Sender | None) -> None:
+    sent = f"; sent {sender.sent} emoji(s), {sender.accepted} accepted" if sender else ""
+    log.info("received %d message(s)%s", display.received, sent)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def parse_args(argv, settings: ViewerSettings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="client_simulator.py",
+        description="A simulated viewer: registers CLIENT_ID, prints the window updates of its "
+                    "stream (stdout), sends random emojis to the ingest API, and deregisters "
+                    "on exit (after --duration, Ctrl-C or SIGTERM).")
+    parser.add_argument("client_id", metavar="CLIENT_ID", help="the viewer's id (and user_id)")
+    parser.add_argument("--stream", metavar="ID", default=None,
+                        help="the live stream to watch and react to (default: the API's "
+                             "default stream, main); GET /streams on the registration API "
+                             "lists them")
+    parser.add_argument("--rate", type=non_negative_float, default=5.0,
+                        help="emojis sent per second (default 5; 0 sends none)")
+    parser.add_argument("--batch", type=positive_int, default=1,
+                        help="emojis per request: 1 posts /emoji, more post /emojis arrays "
+                             "(default 1)")
+    parser.add_argument("--duration", type=non_negative_float, default=None, metavar="S",
+                        help="stop after S seconds (default: run until stopped)")
+    parser.add_argument("--registration-url", default=topology.registration_url(settings),
+                        help="registration API (default from REGISTRATION_PUBLIC_URL, or "
+                             "REGISTRATION_HOST and REGISTRATION_PORT: %(default)s)")
+    parser.add_argument("--api-url", default=topology.api_url(settings),
+                        help="ingest API (default from API_PUBLIC_URL, or API_HOST and "
+                             "API_PORT: %(default)s)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="print no window updates")
+    output.add_argument("--print-json", action="store_true",
+                        help="print each received message as one raw JSON line")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    setup_logging("client_simulator")
+    settings = load_settings(log, ViewerSettings)
+    args = parse_args(argv, settings)
+    sys.stdout.reconfigure(errors="backslashreplace")
+    return asyncio.run(simulate(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The simulator's viewing: one WebSocket connection kept up, each update shown once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from emojistream.client.settings import ViewerSettings
+from emojistream.client.viewer import RegistrationClient, RegistrationError, format_window
+from emojistream.common import closecodes
+from emojistream.common.backoff import Backoff
+from emojistream.common.events import InvalidEvent, decode_window_update
+
+log = logging.getLogger("client_simulator")
+
+CONNECT_TIMEOUT_S = 10.0
+# How many windows are remembered to mark an update that replaces an earlier one.
+REMEMBERED_WINDOWS = 64
+# A connection that lasted this long (or delivered an update) resets the reconnect backoff.
+STABLE_S = 5.0
+# Close codes of a refused token: registering again gets a fresh one.
+TOKEN_REFUSED = {closecodes.UNAUTHORIZED, closecodes.FORBIDDEN}
+
+
+class Display:
+    """Shows each received message on stdout: as a readable line, as raw JSON, or not at all."""
+
+    def __init__(self, mode: str):
+        self.mode = mode  # "lines", "json" or "quiet"
+        self.received = 0
+        self._windows: deque[str] = deque(maxlen=REMEMBERED_WINDOWS)
+        self._recent: deque = deque(maxlen=REMEMBERED_WINDOWS)
+
+    def show(self, message) -> None:
+        self.received += 1
+        log.debug("received message %d (%d characters)", self.received, len(message))
+        if message in self._recent:
+            # A server sends a connecting viewer its stream's latest updates, so after a
+            # reconnection the viewer may get again an update it already showed.
+            log.debug("skipped a repeat of an update already shown")
+            return
+        self._recent.append(message)
+        if self.mode == "json":
+            _print(_one_line(message))
+            return
+        try:
+            update = decode_window_update(message)
+        except InvalidEvent as err:
+            log.warning("received a message that is not a window update (%s)", err)
+            return
+        window = update["window_start"]
+        seen = window in self._windows
+        if not seen:
+            self._windows.append(window)
+        if self.mode == "lines":
+            _print(format_window(update, replaces_earlier=seen))
+
+
+def _one_line(message) -> str:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    if "\n" not in text:
+        return text
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return text.replace("\n", " ")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+class Watcher:
+    """Keeps a WebSocket connection to the client's endpoint, registering again (fresh token,
+    possibly another cluster) and reconnecting with backoff whenever it drops or is refused."""
+
+    def __init__(self, registration: RegistrationClient, client_id: str, display: Display,
+                 settings: ViewerSettings):
+        self.registration = registration
+        self.client_id = client_id
+        self.display = display
+        self.settings = settings
+        self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
+        self.cluster: str | None = None
+        # Another connection with this client id took this one's place: it must not fight back.
+        self.replaced = False
+
+    async def run(self, assignment: dict) -> None:
+        while True:
+            if assignment is not None:
+                self.cluster = assignment.get("cluster_id")
+                reason, stable = await self._watch(assignment)
+                if self.replaced:
+                    log.error("%s; stopping (another viewer with client id %r watches now)",
+                              reason, self.client_id)
+                    return
+                if stable:
+                    self._backoff.reset()
+            else:
+                reason = "registration failed"
+            delay = self._backoff.next_delay()
+            log.warning("not connected (%s); registering again and reconnecting in %.1f s "
+                        "(attempt %d)", reason, delay, self._backoff.attempts)
+            await asyncio.sleep(delay)
+            assignment = await self._register_again()
+
+    async def _watch(self, assignment: dict) -> tuple[str, bool]:
+        """Receive until the connection ends: why it ended, and whether it was stable (it
+        delivered an update or lasted STABLE_S)."""
+        endpoint = assignment["subscriber_endpoint"]
+        shown = without_token(endpoint)
+        received = self.display.received
+        loop = asyncio.get_running_loop()
+        opened_at = None
+        try:
+            async with connect(endpoint, open_timeout=CONNECT_TIMEOUT_S,
+                               **self.settings.ws_keepalive()) as connection:
+                opened_at = loop.time()
+                log.info("connected to %s (%s)", shown, assignment.get("cluster_id"))
+                try:
+                    async for message in connection:
+                        self.display.show(message)
+                except asyncio.CancelledError:
+                    await connection.close()  # a normal closure (1000) when the viewer stops
+                    raise
+            code, reason = connection.close_code, _closed(shown, connection.close_code,
+                                                          connection.close_reason)
+        except ConnectionClosed as err:
+            code = err.rcvd.code if err.rcvd else None
+            reason = _closed(shown, code, err.rcvd.reason if err.rcvd else "")
+        except (OSError, WebSocketException, TimeoutError) as err:
+            code, reason = None, f"{shown}: {str(err) or type(err).__name__}"
+        self.replaced = code == closecodes.REPLACED
+        stable = self.display.received > received or (
+            opened_at is not None and loop.time() - opened_at >= STABLE_S)
+        return reason, stable
+
+    async def _register_again(self) -> dict | None:
+        try:
+            assignment = await asyncio.to_thread(self.registration.register, self.client_id)
+        except RegistrationError as err:
+            log.warning("could not register again: %s", err)
+            return None
+        cluster = assignment.get("cluster_id")
+        log.info("registered again: %s%s", cluster,
+                 f" (was {self.cluster})" if self.cluster and cluster != self.cluster else "")
+        return assignment
+
+
+def _closed(endpoint: str, code: int | None, reason: str | None) -> str:
+    if code in TOKEN_REFUSED:
+        return f"{endpoint} refused the token: {code} {reason}"
+    if code is not None and code >= 4000:
+        return f"{endpoint} closed the connection: {code} {reason}"
+    if code is None:
+        return f"{endpoint}: connection lost (no close frame)"
+    return f"{endpoint} closed the connection (code {code})"
+
+
+def without_token(endpoint: str) -> str:
+    """The endpoint for log lines: a token is a credential."""
+    return endpoint.split("?", 1)[0]

@@ -1,0 +1,69 @@
+"""A WebSocket server's connections: who is connected, the limits per client, closing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from websockets.asyncio.server import ServerConnection
+
+
+def peer(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
+
+
+def address_of(connection: ServerConnection) -> str:
+    """The client's IP address (the limits per address count by it)."""
+    address = connection.remote_address
+    return address[0] if address else "?"
+
+
+class Connections:
+    """Viewers and subscribers connected now, each client id's live connection, and the viewer
+    connections of each client address."""
+
+    def __init__(self, max_per_address: int, close_timeout_s: float):
+        self.max_per_address = max_per_address
+        self.close_timeout_s = close_timeout_s
+        self.viewers: set[ServerConnection] = set()
+        self.subscribers: set[ServerConnection] = set()
+        self.viewer_of: dict[str, ServerConnection] = {}  # client id -> its live connection
+        self.per_address: Counter[str] = Counter()
+        self.leaving: set[ServerConnection] = set()  # closed by the server, not gone yet
+        self._closing: set[asyncio.Task] = set()
+
+    def address_full(self, connection: ServerConnection) -> bool:
+        return self.per_address[address_of(connection)] >= self.max_per_address
+
+    def add_viewer(self, connection: ServerConnection, client_id: str) -> ServerConnection | None:
+        """Count a viewer in; the client's older connection it replaces, if any."""
+        previous = self.viewer_of.get(client_id)
+        self.viewer_of[client_id] = connection
+        self.per_address[address_of(connection)] += 1
+        return previous
+
+    def remove_viewer(self, connection: ServerConnection, client_id: str) -> None:
+        if self.viewer_of.get(client_id) is connection:
+            del self.viewer_of[client_id]
+        address = address_of(connection)
+        self.per_address[address] -= 1
+        if not self.per_address[address]:
+            del self.per_address[address]
+
+    def close_later(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Close without waiting for it here; the connection's handler then ends and forgets
+        it."""
+        self.leaving.add(connection)
+        task = asyncio.create_task(self._close(connection, code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """The closing handshake, and the connection dropped if it takes longer than
+        WS_CLOSE_TIMEOUT_S: websockets' close() first waits for the unsent data to drain,
+        which for a viewer that stopped reading never happens."""
+        try:
+            await asyncio.wait_for(connection.close(code, reason), self.close_timeout_s)
+        except TimeoutError:
+            connection.transport.abort()

@@ -1,0 +1,177 @@
+"""What flows through one cluster's WebSocket server: viewers admitted by their token, updates
+from the subscribers deduplicated and broadcast to their stream's viewers (docs/delivery.md)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+
+from emojistream.common import closecodes, tokens
+from emojistream.common.events import InvalidEvent, decode_window_update
+from emojistream.delivery.broadcast import Broadcaster
+from emojistream.delivery.connections import Connections, address_of, peer
+from emojistream.delivery.dedup import WindowDeduplicator
+from emojistream.delivery.metrics import WsMetrics
+from emojistream.delivery.settings import DeliverySettings
+from emojistream.delivery.stream import Stream
+
+log = logging.getLogger("ws_server")
+
+VIEWER_PATH = "/"
+PUBLISH_PATH = "/publish"
+
+
+class Hub:
+    """The cluster's connections, its streams, and the broadcasting between them."""
+
+    def __init__(self, settings: DeliverySettings, cluster: int, subscriber_key: str,
+                 token_secret: str):
+        self.cluster = cluster
+        self.subscriber_key = subscriber_key
+        self._token_secret = token_secret
+        self._dedup_windows = settings.ws_dedup_windows
+        self.connections = Connections(settings.ws_max_connections_per_address,
+                                       settings.ws_close_timeout_s)
+        self.streams: dict[str, Stream] = {}
+        self.metrics = WsMetrics(self.connections)
+        self.broadcaster = Broadcaster(settings.ws_broadcast_batch,
+                                       settings.ws_max_viewer_buffer_bytes, self.metrics,
+                                       self.connections.close_later, self.connections.leaving)
+
+    @property
+    def viewers(self) -> set[ServerConnection]:
+        return self.connections.viewers
+
+    @property
+    def subscribers(self) -> set[ServerConnection]:
+        return self.connections.subscribers
+
+    def start(self) -> None:
+        """Start broadcasting (in the running event loop)."""
+        self.broadcaster.start()
+
+    async def stop(self) -> None:
+        await self.broadcaster.stop()
+
+    def health(self) -> dict:
+        return {"cluster": self.cluster, "status": "ok", "viewers": len(self.viewers),
+                "subscribers": len(self.subscribers),
+                "streams": {stream_id: stream.health()
+                            for stream_id, stream in sorted(self.streams.items())}}
+
+    def too_many(self, connection: ServerConnection) -> bool:
+        """Whether the viewer's address has its limit of connections already (counted, logged)."""
+        if not self.connections.address_full(connection):
+            return False
+        self.metrics.over_address_limit.inc()
+        log.info("refused a viewer from %s: %d connections from that address already",
+                 peer(connection), self.connections.per_address[address_of(connection)])
+        return True
+
+    def _stream(self, stream_id: str) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            stream = self.streams[stream_id] = Stream(self._dedup_windows)
+        return stream
+
+    # --- WebSocket connections ---
+
+    async def handle(self, connection: ServerConnection) -> None:
+        if urlsplit(connection.request.path).path == PUBLISH_PATH:
+            await self._serve(connection, (self.subscribers,), "subscriber", self._on_update,
+                              logging.INFO)
+            return
+        try:
+            client_id, stream_id = tokens.verify(self._token_secret,
+                                                 _token(connection.request.path), self.cluster,
+                                                 time.time())
+        except tokens.TokenError as err:
+            self.metrics.tokens_refused.inc()
+            log.info("refused a viewer from %s: %s (%d)", peer(connection), err.reason,
+                     err.code)
+            await connection.close(err.code, err.reason)
+            return
+        if self.too_many(connection):  # handshakes that were under way together
+            await connection.close(closecodes.TOO_MANY, "too many connections from your address")
+            return
+        await self._serve_viewer(connection, client_id, self._stream(stream_id))
+
+    async def _serve_viewer(self, connection: ServerConnection, client_id: str,
+                            stream: Stream) -> None:
+        """One live connection per client id: a newer one replaces the older. The viewer gets
+        its stream's snapshot first, written before it joins the broadcasts (no await between),
+        so no update can come between them or before them."""
+        previous = self.connections.add_viewer(connection, client_id)
+        if previous is not None:
+            self.metrics.replaced.inc()
+            log.info("viewer %r connected again from %s: closing its connection from %s",
+                     client_id, peer(connection), peer(previous))
+            self.connections.close_later(previous, closecodes.REPLACED,
+                                         "replaced by a newer connection of this client")
+        for data in stream.snapshot():
+            broadcast([connection], data, text=True)
+        try:
+            await self._serve(connection, (self.viewers, stream.viewers),
+                              f"viewer {client_id!r}", self._on_viewer_message, logging.DEBUG)
+        finally:
+            self.connections.remove_viewer(connection, client_id)
+
+    async def _serve(self, connection, groups: tuple[set, ...], kind: str, on_message,
+                     level: int) -> None:
+        for group in groups:
+            group.add(connection)
+        log.log(level, "%s connected from %s; %d viewer(s), %d subscriber(s)", kind,
+                peer(connection), len(self.viewers), len(self.subscribers))
+        try:
+            async for message in connection:
+                on_message(connection, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            for group in groups:
+                group.discard(connection)
+            self.connections.leaving.discard(connection)
+            log.log(level, "%s from %s disconnected (code %s); %d viewer(s), %d subscriber(s)",
+                    kind, peer(connection), connection.close_code, len(self.viewers),
+                    len(self.subscribers))
+
+    def _on_viewer_message(self, connection: ServerConnection, _message) -> None:
+        self.metrics.from_viewers.inc()
+        log.debug("discarded a message from viewer %s", peer(connection))
+
+    def _on_update(self, connection: ServerConnection, message) -> None:
+        """A subscriber's update: the first copy of each version of a window is broadcast."""
+        try:
+            if not isinstance(message, str):
+                raise InvalidEvent("binary message (updates are text)")
+            update = decode_window_update(message)
+            stream = self._stream(update["stream_id"])
+            verdict = stream.dedup.check(update)
+        except (InvalidEvent, ValueError) as err:
+            self.metrics.updates_dropped.labels("invalid").inc()
+            log.warning("skipped an invalid update from %s: %s (%d invalid so far)",
+                        peer(connection), err,
+                        self.metrics.count("updates_dropped", {"reason": "invalid"}))
+            return
+        if verdict != WindowDeduplicator.NEW:
+            self.metrics.updates_dropped.labels(verdict).inc()
+            log.debug("dropped a %s update for window %s of %s", verdict,
+                      update["window_start"], update["stream_id"])
+            return
+        data = message.encode("utf-8")
+        stream.remember(update, data)
+        self.metrics.accepted.inc()
+        if stream.viewers:  # a stream nobody watches here costs nothing more
+            self.broadcaster.enqueue(stream, update["window_start"], data)
+        else:
+            self.metrics.unwatched.inc()
+
+
+def _token(path: str) -> str | None:
+    """The token of the query string, if any."""
+    values = parse_qs(urlsplit(path).query).get("token")
+    return values[0] if values else None

@@ -1,0 +1,61 @@
+"""A WebSocket server's HTTP, answered before the WebSocket handshake (websockets'
+process_request): GET /health, GET /metrics, the subscriber key at /publish, the limit of
+viewers per address."""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from emojistream.common import metrics
+from emojistream.common.auth import bearer_matches
+from emojistream.delivery.connections import address_of, peer
+from emojistream.delivery.hub import PUBLISH_PATH, VIEWER_PATH, Hub
+
+log = logging.getLogger("ws_server")
+
+HEALTH_PATH = "/health"
+METRICS_PATH = metrics.PATH
+
+
+def process_request(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
+    """The answer to a request that is not a WebSocket handshake to go ahead with, else None."""
+    path = urlsplit(request.path).path
+    if path in (HEALTH_PATH, METRICS_PATH):
+        if request.method != "GET":
+            response = connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
+                                          f"{request.method} is not allowed on {path}; use GET\n")
+            response.headers["Allow"] = "GET"
+            return response
+        if path == HEALTH_PATH:
+            return _answer(connection, json.dumps(hub.health()) + "\n", "application/json")
+        body, content_type = metrics.exposition(hub.metrics.registry)
+        return _answer(connection, body.decode("utf-8"), content_type)
+    if path == PUBLISH_PATH and not bearer_matches(request.headers.get("Authorization"),
+                                                   hub.subscriber_key):
+        log.warning("refused a subscriber from %s: missing or wrong key", peer(connection))
+        return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                  "missing or wrong subscriber key "
+                                  "(send Authorization: Bearer <key>)\n")
+    if path not in (VIEWER_PATH, PUBLISH_PATH):
+        return connection.respond(http.HTTPStatus.NOT_FOUND,
+                                  f"no such endpoint: {path} (viewers connect to "
+                                  f"{VIEWER_PATH}, subscribers to {PUBLISH_PATH})\n")
+    if path == VIEWER_PATH and hub.too_many(connection):
+        return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                  f"too many connections from {address_of(connection)}: at "
+                                  f"most {hub.connections.max_per_address} "
+                                  "(WS_MAX_CONNECTIONS_PER_ADDRESS)\n")
+    return None
+
+
+def _answer(connection: ServerConnection, body: str, content_type: str) -> Response:
+    response = connection.respond(http.HTTPStatus.OK, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    return response

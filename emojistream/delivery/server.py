@@ -1,0 +1,95 @@
+"""ws_server.py --cluster N: one asyncio event loop, no threads, on one port:
+
+    ws://HOST:PORT/?token=T      viewers, with the token the registration API gave them; closed
+                                 with 4401 (missing, invalid or expired token) or 4403 (a token
+                                 for another cluster). What viewers send is discarded
+    ws://HOST:PORT/publish       the cluster's subscribers, with "Authorization: Bearer <key>"
+                                 (HTTP 401 otherwise); every text message is a window update
+    GET http://HOST:PORT/health  {"cluster": N, "status": "ok", "viewers": V, "subscribers": S,
+                                  "streams": {ID: {"viewers": V, "last_window": START,
+                                                   "last_window_total": T}, ...}}
+    GET http://HOST:PORT/metrics Prometheus metrics (emojistream/delivery/metrics.py)
+
+What viewers receive: README.md; deduplication, limits, heartbeats and scale: docs/delivery.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import errno
+import logging
+import signal
+from functools import partial
+
+from websockets.asyncio.server import serve
+
+from emojistream import topology
+from emojistream.common import secrets
+from emojistream.common.lifecycle import add_cluster_option, load_settings, raise_open_file_limit
+from emojistream.common.logs import setup_logging
+from emojistream.delivery.hub import PUBLISH_PATH, VIEWER_PATH, Hub
+from emojistream.delivery.routes import HEALTH_PATH, METRICS_PATH, process_request
+from emojistream.delivery.settings import DeliverySettings
+
+log = logging.getLogger("ws_server")
+
+
+async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: str,
+              open_files: int) -> None:
+    hub = Hub(settings, cluster, key, token_secret)
+    hub.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    port = topology.ws_port(settings, cluster)
+    # No compression: broadcast() would compress each copy separately, and every compressed
+    # connection holds zlib buffers.
+    async with serve(hub.handle, settings.ws_host, port,
+                     process_request=partial(process_request, hub),
+                     **settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
+                     compression=None, backlog=settings.ws_listen_backlog):
+        log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
+                 "health at %s, metrics at %s; open-file limit %d (one per connection)", cluster,
+                 settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH, HEALTH_PATH, METRICS_PATH,
+                 open_files)
+        await stop.wait()
+        log.info("stopping: closing %d viewer and %d subscriber connection(s)",
+                 len(hub.viewers), len(hub.subscribers))
+        await hub.stop()
+    log.info("stopped: %s", hub.metrics.summary())
+
+
+def main(argv=None) -> int:
+    setup_logging("ws_server")
+    # websockets logs every HTTP answer (each health check) at INFO; this server logs what
+    # matters itself.
+    logging.getLogger("websockets").setLevel(
+        max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    settings = load_settings(log, DeliverySettings)
+    parser = argparse.ArgumentParser(
+        prog="ws_server.py",
+        description="WebSocket fan-out of window updates to one cluster's viewers. Listens on "
+                    "WS_HOST, port WS_FIRST_PORT + N - 1; subscribers publish at /publish with the "
+                    "subscriber key; GET /health reports the connection counts.")
+    add_cluster_option(parser, settings)
+    parser.add_argument("--host", default=settings.ws_host,
+                        help=f"address to listen on (default {settings.ws_host})")
+    args = parser.parse_args(argv)
+    settings = dataclasses.replace(settings, ws_host=args.host)
+    try:
+        token_secret, key = secrets.token_secret_and_subscriber_key(settings)
+    except (OSError, secrets.SecretError) as err:
+        log.error("cannot use the secrets: %s", err)
+        return 1
+    try:
+        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit()))
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            raise
+        log.error("port %d on %s is already in use (is cluster %d's server running already?)",
+                  topology.ws_port(settings, args.cluster), settings.ws_host, args.cluster)
+        return 1
+    return 0

@@ -1,0 +1,20 @@
+"""The settings of the WebSocket servers and the subscribers (docs/operations.md#settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emojistream.common.settings import SharedSettings
+
+
+@dataclass(frozen=True)
+class DeliverySettings(SharedSettings):
+    ws_close_timeout_s: float = 2.0
+    ws_max_connections_per_address: int = 10_000
+    ws_max_viewer_buffer_bytes: int = 1024 * 1024
+    ws_dedup_windows: int = 64
+    ws_broadcast_batch: int = 250
+    ws_listen_backlog: int = 4096
+    subscriber_session_timeout_ms: int = 6000
+    subscriber_heartbeat_ms: int = 1000
+    subscriber_retry_max_s: float = 2.0

@@ -1,0 +1,196 @@
+"""The ingest API's Flask app: validates reactions and hands them to Kafka (README.md#ingest-api).
+
+Every failure is answered with JSON {"error": "..."}: 4xx for bad input, 503 while Kafka cannot
+take events. Browsers may call it from the pages of API_CORS_ORIGINS (flask-cors answers the
+preflights); a request from another origin is refused with 403 before anything reaches Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+
+from flask import Flask, request
+from flask_cors import CORS
+
+from emojistream import topology
+from emojistream.common import metrics
+from emojistream.common.events import EventValidator, InvalidEvent
+from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body, json_error
+from emojistream.common.streams import StreamCatalog, UnknownStream
+from emojistream.ingest.metrics import IngestMetrics
+from emojistream.ingest.settings import IngestSettings
+from emojistream.ingest.sink import KafkaEventSink, SinkUnavailable
+
+log = logging.getLogger("emoji_api")
+
+ENDPOINTS = "POST /emoji, POST /emojis, GET /health and GET /metrics"
+SINK = "emoji_sink"  # keys of the sink, the stream catalog and the metrics in app.extensions
+STREAMS = "streams"
+METRICS = "metrics"
+RETRY_AFTER_S = "1"
+CORS_MAX_AGE_S = 600  # how long a browser may reuse a preflight answer
+
+
+class IngestFlask(Flask):
+    def make_default_options_response(self):
+        """Preflights and other OPTIONS requests: 204 No Content."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        return response
+
+
+def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | None = None,
+               counters: IngestMetrics | None = None) -> Flask:
+    """The ingest app; ``sink`` (default: a KafkaEventSink) takes the events, ``streams``
+    (default: a catalog following the streams topic) says which streams exist, ``counters``
+    (default: new ones, shared with the default sink) count what happens."""
+    counters = counters if counters is not None else IngestMetrics()
+    app = IngestFlask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.extensions[METRICS] = counters
+    app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings, counters=counters)
+    app.extensions[STREAMS] = streams if streams is not None else StreamCatalog(settings).start()
+    _add_routes(app, settings)
+    _add_metrics(app)
+    _add_cors(app, settings)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_cors(app: Flask, settings: IngestSettings) -> None:
+    """flask-cors labels answers for the origins of API_CORS_ORIGINS; a browser request from
+    another origin is refused with 403 (a browser would hide the answer from the page anyway).
+    A request without an Origin header (curl, the simulator, servers) is not concerned."""
+    origins = topology.cors_origins(settings, settings.api_cors_origins)
+    any_origin = "*" in origins
+    CORS(app, origins="*" if any_origin else list(origins), send_wildcard=any_origin,
+         methods=["GET", "POST", "OPTIONS"], allow_headers=["Content-Type"],
+         expose_headers=["Retry-After"], max_age=CORS_MAX_AGE_S, vary_header=True,
+         always_send=False)
+
+    @app.before_request
+    def refuse_other_origins():
+        origin = request.headers.get("Origin")
+        if origin is not None and not any_origin and origin.rstrip("/") not in origins:
+            raise ApiError(403, f"origin {origin} is not allowed (API_CORS_ORIGINS)")
+
+
+def _add_routes(app: Flask, settings: IngestSettings) -> None:
+    validator = EventValidator.from_settings(settings)
+    sink = app.extensions[SINK]
+    streams = app.extensions[STREAMS]
+    refused = app.extensions[METRICS].refused
+
+    def accept(item, received_at: datetime) -> dict:
+        event = validator.validate(item, received_at)
+        streams.require(event["stream_id"])
+        return event
+
+    @app.post("/emoji")
+    def post_emoji():
+        received_at = datetime.now(UTC)
+        try:
+            event = accept(json_body(), received_at)
+        except InvalidEvent:
+            refused.labels("invalid").inc()
+            raise
+        except UnknownStream:
+            refused.labels("unknown_stream").inc()
+            raise
+        _send(app, [event], received_at)
+        return {"status": "success"}
+
+    @app.post("/emojis")
+    def post_emojis():
+        items = json_body()
+        _check_batch(items, settings.api_max_batch, refused)
+        received_at = datetime.now(UTC)
+        accepted, rejected, unknown_streams = [], [], 0
+        for index, item in enumerate(items):
+            try:
+                accepted.append(accept(item, received_at))
+            except InvalidEvent as err:
+                rejected.append({"index": index, "error": str(err)})
+            except UnknownStream as err:
+                rejected.append({"index": index, "error": str(err)})
+                unknown_streams += 1
+        body = {"status": "success", "accepted": len(accepted), "rejected": rejected}
+        refused.labels("unknown_stream").inc(unknown_streams)
+        refused.labels("invalid").inc(len(rejected) - unknown_streams)
+        if not accepted:
+            status = 404 if unknown_streams == len(items) else 400
+            raise ApiError(status, f"none of the {len(items)} events is valid",
+                           {**body, "status": "error"})
+        _send(app, accepted, received_at)
+        return body
+
+    @app.get("/health")
+    def health():
+        problem = sink.problem()
+        if problem is not None:
+            raise _unavailable(problem)
+        return {"status": "ok"}
+
+
+def _check_batch(items, max_batch: int, refused) -> None:
+    if not isinstance(items, list):
+        raise ApiError(400, "body must be a JSON array of events")
+    if not items:
+        raise ApiError(400, "empty batch")
+    if len(items) > max_batch:
+        refused.labels("too_large").inc(len(items))
+        raise ApiError(413, f"batch has {len(items)} events; at most {max_batch} are allowed")
+
+
+def _send(app: Flask, events: list[dict], received_at: datetime) -> None:
+    counters = app.extensions[METRICS]
+    try:
+        app.extensions[SINK].send(events, received_at.timestamp())
+    except SinkUnavailable as err:
+        counters.refused.labels("unavailable").inc(len(events))
+        raise _unavailable(str(err)) from None
+    counters.accepted.inc(len(events))
+
+
+def _add_metrics(app: Flask) -> None:
+    """GET /metrics, and every answer counted by endpoint and status."""
+    counters = app.extensions[METRICS]
+
+    @app.after_request
+    def count(response):
+        endpoint = request.url_rule.rule if request.url_rule is not None else "other"
+        counters.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.get(metrics.PATH)
+    def serve_metrics():
+        sample_buffer(app)
+        registry = (metrics.multiprocess_registry() if os.environ.get(metrics.MULTIPROC_ENV)
+                    else counters.registry)
+        body, content_type = metrics.exposition(registry)
+        return body, 200, {"Content-Type": content_type}
+
+
+def sample_buffer(app: Flask) -> None:
+    """The events and bytes waiting for Kafka into the metrics' gauges."""
+    events, size = app.extensions[SINK].pending()
+    app.extensions[METRICS].set_buffer(events, size)
+
+
+def _unavailable(reason: str) -> ApiError:
+    return ApiError(503, f"Kafka is unavailable ({reason}); try again shortly",
+                    headers={"Retry-After": RETRY_AFTER_S})
+
+
+def _add_error_handlers(app: Flask) -> None:
+    @app.errorhandler(InvalidEvent)
+    def invalid_event(err: InvalidEvent):
+        return json_error(400, str(err))
+
+    @app.errorhandler(UnknownStream)
+    def unknown_stream(err: UnknownStream):
+        return json_error(404, str(err))
+
+    add_json_error_handlers(app, log, ENDPOINTS)
