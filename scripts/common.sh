@@ -1,5 +1,5 @@
 # Sourced by the project's scripts: paths, the effective configuration and small helpers.
-# The configuration comes from emojistream/config.py (defaults, overridden by the environment),
+# The configuration comes from the settings (defaults, overridden by the environment),
 # so no script hard-codes a host, a port or a topic.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

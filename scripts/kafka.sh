@@ -65,7 +65,7 @@ bootstrap_list() {
 write_properties() {
   local k="$1" dir port controller_port replicas min_isr
   dir="$(node_dir "$k")"; port="$(node_port "$k")"; controller_port="$(node_controller_port "$k")"
-  # Internal topics get the replication of every topic (emojistream/config.py: topic_replicas).
+  # Internal topics get the replication of every topic (emojistream/topology.py: topic_replicas).
   read -r replicas min_isr < <(cd "$REPO_ROOT" && python3 -m emojistream.config --topic-replication "$BROKERS")
   [ "$min_isr" -gt 0 ] || min_isr=1
   cat > "$dir/server.properties" <<PROPS

@@ -10,8 +10,8 @@
 #   - Debian's chromium (and an emoji font), for the web page's browser tests, which Playwright
 #     drives (Playwright's own browser download is not used): installed with apt-get when
 #     /usr/bin/chromium is missing;
-#   - Debian's prometheus, for the metrics test (tests/test_prometheus.py) and
-#     scripts/prometheus.sh: installed with apt-get when /usr/bin/prometheus is missing;
+#   - Debian's prometheus, for the metrics test (tests/test_prometheus.py): installed with
+#     apt-get when /usr/bin/prometheus is missing;
 #   - the token secret and the subscriber key under $VAR_DIR/secrets, when not configured.
 # Requires Python 3.11+, Java 17+ and Maven.
 set -euo pipefail
@@ -62,7 +62,7 @@ setup_python() {
   say "installing Python packages (requirements.lock, with their hashes) and the project"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
     -r requirements.lock
-  # The project itself, editable: emojistream, testkit, bench and the scripts import from here.
+  # The project itself, editable: the scripts, testkit and bench import emojistream from here.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
     --no-build-isolation --editable .
   write_stamp .venv/.requirements.sha256 requirements.lock pyproject.toml

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (idempotent), check the code with ruff, and run the tests.
+# Set up (idempotent), check the code with ruff and mypy, and run the tests.
 #
 #   scripts/test.sh            every test: unit tests, and integration tests against a real Kafka
 #                              broker, Spark jobs, the whole system and Chromium, which the tests
@@ -15,6 +15,7 @@ esac
 "$REPO_ROOT/scripts/setup.sh"
 cd "$REPO_ROOT"
 .venv/bin/ruff check .
+.venv/bin/mypy  # over emojistream/ (pyproject.toml)
 if [ "${1:-}" = "--fast" ]; then
   shift
   # Markers of tests/conftest.py; the unit tests mostly wait on their own processes, so four

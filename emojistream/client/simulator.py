@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     setup_logging("client_simulator")
     settings = load_settings(log, ViewerSettings)
     args = parse_args(argv, settings)
-    sys.stdout.reconfigure(errors="backslashreplace")
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     return asyncio.run(simulate(args, settings))
 
 

@@ -90,7 +90,7 @@ class Watcher:
         # Another connection with this client id took this one's place: it must not fight back.
         self.replaced = False
 
-    async def run(self, assignment: dict) -> None:
+    async def run(self, assignment: dict | None) -> None:
         while True:
             if assignment is not None:
                 self.cluster = assignment.get("cluster_id")

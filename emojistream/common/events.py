@@ -169,7 +169,7 @@ def encode(message: dict | list) -> bytes:
     return orjson.dumps(message)
 
 
-def decode_window_update(raw: bytes) -> dict:
+def decode_window_update(raw: bytes | str) -> dict:
     """A window update from a topic record, or InvalidEvent when it is not one."""
     try:
         message = json.loads(raw)

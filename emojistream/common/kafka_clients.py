@@ -27,7 +27,7 @@ def security_options(settings: Settings) -> dict:
     protocol = settings.kafka_security_protocol.upper()
     if protocol == "PLAINTEXT":
         return {}
-    options = {"security_protocol": protocol}
+    options: dict[str, object] = {"security_protocol": protocol}
     if protocol.startswith("SASL_"):
         options.update(sasl_mechanism=settings.kafka_sasl_mechanism.upper(),
                        sasl_plain_username=settings.kafka_sasl_username,

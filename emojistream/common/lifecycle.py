@@ -51,7 +51,7 @@ def add_cluster_option(parser: argparse.ArgumentParser, settings: SharedSettings
         try:
             number = int(text)
         except ValueError:
-            number = None
+            number = 0
         if number not in settings.clusters:
             raise argparse.ArgumentTypeError(
                 f"must be between 1 and {settings.cluster_count} (CLUSTER_COUNT), got {text}")

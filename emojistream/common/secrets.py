@@ -1,14 +1,7 @@
-"""Secrets shared by the processes of one installation, generated on first use.
-
-    subscriber   SUBSCRIBER_KEY: subscribers present it to their WebSocket server's /publish
-    token        TOKEN_SECRET: the registration API signs viewer tokens with it, the WebSocket
-                 servers check them (emojistream/common/tokens.py)
-    admin        ADMIN_KEY: operators present it to the registration API to add and remove
-                 streams (POST /streams, DELETE /streams/ID)
-
-Different secrets: a viewer's token never lets it publish or administer.
-``python -m emojistream.common.secrets`` (run by setup) creates the files that are missing and
-prints where they are, not their values.
+"""Secrets shared by the processes of one installation, generated on first use: the token
+secret, the subscriber key and the admin key (docs/operations.md#settings). They must differ: a
+viewer's token never lets it publish or administer. ``python -m emojistream.common.secrets``
+(run by setup) creates the files that are missing and prints where they are, not their values.
 
 A secret comes from its setting when that is set (for example SUBSCRIBER_KEY), else from
 ``$VAR_DIR/secrets/<name>.key``. The first process that needs the file creates it with a random

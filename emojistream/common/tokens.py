@@ -1,22 +1,8 @@
 """Viewer tokens: what admits a viewer to one cluster's WebSocket server, for a while.
 
-The registration API issues a token with each assignment; the viewer presents it in the query
-string of the endpoint it was given (ws://host:port/?token=...); the WebSocket server checks it.
-Both share the secret (TOKEN_SECRET, else VAR_DIR/secrets/token.key). A token is
-
-    base64url(payload) "." base64url(HMAC-SHA256(secret, base64url(payload)))
-
-without padding, where the payload is the JSON object {"sub": client id, "cl": cluster number,
-"exp": expiry in epoch seconds, "st": stream id}. It binds the client id to one cluster and
-one stream until the expiry: it cannot be altered (the signature would not match), moved to
-another cluster, or used after it expires. Pure functions: the caller passes the time.
-
-A rejected token is a TokenError carrying the WebSocket close code and reason the server sends:
-
-    4401 "missing token"       no token in the query string
-    4401 "invalid token"       malformed, or the signature does not match (forged, altered)
-    4401 "token expired"       signed correctly, but its expiry has passed
-    4403 "token is for cluster M, this is cluster N"
+The format, the secret and the close codes of a refused token: docs/delivery.md#tokens. Pure
+functions: the caller passes the time. A rejected token is a TokenError carrying the close code
+and reason the server sends.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def bind_address(host: str, port: int) -> str:
     """The IP address to listen on for ``host`` (granian takes addresses, not names)."""
     family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                   flags=socket.AI_PASSIVE)[0]
-    return address[0]
+    return str(address[0])
 
 
 def serve(factory: str, *, host: str, port: int, workers: int, threads: int,

@@ -81,13 +81,14 @@ class Hub:
     # --- WebSocket connections ---
 
     async def handle(self, connection: ServerConnection) -> None:
-        if urlsplit(connection.request.path).path == PUBLISH_PATH:
+        assert connection.request is not None  # handlers run after the handshake
+        path = connection.request.path
+        if urlsplit(path).path == PUBLISH_PATH:
             await self._serve(connection, (self.subscribers,), "subscriber", self._on_update,
                               logging.INFO)
             return
         try:
-            client_id, stream_id = tokens.verify(self._token_secret,
-                                                 _token(connection.request.path), self.cluster,
+            client_id, stream_id = tokens.verify(self._token_secret, _token(path), self.cluster,
                                                  time.time())
         except tokens.TokenError as err:
             self.metrics.tokens_refused.inc()

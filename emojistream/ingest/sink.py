@@ -24,12 +24,13 @@ import math
 import threading
 import time
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode
 from emojistream.ingest.metrics import IngestMetrics
+from emojistream.ingest.probe import MetadataProbe
 from emojistream.ingest.records import Record, coalesce, compression_type
 from emojistream.ingest.settings import IngestSettings
 
@@ -47,8 +48,6 @@ PRODUCER_LINGER_MS = 5
 RECONNECT_BACKOFF_MAX_MS = 1_000
 # After a failed connect, answer 503 at once for this long instead of trying again per request.
 CONNECT_RETRY_S = 5.0
-# At most one metadata probe per this interval while a delivery failure blocks sending.
-PROBE_INTERVAL_S = 1.0
 # How long the flusher waits before trying a send again that Kafka refused at once.
 SEND_RETRY_S = 0.5
 # How long a stopping worker waits for Kafka to acknowledge what it accepted.
@@ -92,9 +91,9 @@ class KafkaEventSink:
         self._pending_bytes = 0
         self._progress_at = time.monotonic()
         self._failure: str | None = None
-        self._probe_at = -math.inf
-        self._prober: KafkaConsumer | None = None  # asks Kafka for metadata while failing
-        self._probing = threading.Lock()
+        # While failing, the API sends nothing, so no delivery can succeed: fresh metadata that
+        # knows the topic again ends the failure state.
+        self._probe = MetadataProbe(settings, self.topic, connect_timeout_s, self._known_again)
         self._closed = False
         self._said_unavailable = False
 
@@ -222,7 +221,7 @@ class KafkaEventSink:
             return
         self._say_unavailable(problem)
         if self._failure is not None:
-            self._probe()
+            self._probe.ask()
 
     def _say_unavailable(self, problem: str) -> None:
         if not self._said_unavailable:
@@ -264,6 +263,7 @@ class KafkaEventSink:
         """Hand the record to the producer; while it refuses at once (Kafka gone), try again
         (the events were accepted) until the delivery timeout, then count them lost."""
         give_up_at = time.monotonic() + self.settings.kafka_delivery_timeout_s
+        assert self._producer is not None  # the flusher starts with it
         while True:
             try:
                 future = self._producer.send(self.topic, value=record.value(),
@@ -300,32 +300,10 @@ class KafkaEventSink:
             log.error("Kafka did not take a record of %d event(s): %s", len(record.events),
                       error)
 
-    def _probe(self) -> None:
-        """Ask Kafka for fresh metadata, in the background; an answer that knows the topic ends
-        the failure state. Nothing else would: while failing, the API sends nothing, so no
-        delivery can succeed."""
+    def _known_again(self) -> None:
         with self._lock:
-            now = time.monotonic()
-            if now - self._probe_at < PROBE_INTERVAL_S:
-                return
-            self._probe_at = now
-        threading.Thread(target=self._probe_once, daemon=True, name="metadata-probe").start()
-
-    def _probe_once(self) -> None:
-        if not self._probing.acquire(blocking=False):
-            return  # the previous probe still waits for its answer
-        try:
-            if self._prober is None:
-                self._prober = kafka_clients.consumer(self.settings, self._connect_timeout_s)
-            known = self.topic in self._prober.topics()  # always asks a broker
-        except (KafkaError, kafka_clients.KafkaUnavailable):
-            return
-        finally:
-            self._probing.release()
-        if known:
-            with self._lock:
-                self._failure = None
-                self._progress_at = time.monotonic()
+            self._failure = None
+            self._progress_at = time.monotonic()
 
     # --- the end ---
 
@@ -350,10 +328,10 @@ class KafkaEventSink:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        producer = self._producer
-        if producer is None:
+        producer, flusher = self._producer, self._flusher
+        if producer is None or flusher is None:
             return
-        self._flusher.join(timeout_s)
+        flusher.join(timeout_s)
         try:
             producer.flush(timeout_s)
         except KafkaTimeoutError:
@@ -361,6 +339,5 @@ class KafkaEventSink:
                       self._pending, timeout_s)
             kafka_clients.force_close(producer)  # else close() would flush and raise again
         producer.close(timeout=timeout_s)
-        if self._prober is not None:
-            self._prober.close()
+        self._probe.close()
         log.info("producer closed; %d event(s) lost since start", self.lost())

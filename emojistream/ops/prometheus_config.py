@@ -32,6 +32,7 @@ def scrape_targets(settings: SharedSettings) -> dict[str, list[dict]]:
         if not component.metrics_url:
             continue
         match = _NAME.match(component.name)
+        assert match is not None, component.name  # every name matches _NAME
         job = "kafka" if component.name.startswith("kafka") else match["job"]
         labels = {"component": component.name}
         if match["cluster"] and job != "kafka":

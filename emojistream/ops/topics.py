@@ -79,7 +79,8 @@ def wait_for_brokers(settings: SharedSettings, count: int, timeout_s: float,
 
 
 def _create_request(spec: TopicSpec) -> dict:
-    request = {"num_partitions": spec.partitions, "replication_factor": spec.replication_factor}
+    request: dict[str, object] = {"num_partitions": spec.partitions,
+                                  "replication_factor": spec.replication_factor}
     configs = {}
     if spec.min_insync_replicas:
         configs[MIN_INSYNC] = str(spec.min_insync_replicas)

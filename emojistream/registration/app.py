@@ -1,18 +1,6 @@
-"""The registration API's Flask app: assigns each viewer a cluster, a WebSocket endpoint and a
-token (README.md#registration-tokens-and-reconnection), manages the streams, serves the page.
-
-    POST /register   {"client_id": "client_1", "stream_id": "main"}  ->  {"status": "success",
-                     "cluster_id": "cluster2", "stream_id": "main",
-                     "subscriber_endpoint": "ws://localhost:5003/?token=eyJ..."}
-    POST /deregister {"client_id": "client_1"}  ->  {"status": "success"}, or 404
-    GET  /streams    [{"stream_id", "viewers", "last_window", "last_window_total"}, ...]
-    POST /streams    {"stream_id": "final-2026"}  with "Authorization: Bearer <admin key>": 201
-    DELETE /streams/ID                            with the admin key: 200, or 404
-    GET  /clusters   [{"cluster_id", "endpoint", "healthy", "live_connections",
-                     "registered_viewers"}, ...]
-    GET  /health     {"status": "ok", "registered_viewers": N}
-    GET  /metrics    Prometheus metrics: registrations, each cluster's health and load
-    GET  /           the viewers' web page (web.py, static/)
+"""The registration API's Flask app: the routes of README.md#registration-tokens-and-reconnection
+and #live-streams (stream_routes.py), GET /health {"status": "ok", "registered_viewers": N},
+GET /metrics, and the live page at / (web.py).
 
 The registry (registry.py) lives in memory, so the API is served by one granian worker with
 several threads. Balancing, tokens and re-registration: docs/delivery.md.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import requests
 
 from emojistream import topology
-from emojistream.common.settings import SharedSettings
+from emojistream.registration.settings import RegistrationSettings
 
 log = logging.getLogger("registration_api")
 
@@ -135,11 +135,11 @@ class Registry:
         """A stream's live viewers on every healthy cluster, and its latest window and that
         window's total (every cluster sees every stream's updates)."""
         with self._lock:
-            reports = [state.streams.get(stream_id) for state in self._state.values()
-                       if state.healthy]
-        reports = [r for r in reports if isinstance(r, dict)]
-        latest = max((r for r in reports if r.get("last_window")),
-                     key=lambda r: r["last_window"], default={})
+            found = [state.streams.get(stream_id) for state in self._state.values()
+                     if state.healthy]
+        reports: list[dict] = [r for r in found if isinstance(r, dict)]
+        latest: dict = max((r for r in reports if r.get("last_window")),
+                           key=lambda r: r["last_window"], default={})
         return {"viewers": sum(r.get("viewers", 0) for r in reports),
                 "last_window": latest.get("last_window"),
                 "last_window_total": latest.get("last_window_total", 0)}
@@ -230,7 +230,7 @@ class HttpProbe:
     within WS_HEALTH_TIMEOUT_S or answers something else. A new connection each time: a server
     that died is noticed by the next poll."""
 
-    def __init__(self, settings: SharedSettings):
+    def __init__(self, settings: RegistrationSettings):
         self.settings = settings
         self.timeout_s = settings.ws_health_timeout_s
 
