@@ -219,7 +219,8 @@ wait_for_cluster() {
   [ "$BROKERS" -gt 1 ] && [ -x "$VENV_PYTHON" ] || return 0
   (cd "$REPO_ROOT" && KAFKA_BOOTSTRAP_SERVERS="$(bootstrap_list)" "$VENV_PYTHON" -c '
 import logging, sys
-from emojistream import config, topics
+from emojistream import config
+from emojistream.ops import topics
 logging.basicConfig(level=logging.INFO, format="kafka.sh: %(message)s")
 logging.getLogger("kafka").setLevel(logging.WARNING)
 count, timeout = int(sys.argv[1]), float(sys.argv[2])

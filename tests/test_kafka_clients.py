@@ -8,7 +8,7 @@ import time
 
 from kafka import KafkaProducer
 
-from emojistream.common.kafka_clients import force_close
+from emojistream.common.kafka_clients import force_close, request_metadata
 
 
 def test_force_close_stops_the_producers_thread_at_once():
@@ -24,3 +24,13 @@ def test_force_close_stops_the_producers_thread_at_once():
     closing = time.monotonic()
     producer.close(timeout=5)
     assert time.monotonic() - closing < 1
+
+
+def test_request_metadata_gives_a_future_of_the_clusters_metadata():
+    producer = KafkaProducer(bootstrap_servers="localhost:1", api_version=(2, 8, 0))
+    try:
+        future = request_metadata(producer)
+        assert callable(future.add_callback) and not future.is_done
+    finally:
+        force_close(producer)
+        producer.close(timeout=1)

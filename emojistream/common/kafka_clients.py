@@ -142,10 +142,16 @@ class ReadyLog(ConsumerRebalanceListener):
                           sorted(tp.partition for tp in revoked), self.topic)
 
 
-def force_close(producer: KafkaProducer) -> None:
-    """Stop a producer at once, dropping what it has not delivered.
+# kafka-python has no public call for the two below; they are the project's only uses of its
+# private attributes, and tests/test_kafka_clients.py fails loudly if an upgrade takes them away.
 
-    kafka-python has no public call for it: close() flushes first, and raises again when Kafka
-    does not answer. This is the one use of its private ``_sender`` (tests/test_kafka_clients.py
-    fails loudly if an upgrade takes it away)."""
+def force_close(producer: KafkaProducer) -> None:
+    """Stop a producer at once, dropping what it has not delivered (close() flushes first, and
+    raises again when Kafka does not answer)."""
     producer._sender.force_close()
+
+
+def request_metadata(producer: KafkaProducer):
+    """Have the producer's own thread fetch fresh metadata; a future of the cluster's metadata
+    (add_callback). Public alternatives block without a timeout while Kafka is down."""
+    return producer._metadata.request_update()

@@ -1,10 +1,9 @@
 """The ingest API's way into Kafka: events coalesced into records, sent in the background, and
 503 instead of accepting what could be lost.
 
-Coalescing (as Hotstar's ingest does): a request hands its accepted events to an in-process
-buffer and returns; a flusher thread writes the buffer to Kafka every PRODUCER_LINGER_MS, or as
-soon as PRODUCER_EVENTS_PER_RECORD events wait, as records of many events (records.py). Kafka's
-per-record cost, most of kafka-python's CPU per event, is paid once per record.
+A request hands its accepted events to an in-process buffer and returns; a flusher thread
+writes the buffer to Kafka every PRODUCER_LINGER_MS, or as soon as PRODUCER_EVENTS_PER_RECORD
+events wait, as records of many events (records.py): Kafka's per-record cost is paid once.
 
 Durability. A 200 means the events are valid and in this process's buffer; they reach Kafka
 within PRODUCER_LINGER_MS plus Kafka's acknowledgement (acks=all, idempotent producer), and
@@ -30,7 +29,6 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode
 from emojistream.ingest.metrics import IngestMetrics
-from emojistream.ingest.probe import MetadataProbe
 from emojistream.ingest.records import Record, coalesce, compression_type
 from emojistream.ingest.settings import IngestSettings
 
@@ -48,6 +46,8 @@ PRODUCER_LINGER_MS = 5
 RECONNECT_BACKOFF_MAX_MS = 1_000
 # After a failed connect, answer 503 at once for this long instead of trying again per request.
 CONNECT_RETRY_S = 5.0
+# At most one metadata probe per this interval while a delivery failure blocks sending.
+PROBE_INTERVAL_S = 1.0
 # How long the flusher waits before trying a send again that Kafka refused at once.
 SEND_RETRY_S = 0.5
 # How long a stopping worker waits for Kafka to acknowledge what it accepted.
@@ -91,9 +91,7 @@ class KafkaEventSink:
         self._pending_bytes = 0
         self._progress_at = time.monotonic()
         self._failure: str | None = None
-        # While failing, the API sends nothing, so no delivery can succeed: fresh metadata that
-        # knows the topic again ends the failure state.
-        self._probe = MetadataProbe(settings, self.topic, connect_timeout_s, self._known_again)
+        self._probe_at = -math.inf
         self._closed = False
         self._said_unavailable = False
 
@@ -195,10 +193,6 @@ class KafkaEventSink:
         with self._lock:
             return self._pending, self._pending_bytes
 
-    def lost(self) -> int:
-        """Events accepted since the start that Kafka never took."""
-        return self.counters.lost_count()
-
     def _problem_locked(self, extra_bytes: int) -> str | None:
         if self._closed:
             return "the API is shutting down"
@@ -217,11 +211,12 @@ class KafkaEventSink:
         if problem is None:
             if self._said_unavailable:
                 self._said_unavailable = False
-                log.info("Kafka takes events again (%d event(s) lost since start)", self.lost())
+                log.info("Kafka takes events again (%d event(s) lost since start)",
+                         self.counters.lost_count())
             return
         self._say_unavailable(problem)
         if self._failure is not None:
-            self._probe.ask()
+            self._probe()
 
     def _say_unavailable(self, problem: str) -> None:
         if not self._said_unavailable:
@@ -276,7 +271,7 @@ class KafkaEventSink:
                     self._failed(record, err)
                     return
                 time.sleep(SEND_RETRY_S)
-        future.add_callback(self._delivered, record).add_errback(self._failed_callback, record)
+        future.add_callback(self._delivered, record).add_errback(self._failed, record)
 
     def _delivered(self, record: Record, _metadata) -> None:
         with self._lock:
@@ -284,9 +279,6 @@ class KafkaEventSink:
             self._pending_bytes -= record.size - len(record.events)
             self._progress_at = time.monotonic()
             self._failure = None
-
-    def _failed_callback(self, record: Record, error: Exception) -> None:
-        self._failed(record, error)
 
     def _failed(self, record: Record, error: Exception) -> None:
         with self._lock:
@@ -300,10 +292,22 @@ class KafkaEventSink:
             log.error("Kafka did not take a record of %d event(s): %s", len(record.events),
                       error)
 
-    def _known_again(self) -> None:
+    def _probe(self) -> None:
+        """Ask the producer for fresh metadata (at most once per PROBE_INTERVAL_S); an answer
+        that knows the topic ends the failure state. Nothing else would: while failing, the API
+        sends nothing, so no delivery can succeed."""
         with self._lock:
-            self._failure = None
-            self._progress_at = time.monotonic()
+            now = time.monotonic()
+            if now - self._probe_at < PROBE_INTERVAL_S:
+                return
+            self._probe_at = now
+        kafka_clients.request_metadata(self._producer).add_callback(self._probe_answered)
+
+    def _probe_answered(self, cluster) -> None:
+        if cluster.partitions_for_topic(self.topic):
+            with self._lock:
+                self._failure = None
+                self._progress_at = time.monotonic()
 
     # --- the end ---
 
@@ -339,5 +343,4 @@ class KafkaEventSink:
                       self._pending, timeout_s)
             kafka_clients.force_close(producer)  # else close() would flush and raise again
         producer.close(timeout=timeout_s)
-        self._probe.close()
-        log.info("producer closed; %d event(s) lost since start", self.lost())
+        log.info("producer closed; %d event(s) lost since start", self.counters.lost_count())
