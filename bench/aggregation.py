@@ -9,14 +9,14 @@ runs from the start of the topic with maxOffsetsPerTrigger set so that every mic
 what R events/s bring in one trigger; it keeps up at R when the batches finish within the
 trigger interval. Output goes to a scratch topic.
 
-    .venv/bin/python bench/aggregation.py [--rates 10000,50000,100000] [--batches 20]
+    .venv/bin/python -m bench.aggregation [--rates 10000,50000,100000] [--batches 20]
                                           [--trigger SECONDS] [--events-per-record 500]
                                           [--plot docs/aggregation.png]
+                                          [--results-dir bench/results]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import random
@@ -26,8 +26,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench import plots
-from bench.harness import isolated_kafka, report
+from bench import harness, plots
+from bench.harness import isolated_kafka
 from emojistream.aggregator import job as spark_aggregator
 from emojistream.aggregator.spark import spark_session
 from emojistream.common import kafka_clients
@@ -79,8 +79,18 @@ def run_at_rate(spark, settings, rate: int, batches: int, checkpoint: str,
             "processed_per_s": rows / (sum(durations) / 1000)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+HEADERS = ["events/s", "events per batch", "median batch ms", "p95 batch ms",
+           "events/s processed while busy", "keeps up", "events skipped"]
+
+
+def rows(rates: list[dict]) -> list[list]:
+    return [[f"{r['rate_per_s']:,}", f"{r['events_per_batch']:,}", f"{r['median_batch_ms']:,.0f}",
+             f"{r['p95_batch_ms']:,.0f}", f"{r['processed_per_s']:,.0f}",
+             "yes" if r["keeps_up"] else "no", r["events_skipped"]] for r in rates]
+
+
+def main(argv=None) -> None:
+    parser = harness.parser("aggregation", __doc__)
     parser.add_argument("--rates", default="10000,50000,100000")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--trigger", type=float,
@@ -92,14 +102,13 @@ def main() -> None:
     parser.add_argument("--plot", default=None,
                         help="write a PNG of the events/s processed while busy against the "
                              "offered rate here (e.g. docs/aggregation.png)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the table without appending it to docs/benchmarks.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
                                                    "%(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    run = harness.Run("aggregation", args)
     rates = [int(r) for r in args.rates.split(",")]
-    rows, points = [], []
+    measured = []
     with isolated_kafka() as (env, settings), \
             tempfile.TemporaryDirectory() as tmp:
         settings = dataclasses.replace(
@@ -112,22 +121,29 @@ def main() -> None:
             for rate in rates:
                 r = run_at_rate(spark, settings, rate, args.batches, str(Path(tmp) / f"cp-{rate}"),
                                 args.events_per_record)
-                keeps_up = r["p95_ms"] <= settings.spark_trigger_seconds * 1000
-                points.append((rate, r["processed_per_s"]))
-                rows.append([f"{rate:,}", f"{r['rows_per_batch']:,}", f"{r['median_ms']:,.0f}",
-                             f"{r['p95_ms']:,.0f}", f"{r['processed_per_s']:,.0f}",
-                             "yes" if keeps_up else "no", r["skipped"]])
+                measured.append({
+                    "rate_per_s": rate, "events_per_batch": r["rows_per_batch"],
+                    "median_batch_ms": r["median_ms"], "p95_batch_ms": r["p95_ms"],
+                    "processed_per_s": r["processed_per_s"],
+                    "keeps_up": r["p95_ms"] <= settings.spark_trigger_seconds * 1000,
+                    "events_skipped": r["skipped"]})
         finally:
             spark.stop()
-    report("Aggregation", ["events/s", "events per batch", "median batch ms", "p95 batch ms",
-                           "events/s processed while busy", "keeps up", "events skipped"], rows,
-           notes=f"Trigger interval {settings.spark_trigger_seconds} s, SPARK_MASTER "
-                 f"{settings.spark_master}, {settings.spark_shuffle_partitions} shuffle "
-                 f"partitions, a backlog of {backlog:,} events in records of "
-                 f"{args.events_per_record}.",
-           write=not args.no_report)
+    title = "Aggregation"
+    harness.print_table(title, HEADERS, rows(measured))
+    notes = (f"Trigger interval {settings.spark_trigger_seconds} s, SPARK_MASTER "
+             f"{settings.spark_master}, {settings.spark_shuffle_partitions} shuffle partitions, a "
+             f"backlog of {backlog:,} events in records of {args.events_per_record}. Keeps up: "
+             f"the p95 batch time is within the trigger interval.")
+    print(notes)
+    run.save(title, {"rates": measured, "trigger_s": settings.spark_trigger_seconds,
+                     "spark_master": settings.spark_master,
+                     "shuffle_partitions": settings.spark_shuffle_partitions,
+                     "backlog_events": backlog, "events_per_record": args.events_per_record},
+             notes)
     if args.plot:
-        plots.curves(args.plot, {"events/s processed while busy": points},
+        plots.curves(args.plot, {"events/s processed while busy":
+                                 [(r["rate_per_s"], r["processed_per_s"]) for r in measured]},
                      f"Aggregation: capacity against the offered rate (trigger "
                      f"{settings.spark_trigger_seconds} s); above y = x it keeps up",
                      xlabel="offered events/s", ylabel="events/s", diagonal=True)

@@ -4,12 +4,11 @@ Runs Kafka's own ProducerPerformance tool (scripts/kafka-producer-perf-test.sh, 
 kafka-tools jars) against a broker of its own, writing records the size of our JSON events to a
 topic shaped like emoji-events. Every ingest figure is also given as a ratio to this ceiling.
 
-    .venv/bin/python bench/broker_ceiling.py [--records 2000000] [--no-report]
+    .venv/bin/python -m bench.broker_ceiling [--records 2000000] [--results-dir bench/results]
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import subprocess
@@ -17,7 +16,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.harness import REPO_ROOT, isolated_kafka, report
+from bench import harness
+from bench.harness import REPO_ROOT, isolated_kafka
 from emojistream import config
 from emojistream.common.events import encode, format_timestamp
 
@@ -53,31 +53,45 @@ def producer_performance(settings, records: int, payloads: Path, acks: str) -> d
             "p99": int(p99)}
 
 
-def measure(records: int) -> list[list]:
-    rows = []
+def measure(records: int) -> list[dict]:
+    """ProducerPerformance with acks=1, then acks=all: one dict per run."""
+    runs = []
     with isolated_kafka() as (env, settings), tempfile.TemporaryDirectory() as tmp:
         payloads = Path(tmp) / "events.jsonl"
         size = write_payloads(payloads)
         for acks in ("1", "all"):
             r = producer_performance(settings, records, payloads, acks)
-            rows.append([f"ProducerPerformance acks={acks}, lz4, {size}-byte JSON events",
-                         r["records"], f"{r['rate']:,.0f}", r["mb"], r["p50"], r["p99"]])
-    return rows
+            runs.append({"acks": acks, "compression": "lz4", "event_bytes": size,
+                         "records": r["records"], "records_per_s": r["rate"],
+                         "mb_per_s": r["mb"], "p50_ms": r["p50"], "p99_ms": r["p99"]})
+    return runs
 
 
 def ceiling(records: int = 1_000_000) -> float:
     """The broker ceiling in records/s (acks=all), for other benchmarks' ratios."""
-    return float(measure(records)[-1][2].replace(",", ""))
+    return measure(records)[-1]["records_per_s"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+HEADERS = ["run", "records", "records/s", "MB/s", "p50 ms", "p99 ms"]
+
+
+def rows(runs: list[dict]) -> list[list]:
+    return [[f"ProducerPerformance acks={r['acks']}, {r['compression']}, {r['event_bytes']}-byte "
+             f"JSON events", r["records"], f"{r['records_per_s']:,.0f}", r["mb_per_s"],
+             r["p50_ms"], r["p99_ms"]] for r in runs]
+
+
+def main(argv=None) -> None:
+    parser = harness.parser("broker_ceiling", __doc__)
     parser.add_argument("--records", type=int, default=2_000_000)
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the table without appending it to docs/benchmarks.md")
-    args = parser.parse_args()
-    report("Broker ceiling", ["run", "records", "records/s", "MB/s", "p50 ms", "p99 ms"],
-           measure(args.records), write=not args.no_report)
+    args = parser.parse_args(argv)
+    run = harness.Run("broker_ceiling", args)
+    runs = measure(args.records)
+    harness.print_table("Broker ceiling", HEADERS, rows(runs))
+    run.save("Broker ceiling", {"runs": runs, "ceiling_records_per_s": runs[-1]["records_per_s"]},
+             notes="Kafka's own ProducerPerformance against a broker of its own, records the "
+                   "size of our JSON events, linger.ms 20, batch.size 262144; the ceiling is "
+                   "the acks=all run.")
 
 
 if __name__ == "__main__":

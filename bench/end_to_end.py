@@ -2,8 +2,9 @@
 update of that emoji's window, at given event rates and at the highest sustainable one; and the
 peak resident memory of every component meanwhile.
 
-    .venv/bin/python bench/end_to_end.py [--rates 1000,10000,max] [--seconds 60] [--no-report]
+    .venv/bin/python -m bench.end_to_end [--rates 1000,10000,max] [--seconds 60]
         [--plot docs/end_to_end_latency.png] [--plot-rates docs/end_to_end_rates.png]
+        [--results-dir bench/results]
 
 The whole system runs as scripts/start_all.sh starts it, on free ports with a temporary VAR_DIR
 (its configured sizes: Kafka heap, Spark driver memory and shuffle partitions as by default or
@@ -59,8 +60,8 @@ from urllib.parse import urlsplit
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
-from bench import plots
-from bench.harness import RssSampler, SystemFailed, report, system_pid_files, whole_system
+from bench import harness, plots
+from bench.harness import RssSampler, SystemFailed, system_pid_files, whole_system
 from emojistream import topology
 from emojistream.client.viewer import RegistrationClient, RegistrationError
 from emojistream.common.events import DEFAULT_STREAM, parse_timestamp
@@ -277,6 +278,7 @@ class RunFigures:
     errors: dict[str, int]
     failures: list[str] = field(default_factory=list)
     samples: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (ms, events)
+    highest: bool = False              # the highest rate that held, found by 'max'
 
     @property
     def held(self) -> bool:
@@ -453,7 +455,7 @@ class Bench:
             else:
                 high = rate
         if self.best:
-            self.best.label += " = highest sustainable"
+            self.best.highest = True
         return self.best
 
     def _step_up(self, low: int) -> int | None:
@@ -479,39 +481,73 @@ RUN_HEADERS = ["run", "events/s target", "events/s achieved", "events accepted",
                "p99 ms", "max ms", "window s", "load generator CPU (cores)", "held"]
 
 
-def run_row(run: RunFigures, window_s: int) -> list:
-    ms = [f"{run.latencies_ms[k]:,.0f}" if k in run.latencies_ms else "" for k in
-          ("p50", "p95", "p99", "max")]
-    return [run.label, f"{run.target:,}", f"{run.achieved:,.0f}", f"{run.accepted:,}",
-            f"{run.refused:,}", run.windows, run.exact, *ms, window_s,
-            f"{run.generator_cpu:.2f}", "yes" if run.held else "no: " + "; ".join(run.failures)]
+def run_result(run: RunFigures, window_s: int) -> dict:
+    """A run's figures; latencies in ms, and their distribution as the percentiles 0 to 100."""
+    return {"label": run.label, "target_per_s": run.target, "seconds": run.seconds,
+            "achieved_per_s": run.achieved, "accepted": run.accepted, "refused": run.refused,
+            "windows": run.windows, "exact_windows": run.exact,
+            **{f"{k}_ms": run.latencies_ms.get(k) for k in ("p50", "p95", "p99", "max")},
+            "window_s": window_s, "load_generator_cores": run.generator_cpu,
+            "held": run.held, "failures": run.failures, "highest_sustainable": run.highest,
+            "drift_ms": run.drift_ms, "send_lag_s": run.send_lag_s, "errors": run.errors,
+            "latency_percentiles_ms": [weighted_percentile(run.samples, q / 100)
+                                       for q in range(101)] if run.samples else []}
 
 
-def memory_rows(sampler: RssSampler, phases: list[str]) -> list[list]:
-    labels = sorted({label for p in phases for label in sampler.peaks.get(p, {})},
+def run_row(run: dict) -> list:
+    ms = ["" if run[k] is None else f"{run[k]:,.0f}"
+          for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+    label = run["label"] + (" = highest sustainable" if run["highest_sustainable"] else "")
+    return [label, f"{run['target_per_s']:,}", f"{run['achieved_per_s']:,.0f}",
+            f"{run['accepted']:,}", f"{run['refused']:,}", run["windows"], run["exact_windows"],
+            *ms, run["window_s"], f"{run['load_generator_cores']:.2f}",
+            "yes" if run["held"] else "no: " + "; ".join(run["failures"])]
+
+
+def memory_result(sampler: RssSampler, phases: list[tuple[str, int | None]]) -> list[dict]:
+    """Per phase (its label and rate; None for the probes): each component's peak RSS (MiB)
+    and process count, and the peak of the whole stack's sum."""
+    out = []
+    for phase, rate in phases:
+        peaks = sampler.peaks.get(phase, {})
+        labels = sorted(peaks, key=lambda s: (not s.startswith("kafka"), s))
+        whole = sampler.sum_peaks.get(phase)
+        out.append({"phase": phase, "rate_per_s": rate,
+                    "whole_stack_mib": None if whole is None else whole / 1024,
+                    "components": [{"component": label,
+                                    "processes": sampler.processes.get(phase, {}).get(label, 0),
+                                    "peak_mib": peaks[label] / 1024} for label in labels]})
+    return out
+
+
+def memory_rows(memory: list[dict]) -> list[list]:
+    labels = sorted({c["component"] for m in memory for c in m["components"]},
                     key=lambda s: (not s.startswith("kafka"), s))
+    by_phase = [{c["component"]: c for c in m["components"]} for m in memory]
     rows = []
     for label in labels:
-        count = max(sampler.processes.get(p, {}).get(label, 0) for p in phases)
-        rows.append([label, count] + [mib(sampler.peaks.get(p, {}).get(label)) for p in phases])
-    rows.append(["whole stack (peak of the sum)", ""]
-                + [mib(sampler.sum_peaks.get(p)) for p in phases])
+        count = max(p[label]["processes"] if label in p else 0 for p in by_phase)
+        rows.append([label, count] + [mib(p[label]["peak_mib"]) if label in p else ""
+                                      for p in by_phase])
+    rows.append(["whole stack (peak of the sum)", ""] + [mib(m["whole_stack_mib"])
+                                                         for m in memory])
     return rows
 
 
-def mib(kb: int | None) -> str:
-    return "" if kb is None else f"{kb / 1024:,.0f}"
+def mib(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
 
 
-def publish(bench: Bench, best: RunFigures | None, phases: list[str], write: bool) -> None:
+def publish(bench: Bench, record: harness.Run, best: RunFigures | None,
+            phases: list[tuple[str, int | None]]) -> None:
     settings, args = bench.settings, bench.args
     highest = (f"Highest sustainable rate found: {best.target:,} events/s. " if best
                else "No rate held. " if args.probe else "")
+    foreign = sum(w.foreign for w in bench.watchers)
     notes = (f"{highest}Latency: from the API's 200 reply to a viewer receiving the last "
              f"update of the event's window (the window, {settings.window_seconds} s, is not "
              f"subtracted), over {len(bench.watchers)} viewer(s), one per cluster, of the "
-             f"stream main (updates of other streams they received: "
-             f"{sum(w.foreign for w in bench.watchers)}). Load: "
+             f"stream main (updates of other streams they received: {foreign}). Load: "
              f"{args.requests_per_second} POST /emojis per second over {args.connections} "
              f"keep-alive connections, from a process of its own. Kafka heap "
              f"{settings.kafka_heap}, Spark driver memory {settings.spark_driver_memory}, "
@@ -519,21 +555,35 @@ def publish(bench: Bench, best: RunFigures | None, phases: list[str], write: boo
              f"{settings.spark_trigger_seconds} s, SPARK_MASTER {settings.spark_master}. "
              f"Load average (1 min) {bench.load_before:.1f} before the runs, "
              f"{os.getloadavg()[0]:.1f} at the end, other work included.")
-    rows = [run_row(r, settings.window_seconds) for r in bench.runs]
-    report("End to end: API acceptance to a viewer's last update of the window", RUN_HEADERS,
-           rows, notes=notes, write=write)
+    runs = [run_result(r, settings.window_seconds) for r in bench.runs]
+    memory = memory_result(bench.sampler, phases)
+    title = "End to end: API acceptance to a viewer's last update of the window"
+    harness.print_table(title, RUN_HEADERS, [run_row(r) for r in runs])
     print(notes)
-    report("End to end: peak resident memory (MiB)",
-           ["component", "processes"] + [f"peak at {p}" for p in phases],
-           memory_rows(bench.sampler, phases), notes=MEMORY_NOTES, write=write)
+    harness.print_table("End to end: peak resident memory (MiB)",
+                        ["component", "processes"] + [f"peak at {p}" for p, _ in phases],
+                        memory_rows(memory))
     print(MEMORY_NOTES)
+    record.save(title, {
+        "runs": runs, "probed": args.probe,
+        "highest_sustainable_per_s": best.target if best else None,
+        "window_s": settings.window_seconds, "viewers": len(bench.watchers),
+        "other_streams_updates": foreign, "memory": memory,
+        "setup": {"requests_per_second": args.requests_per_second,
+                  "connections": args.connections, "kafka_heap": settings.kafka_heap,
+                  "spark_driver_memory": settings.spark_driver_memory,
+                  "shuffle_partitions": settings.spark_shuffle_partitions,
+                  "trigger_s": settings.spark_trigger_seconds,
+                  "spark_master": settings.spark_master}},
+        notes + " " + MEMORY_NOTES)
     draw(bench.runs, args)
 
 
 def draw(runs: list[RunFigures], args) -> None:
     """The latency CDF of every run (--plot) and latency against the rate (--plot-rates)."""
     if args.plot:
-        plots.cdf(args.plot, {f"{r.label} (p99 {r.latencies_ms.get('p99', math.nan):,.0f} ms)":
+        plots.cdf(args.plot, {f"{r.label}{' = highest sustainable' if r.highest else ''} "
+                              f"(p99 {r.latencies_ms.get('p99', math.nan):,.0f} ms)":
                               r.samples for r in runs if r.samples},
                   "End to end: API acceptance to a viewer's last update of the window",
                   xlabel="latency (ms)")
@@ -556,8 +606,8 @@ MEMORY_NOTES = (
 # --- main --------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+    parser = harness.parser(
+        "end_to_end", __doc__,
         epilog="The system runs on free ports with a temporary VAR_DIR; see the module "
                "docstring for the method.")
     parser.add_argument("--rates", default="1000,10000,max",
@@ -595,8 +645,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plot-rates", default=None,
                         help="write a PNG of p50/p95/p99 against the accepted rate here (e.g. "
                              "docs/end_to_end_rates.png)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the tables without appending them to docs/benchmarks.md")
     args = parser.parse_args(argv)
     args.fixed_rates, args.probe = rates(parser, args.rates)
     if args.probe_factor <= 1:
@@ -617,7 +665,7 @@ def rates(parser, text: str) -> tuple[list[int], bool]:
     return fixed, "max" in items
 
 
-def measure(settings, args) -> None:
+def measure(settings, args, record: harness.Run) -> None:
     watchers = [Watcher(settings, f"bench-viewer-{n}") for n in settings.clusters]
     log.info("viewers on %s", ", ".join(w.assignment["cluster_id"] for w in watchers))
     context = multiprocessing.get_context("spawn")
@@ -626,13 +674,14 @@ def measure(settings, args) -> None:
                 RssSampler(lambda: system_pid_files(settings)) as sampler:
             bench = Bench(settings, args, watchers, loader, sampler)
             bench.warm_up()
-            phases = [f"{rate:,}/s" for rate in args.fixed_rates]
-            for rate, phase in zip(args.fixed_rates, phases, strict=True):
-                bench.run(f"{rate:,}/s", rate, args.seconds, phase)
+            phases: list[tuple[str, int | None]] = [(f"{rate:,}/s", rate)
+                                                    for rate in args.fixed_rates]
+            for phase, rate in phases:
+                bench.run(phase, rate, args.seconds, phase)
             best = bench.probe_max() if args.probe else None
             if args.probe and "probes" in sampler.peaks:
-                phases.append("probes")
-            publish(bench, best, phases, write=not args.no_report)
+                phases.append(("probes", None))
+            publish(bench, record, best, phases)
     finally:
         for watcher in watchers:
             watcher.close()
@@ -648,11 +697,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
                                                    "%(message)s")
     signal.signal(signal.SIGTERM, interrupt)
+    record = harness.Run("end_to_end", args)
     log.info("starting the whole system (scripts/start_all.sh)")
     try:
         with whole_system(args.var_dir) as (_env, settings):
             log.info("system up: ingest %s:%s", settings.api_host, settings.api_port)
-            measure(settings, args)
+            measure(settings, args, record)
     except (SystemFailed, RegistrationError, WebSocketException) as err:
         log.error("%s", err)
         raise SystemExit(1) from None

@@ -1,9 +1,14 @@
-"""What every benchmark shares: an isolated system to measure, the machine's description, and
-the report appended to docs/benchmarks.md."""
+"""What every benchmark shares: an isolated system to measure, the printed table, and the run's
+file under bench/results/ (one JSON file per run, which bench/report.py turns into
+docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -13,6 +18,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 from emojistream import config
@@ -20,31 +26,161 @@ from testkit.processes import pid_in_file
 from testkit.sandbox import isolated_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+SCHEMA = 1
+SECRET_WORDS = ("PASSWORD", "SECRET", "KEY")  # settings whose values a run file leaves out
 
-REPORT = REPO_ROOT / "docs" / "benchmarks.md"
-PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
+# Distributions whose versions every run file records (those installed).
+PACKAGES = ("pyspark", "kafka-python", "granian", "flask", "flask-cors", "orjson", "websockets",
+            "requests", "lz4", "gunicorn", "pyuwsgi", "matplotlib")
 
 
-def machine() -> str:
+def parser(module: str, doc: str, **kwargs) -> argparse.ArgumentParser:
+    """An argument parser for ``python -m bench.MODULE``, with --results-dir."""
+    parser = argparse.ArgumentParser(prog=f".venv/bin/python -m bench.{module}",
+                                     description=doc.split("\n\n")[0], **kwargs)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where the run's JSON file goes (default: bench/results)")
+    return parser
+
+
+# --- the run's file ------------------------------------------------------------------------------
+
+def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                   if line.startswith("model name")), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
-    return f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.1f} GiB, {model}"
+    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1), "cpu": model,
+            "kernel": platform.release()}
 
 
-def versions() -> str:
-    import kafka
-    import pyspark
+def load_average() -> dict:
+    one, five, fifteen = os.getloadavg()
+    return {"1m": round(one, 2), "5m": round(five, 2), "15m": round(fifteen, 2)}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def versions() -> dict:
     jars = sorted(p.name for p in (REPO_ROOT / "lib" / "kafka").glob("kafka_2.13-*.jar"))
-    broker = jars[0].removeprefix("kafka_2.13-").removesuffix(".jar") if jars else "?"
-    return (f"Python {platform.python_version()}, Kafka {broker}, Spark {pyspark.__version__}, "
-            f"kafka-python {kafka.__version__}")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    found = {"git_commit": _git("rev-parse", "HEAD"),
+             "git_dirty": None if status is None else bool(status),
+             "python": platform.python_version(),
+             "kafka": jars[0].removeprefix("kafka_2.13-").removesuffix(".jar") if jars else None,
+             "java": _java_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _java_version() -> str | None:
+    try:
+        done = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = (done.stderr or done.stdout).splitlines()
+    return first[0].strip() if first else None
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+    """The command as typed, the interpreter as the repository's (``sys.orig_argv``)."""
+    interpreter, *rest = sys.orig_argv
+    try:
+        interpreter = str(Path(os.path.abspath(interpreter)).relative_to(REPO_ROOT))
+    except ValueError:
+        pass
+    if interpreter.startswith(".venv/bin/python"):
+        interpreter = ".venv/bin/python"
+    return " ".join(shlex.quote(a) for a in [interpreter, *rest])
+
+
+def environment() -> dict:
+    """Settings given through the environment (their names upper case); secrets as "(set)"."""
+    names = {f.name.upper() for f in dataclasses.fields(config.Settings)}
+    return {name: "(set)" if any(word in name for word in SECRET_WORDS) else value
+            for name, value in sorted(os.environ.items()) if name in names}
+
+
+def finite(value):
+    """``value`` with every NaN or infinity replaced by None (JSON has neither), and floats
+    kept to 6 significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _plain(value):
+    """``value`` as JSON can hold it: paths as text, dataclasses as dicts."""
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+class Run:
+    """One run of a benchmark: created when it starts (the start time, the command, the load
+    average), ``save``d at the end into ``results_dir``/BENCHMARK-YYYYMMDDTHHMMSSZ.json."""
+
+    def __init__(self, benchmark: str, args: argparse.Namespace):
+        self.benchmark = benchmark
+        self.started = datetime.now(UTC)
+        self.command = command_line()
+        self.load_before = load_average()
+        self.results_dir = Path(args.results_dir)
+        self.parameters = {k: v for k, v in vars(args).items() if k != "results_dir"}
+
+    def save(self, title: str, results: dict, notes: str = "") -> Path:
+        record = {
+            "schema": SCHEMA,
+            "benchmark": self.benchmark,
+            "title": title,
+            "command": self.command,
+            "started_at": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": {**machine(), "load_average_before": self.load_before,
+                        "load_average_after": load_average()},
+            "versions": versions(),
+            "environment": environment(),
+            "parameters": self.parameters,
+            "results": finite(results),
+            "notes": notes,
+        }
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
+        path = self.results_dir / f"{self.benchmark}-{stamp}.json"
+        for n in range(2, 100):
+            if not path.exists():
+                break
+            path = self.results_dir / f"{self.benchmark}-{stamp}-{n}.json"
+        path.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=_plain,
+                                   allow_nan=False) + "\n")
+        print(f"results written to {_shown(path)}")
+        return path
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -53,20 +189,8 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def report(title: str, headers: list[str], rows: list[list], notes: str = "",
-           write: bool = True) -> None:
-    """Print the table and append it, with machine, versions, date and command, to the report."""
-    body = table(headers, rows)
-    print(body)
-    if not write:
-        return
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"\n### {title} ({stamp})\n\n`{command_line()}`\n\n"
-               f"Machine: {machine()}. {versions()}.\n\n{body}\n")
-    if notes:
-        section += f"\n{notes}\n"
-    with REPORT.open("a") as out:
-        out.write(section)
+def print_table(title: str, headers: list[str], rows: list[list]) -> None:
+    print(f"\n{title}\n\n{table(headers, rows)}\n")
 
 
 def run_script(script: str, *args: str, env: dict) -> None:
@@ -87,19 +211,6 @@ def isolated_kafka(**overrides):
             yield env, config.load(env)
         finally:
             run_script("kafka.sh", "stop", env=env)
-
-
-def topic_size(settings, topic: str) -> int:
-    """Records in ``topic`` (the sum of its partitions' end offsets)."""
-    from kafka import TopicPartition
-
-    from emojistream import kafka_clients
-    consumer = kafka_clients.consumer(settings)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 # --- the whole system, as scripts/start_all.sh starts it ---------------------------------------

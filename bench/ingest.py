@@ -20,14 +20,13 @@ record, and the broker ceiling (Kafka's own ProducerPerformance). HTTP load come
 (Debian's package; installed by this script when missing) with keep-alive connections; its
 answers are counted by status.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--trials 3] [--connections 64]
+    .venv/bin/python -m bench.ingest [--seconds 10] [--trials 3] [--connections 64]
                                      [--servers granian,gunicorn,uwsgi] [--no-before]
-                                     [--plot docs/ingest.png] [--no-report]
+                                     [--plot docs/ingest.png] [--results-dir bench/results]
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import resource
 import shutil
@@ -41,8 +40,8 @@ from pathlib import Path
 
 from kafka import TopicPartition
 
-from bench import broker_ceiling, plots
-from bench.harness import REPO_ROOT, isolated_kafka, report
+from bench import broker_ceiling, harness, plots
+from bench.harness import REPO_ROOT, isolated_kafka
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode, format_timestamp
 from emojistream.ingest.sink import KafkaEventSink
@@ -148,10 +147,11 @@ def server_command(server: str, env: dict, port: int) -> tuple[str, ...]:
     if server == "gunicorn":
         return (".venv/bin/gunicorn", "--workers", workers, "--threads", threads,
                 "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}", "--log-level",
-                "warning", "emoji_api:worker_app()")
+                "warning", "emojistream.ingest.server:worker_app()")
     if server == "uwsgi":
         return (".venv/bin/uwsgi", "--http-socket", f"127.0.0.1:{port}", "--module",
-                "emoji_api:worker_app()", "--processes", workers, "--threads", threads,
+                "emojistream.ingest.server:worker_app()", "--processes", workers,
+                "--threads", threads,
                 "--master", "--lazy-apps", "--disable-logging", "--die-on-term")
     raise ValueError(f"unknown server {server!r}")
 
@@ -224,9 +224,9 @@ def non_2xx(answers: str) -> int:
 
 
 def trials(configs: list[Config], args, tmp: Path, counter: EventCounter) -> dict:
-    """(config label, path label) -> the figures of each trial; the order of the
-    configurations alternates from one trial to the next."""
-    results: dict[tuple[str, str], list[dict]] = {}
+    """(config label, path label, events per request) -> the figures of each trial; the order
+    of the configurations alternates from one trial to the next."""
+    results: dict[tuple[str, str, int], list[dict]] = {}
     for trial in range(args.trials):
         order = configs if trial % 2 == 0 else configs[::-1]
         for config in order:
@@ -235,23 +235,48 @@ def trials(configs: list[Config], args, tmp: Path, counter: EventCounter) -> dic
                                    args.seconds, args.connections, tmp, counter)
                 log.info("trial %d, %s, %s: %s events/s landed", trial + 1, config.label,
                          label, f"{figures['landed']:,.0f}")
-                results.setdefault((config.label, label), []).append(figures)
+                results.setdefault((config.label, label, batch), []).append(figures)
     return results
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+def http_results(results: dict, ceiling: float) -> list[dict]:
+    """One dict per configuration and path: medians, ranges and every trial."""
+    out = []
+    for (config, path, batch), runs in results.items():
+        landed, rps = [r["landed"] for r in runs], [r["rps"] for r in runs]
+        out.append({"config": config, "path": path, "events_per_request": batch,
+                    "landed_per_s": statistics.median(landed), "landed_per_s_min": min(landed),
+                    "landed_per_s_max": max(landed),
+                    "ratio_to_ceiling": statistics.median(landed) / ceiling,
+                    "requests_per_s": statistics.median(rps), "requests_per_s_min": min(rps),
+                    "requests_per_s_max": max(rps),
+                    "non_2xx": sum(r["non_2xx"] for r in runs),
+                    "load_generator_cores": statistics.median(r["cpu"] for r in runs),
+                    "trials": [{"landed_per_s": r["landed"], "requests_per_s": r["rps"],
+                                "non_2xx": r["non_2xx"], "load_generator_cores": r["cpu"]}
+                               for r in runs]})
+    return out
 
 
-def http_rows(results: dict, ceiling: float) -> list[list]:
-    rows = []
-    for (config, path), runs in results.items():
-        landed = [r["landed"] for r in runs]
-        rows.append([f"{config}: {path}", spread(landed),
-                     f"{statistics.median(landed) / ceiling:.3f}", spread([r["rps"] for r in runs]),
-                     sum(r["non_2xx"] for r in runs),
-                     f"{statistics.median(r['cpu'] for r in runs):.2f}"])
-    return rows
+def spread(median: float, low: float, high: float) -> str:
+    return f"{median:,.0f} ({low:,.0f}-{high:,.0f})"
+
+
+HEADERS = ["load", "events/s landed: median (range)", "ratio to ceiling",
+           "requests/s: median (range)", "non-2xx answers", "load generator CPU (cores)"]
+
+
+def rows(results: dict) -> list[list]:
+    """The printed table."""
+    out = [[f"{r['config']}: {r['path']}",
+            spread(r["landed_per_s"], r["landed_per_s_min"], r["landed_per_s_max"]),
+            f"{r['ratio_to_ceiling']:.3f}",
+            spread(r["requests_per_s"], r["requests_per_s_min"], r["requests_per_s_max"]),
+            r["non_2xx"], f"{r['load_generator_cores']:.2f}"] for r in results["http"]]
+    out += [[f"kafka-python directly (no HTTP), {r['events_per_record']} event(s) a record",
+             f"{r['landed_per_s']:,.0f}", f"{r['ratio_to_ceiling']:.3f}", "", "", ""]
+            for r in results["direct"]]
+    return out
 
 
 def direct_run(settings, count: int, per_record: int, counter: EventCounter) -> float:
@@ -269,33 +294,33 @@ def direct_run(settings, count: int, per_record: int, counter: EventCounter) -> 
     return landed / (landed_at - started)
 
 
-def measure(args, ceiling: float) -> tuple[list[list], dict]:
-    """The table's rows and the HTTP trials."""
+def measure(args, ceiling: float) -> dict:
+    """The HTTP rows, and kafka-python producing directly."""
     with isolated_kafka() as (env, settings), tempfile.TemporaryDirectory() as tmp:
         counter, configs = EventCounter(settings), []
         try:
             configs = start_configs(env, args, Path(tmp))
-            results = trials(configs, args, Path(tmp), counter)
-            rows = http_rows(results, ceiling)
+            http = http_results(trials(configs, args, Path(tmp), counter), ceiling)
+            direct = []
             for per_record in (1, 500):
-                direct = direct_run(settings, args.direct_events, per_record, counter)
-                rows.append([f"kafka-python directly (no HTTP), {per_record} event(s) a record",
-                             f"{direct:,.0f}", f"{direct / ceiling:.3f}", "", "", ""])
+                landed = direct_run(settings, args.direct_events, per_record, counter)
+                direct.append({"events_per_record": per_record, "landed_per_s": landed,
+                               "ratio_to_ceiling": landed / ceiling})
         finally:
             stop_all([c.service for c in configs])
             counter.close()
-    return rows, results
+    return {"ceiling_records_per_s": ceiling, "http": http, "direct": direct}
 
 
-def plot(path: str, results: dict) -> None:
-    bars = {f"{config.split(':')[0]}: {label}": [r["landed"] for r in runs]
-            for (config, label), runs in results.items()}
+def plot(path: str, http: list[dict]) -> None:
+    bars = {f"{r['config'].split(':')[0]}: {r['path']}":
+            [t["landed_per_s"] for t in r["trials"]] for r in http}
     plots.bars(path, bars, "Ingest: events/s landed in Kafka (median, range of the trials)",
                "events/s landed (log scale)", log_scale=True)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None):
+    parser = harness.parser("ingest", __doc__)
     parser.add_argument("--seconds", type=int, default=10, help="wrk's run per row and trial")
     parser.add_argument("--trials", type=int, default=3,
                         help="trials of every row, alternating the order (default 3)")
@@ -308,8 +333,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ceiling-records", type=int, default=1_000_000)
     parser.add_argument("--plot", default=None,
                         help="write a PNG of events/s landed here (e.g. docs/ingest.png)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the table without appending it to docs/benchmarks.md")
     return parser.parse_args(argv)
 
 
@@ -318,21 +341,21 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
                                                    "%(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    run = harness.Run("ingest", args)
     ceiling = broker_ceiling.ceiling(args.ceiling_records)
-    rows, results = measure(args, ceiling)
-    report("Ingest, before and after issue 11",
-           ["load", "events/s landed: median (range)", "ratio to ceiling",
-            "requests/s: median (range)", "non-2xx answers", "load generator CPU (cores)"],
-           rows,
-           notes=f"Broker ceiling (acks=all, one event a record, Kafka's ProducerPerformance) "
-                 f"measured in the same run: {ceiling:,.0f} records/s. {args.trials} trials "
-                 f"per row, the configurations alternating (all of them serving throughout, "
-                 f"idle while another is measured); wrk: 2 threads, {args.connections} "
-                 f"keep-alive connections, {args.seconds} s per row and trial. Events/s "
-                 f"landed: until the last event of the trial was in Kafka.",
-           write=not args.no_report)
+    results = measure(args, ceiling)
+    title = "Ingest, before and after issue 11"
+    harness.print_table(title, HEADERS, rows(results))
+    notes = (f"Broker ceiling (acks=all, one event a record, Kafka's ProducerPerformance) "
+             f"measured in the same run: {ceiling:,.0f} records/s. {args.trials} trials per row, "
+             f"the configurations alternating (all of them serving throughout, idle while "
+             f"another is measured); wrk: 2 threads, {args.connections} keep-alive connections, "
+             f"{args.seconds} s per row and trial. Events/s landed: until the last event of the "
+             f"trial was in Kafka.")
+    print(notes)
+    run.save(title, results, notes)
     if args.plot:
-        plot(args.plot, results)
+        plot(args.plot, results["http"])
 
 
 if __name__ == "__main__":

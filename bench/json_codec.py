@@ -12,12 +12,12 @@ today's, on the same parsed events.
 Trials alternate the variants (A B, then B A, ...), so that a machine whose speed changes meanwhile
 slows both alike; each cell is the median of --trials trials, with the range of the trials.
 
-    .venv/bin/python bench/json_codec.py [--trials 15] [--events 1000] [--no-report]
+    .venv/bin/python -m bench.json_codec [--trials 15] [--events 1000]
+                                         [--plot docs/json_codec.png] [--results-dir bench/results]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -29,14 +29,15 @@ from datetime import UTC, datetime
 
 import orjson
 
-from bench import plots
-from bench.harness import REPO_ROOT, report
+from bench import harness, plots
+from bench.harness import REPO_ROOT
 from emojistream import config
 from emojistream.common.events import EventValidator, format_timestamp
 
 log = logging.getLogger("json_codec")
 
 BEFORE_COMMIT = "dd833b1"  # the last commit before issue 11's changes to the ingest path
+BEFORE_EVENTS = "emojistream/events.py"  # where the validator was at that commit
 
 
 def _reject_constant(name: str):
@@ -55,11 +56,11 @@ CODECS = {"stdlib json": (stdlib_loads, stdlib_dumps), "orjson": (orjson.loads, 
 
 
 def old_events_module() -> types.ModuleType:
-    """emojistream/common/events.py as of BEFORE_COMMIT (it imports the standard library only)."""
-    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:emojistream/common/events.py"],
+    """The events module as of BEFORE_COMMIT (it imports the standard library only)."""
+    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:{BEFORE_EVENTS}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     module = types.ModuleType("events_before")
-    exec(compile(source, f"{BEFORE_COMMIT}:emojistream/common/events.py", "exec"), module.__dict__)
+    exec(compile(source, f"{BEFORE_COMMIT}:{BEFORE_EVENTS}", "exec"), module.__dict__)
     return module
 
 
@@ -124,41 +125,55 @@ def measure(rows: dict[str, dict[str, tuple]], trials: int) -> dict[str, dict[st
     return results
 
 
-def cell(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
-
-
-def table_rows(results: dict[str, dict[str, list]]) -> list[list]:
+def summary(results: dict[str, dict[str, list]]) -> list[dict]:
+    """One dict per step: each variant's median, range and trials (µs per event), and the
+    ratio of the medians."""
     out = []
-    for row, variants in results.items():
+    for step, variants in results.items():
         (first, a), (second, b) = variants.items()
-        ratio = statistics.median(a) / statistics.median(b)
-        out.append([row, f"{first}: {cell(a)}", f"{second}: {cell(b)}", f"{ratio:.2f}x"])
+        out.append({"step": step,
+                    "a": {"variant": first, "median_us": statistics.median(a), "min_us": min(a),
+                          "max_us": max(a), "trials_us": a},
+                    "b": {"variant": second, "median_us": statistics.median(b), "min_us": min(b),
+                          "max_us": max(b), "trials_us": b},
+                    "ratio": statistics.median(a) / statistics.median(b)})
     return out
 
 
+def cell(variant: dict) -> str:
+    return (f"{variant['variant']}: {variant['median_us']:.2f} "
+            f"({variant['min_us']:.2f}-{variant['max_us']:.2f})")
+
+
+HEADERS = ["step", "A: median (range)", "B: median (range)", "A / B"]
+
+
+def table_rows(steps: list[dict]) -> list[list]:
+    return [[s["step"], cell(s["a"]), cell(s["b"]), f"{s['ratio']:.2f}x"] for s in steps]
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser("json_codec", __doc__)
     parser.add_argument("--trials", type=int, default=15, help="trials per cell (default 15)")
     parser.add_argument("--events", type=int, default=1000,
                         help="events in the batched body (default 1000)")
     parser.add_argument("--plot", default=None,
                         help="write a PNG of the medians and ranges here (e.g. "
                              "docs/json_codec.png)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the table without appending it to docs/benchmarks.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
                                                    "%(message)s")
+    run = harness.Run("json_codec", args)
     results = measure(cases(args.events), args.trials)
-    report("JSON codec and validation, µs of CPU per event",
-           ["step", "A: median (range)", "B: median (range)", "A / B"], table_rows(results),
-           notes=f"Median of {args.trials} trials each (range in brackets), A and B "
-                 f"alternating; each trial runs its step for at least 0.2 s of CPU "
-                 f"(time.process_time). Python {sys.version.split()[0]}, orjson "
-                 f"{orjson.__version__}. Request path: parse + validate + encode each event, "
-                 f"today's validator.",
-           write=not args.no_report)
+    steps = summary(results)
+    title = "JSON codec and validation, µs of CPU per event"
+    harness.print_table(title, HEADERS, table_rows(steps))
+    notes = (f"Median of {args.trials} trials each (range in brackets), A and B alternating; "
+             f"each trial runs its step for at least 0.2 s of CPU (time.process_time). Python "
+             f"{sys.version.split()[0]}, orjson {orjson.__version__}. Request path: parse + "
+             f"validate + encode each event, today's validator.")
+    print(notes)
+    run.save(title, {"steps": steps}, notes)
     if args.plot:
         trials = {f"{row}: {variant}": values for row, variants in results.items()
                   for variant, values in variants.items()}

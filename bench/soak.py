@@ -6,9 +6,9 @@ crowd of others joining and leaving, and samples every component's resident memo
 and its children: granian's workers, Spark's JVM). At the end it checks that nothing was lost:
 every event answered 200 is in emoji-events exactly once, and the persistent viewers' last update
 of every window has exactly the counts of the events in Kafka for it. Reports RSS at start, end
-and peak per component, and appends the table to docs/benchmarks.md.
+and peak per component, and writes the run's file under bench/results/.
 
-    .venv/bin/python bench/soak.py --minutes 10 --rate 200 --viewers 30
+    .venv/bin/python -m bench.soak --minutes 10 --rate 200 --viewers 30
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 import requests
 from kafka import TopicPartition
 
-from bench.harness import REPO_ROOT, RssSampler, report, system_pid_files
+from bench import harness
+from bench.harness import REPO_ROOT, RssSampler, system_pid_files
 from emojistream import config
 from emojistream.common import kafka_clients
 from emojistream.common.events import format_timestamp, parse_timestamp, window_bounds
@@ -208,7 +209,7 @@ def settle(viewers: list[RecordingViewer], expected: dict[str, dict]) -> int:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
+def soak(args: argparse.Namespace, env: dict) -> tuple[dict, str]:
     settings = config.load(env)
     registration = f"http://{settings.registration_host}:{settings.registration_port}"
     watchers = [RecordingViewer(registration, f"watcher-{n}") for n in settings.clusters]
@@ -233,11 +234,18 @@ def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
     memory.stop()
     for viewer in watchers:
         viewer.close()
-    rows = [[name, f"{memory.first.get(name, 0):.0f}", f"{memory.half.get(name, 0):.0f}",
-             f"{memory.last.get(name, 0):.0f}", f"{memory.peak[name]:.0f}",
-             f"{memory.last.get(name, 0) - memory.half.get(name, 0):+.0f}"]
-            for name in sorted(memory.peak)]
+    components = [{"component": name, "start_mib": memory.first.get(name, 0),
+                   "half_time_mib": memory.half.get(name, 0), "end_mib": memory.last.get(name, 0),
+                   "peak_mib": memory.peak[name],
+                   "second_half_growth_mib": memory.last.get(name, 0) - memory.half.get(name, 0)}
+                  for name in sorted(memory.peak)]
     exact = load.failed == 0 and in_kafka == load.accepted and wrong == 0
+    results = {"minutes": elapsed / 60, "rate_per_s": args.rate, "accepted": load.accepted,
+               "refused": load.failed, "in_kafka": in_kafka, "windows": len(expected),
+               "persistent_viewers": len(watchers), "pairs_not_exact": wrong,
+               "crowd_joined": crowd.joined, "crowd_left": crowd.left,
+               "crowd_at_most": args.viewers, "crowd_updates_received": crowd.updates_received,
+               "nothing_lost": exact, "memory": components}
     notes = (f"{elapsed / 60:.1f} minutes at {args.rate} events/s: {load.accepted:,} events "
              f"answered 200, {load.failed:,} refused, {in_kafka:,} in emoji-events; "
              f"{len(expected)} windows, {len(watchers)} persistent viewers (one per cluster) "
@@ -245,23 +253,30 @@ def soak(args: argparse.Namespace, env: dict) -> tuple[list[list], str, bool]:
              f"joined and {crowd.left} left (at most {args.viewers} at a time; they received "
              f"{crowd.updates_received:,} updates). RSS in MiB of each component with its "
              f"children (granian's workers; Spark's driver JVM is a row of its own), sampled "
-             f"every "
-             f"{args.sample_interval:.0f} s from the start of the load; the last column is "
+             f"every {args.sample_interval:.0f} s from the start of the load; the last column is "
              f"the growth from half-time to the end, once warmed up. "
              f"Nothing lost: {'yes' if exact else 'NO'}.")
-    return rows, notes, exact
+    return results, notes
+
+
+HEADERS = ["component", "RSS start MiB", "half-time MiB", "end MiB", "peak MiB",
+           "second half MiB"]
+
+
+def rows(components: list[dict]) -> list[list]:
+    return [[c["component"], f"{c['start_mib']:.0f}", f"{c['half_time_mib']:.0f}",
+             f"{c['end_mib']:.0f}", f"{c['peak_mib']:.0f}", f"{c['second_half_growth_mib']:+.0f}"]
+            for c in components]
 
 
 def parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser("soak", __doc__)
     parser.add_argument("--minutes", type=float, default=10.0, help="duration (default 10)")
     parser.add_argument("--rate", type=int, default=200, help="events/s (default 200)")
     parser.add_argument("--viewers", type=int, default=30,
                         help="viewers joining and leaving, at most this many at a time")
     parser.add_argument("--sample-interval", type=float, default=10.0,
                         help="seconds between memory samples (default 10)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the table without appending it to docs/benchmarks.md")
     return parser.parse_args(argv)
 
 
@@ -270,19 +285,20 @@ def main(argv=None) -> int:
                                                    "%(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     args = parse_args(argv)
+    run = harness.Run("soak", args)
     with tempfile.TemporaryDirectory(prefix="soak-") as var_dir:
         env = isolated_env(Path(var_dir))
         try:
             script("start_all.sh", env, timeout_s=400)
-            rows, notes, exact = soak(args, env)
+            results, notes = soak(args, env)
         finally:
             script("stop_all.sh", env, timeout_s=300)
-    report(f"Soak: {args.minutes:g} minutes at {args.rate} events/s, viewers joining and "
-           "leaving", ["component", "RSS start MiB", "half-time MiB", "end MiB", "peak MiB",
-            "second half MiB"],
-           rows, notes, write=not args.no_report)
+    title = (f"Soak: {args.minutes:g} minutes at {args.rate} events/s, viewers joining and "
+             "leaving")
+    harness.print_table(title, HEADERS, rows(results["memory"]))
     print(notes)
-    return 0 if exact else 1
+    run.save(title, results, notes)
+    return 0 if results["nothing_lost"] else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Load client for the delivery tier: N concurrent viewers spread over S streams, the fraction
 of them each window update reaches, and how long it takes.
 
-    .venv/bin/python bench/viewers_load.py --viewers 10000 --streams 1 --processes 4
-    .venv/bin/python bench/viewers_load.py --layouts 100x1,1x100,100x100,1x10000
+    .venv/bin/python -m bench.viewers_load --viewers 10000 --streams 1 --processes 4
+    .venv/bin/python -m bench.viewers_load --layouts 100x1,1x100,100x100,1x10000
 
 It opens N viewer connections the way real viewers do, through the registration API (POST
 /register for a stream, then the WebSocket endpoint with its token, which binds the stream),
@@ -14,8 +14,8 @@ windows, one every --interval seconds, an update of each for every stream ({"str
 viewer notes when each update of its stream reached it, and counts any update of another
 stream (there should be none: a server sends an update only to its stream's viewers). Viewers
 and publisher run on the same machine, so their clocks agree. It reports per layout how many
-deliveries arrived and the delay percentiles, and appends them to docs/benchmarks.md
-(--no-report: print only; --plot: a PNG of each layout's delay CDF).
+deliveries arrived and the delay percentiles, and writes the run's file under bench/results/
+(--plot: a PNG of each layout's delay CDF).
 
 --layouts measures several layouts (STREAMSxVIEWERS_PER_STREAM) one after the other on one
 system in one run, e.g. 100 streams of 1 viewer against 1 stream of 100 viewers; --trials
@@ -351,10 +351,13 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def delays_ms(values: list[float]) -> list[str]:
+def delays_ms(values: list[float]) -> dict[str, float | None]:
+    """p50, p95, p99 and max of delays in seconds, in ms (None without delays)."""
     ordered = sorted(values)
-    return [f"{1000 * percentile(ordered, q):,.0f}" for q in (0.5, 0.95, 0.99)] + \
-        [f"{1000 * ordered[-1]:,.0f}" if ordered else "-"]
+    if not ordered:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    return {"p50_ms": 1000 * percentile(ordered, 0.5), "p95_ms": 1000 * percentile(ordered, 0.95),
+            "p99_ms": 1000 * percentile(ordered, 0.99), "max_ms": 1000 * ordered[-1]}
 
 
 def analyse(summaries: list[tuple], windows: list[str], handed_over: dict) -> dict:
@@ -391,7 +394,7 @@ class LayoutRun:
     layout: Layout
     connected: int
     connect_s: float
-    spread: str
+    per_cluster: dict[str, int]   # live viewer connections per cluster once connected
     windows: list[str]
     figures: dict
     health_s: list[float]
@@ -465,9 +468,10 @@ def run_layout(args, registration_url: str, key: str, urls: dict[str, str], layo
         connected = sum(r["connected"] for r in ready)
         for error in (e for r in ready for e in r["errors"]):
             log.warning("connection error: %s", error)
-        spread = ", ".join(f"{c} {n:,}" for c, n in live_viewers(urls).items())
+        per_cluster = live_viewers(urls)
         log.info("%s/%s viewers connected in %.1f s (%s)", f"{connected:,}",
-                 f"{layout.viewers:,}", connect_s, spread)
+                 f"{layout.viewers:,}", connect_s,
+                 ", ".join(f"{c} {n:,}" for c, n in per_cluster.items()))
         windows, handed_over, health_s = publish(
             urls, key, args.updates, args.interval, tuple(stream_ids(layout.streams)),
             first_window(after))
@@ -475,17 +479,18 @@ def run_layout(args, registration_url: str, key: str, urls: dict[str, str], layo
         figures = analyse(collect(workers), windows, handed_over)
     finally:
         join_workers(workers)
-    return LayoutRun(layout, connected, connect_s, spread, windows, figures, health_s)
+    return LayoutRun(layout, connected, connect_s, per_cluster, windows, figures, health_s)
 
 
 def run(args: argparse.Namespace) -> int:
+    record = harness.Run("viewers_load", args)
     limit = raise_open_file_limit()
     load_before = os.getloadavg()[0]
     system = None
     try:
         if args.registration_url:
             registration_url = args.registration_url.rstrip("/")
-            from emojistream import secrets
+            from emojistream.common import secrets
             key = secrets.subscriber_key(config.load())
         else:
             system = System(args.clusters, args.log_dir, args.log_level,
@@ -501,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
             for layout in order:
                 runs.append(run_layout(args, registration_url, key, urls, layout, last))
                 last = parse_timestamp(runs[-1].windows[-1])
-        report(args, runs, limit, len(urls), (load_before, os.getloadavg()[0]))
+        report(args, record, runs, limit, len(urls), (load_before, os.getloadavg()[0]))
         return 0
     finally:
         if system is not None:
@@ -510,17 +515,41 @@ def run(args: argparse.Namespace) -> int:
 
 # --- the report -------------------------------------------------------------------------------
 
-def layout_row(run: LayoutRun) -> list:
-    per_window = run.figures["windows"].values()
-    delays = [d for entry in per_window for d in entry["delays"]]
-    got = sum(entry["got"] for entry in per_window)
+def layout_result(run: LayoutRun) -> dict:
+    """The layout's figures: deliveries, delays (ms), health answers, and each window's."""
+    per_window = run.figures["windows"]
+    delays = [d for entry in per_window.values() for d in entry["delays"]]
+    got = sum(entry["got"] for entry in per_window.values())
     expected = run.layout.viewers * len(run.windows)
     health = sorted(run.health_s)
-    return [run.layout.label, f"{run.layout.viewers:,}", f"{run.connected:,}",
-            f"{got:,}/{expected:,}", f"{100 * got / expected:.2f}%", *delays_ms(delays),
-            sum(entry["duplicates"] for entry in per_window), run.figures["foreign"],
-            f"{1000 * percentile(health, 0.5):,.0f} / {1000 * health[-1]:,.0f}",
-            f"{run.connect_s:.1f}"]
+    return {"layout": run.layout.label, "streams": run.layout.streams,
+            "viewers_per_stream": run.layout.viewers // run.layout.streams,
+            "viewers": run.layout.viewers, "connected": run.connected, "deliveries": got,
+            "expected_deliveries": expected, "fraction": got / expected if expected else None,
+            **delays_ms(delays),
+            "duplicates": sum(entry["duplicates"] for entry in per_window.values()),
+            "other_streams_updates": run.figures["foreign"],
+            "health_p50_ms": 1000 * percentile(health, 0.5) if health else None,
+            "health_max_ms": 1000 * health[-1] if health else None,
+            "connect_s": run.connect_s, "per_cluster": run.per_cluster,
+            "windows": [{"window_start": window, "viewers_reached": entry["got"],
+                         "duplicates": entry["duplicates"], **delays_ms(entry["delays"])}
+                        for window, entry in per_window.items()]}
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def layout_row(layout: dict) -> list:
+    fraction = layout["fraction"]
+    return [layout["layout"], f"{layout['viewers']:,}", f"{layout['connected']:,}",
+            f"{layout['deliveries']:,}/{layout['expected_deliveries']:,}",
+            "-" if fraction is None else f"{100 * fraction:.2f}%",
+            *(ms(layout[k]) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+            layout["duplicates"], layout["other_streams_updates"],
+            f"{ms(layout['health_p50_ms'])} / {ms(layout['health_max_ms'])}",
+            f"{layout['connect_s']:.1f}"]
 
 
 HEADERS = ["layout", "viewers", "connected", "deliveries", "fraction", "p50 ms", "p95 ms",
@@ -528,7 +557,7 @@ HEADERS = ["layout", "viewers", "connected", "deliveries", "fraction", "p50 ms",
            "GET /health p50 / max ms", "connect s"]
 
 
-def report(args, runs: list[LayoutRun], limit: int, servers: int,
+def report(args, record: harness.Run, runs: list[LayoutRun], limit: int, servers: int,
            load: tuple[float, float]) -> None:
     import websockets
     notes = (f"Per layout: {args.updates} windows published, one every {args.interval} s, an "
@@ -537,16 +566,17 @@ def report(args, runs: list[LayoutRun], limit: int, servers: int,
              f"for their stream (round-robin), from {args.processes} process(es). Delay: from "
              f"the publisher handing a stream's update to a server's /publish (as a subscriber "
              f"does) to a viewer of that stream receiving it, viewers and servers on the same "
-             f"2-core machine. GET /health was sent to each server right after each window's "
+             f"machine. GET /health was sent to each server right after each window's "
              f"hand-overs, while it broadcast. Layouts in this order, {args.trials} trial(s), "
              f"the order reversed every other trial. Load average (1 min) {load[0]:.1f} "
              f"before the run, {load[1]:.1f} at the end, other work included. websockets "
              f"{websockets.__version__}; open-file limit {limit}.")
     title = f"Viewers over streams: {', '.join(layout.label for layout in args.layouts)}"
-    harness.report(title, HEADERS, [layout_row(run) for run in runs], notes=notes,
-                   write=not args.no_report)
-    print()
+    layouts = [layout_result(run) for run in runs]
+    harness.print_table(title, HEADERS, [layout_row(layout) for layout in layouts])
     print(notes)
+    record.save(title, {"layouts": layouts, "servers": servers, "open_file_limit": limit,
+                        "websockets": websockets.__version__}, notes)
     if args.plot:
         plots.cdf(args.plot, {f"{run.layout.label} ({run.layout.viewers:,})": [
             (1000 * d, 1) for entry in run.figures["windows"].values() for d in entry["delays"]]
@@ -575,12 +605,12 @@ def layouts(text: str) -> list[Layout]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/viewers_load.py",
-        description="Open N concurrent viewers through the registration API, spread over "
-                    "--streams streams, publish window updates as a subscriber would, and "
-                    "report the fraction of viewers reached and the hand-over-to-receipt delay "
-                    "(p50/p95/p99/max); --layouts compares several spreads in one run.")
+    parser = harness.parser("viewers_load", __doc__)
+    parser.description = ("Open N concurrent viewers through the registration API, spread over "
+                          "--streams streams, publish window updates as a subscriber would, and "
+                          "report the fraction of viewers reached and the hand-over-to-receipt "
+                          "delay (p50/p95/p99/max); --layouts compares several spreads in one "
+                          "run.")
     parser.add_argument("--viewers", type=positive_int, default=10_000,
                         help="concurrent viewer connections (default 10000)")
     parser.add_argument("--streams", type=positive_int, default=1,
@@ -615,8 +645,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plot", default=None,
                         help="write a PNG of the delay CDF of each layout here (e.g. "
                              "docs/viewers_streams.png)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="print the figures without appending them to docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.layouts is None:
         if args.streams > args.viewers:
