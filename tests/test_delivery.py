@@ -1,6 +1,6 @@
 """The delivery tier end to end, with real processes and real sockets: balanced registration
 over live WebSocket servers, viewer tokens, redundant subscribers, reconnecting viewers, and
-1,000 concurrent viewers (the 10,000 figure is measured by bench/viewers_load.py, not here)."""
+1,000 concurrent viewers (the 10,000 figure is measured by bench.viewers_load, not here)."""
 
 from __future__ import annotations
 
