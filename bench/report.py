@@ -271,6 +271,12 @@ def others(runs: list[dict]) -> list[tuple[str, str, dict]]:
         out.append(("JSON codec", f"a single POST's request path: {step['b']['median_us']:.2f} "
                     f"µs of CPU per event with {step['b']['variant']}, "
                     f"{step['a']['median_us']:.2f} with {step['a']['variant']}", run))
+    steps, run = latest(runs, "cors", lambda res: res["steps"])
+    if steps:
+        parts = [f"{s['step']}: {s['a']['median_us']:.1f} µs with {s['a']['variant']}, "
+                 f"{s['b']['median_us']:.1f} with {s['b']['variant']} ({s['ratio']:.2f}x)"
+                 for s in steps]
+        out.append(("ingest CORS", "; ".join(parts), run))
     layouts, run = latest(runs, "viewers_load", lambda res: res["layouts"] or None)
     if layouts:
         parts = [f"{x['layout']}: {n(x['deliveries'])}/{n(x['expected_deliveries'])} "

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.stack
 
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
 RESULTS = REPO_ROOT / "bench" / "results"
-BENCHMARKS = ["broker_ceiling", "ingest", "json_codec", "aggregation", "viewers_load",
+BENCHMARKS = ["broker_ceiling", "ingest", "json_codec", "cors", "aggregation", "viewers_load",
               "end_to_end", "soak"]
 KEYS = {"schema", "benchmark", "title", "command", "started_at", "finished_at", "machine",
         "versions", "environment", "parameters", "results", "notes"}
@@ -126,6 +126,14 @@ def test_json_codec_runs(tmp_path):
     assert [s["step"] for s in steps] == [
         "parse, 1 event", "parse, 10 events", "encode, per event", "request path, POST /emoji",
         "request path, POST /emojis of 10", "validate, per event"]
+    assert all(s["a"]["median_us"] > 0 and s["b"]["median_us"] > 0 for s in steps), steps
+
+
+def test_cors_runs(tmp_path):
+    _out, record = run_bench("cors", "--trials", "1", "--requests", "20", results_dir=tmp_path)
+    steps = record["results"]["steps"]
+    assert [(s["a"]["variant"], s["b"]["variant"]) for s in steps] == [
+        ("flask-cors", "hand-written")] * 2
     assert all(s["a"]["median_us"] > 0 and s["b"]["median_us"] > 0 for s in steps), steps
 
 
