@@ -61,7 +61,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
 from bench import harness, plots
-from bench.harness import RssSampler, SystemFailed, system_pid_files, whole_system
+from bench.harness import RssSampler, SystemFailed, system_pids, whole_system
 from emojistream import topology
 from emojistream.client.viewer import RegistrationClient, RegistrationError
 from emojistream.common.events import DEFAULT_STREAM, parse_timestamp
@@ -671,7 +671,7 @@ def measure(settings, args, record: harness.Run) -> None:
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(1, mp_context=context, initializer=quiet_worker) as loader, \
-                RssSampler(lambda: system_pid_files(settings)) as sampler:
+                RssSampler(lambda: system_pids(settings)) as sampler:
             bench = Bench(settings, args, watchers, loader, sampler)
             bench.warm_up()
             phases: list[tuple[str, int | None]] = [(f"{rate:,}/s", rate)

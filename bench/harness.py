@@ -22,7 +22,9 @@ from importlib import metadata
 from pathlib import Path
 
 from emojistream import config
-from testkit.processes import pid_in_file
+from emojistream.ops.components import components
+from emojistream.ops.supervise import Supervisor
+from testkit.processes import supervisor_runs
 from testkit.sandbox import isolated_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -240,7 +242,7 @@ def system_script(script: str, env: dict, timeout_s: float) -> None:
 @contextmanager
 def whole_system(var_dir: Path | None = None, ready_timeout_s: int = 300):
     """Every component, started by scripts/start_all.sh on free ports with a VAR_DIR of its
-    own (as tests/test_pipeline.py does) and stopped by scripts/stop_all.sh (by their pids);
+    own (as tests/test_pipeline.py does) and stopped by scripts/stop_all.sh (its supervisord);
     yields (env, settings). ``var_dir`` (created, and kept afterwards, with the components'
     logs) defaults to a temporary folder."""
     with _var_dir(var_dir) as var_dir:
@@ -255,9 +257,8 @@ def whole_system(var_dir: Path | None = None, ready_timeout_s: int = 300):
             yield env, config.load(env)
         finally:
             system_script("stop_all.sh", env, timeout_s=180)
-            left = list((Path(var_dir) / "run").glob("*.pid"))
-            if left:
-                raise SystemFailed(f"pid files left after scripts/stop_all.sh: {left}")
+            if supervisor_runs(env):
+                raise SystemFailed("supervisord still runs after scripts/stop_all.sh")
 
 
 @contextmanager
@@ -270,15 +271,15 @@ def _var_dir(path: Path | None):
         yield path
 
 
-def system_pid_files(settings) -> dict[str, Path]:
-    """Component name -> pid file of everything start_all.sh started, Kafka's broker (or each
-    broker of a local cluster, "kafka broker-K") included."""
-    var = Path(settings.var_dir)
-    files = {p.stem: p for p in sorted((var / "run").glob("*.pid"))}
-    files["kafka"] = var / "kafka" / "kafka.pid"
-    for broker in sorted((var / "kafka").glob("broker-*/kafka.pid")):
-        files[f"kafka {broker.parent.name}"] = broker
-    return files
+def system_pids(settings):
+    """A function giving component name -> pid of every component running under the system's
+    supervisord (Kafka's brokers included)."""
+    supervisor = Supervisor(settings, components(settings))
+
+    def pids() -> dict[str, int]:
+        return {name: process["pid"] for name, process in supervisor.info().items()
+                if process["pid"] and name != "crashes"}
+    return pids
 
 
 # --- resident memory of process trees ----------------------------------------------------------
@@ -336,15 +337,15 @@ def _forking_jvm(pid: int, table: dict[int, tuple[int, str]]) -> bool:
 class RssSampler:
     """Samples VmRSS (/proc/PID/status) of each component's process tree every ``interval_s``.
 
-    ``pid_files()`` gives component name -> pid file, read at every sample. A Java process below
+    ``pids()`` gives component name -> pid, read at every sample. A Java process below
     a component that is not itself Java (the Spark driver below spark_aggregator.py) counts as a
     component of its own, "NAME (JVM)"; its children between fork and exec, which share its
     memory, are left out. Per phase (see ``phase``): each component's peak RSS and
     largest process count, and the peak of the simultaneous sum over all components (kB).
     """
 
-    def __init__(self, pid_files, interval_s: float = 0.5):
-        self.pid_files, self.interval_s = pid_files, interval_s
+    def __init__(self, pids, interval_s: float = 0.5):
+        self.pids, self.interval_s = pids, interval_s
         self.current: str | None = None
         self.peaks: dict[str, dict[str, int]] = {}
         self.processes: dict[str, dict[str, int]] = {}
@@ -373,11 +374,7 @@ class RssSampler:
         """Component -> (RSS kB of its processes, number of processes), now."""
         table = _proc_table()
         found: dict[str, tuple[int, int]] = {}
-        for name, pid_file in self.pid_files().items():
-            try:
-                root = pid_in_file(pid_file)
-            except (OSError, ValueError, IndexError):
-                continue
+        for name, root in self.pids().items():
             for pid in _tree(root, table):
                 if _forking_jvm(pid, table):
                     continue

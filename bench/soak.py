@@ -29,7 +29,7 @@ import requests
 from kafka import TopicPartition
 
 from bench import harness
-from bench.harness import REPO_ROOT, RssSampler, system_pid_files
+from bench.harness import REPO_ROOT, RssSampler, system_pids
 from emojistream import config
 from emojistream.common import kafka_clients
 from emojistream.common.events import format_timestamp, parse_timestamp, window_bounds
@@ -62,7 +62,7 @@ class MemorySampler:
     """Samples every component's RSS every ``interval_s`` in a thread."""
 
     def __init__(self, settings: config.Settings, interval_s: float):
-        self.processes = RssSampler(lambda: system_pid_files(settings))
+        self.processes = RssSampler(lambda: system_pids(settings))
         self.interval_s = interval_s
         self.first = rss_mib(self.processes)
         self.peak = dict(self.first)

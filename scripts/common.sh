@@ -50,76 +50,10 @@ run_kafka_tool() {
     -cp "$(kafka_classpath)" "$main_class" "$@"
 }
 
-# Pid files hold "PID START": a pid names a process only together with its start, since after a
-# crash or a reboot the pid is reused by another process. START is field 22 of /proc/PID/stat
-# (the clock ticks from the boot to the process's start) and the boot's id. Not the start time
-# of `ps -o lstart=`: ps derives it from the boot time as the wall clock sees it now, so it moves
-# when the clock is stepped (NTP, a resumed VM) and a component would look like another process;
-# field 22 never changes while the process lives, and the boot id tells a file from an earlier
-# boot. The scripts need Linux anyway (setsid, /proc).
-
-# process_start PID: print the start of process PID ("TICKS@BOOT_ID"); fail when no process PID
-# runs (a zombie has exited: it does not run).
-process_start() {
-  local stat fields
-  [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 1
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  # Field 2 is the command in parentheses, which may hold anything: split what follows its ")".
-  read -r -a fields <<< "${stat##*) }"
-  case "${fields[0]}" in Z|X|x) return 1 ;; esac
-  echo "${fields[19]}@$(cat /proc/sys/kernel/random/boot_id)"
-}
-
-# write_pid_file FILE PID: record in FILE that process PID, just started, is ours. A process that
-# has exited already gets no file.
-write_pid_file() {
-  local start
-  if start="$(process_start "$2")"; then
-    echo "$2 $start" > "$1"
-  else
-    rm -f "$1"
-  fi
-}
-
-# pid_of FILE: print the pid FILE names and succeed when that process still runs with the start
-# write_pid_file recorded. When a process with that pid runs but has another start (the pid was
-# reused), or FILE is in the old format (a bare pid), FILE is stale: it is removed, with a message
-# on stderr. When no process with that pid runs, FILE is left to the caller.
-pid_of() {
-  local file="$1" pid="" start="" now
-  [ -f "$file" ] || return 1
-  read -r pid start _ < "$file" || true
-  now="$(process_start "$pid")" || return 1
-  if [ "$now" = "$start" ]; then
-    echo "$pid"
-    return 0
-  fi
-  say "removing stale pid file $file (pid $pid is another process now)" >&2
-  rm -f "$file"
-  return 1
-}
-
-# stop_pid_file FILE NAME GRACE_SECONDS: SIGTERM the process FILE names (pid_of), SIGKILL it if
-# it still runs after GRACE_SECONDS, and remove FILE. Returns 1 when no such process ran. The
-# wait asks for the same pid and start, so a pid reused meanwhile is never signalled.
-stop_pid_file() {
-  local pid_file="$1" name="$2" grace="$3" pid start deadline
-  if ! pid="$(pid_of "$pid_file")"; then
-    rm -f "$pid_file"
-    return 1
-  fi
-  read -r _ start _ < "$pid_file"
-  kill -TERM "$pid" 2>/dev/null || true
-  deadline=$((SECONDS + grace))
-  while [ "$(process_start "$pid")" = "$start" ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      say "$name (pid $pid) did not stop within ${grace}s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  rm -f "$pid_file"
+# supervised ACTION ARGS...: this host's supervisord, through emojistream.ops.system (up, down,
+# status, start, stop, state; see its --help). It alone starts and signals the processes.
+supervised() {
+  (cd "$REPO_ROOT" && "$VENV_PYTHON" -m emojistream.ops.system "$@")
 }
 
 # port_open HOST PORT: true when something accepts TCP connections there.

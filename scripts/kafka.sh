@@ -9,8 +9,10 @@
 #   scripts/kafka.sh stop [--brokers N]     stop every broker of $VAR_DIR/kafka (SIGTERM, then
 #                                           SIGKILL after a grace period)
 #   scripts/kafka.sh status [--brokers N]   say which brokers run (exit 0: all, 3: none, 1: some)
+#   scripts/kafka.sh run K                  run broker K in the foreground (what the host's
+#                                           supervisord runs: it restarts a broker that dies)
 #
-# One broker keeps its data, logs and pid file in $VAR_DIR/kafka; broker K of a cluster keeps
+# One broker keeps its data and logs in $VAR_DIR/kafka; broker K of a cluster keeps
 # them in $VAR_DIR/kafka/broker-K and listens on KAFKA_PORT + (K-1)*KAFKA_PORT_STEP, its
 # controller on KAFKA_CONTROLLER_PORT + (K-1)*KAFKA_PORT_STEP. Set KAFKA_BROKERS=N rather than
 # --brokers N alone, so that the clients' KAFKA_BOOTSTRAP_SERVERS lists every broker.
@@ -19,14 +21,18 @@
 # scripts/setup.sh; rules in config/kafka-jmx-exporter.yaml): broker K's metrics are at
 # http://KAFKA_HOST:(KAFKA_METRICS_PORT + K - 1)/metrics; KAFKA_METRICS_PORT=0 leaves it out.
 #
+# With KAFKA_VOTERS ("1@host1:9093,2@host2:9093,..."), each broker has a host of its own
+# (docs/deploy.md): `run K` listens on KAFKA_HOST:KAFKA_PORT and formats its storage with
+# KAFKA_CLUSTER_ID.
+#
 # Settings (environment): KAFKA_BROKERS, KAFKA_HOST, KAFKA_PORT, KAFKA_CONTROLLER_PORT,
-# KAFKA_PORT_STEP, KAFKA_METRICS_PORT, KAFKA_HEAP, VAR_DIR, KAFKA_HOME (use an existing Kafka distribution instead
-# of the jars in lib/kafka), KAFKA_START_TIMEOUT, KAFKA_STOP_TIMEOUT (seconds).
+# KAFKA_PORT_STEP, KAFKA_METRICS_PORT, KAFKA_HEAP, KAFKA_VOTERS, KAFKA_CLUSTER_ID, VAR_DIR,
+# KAFKA_HOME (an existing Kafka distribution instead of the jars in lib/kafka),
+# KAFKA_START_TIMEOUT (seconds).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
-STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 # The cluster's node count, written when its storage is formatted: the quorum's voters are
 # fixed then.
 CLUSTER_SIZE_FILE="$KAFKA_VAR_DIR/cluster-brokers"
@@ -35,8 +41,12 @@ CLUSTER_SIZE_FILE="$KAFKA_VAR_DIR/cluster-brokers"
 node_dir() {
   if [ "$BROKERS" -eq 1 ]; then echo "$KAFKA_VAR_DIR"; else echo "$KAFKA_VAR_DIR/broker-$1"; fi
 }
-node_port() { echo $((KAFKA_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
-node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
+# With KAFKA_VOTERS every broker has a host of its own, and the same ports.
+node_step() { if [ -n "$KAFKA_VOTERS" ]; then echo 0; else echo $((($1 - 1) * KAFKA_PORT_STEP)); fi; }
+node_port() { echo $((KAFKA_PORT + $(node_step "$1"))); }
+node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + $(node_step "$1"))); }
+# program K: broker K's name in the components' table and supervisord.
+program() { if [ "$BROKERS" -eq 1 ]; then echo kafka; else echo "kafka_$1"; fi; }
 # node_metrics_port K: where broker K's JMX exporter listens (0: no exporter).
 node_metrics_port() {
   if [ "$KAFKA_METRICS_PORT" -eq 0 ]; then echo 0; else echo $((KAFKA_METRICS_PORT + $1 - 1)); fi
@@ -46,6 +56,7 @@ node_name() {
 }
 
 quorum_voters() {
+  if [ -n "$KAFKA_VOTERS" ]; then echo "$KAFKA_VOTERS"; return; fi
   local k voters=""
   for k in $(seq 1 "$BROKERS"); do
     voters="${voters:+$voters,}$k@$KAFKA_HOST:$(node_controller_port "$k")"
@@ -128,6 +139,7 @@ kafka_storage_tool() {
 # for the cluster's first node for the others.
 cluster_id() {
   local id_file="$KAFKA_VAR_DIR/cluster.id"
+  if [ -n "$KAFKA_CLUSTER_ID" ]; then echo "$KAFKA_CLUSTER_ID"; return; fi
   if [ "$BROKERS" -eq 1 ]; then
     kafka_storage_tool random-uuid
     return
@@ -152,7 +164,7 @@ format_storage_once() {
 
 # check_cluster_size: a cluster's quorum is fixed when it is formatted; refuse another size.
 check_cluster_size() {
-  [ "$BROKERS" -gt 1 ] || return 0
+  [ "$BROKERS" -gt 1 ] && [ -z "$KAFKA_VOTERS" ] || return 0
   if [ -f "$CLUSTER_SIZE_FILE" ]; then
     local formatted
     formatted="$(cat "$CLUSTER_SIZE_FILE")"
@@ -164,11 +176,17 @@ $CLUSTER_SIZE_FILE to start afresh"
   fi
 }
 
-# start_node K: start broker K in the background unless it runs.
+# state_of K: broker K's "STATE PID" as its supervisord reports it.
+state_of() {
+  supervised state "$(program "$1")" | { read -r _ state pid; echo "$state $pid"; }
+}
+
+# start_node K: have supervisord start broker K unless it runs.
 start_node() {
-  local k="$1" dir port name pid
-  dir="$(node_dir "$k")"; port="$(node_port "$k")"; name="$(node_name "$k")"
-  if pid="$(pid_of "$dir/kafka.pid")"; then
+  local k="$1" port name state pid
+  port="$(node_port "$k")"; name="$(node_name "$k")"
+  read -r state pid < <(state_of "$k")
+  if [ "$state" = RUNNING ] || [ "$state" = STARTING ]; then
     say "$name already runs (pid $pid) on $KAFKA_HOST:$port"
     return
   fi
@@ -178,36 +196,43 @@ start_node() {
   if port_open "$KAFKA_HOST" "$(node_controller_port "$k")"; then
     die "$KAFKA_HOST:$(node_controller_port "$k") is already taken by another process; set KAFKA_CONTROLLER_PORT"
   fi
+  read -r _ _ pid < <(supervised start "$(program "$k")")
+  say "starting $name (pid $pid) on $KAFKA_HOST:$port, logs in $(node_dir "$k")/logs"
+  [ "$(node_metrics_port "$k")" -eq 0 ] || say "$name's metrics: http://$KAFKA_HOST:$(node_metrics_port "$k")/metrics"
+}
+
+# run_node K: broker K in the foreground (supervisord's program for it).
+run_node() {
+  local k="$1" dir agent=""
+  dir="$(node_dir "$k")"
+  mkdir -p "$dir/data" "$dir/logs"
+  check_cluster_size
+  write_properties "$k"
+  format_storage_once "$k"
   # A taken metrics port costs the broker its metrics, not its start (as for every component).
-  local agent=""
   if [ "$(node_metrics_port "$k")" -ne 0 ] && port_open "$KAFKA_HOST" "$(node_metrics_port "$k")"; then
-    say "WARNING: $KAFKA_HOST:$(node_metrics_port "$k") is already taken: $name starts without its metrics (set KAFKA_METRICS_PORT)" >&2
+    say "WARNING: $KAFKA_HOST:$(node_metrics_port "$k") is already taken: $(node_name "$k") starts without its metrics (set KAFKA_METRICS_PORT)" >&2
   else
     agent="$(jmx_exporter_opts "$k")"
   fi
-  mkdir -p "$dir/data" "$dir/logs"
-  write_properties "$k"
-  format_storage_once "$k"
   # shellcheck disable=SC2046
-  setsid java $(java_opts "$dir/logs") $agent -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties" \
-    > "$dir/logs/stdout.log" 2>&1 < /dev/null &
-  write_pid_file "$dir/kafka.pid" "$!"
-  say "starting $name (pid $!) on $KAFKA_HOST:$port, logs in $dir/logs"
-  [ -z "$agent" ] || say "$name's metrics: http://$KAFKA_HOST:$(node_metrics_port "$k")/metrics"
+  exec java $(java_opts "$dir/logs") $agent -cp "$(kafka_classpath)" kafka.Kafka "$dir/server.properties"
 }
 
-# wait_for_node K: until broker K accepts connections; die if it exits or takes too long.
+# wait_for_node K: until broker K accepts connections; die if it fails to start or takes too long.
 wait_for_node() {
-  local k="$1" dir port name deadline=$((SECONDS + START_TIMEOUT))
-  dir="$(node_dir "$k")"; port="$(node_port "$k")"; name="$(node_name "$k")"
+  local k="$1" port name state deadline=$((SECONDS + START_TIMEOUT))
+  port="$(node_port "$k")"; name="$(node_name "$k")"
   until port_open "$KAFKA_HOST" "$port"; do
-    if ! pid_of "$dir/kafka.pid" >/dev/null; then
-      tail -n 30 "$dir/logs/server.log" "$dir/logs/stdout.log" >&2 2>/dev/null || true
-      rm -f "$dir/kafka.pid"
-      die "$name exited during start-up (logs above)"
-    fi
+    read -r state _ < <(state_of "$k")
+    case "$state" in
+      BACKOFF|FATAL|EXITED|STOPPED)
+        tail -n 30 "$VAR_DIR/logs/$(program "$k").log" >&2 2>/dev/null || true
+        supervised stop "$(program "$k")" >/dev/null
+        die "$name exited during start-up (logs above, in $VAR_DIR/logs/$(program "$k").log)" ;;
+    esac
     [ "$SECONDS" -lt "$deadline" ] \
-      || die "$name did not answer on $KAFKA_HOST:$port within ${START_TIMEOUT}s; see $dir/logs"
+      || die "$name did not answer on $KAFKA_HOST:$port within ${START_TIMEOUT}s; see $VAR_DIR/logs/$(program "$k").log"
     sleep 0.2
   done
   say "$name is up on $KAFKA_HOST:$port"
@@ -246,38 +271,29 @@ start() {
   wait_for_cluster
 }
 
-# running_pid_files: the pid files of every broker under $VAR_DIR/kafka, single or cluster.
-running_pid_files() {
-  local file
-  for file in "$KAFKA_VAR_DIR/kafka.pid" "$KAFKA_VAR_DIR"/broker-*/kafka.pid; do
-    [ -e "$file" ] && echo "$file"
-  done
-  return 0
-}
-
 stop() {
-  local file name files
-  files="$(running_pid_files)"
-  if [ -z "$files" ]; then
+  local k name state running=0
+  for k in $(seq 1 "$BROKERS"); do
+    read -r state _ < <(state_of "$k")
+    [ "$state" = STOPPED ] || running=1
+  done
+  if [ "$running" -eq 0 ]; then
     say "Kafka is not running"
     return
   fi
-  # All at once: a controller quorum that loses its majority one node at a time would make the
-  # last nodes wait for it until the grace period ends.
-  for file in $files; do
-    if [ "$file" = "$KAFKA_VAR_DIR/kafka.pid" ]; then name="Kafka"
-    else name="Kafka broker $(basename "$(dirname "$file")" | sed 's/^broker-//')"; fi
-    { if stop_pid_file "$file" "$name" "$STOP_TIMEOUT"; then say "$name stopped"
-      else say "$name is not running"; fi; } &
+  # All at once (one supervisord call): a controller quorum that loses its majority one node at
+  # a time would make the last nodes wait for it until the grace period ends.
+  supervised down --kafka-only >/dev/null
+  for k in $(seq 1 "$BROKERS"); do
+    say "$(node_name "$k") stopped"
   done
-  wait
 }
 
 status() {
-  local k dir pid running=0
+  local k state pid running=0
   for k in $(seq 1 "$BROKERS"); do
-    dir="$(node_dir "$k")"
-    if pid="$(pid_of "$dir/kafka.pid")"; then
+    read -r state pid < <(state_of "$k")
+    if [ "$state" = RUNNING ]; then
       say "$(node_name "$k") runs (pid $pid) on $KAFKA_HOST:$(node_port "$k")"
       running=$((running + 1))
     elif [ "$BROKERS" -gt 1 ]; then
@@ -294,10 +310,12 @@ status() {
 COMMAND="${1:-}"
 [ $# -gt 0 ] && shift
 BROKERS="$KAFKA_BROKERS"
+RUN_NODE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --brokers) [ $# -ge 2 ] || die "--brokers needs a number"; BROKERS="$2"; shift 2 ;;
     --brokers=*) BROKERS="${1#--brokers=}"; shift ;;
+    [1-9]*) [ "$COMMAND" = run ] || die "unknown argument: $1"; RUN_NODE="$1"; shift ;;
     *) usage >&2; die "unknown option: $1" ;;
   esac
 done
@@ -308,10 +326,12 @@ if [ "$BROKERS" != "$KAFKA_BROKERS" ]; then
     || die "no cluster of $BROKERS brokers with these settings (see above)"
 fi
 
+export KAFKA_BROKERS="$BROKERS"  # the table the supervisor's programs come from
 case "$COMMAND" in
   start) start ;;
   stop) stop ;;
   status) status ;;
+  run) [ -n "$RUN_NODE" ] || die "run needs the broker's number"; run_node "$RUN_NODE" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

@@ -9,16 +9,14 @@
 # TIME is an ISO-8601 time or how long ago (10m, 2h): the aggregator counts again every event
 # written to emoji-events since then and writes each window it then holds in full. Default: found
 # in the old checkpoint (just before the batch that moved its watermark ahead of its clock).
-# It stops the aggregator that scripts/start_all.sh started, resets its checkpoint
+# It stops the aggregator (through this host's supervisord), resets its checkpoint
 # (spark_aggregator.py --reset-checkpoint) and starts it again (scripts/start_all.sh).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 show_help_if_asked "$@"
 [ -x "$VENV_PYTHON" ] || die "no Python environment: run scripts/setup.sh"
 
-if [ -e "$VAR_DIR/run/spark_aggregator.pid" ]; then
-  "$REPO_ROOT/scripts/stop_all.sh" spark_aggregator
-fi
+supervised stop spark_aggregator >/dev/null
 (cd "$REPO_ROOT" && "$VENV_PYTHON" spark_aggregator.py --reset-checkpoint "$@") \
   || die "the checkpoint was not reset (see above); the aggregator is stopped"
-"$REPO_ROOT/scripts/start_all.sh"
+"$REPO_ROOT/scripts/start_all.sh" spark_aggregator

@@ -98,11 +98,6 @@ def running(log_dir: Path, name: str, script: str, *args: str, env: dict, **opti
         service.kill()
 
 
-def pid_in_file(path: Path) -> int:
-    """The pid a pid file of the scripts names (they write "PID START": scripts/common.sh)."""
-    return int(Path(path).read_text().split()[0])
-
-
 def get_json(url: str, timeout_s: float = 2):
     """(status, parsed body) of a GET; the body as text when an error status is not JSON."""
     try:
@@ -129,3 +124,30 @@ def wait_for_health(url: str, *services: Service, timeout_s: float = 30):
         if time.monotonic() > deadline:
             raise ServiceFailed(f"{url} did not answer 200 within {timeout_s} s")
         time.sleep(0.1)
+
+
+def component_status(env: dict) -> dict[str, dict]:
+    """Each component's row of scripts/status.sh --json (state, pid, restarts, ...), by name,
+    for the system of ``env`` (its VAR_DIR's supervisord)."""
+    answer = subprocess.run([sys.executable, "-m", "emojistream.ops.system", "status", "--json"],
+                            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    return {row["name"]: row for row in json.loads(answer.stdout)}
+
+
+def component_pid(env: dict, name: str) -> int:
+    """The pid of a running component of the system of ``env``."""
+    pid = component_status(env)[name]["pid"]
+    assert pid, f"{name} does not run"
+    return pid
+
+
+SUPERVISOR_RUNS = ("from emojistream.ops.system import plan; "
+                   "from emojistream.ops.supervise import Supervisor; "
+                   "settings, _, every = plan(None); print(Supervisor(settings, every).running())")
+
+
+def supervisor_runs(env: dict) -> bool:
+    """Whether the supervisord of ``env``'s VAR_DIR answers."""
+    answer = subprocess.run([sys.executable, "-c", SUPERVISOR_RUNS], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60, check=True)
+    return answer.stdout.strip() == "True"

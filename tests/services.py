@@ -15,7 +15,6 @@ from testkit.processes import (  # noqa: F401
     Service,
     ServiceFailed,
     get_json,
-    pid_in_file,
     running,
     wait_for_health,
 )

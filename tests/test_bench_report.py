@@ -8,7 +8,7 @@ import re
 
 from bench import report
 
-BENCHMARKS = {"broker_ceiling", "ingest", "json_codec", "aggregation", "viewers_load",
+BENCHMARKS = {"broker_ceiling", "ingest", "json_codec", "cors", "aggregation", "viewers_load",
               "end_to_end", "soak"}
 KEYS = {"schema", "benchmark", "title", "command", "started_at", "finished_at", "machine",
         "versions", "environment", "parameters", "results", "notes"}

@@ -138,7 +138,7 @@ def test_executor_size_and_driver_address_from_settings():
         "SPARK_EXECUTOR_MEMORY": "3g", "SPARK_EXECUTOR_CORES": "2", "SPARK_CORES_MAX": "6",
         "SPARK_DRIVER_HOST": "driver.internal"})) == {
         "spark.executor.memory": "3g", "spark.executor.cores": "2", "spark.cores.max": "6",
-        "spark.driver.host": "driver.internal"}
+        "spark.driver.host": "driver.internal", "spark.driver.bindAddress": "driver.internal"}
 
 
 def test_each_cluster_publishes_to_its_own_websocket_host():

@@ -1,15 +1,16 @@
 """Fault tests: the whole system (scripts/start_all.sh, on its own Kafka, ports and VAR_DIR) is
 broken on purpose while events flow, and must deliver exact counts afterwards.
 
-- the aggregator (and its Spark JVM) is SIGKILLed mid-stream and restarted;
-- the main publisher and one cluster publisher are SIGKILLed and restarted;
+- the aggregator (and its Spark JVM), a WebSocket server, the main publisher and a cluster
+  publisher are SIGKILLed mid-stream: the supervisor brings each back within 30 s;
 - the ingest API is stopped with SIGTERM under load;
+- Spark's UI refuses to kill the aggregator's jobs, and listens on loopback only;
 - poison records are produced straight into every topic of the chain;
 - the whole stack is stopped (scripts/stop_all.sh) and started again.
 
-Restarts go through scripts/start_all.sh, which starts only what is not running. The truth for
-a window is what the API put into Kafka: the test's own events in emoji-events (each test has its
-own user-id prefix and its own windows). Every process is stopped by its pid, also on failure.
+The truth for a window is what the API put into Kafka: the test's own events in emoji-events
+(each test has its own user-id prefix and its own windows). Every process is stopped through
+the system's supervisord, also on failure; the test kills only pids it read from it.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from emojistream.common.events import (
     parse_timestamp,
     window_bounds,
 )
+from testkit.processes import component_pid, component_status, supervisor_runs
 from testkit.topics import events_of
 from testkit.viewer import RecordingViewer
-from tests.services import isolated_env, pid_in_file, run_script
+from tests.services import isolated_env, run_script
 
 pytestmark = pytest.mark.stack
 
@@ -52,7 +54,7 @@ DELIVERY_TIMEOUT_S = 120
 # --- processes ----------------------------------------------------------------------------------
 
 class Processes:
-    """The system's processes, by the pid files under VAR_DIR; remembers every process group
+    """The system's processes, as its supervisord reports them; remembers every process group
     it has seen, so that nothing is left running at the end."""
 
     def __init__(self, env: dict):
@@ -61,18 +63,27 @@ class Processes:
         self.groups: set[int] = set()
         self.pids: set[int] = set()
 
-    def pid(self, name: str) -> int:
-        return pid_in_file(self.var / "run" / f"{name}.pid")
+    def pids_by_name(self) -> dict[str, int | None]:
+        return {name: row["pid"] for name, row in component_status(self.env).items()}
 
-    def pid_files(self) -> list[Path]:
-        return sorted((self.var / "run").glob("*.pid")) + [self.var / "kafka" / "kafka.pid"]
+    def pid(self, name: str) -> int:
+        return component_pid(self.env, name)
 
     def remember(self) -> None:
-        for pid_file in self.pid_files():
-            pid = pid_in_file(pid_file)
-            self.pids.add(pid)
-            if _pgid(pid) == pid:  # started by setsid: its children (Spark's JVM) are its group
-                self.groups.add(pid)
+        for pid in self.pids_by_name().values():
+            if pid:
+                self.pids.add(pid)
+                if _pgid(pid) == pid:  # supervisord's child leads a group: its JVM is in it
+                    self.groups.add(pid)
+
+    def restarted(self, name: str, old_pid: int, timeout_s: float = 30) -> bool:
+        """Whether the supervisor brought ``name`` back (another pid, up) within the time."""
+        def back() -> bool:
+            row = component_status(self.env)[name]
+            return row["state"] == "up" and row["pid"] not in (None, old_pid)
+        found = wait_for(back, timeout_s)
+        self.remember()
+        return found
 
     def start_all(self) -> None:
         started = run_script("start_all.sh", env=self.env, timeout=400, check=False)
@@ -84,7 +95,7 @@ class Processes:
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
     def alive(self) -> dict[str, bool]:
-        return {path.stem: _alive(pid_in_file(path)) for path in self.pid_files()}
+        return {name: bool(pid) and _alive(pid) for name, pid in self.pids_by_name().items()}
 
     def leftovers(self) -> list[int]:
         """Processes of ours still running: remembered pids and members of remembered groups
@@ -314,7 +325,7 @@ def system(tmp_path_factory):
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         assert left == [], f"still running after stop_all.sh: {left}"
-        assert not list((processes.var / "run").glob("*.pid"))
+        assert not supervisor_runs(processes.env)
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +416,7 @@ def health_ok(settings) -> dict[str, int]:
 
 def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
     processes, settings = system
-    pids = {path.stem: pid_in_file(path) for path in processes.pid_files()}
+    pids = processes.pids_by_name()
     before = skip_counts(processes, settings)
     not_updates, bad_times = poison_records()
     poison = not_updates + bad_times
@@ -435,7 +446,7 @@ def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
         (skip_counts(processes, settings), want)
     time.sleep(2)
     assert skip_counts(processes, settings) == want
-    assert {path.stem: pid_in_file(path) for path in processes.pid_files()} == pids
+    assert processes.pids_by_name() == pids
     assert all(processes.alive().values()), processes.alive()
     assert set(health_ok(settings).values()) == {200}
     for name in want:  # each skip is a warning with the running count
@@ -445,19 +456,24 @@ def test_poison_in_every_topic_is_skipped_counted_and_logged(system, viewers):
 
 # --- crashes and restarts -----------------------------------------------------------------------
 
-def test_publishers_killed_resume_from_their_commits_and_lose_no_update(system, viewers):
+def test_publishers_and_a_websocket_server_killed_come_back_and_lose_no_update(system,
+                                                                              viewers):
+    """The supervisor restarts each within 30 s; the publishers resume from their commits, the
+    server's viewers reconnect (to it or another cluster) and get every window."""
     processes, settings = system
-    killed = ["main_publisher", "cluster_publisher_1"]
+    killed = ["main_publisher", "cluster_publisher_1", "ws_server_2"]
 
     def crash(load):
         wait_until_streaming(viewers, load)
-        for name in killed:
-            pid = processes.pid(name)
+        pids = {name: processes.pid(name) for name in killed}
+        for name, pid in pids.items():
             os.kill(pid, signal.SIGKILL)
             assert wait_for_exit(pid, 10), name
-        time.sleep(3)  # updates pile up in aggregated-emoji-topic and cluster1-topic
-        processes.start_all()
+        for name, pid in pids.items():
+            assert processes.restarted(name, pid), f"{name} is not back within 30 s"
         assert all(processes.alive().values()), processes.alive()
+        assert {n: component_status(processes.env)[n]["restarts"] for n in killed} == \
+            dict.fromkeys(killed, 1)
 
     expected = run_load_and_accept_all(settings, "publishers", crash)
     assert_viewers_get(viewers, expected)
@@ -473,10 +489,11 @@ def test_api_stopped_under_load_delivers_everything_it_answered_200_for(system):
     try:
         assert wait_for(lambda: len(load.accepted) >= 500, 30)
         pid = processes.pid("emoji_api")
+        logged_before = len(log_text(processes, "emoji_api"))
         os.kill(pid, signal.SIGTERM)
         assert wait_for_exit(pid, 40), "emoji_api did not exit within 40 s"
         load.stop()
-        log = log_text(processes, "emoji_api")
+        log = log_text(processes, "emoji_api")[logged_before:]
         assert log.count("producer closed; 0 event(s) lost since start") == \
             settings.api_workers, log[-2000:]
         in_kafka = Counter(e["user_id"] for e in events_in_kafka(settings, "sigterm"))
@@ -485,10 +502,10 @@ def test_api_stopped_under_load_delivers_everything_it_answered_200_for(system):
             sum(1 for i in load.accepted if in_kafka[i] != 1)
     finally:
         load.stop()
-        processes.start_all()
+        assert processes.restarted("emoji_api", pid), "emoji_api is not back within 30 s"
 
 
-def test_aggregator_killed_mid_stream_restarts_with_exact_counts(system, viewers):
+def test_aggregator_killed_mid_stream_comes_back_with_exact_counts(system, viewers):
     processes, settings = system
 
     def crash(load):
@@ -496,13 +513,49 @@ def test_aggregator_killed_mid_stream_restarts_with_exact_counts(system, viewers
         group = processes.pid("spark_aggregator")
         members = sigkill_group(group)
         assert len(members) >= 2, "the aggregator's Spark JVM was not in its process group"
-        time.sleep(3)  # events accepted while no aggregator runs
-        processes.start_all()
+        assert processes.restarted("spark_aggregator", group), "not back within 30 s"
         wait_until_streaming(viewers, load, beyond=set(load.windows))
 
     expected = run_load_and_accept_all(settings, "aggregator", crash)
     assert len(expected) >= 5, expected
     assert_viewers_get(viewers, expected)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp{,6} write them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def test_sparks_ui_listens_on_loopback_and_kills_no_job(system, viewers):
+    """The reproduced attack: one POST to the UI's kill URL stopped all counting for good."""
+    processes, settings = system
+    pid = processes.pid("spark_aggregator")
+    ui = log_text(processes, "spark_aggregator").rsplit("Spark's UI: ", 1)[1].split()[0]
+    assert ui.startswith("http://127.0.0.1:"), ui
+    port = int(ui.rsplit(":", 1)[1].strip("/"))
+    assert listening_addresses(port) and listening_addresses(port) <= LOOPBACK, \
+        listening_addresses(port)
+
+    def attack(load):
+        wait_until_streaming(viewers, load)
+        for job in range(0, 400):
+            requests.post(f"{ui}/jobs/job/kill/?id={job}", timeout=5)
+            requests.post(f"{ui}/stages/stage/kill/?id={job}", timeout=5)
+
+    expected = run_load_and_accept_all(settings, "ui-attack", attack)
+    assert_viewers_get(viewers, expected)
+    assert processes.pid("spark_aggregator") == pid
+    assert "killed via Web UI" not in log_text(processes, "spark_aggregator")
 
 
 def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, viewers):
@@ -517,7 +570,7 @@ def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, vie
     connections = [v.connections for v in viewers]
 
     processes.stop_all()
-    assert not list((processes.var / "run").glob("*.pid"))
+    assert not supervisor_runs(processes.env)
     assert processes.leftovers() == []
     processes.start_all()
     assert wait_for(lambda: all(v.connections > c and v.connected

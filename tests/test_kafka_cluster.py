@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,12 +20,12 @@ from kafka.admin import ConfigResource, NewTopic
 
 from emojistream import config, topology
 from emojistream.common import kafka_clients
+from testkit.processes import component_pid, component_status, supervisor_runs
 from testkit.sandbox import free_port_run
 from testkit.topics import events_of
 from tests.services import (
     free_port,
     isolated_env,
-    pid_in_file,
     run_script,
     running,
     wait_for_health,
@@ -51,7 +50,7 @@ def cluster_env(tmp_path_factory) -> dict:
     finally:
         stopped = run_script("kafka.sh", "stop", env=env, check=False, timeout=120)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert not list(Path(env["VAR_DIR"], "kafka").glob("broker-*/kafka.pid"))
+        assert not supervisor_runs(env)
 
 
 def test_three_brokers_with_replicated_topics(cluster_env):
@@ -165,18 +164,20 @@ def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path
     env = dict(cluster_env, API_PORT=str(free_port()), API_WORKERS="1")
     run_script("create_topics.sh", env=env)
     settings = config.load(env)
-    pid_file = Path(env["VAR_DIR"], "kafka", "broker-1", "kafka.pid")
     with running(tmp_path, "emoji_api", "emoji_api.py", env=env) as api:
         wait_for_health(f"http://localhost:{settings.api_port}/health", api, timeout_s=60)
         with SteadySender(f"http://localhost:{settings.api_port}/emoji", rate=40) as sender:
             time.sleep(3)
             before = len(sender.accepted)
-            os.kill(pid_in_file(pid_file), signal.SIGKILL)
+            killed = component_pid(env, "kafka_1")
+            os.kill(killed, signal.SIGKILL)
             time.sleep(10)
             during = len(sender.accepted) - before
+            # The supervisor has brought it back; kafka.sh start finds every broker up.
             restarted = run_script("kafka.sh", "start", env=env, timeout=180)
-            assert "starting Kafka broker 1" in restarted.stdout
-            assert "Kafka broker 2 already runs" in restarted.stdout
+            assert "Kafka broker 1 already runs" in restarted.stdout
+            assert component_pid(env, "kafka_1") != killed
+            assert component_status(env)["kafka_1"]["restarts"] == 1
             time.sleep(2)
         assert api.stop(timeout_s=60) == 0
     found = steady_ids_in_topic(settings)
@@ -262,12 +263,12 @@ def test_a_publisher_loses_no_update_while_its_target_is_down_past_the_delivery_
                              NewTopic(target, replica_assignments={0: [3]})])
     finally:
         admin.close()
-    broker_3 = Path(env["VAR_DIR"], "kafka", "broker-3", "kafka.pid")
     with running(tmp_path, "main_publisher", "main_publisher.py", env=env) as publisher:
         publisher.wait_for_log("ready: ", timeout_s=60)
         with UpdateSender(settings, source) as sender:
             wait_until_counted(settings, target, lambda: sender.acknowledged[:5])
-            os.kill(pid_in_file(broker_3), signal.SIGKILL)
+            # Stopped through its supervisor, so that it stays down past the timeouts.
+            run_script("stop_all.sh", "kafka_3", env=env, timeout=120)
             before = len(sender.acknowledged)
             # At least 10 s (over three delivery timeouts) and 25 updates into the outage.
             time.sleep(10)

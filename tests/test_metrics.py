@@ -36,6 +36,7 @@ from emojistream.ingest import app as emoji_api
 from emojistream.ingest.metrics import IngestMetrics
 from emojistream.ingest.sink import SinkUnavailable
 from emojistream.ops import prometheus_config, status
+from emojistream.ops.components import components
 from emojistream.registration import app as registration_api
 from emojistream.registration.metrics import RegistrationMetrics
 from emojistream.registration.registry import ClusterHealth
@@ -413,21 +414,28 @@ def test_the_scrape_config_has_a_target_per_component_with_its_labels():
     assert {job: len(entries) for job, entries in jobs.items()} == {
         "kafka": 3, "spark_aggregator": 1, "ws_server": 2, "registration_api": 1,
         "subscriber": 4, "cluster_publisher": 2, "main_publisher": 1, "emoji_api": 1}
-    assert jobs["kafka"][2] == {"targets": ["localhost:9406"], "labels": {"component": "kafka_3"}}
+    assert jobs["kafka"][2] == {"targets": ["localhost:9406"],
+                                "labels": {"component": "kafka_3", "host": "local"}}
     assert jobs["subscriber"][3] == {"targets": ["localhost:9317"],
-                                     "labels": {"component": "subscriber_2_2", "cluster": "2"}}
+                                     "labels": {"component": "subscriber_2_2", "host": "local",
+                                                "cluster": "2"}}
     assert jobs["emoji_api"] == [{"targets": ["localhost:5000"],
-                                  "labels": {"component": "emoji_api"}}]
+                                  "labels": {"component": "emoji_api", "host": "local"}}]
 
 
-def test_status_shows_down_components_and_the_lag_of_running_consumers():
+def test_status_shows_down_components_and_the_lag_of_running_consumers(tmp_path):
     settings = config.load({"CLUSTER_COUNT": "1", "SUBSCRIBERS_PER_CLUSTER": "1",
                             "KAFKA_BROKERS": "1", "METRICS_FIRST_PORT": str(free_port_run(4))})
     relay_metrics = metrics.RelayMetrics()
     relay_metrics.lag.set(12)
     assert metrics.serve(relay_metrics.registry, "localhost",
                          topology.main_publisher_metrics_port(settings), "test")
-    table = status.rows(settings, {"main_publisher": "4242", "subscriber_1_1": "4343"})
+    crashes = tmp_path / "crashes.json"
+    crashes.write_text('{"main_publisher": 2}')
+    running = {"statename": "RUNNING", "start": 1000}
+    info = {"main_publisher": {**running, "pid": 4242}, "subscriber_1_1": {**running, "pid": 4343},
+            "kafka": {"statename": "BACKOFF", "pid": 0, "start": 900}}
+    table = status.rows(settings, "local", components(settings), info, crashes, now=3725)
     by_name = {row["name"]: row for row in table}
     assert [row["name"] for row in table] == [
         "kafka", "spark_aggregator", "ws_server_1", "registration_api", "subscriber_1_1",
@@ -435,8 +443,10 @@ def test_status_shows_down_components_and_the_lag_of_running_consumers():
     assert by_name["main_publisher"]["lag"] == 12 and by_name["main_publisher"]["pid"] == 4242
     assert by_name["subscriber_1_1"]["lag"] is None  # up, but its metrics do not answer
     assert by_name["kafka"]["state"] == "down" and by_name["kafka"]["pid"] is None
+    assert by_name["main_publisher"]["restarts"] == 2
     lines = status.render(table).splitlines()
-    assert lines[7].split() == ["main_publisher", "4242", "up",
-                                f"http://localhost:{topology.main_publisher_metrics_port(settings)}/metrics",
-                                "12"]
+    assert lines[7].split() == [
+        "main_publisher", "local", "RUNNING", "4242", "0:45:25", "2",
+        f"http://localhost:{topology.main_publisher_metrics_port(settings)}/metrics", "12"]
+    assert lines[1].split()[:3] == ["kafka", "local", "BACKOFF"]
     assert lines[5].split()[-1] == "?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -23,7 +24,8 @@ from websockets.sync.client import connect
 from emojistream import config
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode, format_timestamp, window_bounds
-from tests.services import isolated_env, pid_in_file, run_script
+from testkit.processes import component_status, supervisor_runs
+from tests.services import isolated_env, run_script
 
 pytestmark = pytest.mark.stack
 
@@ -42,7 +44,7 @@ def system(tmp_path_factory):
     finally:
         stopped = run_script("stop_all.sh", env=env, timeout=180, check=False)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert not list((Path(env["VAR_DIR"]) / "run").glob("*.pid"))
+        assert not supervisor_runs(env)
 
 
 class Viewer:
@@ -253,7 +255,8 @@ def test_malformed_records_neither_stop_nor_count(system):
         assert wait_for(lambda: counts_of(viewer.last_for(key)) == {"😮": 2}, timeout_s=90), \
             viewer.messages[-3:]
         assert skipped_so_far(system) == skipped_before + 6
-        pid = pid_in_file(Path(system.var_dir) / "run" / "spark_aggregator.pid")
-        assert Path(f"/proc/{pid}").exists()
+        env = {**os.environ, **config.to_environment(system)}
+        aggregator = component_status(env)["spark_aggregator"]
+        assert (aggregator["state"], aggregator["restarts"]) == ("up", 0)
     finally:
         viewer.close()

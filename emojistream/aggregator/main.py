@@ -132,8 +132,9 @@ def main(argv=None) -> int:
         return 1
     stopping = stop_on_signals()
     try:
-        serve_metrics(spark, settings, log, args.progress_interval)
+        aggregator_metrics = serve_metrics(spark, settings, log, args.progress_interval)
         query = start_query(spark, settings, checkpoint)
+        aggregator_metrics.ready.set(1)
         log.info("ready: aggregating %s into %s: %s-second windows, watermark %s s, master %s",
                  settings.emoji_events_topic, settings.aggregated_topic,
                  settings.window_seconds, settings.watermark_delay_s, settings.spark_master)
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
         stop_spark(spark, log)
 
 
-def serve_metrics(spark, settings: AggregatorSettings, log, log_interval_s: float) -> None:
+def serve_metrics(spark, settings: AggregatorSettings, log,
+                  log_interval_s: float) -> AggregatorMetrics:
     """The metrics on their port, from every batch's progress; where Spark's UI is."""
     aggregator_metrics = AggregatorMetrics()
     spark.streams.addListener(Progress(aggregator_metrics, log, log_interval_s))
@@ -162,6 +164,7 @@ def serve_metrics(spark, settings: AggregatorSettings, log, log_interval_s: floa
                   topology.aggregator_metrics_port(settings), "spark_aggregator")
     ui = spark.sparkContext.uiWebUrl
     log.info("Spark's UI: %s", ui or "off (SPARK_UI_ENABLED=false)")
+    return aggregator_metrics
 
 
 def stop_spark(spark, log) -> None:

@@ -7,7 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from emojistream.common.events import parse_timestamp
-from emojistream.common.metrics import new_registry, sample_value
+from emojistream.common.metrics import new_registry, ready_gauge, sample_value
 
 
 class AggregatorMetrics:
@@ -36,6 +36,7 @@ class AggregatorMetrics:
                                      "How far the watermark is behind the clock", registry=r)
         self.state_rows = Gauge("emojistream_aggregator_state_rows",
                                 "Rows (stream, window) in the aggregation's state", registry=r)
+        self.ready = ready_gauge(r)
 
     def records_total(self) -> int:
         return int(sample_value(self.registry, "emojistream_aggregator_input_records_total"))

@@ -19,6 +19,8 @@ class AggregatorSettings(SharedSettings):
     spark_shuffle_partitions: int = 1
     spark_ui_enabled: bool = True
     spark_ui_port: int = 4040
+    spark_ui_host: str = "127.0.0.1"  # every Spark UI's address (driver, master, workers)
+    spark_ui_kill_enabled: bool = False  # whether a UI may kill jobs and stages
     spark_log_level: str = "WARN"
     spark_trigger_seconds: float = 0.5
     spark_max_offsets_per_trigger: int = 1_000_000

@@ -9,6 +9,7 @@ list and security settings as the kafka-python clients.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from emojistream.aggregator.settings import AggregatorSettings as Settings
@@ -91,18 +92,24 @@ def kafka_options(settings: Settings) -> dict[str, str]:
 
 def cluster_conf(settings: Settings) -> dict[str, str]:
     """What a job asks of a Spark cluster: executor size, the cores it may take in all, and
-    where executors reach the driver. (Local mode ignores the executor settings.)"""
+    where executors reach the driver, which also listens there (its UI alone listens on
+    SPARK_UI_HOST). (Local mode ignores the executor settings.)"""
     conf = {"spark.executor.memory": settings.spark_executor_memory,
             "spark.executor.cores": str(settings.spark_executor_cores)}
     if settings.spark_cores_max > 0:
         conf["spark.cores.max"] = str(settings.spark_cores_max)
     if settings.spark_driver_host:
         conf["spark.driver.host"] = settings.spark_driver_host
+        conf["spark.driver.bindAddress"] = settings.spark_driver_host
     return conf
 
 
 def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = None):
     from pyspark.sql import SparkSession
+
+    # Spark binds its web UI to SPARK_LOCAL_IP (it has no other setting for it), else to every
+    # interface; the driver's own address is spark.driver.bindAddress (cluster_conf).
+    os.environ["SPARK_LOCAL_IP"] = settings.spark_ui_host
 
     builder = (SparkSession.builder
                .appName(app_name)
@@ -111,6 +118,7 @@ def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = N
                .config("spark.sql.shuffle.partitions", settings.spark_shuffle_partitions)
                .config("spark.ui.enabled", str(settings.spark_ui_enabled).lower())
                .config("spark.ui.port", str(settings.spark_ui_port))
+               .config("spark.ui.killEnabled", str(settings.spark_ui_kill_enabled).lower())
                .config("spark.driver.memory", settings.spark_driver_memory)
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.showConsoleProgress", "false")

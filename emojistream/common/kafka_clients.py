@@ -122,14 +122,17 @@ def consumer(settings: Settings, *topics: str,
 
 
 class ReadyLog(ConsumerRebalanceListener):
-    """Logs each assignment of a consumer group's partitions: the first line starts "ready:",
-    which scripts/start_all.sh waits for. Runs on kafka-python's own loop, so it must not call
+    """Logs each assignment of a consumer group's partitions (the first line starts "ready:")
+    and sets the component's ready gauge. Runs on kafka-python's own loop, so it must not call
     the consumer."""
 
-    def __init__(self, log: logging.Logger, topic: str, group: str, task: str):
+    def __init__(self, log: logging.Logger, topic: str, group: str, task: str, ready=None):
         self.log, self.topic, self.group, self.task = log, topic, group, task
+        self.ready = ready
 
     def on_partitions_assigned(self, assigned):
+        if self.ready is not None:
+            self.ready.set(1)
         partitions = sorted(tp.partition for tp in assigned)
         owned = (f"owns partition(s) {partitions}" if partitions
                  else "no partition (another member has them)")

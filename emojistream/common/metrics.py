@@ -107,12 +107,18 @@ def forget_process(pid: int) -> None:
         mark_process_dead(pid)
 
 
+def ready_gauge(registry: CollectorRegistry) -> Gauge:
+    """1 once a component that serves only its metrics does its work (joined its consumer
+    group, or started its query): what the supervisor waits for (emojistream.ops.readiness)."""
+    return Gauge("emojistream_ready", "1 once the component does its work", registry=registry)
+
+
 # --- what the publishers and the subscribers share --------------------------------------------
 
 class RelayMetrics:
     """The publishers' (prefix "relay") and the subscribers' (prefix "subscriber")."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "relay"):
+    def __init__(self, prefix: str = "relay", registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else new_registry()
         self.prefix = f"emojistream_{prefix}"
         self.forwarded = Counter(f"emojistream_{prefix}_forwarded",
@@ -126,6 +132,7 @@ class RelayMetrics:
         self.lag = Gauge("emojistream_consumer_lag",
                          "Records of the source topic not consumed yet (all partitions)",
                          registry=self.registry)
+        self.ready = ready_gauge(self.registry)
 
     def totals(self) -> tuple[int, int, int]:
         """Updates forwarded, records skipped, retries: for a closing log line."""

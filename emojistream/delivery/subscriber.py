@@ -84,12 +84,12 @@ class Subscriber:
     """Polls a batch, hands its valid updates over, commits; repeats until stopped."""
 
     def __init__(self, consumer: KafkaConsumer, outlet: Outlet, stop: threading.Event,
-                 backoff: Backoff):
+                 backoff: Backoff, counters: metrics.RelayMetrics | None = None):
         self.consumer = consumer
         self.outlet = outlet
         self.stop = stop
         self.backoff = backoff
-        self.metrics = metrics.RelayMetrics(prefix="subscriber")
+        self.metrics = counters if counters is not None else metrics.RelayMetrics("subscriber")
         self._positions_logged: set[TopicPartition] = set()
 
     def run(self) -> None:
@@ -187,9 +187,10 @@ def describe(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
-def open_consumer(settings: DeliverySettings, cluster: int, member: int) -> KafkaConsumer:
-    """This subscriber's consumer, in its own group, subscribed; KafkaUnavailable (or its
-    MissingTopic) when Kafka or the topic is not there."""
+def open_consumer(settings: DeliverySettings, cluster: int, member: int,
+                  ready=None) -> KafkaConsumer:
+    """This subscriber's consumer, in its own group, subscribed (``ready`` is set once it has
+    joined); KafkaUnavailable (or its MissingTopic) when Kafka or the topic is not there."""
     topic = settings.subscribers_topic(cluster)
     group = settings.subscriber_group(cluster, member)
     consumer = kafka_clients.consumer(
@@ -203,7 +204,8 @@ def open_consumer(settings: DeliverySettings, cluster: int, member: int) -> Kafk
         consumer.close()
         raise
     consumer.subscribe([topic], listener=kafka_clients.ReadyLog(
-        log, topic, group, f"handing over to {topology.ws_publish_url(settings, cluster)}"))
+        log, topic, group, f"handing over to {topology.ws_publish_url(settings, cluster)}",
+        ready))
     return consumer
 
 
@@ -226,15 +228,16 @@ def main(argv=None) -> int:
     settings = load_settings(log, DeliverySettings)
     args = parse_args(argv, settings)
     stop = stop_on_signals()
+    counters = metrics.RelayMetrics(prefix="subscriber")
     try:
         _, key = secrets.token_secret_and_subscriber_key(settings)
-        consumer = open_consumer(settings, args.cluster, args.member)
+        consumer = open_consumer(settings, args.cluster, args.member, counters.ready)
     except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable) as err:
         log.error("%s", err)
         return 1
     outlet = Outlet(topology.ws_publish_url(settings, args.cluster), key, settings)
     subscriber = Subscriber(consumer, outlet, stop,
-                            Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s))
+                            Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s), counters)
     metrics.serve(subscriber.metrics.registry, settings.metrics_host,
                   topology.subscriber_metrics_port(settings, args.cluster, args.member), log.name)
     log.info("cluster %d subscriber %d: %s -> %s", args.cluster, args.member,

@@ -11,6 +11,11 @@ from emojistream.common.settings import SharedSettings
 class ScriptSettings(SharedSettings):
     kafka_heap: str = "1g"  # each local broker's
     kafka_home: str = ""  # a Kafka distribution to run instead of lib/kafka
+    kafka_voters: str = ""  # "1@host:port,...": brokers on hosts of their own; empty: local
+    kafka_cluster_id: str = ""  # the id brokers format their storage with; empty: generated
+    topology_file: str = ""  # hosts and what runs on each (TOML, docs/deploy.md); empty: one
+    log_max_bytes: int = 10 * 1024 * 1024  # a component's log rotates at this size
+    log_backups: int = 3  # rotated logs kept
     spark_master_host: str = "localhost"  # scripts/spark_cluster.sh
     spark_master_port: int = 7077
     spark_master_webui_port: int = 8080

@@ -1,81 +1,24 @@
-"""What scripts/status.sh shows: every component of the system, whether it runs, where its
-metrics are, and for the Kafka consumers their lag (read from their own /metrics).
-
-    python -m emojistream.ops.status --components      NAME PID_FILE lines, for status.sh
-    python -m emojistream.ops.status [--json] NAME=PID...  the table (PID: "-" when not running)
-
-Whether a component runs is decided by status.sh with the pid files' identity check
-(scripts/common.sh: pid_of), never here.
-"""
+"""What scripts/status.sh shows: every component of this host (Kafka's brokers included), its
+state as its supervisord reports it, its pid, how long it has run and how often it crashed (and
+was restarted), the URL of its metrics, and for the Kafka consumers their lag (read from their
+own /metrics). ``python -m emojistream.ops.system status [--json]`` prints it."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
+import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from emojistream import topology
-from emojistream.common import urls
-from emojistream.common.lifecycle import load_settings
-from emojistream.common.settings import SharedSettings
+from emojistream.config import Settings
+from emojistream.ops.components import Component
+from emojistream.ops.crashes import read_counts
 
 LAG_METRIC = "emojistream_consumer_lag"
+CONSUMERS = ("subscriber", "cluster_publisher", "main_publisher")
 SCRAPE_TIMEOUT_S = 2.0
-
-
-@dataclass
-class Component:
-    name: str
-    pid_file: str
-    metrics_url: str
-    consumer: bool = False
-
-
-def components(settings: SharedSettings) -> list[Component]:
-    """Every component start_all.sh starts, and the local Kafka brokers, in start order."""
-    run = settings.var_path / "run"
-
-    def url(host: str, port: int) -> str:
-        return urls.http_url(urls.reachable(host), port) + "/metrics"
-
-    found = [_broker(settings, k, url) for k in range(1, settings.kafka_brokers + 1)]
-    found.append(Component("spark_aggregator", str(run / "spark_aggregator.pid"),
-                           url(settings.metrics_host, topology.aggregator_metrics_port(settings))))
-    for n in settings.clusters:
-        found.append(Component(f"ws_server_{n}", str(run / f"ws_server_{n}.pid"),
-                               url(topology.ws_cluster_host(settings, n),
-                                   topology.ws_port(settings, n))))
-    found.append(Component("registration_api", str(run / "registration_api.pid"),
-                           url(settings.registration_host, settings.registration_port)))
-    for n in settings.clusters:
-        for k in range(1, settings.subscribers_per_cluster + 1):
-            found.append(Component(
-                f"subscriber_{n}_{k}", str(run / f"subscriber_{n}_{k}.pid"),
-                url(settings.metrics_host, topology.subscriber_metrics_port(settings, n, k)), True))
-        found.append(Component(
-            f"cluster_publisher_{n}", str(run / f"cluster_publisher_{n}.pid"),
-            url(settings.metrics_host, topology.cluster_publisher_metrics_port(settings, n)), True))
-    found.append(Component("main_publisher", str(run / "main_publisher.pid"),
-                           url(settings.metrics_host,
-                               topology.main_publisher_metrics_port(settings)), True))
-    found.append(Component("emoji_api", str(run / "emoji_api.pid"),
-                           url(settings.api_host, settings.api_port)))
-    return found
-
-
-def _broker(settings: SharedSettings, k: int, url) -> Component:
-    kafka_dir = settings.var_path / "kafka"
-    single = settings.kafka_brokers == 1
-    pid_file = kafka_dir / "kafka.pid" if single else kafka_dir / f"broker-{k}" / "kafka.pid"
-    ports = topology.kafka_metrics_ports(settings)
-    metrics_url = url(settings.kafka_host, ports[k - 1]) if ports else ""
-    return Component("kafka" if single else f"kafka_{k}", str(pid_file), metrics_url)
 
 
 def consumer_lag(metrics_url: str) -> int | None:
@@ -92,54 +35,48 @@ def consumer_lag(metrics_url: str) -> int | None:
     return None
 
 
-def rows(settings: SharedSettings, pids: dict[str, str]) -> list[dict]:
-    """One row per component: name, pid (None when down), state, metrics URL, lag."""
+def rows(settings: Settings, host: str, components: list[Component], info: dict[str, dict],
+         crashes_file: Path, now: float | None = None) -> list[dict]:
+    """One row per component: name, host, state ("up" while RUNNING), supervisord's state, pid,
+    seconds up, crashes (each followed by a restart), metrics URL, consumer lag."""
+    crashes = read_counts(crashes_file)
+    now = time.time() if now is None else now
     table = []
-    for component in components(settings):
-        pid = pids.get(component.name, "-")
-        up = pid.isdigit()
-        row = {**asdict(component), "pid": int(pid) if up else None,
-               "state": "up" if up else "down", "lag": None}
-        if up and component.consumer:
-            row["lag"] = consumer_lag(component.metrics_url)
-        table.append(row)
+    for component in components:
+        process = info.get(component.name, {})
+        running = process.get("statename") == "RUNNING"
+        consumer = component.kind in CONSUMERS
+        table.append({
+            "name": component.name, "host": host,
+            "state": "up" if running else "down",
+            "supervisor_state": process.get("statename", "UNKNOWN"),
+            "pid": process.get("pid") or None if running else None,
+            "uptime_s": int(now - process["start"]) if running else None,
+            "restarts": crashes.get(component.name, 0),
+            "metrics_url": component.metrics_url, "consumer": consumer,
+            "lag": consumer_lag(component.metrics_url) if running and consumer else None})
     return table
 
 
 def render(table: list[dict]) -> str:
-    headers = ["NAME", "PID", "STATE", "METRICS", "LAG"]
-    lines = [[r["name"], str(r["pid"] or "-"), r["state"], r["metrics_url"] or "-",
+    headers = ["NAME", "HOST", "STATE", "PID", "UP", "RESTARTS", "METRICS", "LAG"]
+    lines = [[r["name"], r["host"], r["supervisor_state"], str(r["pid"] or "-"),
+              _duration(r["uptime_s"]), str(r["restarts"]), r["metrics_url"] or "-",
               _lag_text(r)] for r in table]
     widths = [max(len(line[i]) for line in [headers, *lines]) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
                      .rstrip() for line in [headers, *lines])
 
 
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, s = divmod(seconds, 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}"
+
+
 def _lag_text(row: dict) -> str:
     if not row["consumer"] or row["state"] != "up":
         return "-"
     return "?" if row["lag"] is None else str(row["lag"])
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emojistream.ops.status",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--components", action="store_true",
-                        help="print NAME PID_FILE of every component and exit")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("pids", nargs="*", metavar="NAME=PID")
-    args = parser.parse_args(argv)
-    settings = load_settings(logging.getLogger(__name__), SharedSettings)
-    if args.components:
-        for component in components(settings):
-            print(component.name, component.pid_file)
-        return 0
-    table = rows(settings, dict(pair.split("=", 1) for pair in args.pids))
-    for row in table:
-        del row["pid_file"]
-    print(json.dumps(table, indent=2) if args.json else render(table))
-    return 0 if all(row["state"] == "up" for row in table) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -113,6 +113,10 @@ def _set_min_insync(admin, spec: TopicSpec, replicas: int, log: logging.Logger) 
     log.info("%s: %s set to %d (was %s)", spec.name, MIN_INSYNC, wanted, value)
 
 
+# What ensure_topics raises, each with a message for the operator.
+TOPIC_ERRORS = (KafkaUnavailable, KafkaError, RuntimeError)
+
+
 def ensure_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
     """Create the missing topics; report existing ones whose partitions or replicas differ,
     and give the events and aggregates topics their min.insync.replicas.
@@ -121,7 +125,8 @@ def ensure_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
     """
     admin = admin_client(settings)
     try:
-        brokers = broker_count(admin)
+        # As many as configured (KAFKA_BROKERS), even before they have all joined.
+        brokers = max(broker_count(admin), settings.kafka_brokers)
         specs = topic_specs(settings, brokers)
         rf = specs[0].replication_factor
         if rf > brokers:
@@ -191,7 +196,7 @@ def main(argv=None) -> int:
     try:
         settings = load_from(SharedSettings, **overrides)
         ensure_topics(settings, log)
-    except (KafkaUnavailable, KafkaError, RuntimeError, ConfigError) as err:
+    except (*TOPIC_ERRORS, ConfigError) as err:
         log.error("%s", err)
         return 1
     return 0

@@ -54,7 +54,7 @@ class Relay:
             self.close()
             raise
         self.consumer.subscribe([source], listener=kafka_clients.ReadyLog(
-            log, source, group_id, "forwarding to " + ", ".join(targets)))
+            log, source, group_id, "forwarding to " + ", ".join(targets), self.metrics.ready))
 
     def run(self, stop: threading.Event) -> None:
         """Forward until ``stop`` is set."""
