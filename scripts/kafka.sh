@@ -261,6 +261,8 @@ start() {
   command -v java >/dev/null || die "java not found: run scripts/setup.sh"
   mkdir -p "$KAFKA_VAR_DIR"
   check_cluster_size
+  # Chosen once, before the brokers start formatting their storage together.
+  [ "$BROKERS" -eq 1 ] || cluster_id >/dev/null
   local k
   for k in $(seq 1 "$BROKERS"); do
     start_node "$k"

@@ -18,11 +18,15 @@ class RecordingViewer:
 
     RETRY_S = 0.3
 
-    def __init__(self, registration_url: str, client_id: str):
+    def __init__(self, registration_url: str, client_id: str, keepalive: dict | None = None):
+        """``keepalive``: websockets' ping_interval and ping_timeout (its defaults notice a
+        lost server after 40 s)."""
         self.client_id = client_id
         self.messages: list[dict] = []
         self.connections = 0
         self.cluster: str | None = None
+        self.clusters: list[str | None] = []  # every cluster it was connected to, in order
+        self._keepalive = keepalive or {}
         self._registration = RegistrationClient(registration_url)
         self._socket = None
         self._stop = threading.Event()
@@ -33,8 +37,10 @@ class RecordingViewer:
         while not self._stop.is_set():
             try:
                 assignment = self._registration.register(self.client_id)
-                with connect(assignment["subscriber_endpoint"], open_timeout=5) as socket:
+                with connect(assignment["subscriber_endpoint"], open_timeout=5,
+                             **self._keepalive) as socket:
                     self._socket, self.cluster = socket, assignment.get("cluster_id")
+                    self.clusters.append(self.cluster)
                     self.connections += 1
                     for text in socket:
                         self.messages.append(json.loads(text))

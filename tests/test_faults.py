@@ -542,7 +542,7 @@ def test_sparks_ui_listens_on_loopback_and_kills_no_job(system, viewers):
     pid = processes.pid("spark_aggregator")
     ui = log_text(processes, "spark_aggregator").rsplit("Spark's UI: ", 1)[1].split()[0]
     assert ui.startswith("http://127.0.0.1:"), ui
-    port = int(ui.rsplit(":", 1)[1].strip("/"))
+    port = int(ui.rstrip("/").rsplit(":", 1)[1])
     assert listening_addresses(port) and listening_addresses(port) <= LOOPBACK, \
         listening_addresses(port)
 

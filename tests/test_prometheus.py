@@ -161,5 +161,7 @@ def test_status_shows_every_component_up_with_its_metrics_and_lag(prometheus, sy
     assert len(consumers) == 1 + settings.cluster_count * (1 + settings.subscribers_per_cluster)
     assert all(isinstance(r["lag"], int) and r["lag"] >= 0 for r in consumers), consumers
     table = run_script("status.sh", env=env).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PID", "STATE", "METRICS", "LAG"]
+    assert table[0].split() == ["NAME", "HOST", "STATE", "PID", "UP", "RESTARTS", "METRICS",
+                                "LAG"]
+    assert {r["restarts"] for r in rows} == {0}
     assert len(table) == len(rows) + 1

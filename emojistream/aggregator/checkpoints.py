@@ -39,7 +39,9 @@ class CheckpointError(RuntimeError):
 
 
 def default_location(settings: Settings) -> str:
-    return str(settings.var_path / "spark" / "checkpoints" / "aggregator")
+    """SPARK_CHECKPOINT, else VAR_DIR/spark/checkpoints/aggregator."""
+    return settings.spark_checkpoint or str(settings.var_path / "spark" / "checkpoints"
+                                            / "aggregator")
 
 
 def is_local(checkpoint: str) -> bool:

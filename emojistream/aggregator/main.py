@@ -17,7 +17,7 @@ from emojistream.aggregator.job import start_query
 from emojistream.aggregator.metrics import AggregatorMetrics
 from emojistream.aggregator.settings import AggregatorSettings
 from emojistream.aggregator.spark import ConnectorMissing, spark_session
-from emojistream.common import kafka_clients, metrics
+from emojistream.common import kafka_clients, metrics, urls
 from emojistream.common.events import format_timestamp
 from emojistream.common.lifecycle import load_settings, stop_on_signals
 from emojistream.common.logs import setup_logging
@@ -36,7 +36,8 @@ def parse_args(argv):
                     "NORMALIZE_THRESHOLD, NORMALIZE_DIVISOR, EMOJIS, ...")
     parser.add_argument("--checkpoint",
                         help="checkpoint folder or URL, e.g. hdfs://... on a cluster "
-                             "(default: $VAR_DIR/spark/checkpoints/aggregator)")
+                             "(default: SPARK_CHECKPOINT, else "
+                             "$VAR_DIR/spark/checkpoints/aggregator)")
     parser.add_argument("--progress-interval", type=float, default=10.0,
                         help="seconds between progress lines in the log (default: 10)")
     parser.add_argument("--reset-checkpoint", action="store_true",
@@ -162,8 +163,10 @@ def serve_metrics(spark, settings: AggregatorSettings, log,
     spark.streams.addListener(Progress(aggregator_metrics, log, log_interval_s))
     metrics.serve(aggregator_metrics.registry, settings.metrics_host,
                   topology.aggregator_metrics_port(settings), "spark_aggregator")
-    ui = spark.sparkContext.uiWebUrl
-    log.info("Spark's UI: %s", ui or "off (SPARK_UI_ENABLED=false)")
+    ui = spark.sparkContext.uiWebUrl  # named by host name; it listens on SPARK_UI_HOST
+    where = f"http://{urls.host_port(settings.spark_ui_host, int(ui.rsplit(':', 1)[1]))}/" \
+        if ui else "off (SPARK_UI_ENABLED=false)"
+    log.info("Spark's UI: %s", where)
     return aggregator_metrics
 
 

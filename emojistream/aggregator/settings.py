@@ -15,6 +15,7 @@ class AggregatorSettings(SharedSettings):
     spark_executor_memory: str = "1g"
     spark_executor_cores: int = 1
     spark_cores_max: int = 0  # 0: all the cluster offers
+    spark_checkpoint: str = ""  # on a cluster: storage every executor reaches (hdfs://...)
     spark_connector_jars_dir: str = str(REPO_ROOT / "lib" / "spark-kafka")
     spark_shuffle_partitions: int = 1
     spark_ui_enabled: bool = True
