@@ -12,6 +12,8 @@
 #     /usr/bin/chromium is missing;
 #   - Debian's prometheus, for the metrics test (tests/test_prometheus.py): installed with
 #     apt-get when /usr/bin/prometheus is missing;
+#   - Debian's iproute2 (`ip`), for the multi-host test's network namespaces
+#     (tests/test_multihost.py): installed with apt-get when missing;
 #   - the token secret and the subscriber key under $VAR_DIR/secrets, when not configured.
 # Requires Python 3.11+, Java 17+ and Maven.
 set -euo pipefail
@@ -150,10 +152,22 @@ setup_prometheus() {
   [ -x /usr/bin/prometheus ] || die "apt-get installed prometheus, but /usr/bin/prometheus is missing"
 }
 
+# Debian's iproute2, whose `ip netns` builds the multi-host test's hosts.
+setup_network_tools() {
+  command -v ip >/dev/null && return
+  if ! command -v apt-get >/dev/null; then
+    say "WARNING: \`ip\` is missing and apt-get is not available here; the multi-host test"
+    say "WARNING: (tests/test_multihost.py) needs iproute2: install it"
+    return
+  fi
+  apt_install "the multi-host test" iproute2
+}
+
 main() {
   check_prerequisites
   setup_browser
   setup_prometheus
+  setup_network_tools
   setup_python
   mkdir -p lib
   if [ -z "${KAFKA_HOME:-}" ]; then

@@ -19,7 +19,7 @@
 # setting points the aggregator at any other standalone cluster.
 #
 # Settings (environment): SPARK_MASTER_HOST, SPARK_MASTER_PORT, SPARK_MASTER_WEBUI_PORT,
-# SPARK_WORKERS, SPARK_WORKER_CORES, SPARK_WORKER_MEMORY, SPARK_WORKER_WEBUI_PORT (worker N uses
+# SPARK_WORKER_HOST, SPARK_WORKERS, SPARK_WORKER_CORES, SPARK_WORKER_MEMORY, SPARK_WORKER_WEBUI_PORT (worker N uses
 # this + N - 1), SPARK_DAEMON_MEMORY (heap of the master and worker JVMs), VAR_DIR,
 # SPARK_UI_HOST, SPARK_UI_KILL_ENABLED, SPARK_CLUSTER_START_TIMEOUT (seconds).
 set -euo pipefail
@@ -54,7 +54,7 @@ run() {
     master) run_daemon org.apache.spark.deploy.master.Master --host "$SPARK_MASTER_HOST" \
               --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_WEBUI_PORT" ;;
     worker) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "run worker needs the worker's number"
-            run_daemon org.apache.spark.deploy.worker.Worker --host "$SPARK_MASTER_HOST" \
+            run_daemon org.apache.spark.deploy.worker.Worker --host "${SPARK_WORKER_HOST:-$SPARK_MASTER_HOST}" \
               --webui-port "$((SPARK_WORKER_WEBUI_PORT + $2 - 1))" --cores "$SPARK_WORKER_CORES" \
               --memory "$SPARK_WORKER_MEMORY" --work-dir "$CLUSTER_DIR/work/worker-$2" "$MASTER_URL" ;;
     *) die "run master, or run worker N" ;;

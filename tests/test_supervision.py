@@ -104,6 +104,8 @@ def test_a_topology_file_places_every_component_and_says_where_the_others_are(tm
     assert env["SPARK_MASTER"] == "spark://10.9.0.20:7077"
     assert env["SPARK_DRIVER_HOST"] == "10.9.0.20"
     assert (env["WS_HOST"], env["API_HOST"], env["METRICS_HOST"]) == ("10.9.0.42",) * 3
+    assert env["API_PUBLIC_URL"] == "http://10.9.0.30:5000"  # for the page: an ingest host
+    assert env["API_CORS_ORIGINS"] == "http://10.9.0.30:5001,http://10.9.0.31:5001"
     ids = {hosts.environment(hosts.load(settings.topology_file), h, settings)["KAFKA_CLUSTER_ID"]
            for h in placed}
     assert len(ids) == 1 and len(ids.pop()) == 22  # one id, as Kafka writes them

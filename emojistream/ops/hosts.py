@@ -94,6 +94,7 @@ def environment(hosts: Hosts, host: str, settings: SharedSettings) -> dict[str, 
     env = {
         "KAFKA_HOST": address, "API_HOST": address, "REGISTRATION_HOST": address,
         "WS_HOST": address, "METRICS_HOST": address, "SPARK_MASTER_HOST": address,
+        "SPARK_WORKER_HOST": address,
         "KAFKA_BROKERS": str(len(brokers)),
         "KAFKA_BOOTSTRAP_SERVERS": ",".join(f"{a}:{settings.kafka_port}" for a in brokers),
         "KAFKA_VOTERS": ",".join(f"{k}@{a}:{settings.kafka_controller_port}"
@@ -102,6 +103,14 @@ def environment(hosts: Hosts, host: str, settings: SharedSettings) -> dict[str, 
         "WS_CLUSTER_HOSTS": ",".join(_required(hosts, f"ws_server_{n}")
                                      for n in range(1, settings.cluster_count + 1)),
     }
+    # The page (served by every registration host) posts to an ingest host: by default the
+    # first, and the ingest hosts take posts from every registration host's page.
+    if not getattr(settings, "api_public_url", ""):
+        env["API_PUBLIC_URL"] = f"http://{_required(hosts, 'emoji_api')}:{settings.api_port}"
+    if not getattr(settings, "api_cors_origins", ""):
+        env["API_CORS_ORIGINS"] = ",".join(
+            f"http://{hosts.addresses[h]}:{settings.registration_port}"
+            for h, names in hosts.runs.items() if "registration_api" in names)
     master = hosts.address_of("spark_master")
     if master is not None:
         env["SPARK_MASTER"] = f"spark://{master}:{_spark_master_port(settings)}"

@@ -19,6 +19,7 @@ class ScriptSettings(SharedSettings):
     spark_master_host: str = "localhost"  # scripts/spark_cluster.sh
     spark_master_port: int = 7077
     spark_master_webui_port: int = 8080
+    spark_worker_host: str = ""  # a worker's own address; empty: SPARK_MASTER_HOST
     spark_workers: int = 1
     spark_worker_cores: int = 2
     spark_worker_memory: str = "2g"

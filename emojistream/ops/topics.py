@@ -126,10 +126,10 @@ def ensure_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
     admin = admin_client(settings)
     try:
         # As many as configured (KAFKA_BROKERS), even before they have all joined.
-        brokers = max(broker_count(admin), settings.kafka_brokers)
-        specs = topic_specs(settings, brokers)
+        present = broker_count(admin)
+        specs = topic_specs(settings, max(present, settings.kafka_brokers))
         rf = specs[0].replication_factor
-        if rf > brokers:
+        if rf > present:
             admin.close()
             if not wait_for_brokers(settings, rf, BROKERS_TIMEOUT_S, log):
                 raise RuntimeError(f"a replication factor of {rf} needs {rf} brokers; "
