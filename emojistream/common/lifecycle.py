@@ -61,10 +61,13 @@ def add_cluster_option(parser: argparse.ArgumentParser, settings: SharedSettings
                         help=f"cluster number, 1 to {settings.cluster_count}")
 
 
-def server_options(parser: argparse.ArgumentParser, settings: SharedSettings,
-                   **fields: str) -> None:
-    """Options of an HTTP server's script that override settings: ``fields`` maps each option
-    (host, port, workers, threads) to the setting it overrides, e.g. host="api_host"."""
+def server_settings(log: logging.Logger, cls: type[S], argv, prog: str, description: str,
+                    **fields: str) -> S:
+    """An HTTP server script's settings, its options (--help included) overriding them:
+    ``fields`` maps each option (host, port, workers, threads) to the setting it overrides,
+    e.g. host="api_host"."""
+    settings = load_settings(log, cls)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     helps = {"host": "address to listen on", "port": "port to listen on",
              "workers": "worker processes", "threads": "threads of each worker"}
     for option, field in fields.items():
@@ -72,8 +75,5 @@ def server_options(parser: argparse.ArgumentParser, settings: SharedSettings,
         parser.add_argument(f"--{option}", dest=field, default=default, type=type(default),
                             metavar=option.upper(),
                             help=f"{helps[option]} (default {default}, {field.upper()})")
-
-
-def with_options(settings: S, args: argparse.Namespace, *fields: str) -> S:
-    """The settings with the values of the options ``server_options`` added."""
+    args = parser.parse_args(argv)
     return dataclasses.replace(settings, **{field: getattr(args, field) for field in fields})

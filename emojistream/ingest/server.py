@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import threading
@@ -11,7 +10,7 @@ import time
 from flask import Flask
 
 from emojistream.common import kafka_clients, metrics, wsgi
-from emojistream.common.lifecycle import load_settings, server_options, with_options
+from emojistream.common.lifecycle import server_settings
 from emojistream.common.logs import setup_logging
 from emojistream.common.settings import load_from, to_environment
 from emojistream.ingest import records
@@ -60,13 +59,10 @@ def close_worker(app: Flask) -> None:
 
 def main(argv=None) -> int:
     setup_logging("emoji_api")
-    settings = load_settings(log, IngestSettings)
-    parser = argparse.ArgumentParser(
-        prog="emoji_api.py",
-        description="HTTP ingest of emoji reactions into Kafka (POST /emoji, POST /emojis, "
-                    "GET /health, GET /metrics).")
-    server_options(parser, settings, **OPTIONS)
-    settings = with_options(settings, parser.parse_args(argv), *OPTIONS.values())
+    settings = server_settings(
+        log, IngestSettings, argv, "emoji_api.py",
+        "HTTP ingest of emoji reactions into Kafka (POST /emoji, POST /emojis, GET /health, "
+        "GET /metrics).", **OPTIONS)
     try:
         records.compression_type(settings)
         kafka_clients.require_topics(settings, [settings.emoji_events_topic])

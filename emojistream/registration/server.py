@@ -3,7 +3,6 @@ its memory)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
@@ -11,7 +10,7 @@ from flask import Flask
 
 from emojistream import topology
 from emojistream.common import secrets, wsgi
-from emojistream.common.lifecycle import load_settings, server_options, with_options
+from emojistream.common.lifecycle import server_settings
 from emojistream.common.logs import setup_logging
 from emojistream.common.settings import load_from, to_environment
 from emojistream.registration.app import MONITOR, STREAMS, create_app
@@ -36,13 +35,10 @@ def stop_worker(app: Flask) -> None:
 
 def main(argv=None) -> int:
     setup_logging("registration_api")
-    settings = load_settings(log, RegistrationSettings)
-    parser = argparse.ArgumentParser(
-        prog="registration_api.py",
-        description="Assigns viewers to clusters (POST /register, POST /deregister, "
-                    "GET /clusters, GET /health), manages the streams, serves the live page.")
-    server_options(parser, settings, **OPTIONS)
-    settings = with_options(settings, parser.parse_args(argv), *OPTIONS.values())
+    settings = server_settings(
+        log, RegistrationSettings, argv, "registration_api.py",
+        "Assigns viewers to clusters (POST /register, POST /deregister, GET /clusters, "
+        "GET /health), manages the streams, serves the live page.", **OPTIONS)
     try:
         secrets.token_secret_and_subscriber_key(settings)  # checked (and created) now
     except (OSError, secrets.SecretError) as err:
