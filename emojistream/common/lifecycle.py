@@ -76,4 +76,5 @@ def server_settings(log: logging.Logger, cls: type[S], argv, prog: str, descript
                             metavar=option.upper(),
                             help=f"{helps[option]} (default {default}, {field.upper()})")
     args = parser.parse_args(argv)
-    return dataclasses.replace(settings, **{field: getattr(args, field) for field in fields})
+    return dataclasses.replace(settings, **{field: getattr(args, field)
+                                            for field in fields.values()})
