@@ -671,7 +671,7 @@ def measure(settings, args, record: harness.Run) -> None:
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(1, mp_context=context, initializer=quiet_worker) as loader, \
-                RssSampler(lambda: system_pids(settings)) as sampler:
+                RssSampler(system_pids(settings)) as sampler:
             bench = Bench(settings, args, watchers, loader, sampler)
             bench.warm_up()
             phases: list[tuple[str, int | None]] = [(f"{rate:,}/s", rate)

@@ -62,7 +62,7 @@ class MemorySampler:
     """Samples every component's RSS every ``interval_s`` in a thread."""
 
     def __init__(self, settings: config.Settings, interval_s: float):
-        self.processes = RssSampler(lambda: system_pids(settings))
+        self.processes = RssSampler(system_pids(settings))
         self.interval_s = interval_s
         self.first = rss_mib(self.processes)
         self.peak = dict(self.first)

@@ -53,10 +53,10 @@ class Supervisor:
         except (OSError, xmlrpc.client.Error):
             return False
 
-    def ensure(self, with_spark_cluster: bool = False) -> None:
-        """supervisord runs with the current configuration of this host's components (started
-        if need be; told of a changed configuration otherwise: it restarts only the components
-        whose definition changed)."""
+    def ensure(self, starting: list[Component]) -> None:
+        """supervisord runs with the current configuration of this host's components: started
+        if need be, else told of a changed configuration for the components about to start
+        that do not run (one that runs keeps its settings until it is stopped and started)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.settings.var_path / "logs").mkdir(parents=True, exist_ok=True)
         text = conf.render(self.settings, self.components, self.dir)
@@ -74,7 +74,12 @@ class Supervisor:
                                           f"{self.settings.var_path / 'logs' / 'supervisord.log'}")
                 time.sleep(0.1)
         elif changed:
-            self.ctl("update")
+            self.ctl("reread")
+            info = self.info()
+            idle = [c.name for c in starting
+                    if info.get(c.name, {}).get("statename") not in (RUNNING, STARTING)]
+            if idle:
+                self.ctl("update", *idle)
 
     def ctl(self, *args: str) -> str:
         answer = subprocess.run([_bin("supervisorctl"), "-c", str(self.conf), *args],

@@ -62,7 +62,7 @@ def _chosen(every: list[Component], args: argparse.Namespace, topology: bool) ->
 def up(supervisor: Supervisor, chosen: list[Component]) -> None:
     """Start ``chosen``: the brokers first; then, where broker 1 runs, the topics (once every
     broker of the cluster is up); then the rest."""
-    supervisor.ensure()
+    supervisor.ensure(chosen)
     brokers = [c for c in chosen if c.kind == "kafka"]
     supervisor.start(brokers, READY_TIMEOUT_S, say=log.info)
     if any(c.name in ("kafka", "kafka_1") for c in brokers):
@@ -121,7 +121,7 @@ def _primitive(supervisor: Supervisor, action: str, chosen: list[Component]) -> 
     """For the shell scripts: start (without waiting) or stop these programs, or print each
     one's "NAME STATE PID" (STOPPED 0 when supervisord does not run)."""
     if action == "start":
-        supervisor.ensure()
+        supervisor.ensure(chosen)
         for component in chosen:
             if supervisor.info()[component.name]["statename"] not in ("RUNNING", "STARTING"):
                 supervisor.rpc().startProcess(component.name, False)

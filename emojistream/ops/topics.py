@@ -117,7 +117,22 @@ def _set_min_insync(admin, spec: TopicSpec, replicas: int, log: logging.Logger) 
 TOPIC_ERRORS = (KafkaUnavailable, KafkaError, RuntimeError)
 
 
-def ensure_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
+def ensure_topics(settings: SharedSettings, log: logging.Logger,
+                  timeout_s: float = BROKERS_TIMEOUT_S) -> list[str]:
+    """:func:`create_topics`, tried again for ``timeout_s`` while the cluster cannot be reached
+    (a broker of a cluster that starts on several hosts at once may refuse for a while)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return create_topics(settings, log)
+        except (KafkaUnavailable, KafkaError) as err:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("topics not created yet (%s): trying again", err)
+            time.sleep(2.0)
+
+
+def create_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
     """Create the missing topics; report existing ones whose partitions or replicas differ,
     and give the events and aggregates topics their min.insync.replicas.
 
