@@ -167,6 +167,7 @@ async function main() {
 
   let viewer = null;
   function connect(clientId) {
+    sender.token = "";  // until this registration's answer
     if (viewer) {
       viewer.stop();
     }
@@ -188,6 +189,7 @@ async function main() {
       },
       onAssignment: (answer) => {
         if (viewer === current) {
+          sender.token = tokenOf(answer);
           showCluster(typeof answer.cluster_id === "string" ? answer.cluster_id : "?");
         }
       },
@@ -248,3 +250,12 @@ async function main() {
 }
 
 main();
+
+/** The viewer token of a registration's answer (its endpoint's token parameter), or "". */
+function tokenOf(answer) {
+  try {
+    return new URL(answer.subscriber_endpoint).searchParams.get("token") || "";
+  } catch {
+    return "";
+  }
+}

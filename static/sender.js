@@ -14,6 +14,9 @@ export class Sender {
     this.apiUrl = apiUrl;
     this.userId = "";
     this.streamId = "main";
+    // The viewer's token from its registration: sent as Authorization: Bearer, which an ingest
+    // API with API_REQUIRE_TOKEN requires ("" until registered).
+    this.token = "";
     this.onResult = onResult;
   }
 
@@ -36,7 +39,9 @@ export class Sender {
     try {
       response = await fetch(this.apiUrl + path, {
         method: "POST",
-        headers: {"Content-Type": "application/json"},
+        headers: this.token ? {"Content-Type": "application/json",
+                               "Authorization": `Bearer ${this.token}`}
+                            : {"Content-Type": "application/json"},
         body: JSON.stringify(body),
         signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
       });

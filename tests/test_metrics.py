@@ -358,7 +358,8 @@ def progress(**overrides):
         "inputRowsPerSecond": 80.0, "processedRowsPerSecond": float("nan"),
         "observedMetrics": {"input": {"events": 1000, "malformed": 3, "untimely": 2}},
         "eventTime": {"watermark": "2026-11-27T07:15:50.000Z"},
-        "stateOperators": [SimpleNamespace(numRowsTotal=6)], **overrides})
+        "stateOperators": [SimpleNamespace(numRowsTotal=6, numRowsDroppedByWatermark=7)],
+        **overrides})
 
 
 def test_the_aggregator_metrics_follow_each_batchs_progress():
@@ -367,7 +368,9 @@ def test_the_aggregator_metrics_follow_each_batchs_progress():
     aggregator.record(progress(), now=watermark + 12.5)
     aggregator.record(progress(numInputRows=10, observedMetrics={},
                                eventTime={"watermark": "1970-01-01T00:00:00.000Z"},
-                               stateOperators=[SimpleNamespace(numRowsTotal=4)]), now=0)
+                               stateOperators=[SimpleNamespace(numRowsTotal=4,
+                                                               numRowsDroppedByWatermark=2)]),
+                      now=0)
     text = metrics.exposition(aggregator.registry)[0].decode()
     assert value(text, "emojistream_aggregator_batches_total") == 2
     assert value(text, "emojistream_aggregator_batch_duration_seconds_count") == 2
@@ -381,6 +384,8 @@ def test_the_aggregator_metrics_follow_each_batchs_progress():
     assert value(text, "emojistream_aggregator_processed_rows_per_second") == 0
     assert value(text, "emojistream_aggregator_watermark_delay_seconds") == 12.5
     assert value(text, "emojistream_aggregator_state_rows") == 4
+    assert value(text, "emojistream_aggregator_rows_dropped_by_watermark_total") == 9
+    assert aggregator.dropped_late_total() == 9
 
 
 # --- what operators read: the scrape config, the status table, the dashboard --------------------

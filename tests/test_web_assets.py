@@ -179,7 +179,7 @@ def test_by_default_the_registration_apis_page_may_send_and_no_other(path):
     assert answer.status_code == 204
     assert answer.headers["Access-Control-Allow-Origin"] == PAGE
     assert "POST" in answer.headers["Access-Control-Allow-Methods"]
-    assert answer.headers["Access-Control-Allow-Headers"].lower() == "content-type"
+    assert answer.headers["Access-Control-Allow-Headers"].lower() == "content-type, authorization"
     assert int(answer.headers["Access-Control-Max-Age"]) > 0
     body = event() if path == "/emoji" else [event(), event("😂")]
     sent = client.post(path, json=body, headers={"Origin": "http://127.0.0.1:5001"})

@@ -63,8 +63,10 @@ class Progress(StreamingQueryListener):
     """Each micro-batch's progress into the metrics, and into the log: skipped events at once,
     the totals every ``interval_s``."""
 
-    def __init__(self, aggregator_metrics: AggregatorMetrics, log, interval_s: float):
+    def __init__(self, aggregator_metrics: AggregatorMetrics, log, interval_s: float,
+                 watermark_delay_s: int = 0):
         self.metrics, self.log, self.interval_s = aggregator_metrics, log, interval_s
+        self.watermark_delay_s = watermark_delay_s
         self.last_logged = time.monotonic()
 
     def onQueryStarted(self, event):
@@ -72,7 +74,13 @@ class Progress(StreamingQueryListener):
 
     def onQueryProgress(self, event):
         progress = event.progress
-        self.metrics.record(progress)
+        dropped = self.metrics.record(progress)
+        if dropped:
+            self.log.warning("batch %d: dropped %d row(s) of events later than the watermark "
+                             "%s (WATERMARK_DELAY_S=%s; %d dropped in all): they count in no "
+                             "window", progress.batchId, dropped,
+                             (progress.eventTime or {}).get("watermark"),
+                             self.watermark_delay_s, self.metrics.dropped_late_total())
         observed = progress.observedMetrics.get("input")
         malformed, untimely = ((observed["malformed"], observed["untimely"])
                                if observed is not None else (0, 0))
@@ -160,7 +168,8 @@ def serve_metrics(spark, settings: AggregatorSettings, log,
                   log_interval_s: float) -> AggregatorMetrics:
     """The metrics on their port, from every batch's progress; where Spark's UI is."""
     aggregator_metrics = AggregatorMetrics()
-    spark.streams.addListener(Progress(aggregator_metrics, log, log_interval_s))
+    spark.streams.addListener(Progress(aggregator_metrics, log, log_interval_s,
+                                       settings.watermark_delay_s))
     metrics.serve(aggregator_metrics.registry, settings.metrics_host,
                   topology.aggregator_metrics_port(settings), "spark_aggregator")
     ui = spark.sparkContext.uiWebUrl  # named by host name; it listens on SPARK_UI_HOST

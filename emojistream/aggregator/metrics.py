@@ -27,6 +27,11 @@ class AggregatorMetrics:
                                "Events skipped, by reason", ["reason"], registry=r)
         for reason in ("malformed", "untimely"):
             self.skipped.labels(reason)
+        self.dropped_late = Counter(
+            "emojistream_aggregator_rows_dropped_by_watermark",
+            "Rows the aggregation dropped as later than the watermark (each batch's "
+            "numRowsDroppedByWatermark: after Spark's partial aggregation, one row per stream "
+            "and window of a batch's Kafka partition, holding one or more events)", registry=r)
         self.input_rate = Gauge("emojistream_aggregator_input_rows_per_second",
                                 "Records per second arriving, in the last batch", registry=r)
         self.processed_rate = Gauge("emojistream_aggregator_processed_rows_per_second",
@@ -45,8 +50,13 @@ class AggregatorMetrics:
         return sum(int(sample_value(self.registry, "emojistream_aggregator_events_skipped_total",
                                     {"reason": reason})) for reason in ("malformed", "untimely"))
 
-    def record(self, progress, now: float | None = None) -> None:
-        """Account for one batch's progress (pyspark's StreamingQueryProgress)."""
+    def dropped_late_total(self) -> int:
+        return int(sample_value(self.registry,
+                                "emojistream_aggregator_rows_dropped_by_watermark_total"))
+
+    def record(self, progress, now: float | None = None) -> int:
+        """Account for one batch's progress (pyspark's StreamingQueryProgress); the rows it
+        dropped as late."""
         self.batches.inc()
         self.duration.observe(progress.durationMs.get("triggerExecution", 0) / 1000)
         self.records.inc(progress.numInputRows)
@@ -63,6 +73,14 @@ class AggregatorMetrics:
             if moment > 0:  # the epoch: no watermark yet
                 self.watermark_delay.set((time.time() if now is None else now) - moment)
         self.state_rows.set(sum(op.numRowsTotal for op in progress.stateOperators))
+        dropped = dropped_by_watermark(progress)
+        self.dropped_late.inc(dropped)
+        return dropped
+
+
+def dropped_by_watermark(progress) -> int:
+    """The rows a batch's state operators dropped as later than the watermark."""
+    return sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
 
 
 def _number(value) -> float:

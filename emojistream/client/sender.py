@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import requests
@@ -52,8 +53,11 @@ class Sender:
     fatal."""
 
     def __init__(self, api_url: str, client_id: str, rate: float, batch: int, emojis,
-                 stream_id: str | None = None):
+                 stream_id: str | None = None, token: Callable[[], str | None] | None = None):
+        """``token`` gives the viewer's current token (sent as Authorization: Bearer, which
+        an API with API_REQUIRE_TOKEN requires), or None while it has none."""
         self.api_url = api_url.rstrip("/")
+        self._token = token
         self.client_id = client_id
         self.stream_id = stream_id
         self.interval_s = batch / rate
@@ -85,7 +89,10 @@ class Sender:
         path, body = ("/emojis", events) if self.batch > 1 else ("/emoji", events[0])
         self.sent += len(events)
         try:
-            answer = self._session.post(self.api_url + path, json=body, timeout=HTTP_TIMEOUT_S)
+            token = self._token() if self._token is not None else None
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            answer = self._session.post(self.api_url + path, json=body, headers=headers,
+                                        timeout=HTTP_TIMEOUT_S)
         except requests.RequestException as err:
             self._warnings.warn("unreachable", "ingest API %s is not reachable (%s)",
                                 self.api_url, type(err).__name__)

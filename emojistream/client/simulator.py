@@ -35,7 +35,7 @@ from emojistream import topology
 from emojistream.client.sender import Sender, wait_at_most
 from emojistream.client.settings import ViewerSettings
 from emojistream.client.viewer import RegistrationClient, RegistrationError
-from emojistream.client.watcher import Display, Watcher, without_token
+from emojistream.client.watcher import Display, Watcher, token_of, without_token
 from emojistream.common.backoff import Backoff
 from emojistream.common.lifecycle import load_settings
 from emojistream.common.logs import setup_logging
@@ -59,11 +59,13 @@ async def simulate(args: argparse.Namespace, settings: ViewerSettings) -> int:
              assignment.get("stream_id"))
     display = Display("quiet" if args.quiet else "json" if args.print_json else "lines")
     watcher = Watcher(registration, args.client_id, display, settings)
+    watcher.assignment = assignment  # the sender's token from the start
     watching = asyncio.create_task(watcher.run(assignment))
     sender = sending = None
     if args.rate > 0:
         sender = Sender(args.api_url, args.client_id, args.rate, args.batch,
-                        settings.allowed_emojis, args.stream)
+                        settings.allowed_emojis, args.stream,
+                        token=lambda: token_of(watcher.assignment))
         sending = asyncio.create_task(sender.run(stop))
         log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
                  f" in batches of {args.batch}" if args.batch > 1 else "")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -87,12 +88,14 @@ class Watcher:
         self.settings = settings
         self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
         self.cluster: str | None = None
+        self.assignment: dict | None = None  # the latest registration's answer
         # Another connection with this client id took this one's place: it must not fight back.
         self.replaced = False
 
     async def run(self, assignment: dict | None) -> None:
         while True:
             if assignment is not None:
+                self.assignment = assignment
                 self.cluster = assignment.get("cluster_id")
                 reason, stable = await self._watch(assignment)
                 if self.replaced:
@@ -160,6 +163,14 @@ def _closed(endpoint: str, code: int | None, reason: str | None) -> str:
     if code is None:
         return f"{endpoint}: connection lost (no close frame)"
     return f"{endpoint} closed the connection (code {code})"
+
+
+def token_of(assignment: dict | None) -> str | None:
+    """The viewer token of a registration's answer (in its endpoint's query), or None."""
+    if assignment is None or not isinstance(assignment.get("subscriber_endpoint"), str):
+        return None
+    values = parse_qs(urlsplit(assignment["subscriber_endpoint"]).query).get("token")
+    return values[0] if values else None
 
 
 def without_token(endpoint: str) -> str:

@@ -103,10 +103,13 @@ def require_topics(settings: Settings, topics: list[str],
         raise MissingTopic(settings, missing)
 
 
-def delivery_options(settings: Settings, linger_ms: int) -> dict:
-    """The producer options of KAFKA_DELIVERY_TIMEOUT_S: a request waits at most as long (and 30
-    s at most, kafka-python's default), as kafka-python requires."""
-    delivery_ms = int(settings.kafka_delivery_timeout_s * 1000)
+def delivery_options(settings: Settings, linger_ms: int,
+                     delivery_timeout_s: float | None = None) -> dict:
+    """The producer options of a delivery timeout (default KAFKA_DELIVERY_TIMEOUT_S): a request
+    waits at most as long (and 30 s at most, kafka-python's default), as kafka-python
+    requires."""
+    delivery_ms = int((settings.kafka_delivery_timeout_s if delivery_timeout_s is None
+                       else delivery_timeout_s) * 1000)
     return {"delivery_timeout_ms": delivery_ms,
             "request_timeout_ms": max(1, min(30_000, delivery_ms - linger_ms))}
 

@@ -2,6 +2,7 @@
 
     limiter = RateLimiter(rate_per_s=100, burst=20_000)
     wait_s = limiter.take("203.0.113.7")     # None: go ahead; else seconds until allowed
+    wait_s = limiter.take("203.0.113.7", 50) # 50 tokens at once (the ingest API: events)
 
 An address may do ``burst`` requests at once, then ``rate_per_s`` a second. The buckets of
 addresses that have been quiet long enough to be full again are forgotten, so an attacker's
@@ -27,16 +28,18 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float | None:
-        """Take one token of ``key``'s bucket: None when there was one, else the seconds until
-        there is."""
+    def take(self, key: str, cost: int = 1) -> float | None:
+        """Take ``cost`` tokens of ``key``'s bucket (all or none): None when there were that
+        many, else the seconds until there are (infinite when ``cost`` exceeds the burst)."""
         with self._lock:
             now = self._clock()
             tokens = self._tokens(key, now)
-            if tokens < 1:
+            if tokens < cost:
                 self._buckets[key] = (tokens, now)
-                return (1 - tokens) / self.rate_per_s if self.rate_per_s > 0 else float("inf")
-            self._buckets[key] = (tokens - 1, now)
+                if cost > self.burst or self.rate_per_s <= 0:
+                    return float("inf")
+                return (cost - tokens) / self.rate_per_s
+            self._buckets[key] = (tokens - cost, now)
             if len(self._buckets) > PRUNE_AT:
                 self._prune(now)
             return None

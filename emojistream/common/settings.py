@@ -20,6 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_EMOJIS = "😀,😍,🎉,👏,❤️,🏏,🎯,🔥,😂,😮,😢,😡"
 WS_KEEPALIVE_MIN_S = 1.0
+# The ingest API's producer needs a few seconds of it (emojistream/ingest/sink.py).
+MIN_INGEST_DELIVERY_TIMEOUT_S = 2.0
 # A stream id: what STREAMS, events and registrations may name.
 STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -88,10 +90,14 @@ class SharedSettings:
     streams: str = "main"  # always known; more are added through POST /streams
     emojis: str = DEFAULT_EMOJIS
     window_seconds: int = 2
-    watermark_delay_s: int = 10
+    watermark_delay_s: int = 40
     max_event_age_s: float = 3.0
     max_event_future_s: float = 5.0
     event_time_margin_s: float = 1.0
+    # The ingest API's promise: an event it answered 200 for is in Kafka within this long of its
+    # receipt, or counted lost (emojistream_api_events_lost_total); it bounds the API's
+    # producer retries (a broker failover), and the watermark must wait for it (below).
+    ingest_delivery_timeout_s: float = 30.0
 
     # Secrets (empty: the files generated in VAR_DIR/secrets) and the WebSocket keepalive.
     token_secret: str = ""
@@ -137,12 +143,22 @@ class SharedSettings:
         if min(self.max_event_age_s, self.max_event_future_s, self.event_time_margin_s) < 0:
             raise ConfigError("MAX_EVENT_AGE_S, MAX_EVENT_FUTURE_S and EVENT_TIME_MARGIN_S must "
                               "not be negative")
-        spread = self.max_event_age_s + self.max_event_future_s + 2 * self.event_time_margin_s
+        if self.ingest_delivery_timeout_s < MIN_INGEST_DELIVERY_TIMEOUT_S:
+            raise ConfigError(f"INGEST_DELIVERY_TIMEOUT_S must be at least "
+                              f"{MIN_INGEST_DELIVERY_TIMEOUT_S:g} s, got "
+                              f"{self.ingest_delivery_timeout_s:g}")
+        spread = (self.max_event_age_s + self.max_event_future_s + 2 * self.event_time_margin_s
+                  + self.ingest_delivery_timeout_s)
         if spread > self.watermark_delay_s:
             raise ConfigError(
-                f"MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S + 2 x EVENT_TIME_MARGIN_S ({spread:g} s) "
-                f"must not exceed WATERMARK_DELAY_S ({self.watermark_delay_s} s), or accepted "
-                "events could arrive after their window closed")
+                f"MAX_EVENT_AGE_S + MAX_EVENT_FUTURE_S + 2 x EVENT_TIME_MARGIN_S + "
+                f"INGEST_DELIVERY_TIMEOUT_S ({self.max_event_age_s:g} + "
+                f"{self.max_event_future_s:g} + 2 x {self.event_time_margin_s:g} + "
+                f"{self.ingest_delivery_timeout_s:g} = {spread:g} s) must not exceed "
+                f"WATERMARK_DELAY_S ({self.watermark_delay_s} s), or an event the ingest API "
+                "accepted and delivered within its delivery timeout could reach the aggregator "
+                "after the watermark passed its window: raise WATERMARK_DELAY_S or lower the "
+                "others (docs/operations.md#event-time-and-delivery)")
 
     def _check_kafka_security(self) -> None:
         protocol = self.kafka_security_protocol.upper()

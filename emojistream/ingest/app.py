@@ -13,39 +13,43 @@ from datetime import UTC, datetime
 from flask import Flask, request
 
 from emojistream import topology
-from emojistream.common import metrics
+from emojistream.common import metrics, secrets
 from emojistream.common.events import EventValidator, InvalidEvent
 from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body, json_error
 from emojistream.common.streams import StreamCatalog, UnknownStream
+from emojistream.ingest.clients import ClientLimits
 from emojistream.ingest.metrics import IngestMetrics
 from emojistream.ingest.settings import IngestSettings
 from emojistream.ingest.sink import KafkaEventSink, SinkUnavailable
 
 log = logging.getLogger("emoji_api")
 
-ENDPOINTS = "POST /emoji, POST /emojis, GET /health and GET /metrics"
+ENDPOINTS = "POST /emoji, POST /emojis, GET /health, GET /metrics and GET /openapi.json"
 SINK = "emoji_sink"  # keys of the sink, the stream catalog and the metrics in app.extensions
 STREAMS = "streams"
 METRICS = "metrics"
 RETRY_AFTER_S = "1"
 CORS_ALLOW_METHODS = "GET, POST, OPTIONS"
-CORS_ALLOW_HEADERS = "Content-Type"
+CORS_ALLOW_HEADERS = "Content-Type, Authorization"
 CORS_EXPOSE_HEADERS = "Retry-After"
 CORS_MAX_AGE_S = "600"  # how long a browser may reuse a preflight answer
 
 
 def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | None = None,
-               counters: IngestMetrics | None = None) -> Flask:
+               counters: IngestMetrics | None = None, token_secret: str | None = None) -> Flask:
     """The ingest app; ``sink`` (default: a KafkaEventSink) takes the events, ``streams``
     (default: a catalog following the streams topic) says which streams exist, ``counters``
-    (default: new ones, shared with the default sink) count what happens."""
+    (default: new ones, shared with the default sink) count what happens; with
+    API_REQUIRE_TOKEN, ``token_secret`` (default: the installation's) checks viewer tokens."""
     counters = counters if counters is not None else IngestMetrics()
+    if settings.api_require_token and token_secret is None:
+        token_secret = secrets.all_secrets(settings)[secrets.TOKEN_SECRET]
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions[METRICS] = counters
     app.extensions[SINK] = sink if sink is not None else KafkaEventSink(settings, counters=counters)
     app.extensions[STREAMS] = streams if streams is not None else StreamCatalog(settings).start()
-    _add_routes(app, settings)
+    _add_routes(app, settings, ClientLimits(settings, token_secret))
     _add_metrics(app)
     _add_cors(app, settings)
     _add_error_handlers(app)
@@ -91,22 +95,39 @@ def _add_cors(app: Flask, settings: IngestSettings) -> None:
         return response
 
 
-def _add_routes(app: Flask, settings: IngestSettings) -> None:
+def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> None:
     validator = EventValidator.from_settings(settings)
     sink = app.extensions[SINK]
     streams = app.extensions[STREAMS]
     refused = app.extensions[METRICS].refused
 
-    def accept(item, received_at: datetime) -> dict:
+    def accept(item, received_at: datetime, viewer: str | None) -> dict:
+        if viewer is not None and isinstance(item, dict):
+            item = {**item, "user_id": viewer}  # the token's, whatever the body says
         event = validator.validate(item, received_at)
         streams.require(event["stream_id"])
         return event
 
+    def admit(events: int) -> str | None:
+        """The viewer (API_REQUIRE_TOKEN), charged ``events`` with its address; counted."""
+        try:
+            viewer = limits.viewer()
+        except ApiError:
+            refused.labels("unauthorized").inc(events)
+            raise
+        try:
+            limits.charge(events, viewer)
+        except ApiError as err:
+            refused.labels("too_large" if err.status == 413 else "rate_limited").inc(events)
+            raise
+        return viewer
+
     @app.post("/emoji")
     def post_emoji():
+        viewer = admit(1)
         received_at = datetime.now(UTC)
         try:
-            event = accept(json_body(), received_at)
+            event = accept(json_body(), received_at, viewer)
         except InvalidEvent:
             refused.labels("invalid").inc()
             raise
@@ -120,11 +141,12 @@ def _add_routes(app: Flask, settings: IngestSettings) -> None:
     def post_emojis():
         items = json_body()
         _check_batch(items, settings.api_max_batch, refused)
+        viewer = admit(len(items))
         received_at = datetime.now(UTC)
         accepted, rejected, unknown_streams = [], [], 0
         for index, item in enumerate(items):
             try:
-                accepted.append(accept(item, received_at))
+                accepted.append(accept(item, received_at, viewer))
             except InvalidEvent as err:
                 rejected.append({"index": index, "error": str(err)})
             except UnknownStream as err:

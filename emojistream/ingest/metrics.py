@@ -10,7 +10,8 @@ from emojistream.common.metrics import new_registry, sample_value
 class IngestMetrics:
     """Requests, events accepted and refused, the producer's buffer and errors."""
 
-    REASONS = ("invalid", "unknown_stream", "too_large", "unavailable")
+    REASONS = ("invalid", "unknown_stream", "too_large", "unavailable", "rate_limited",
+               "unauthorized")
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else new_registry()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emojistream.common.settings import SharedSettings
+from emojistream.common.settings import ConfigError, SharedSettings
 
 
 @dataclass(frozen=True)
@@ -19,3 +19,21 @@ class IngestSettings(SharedSettings):
     producer_buffer_bytes: int = 64 * 1024 * 1024
     producer_compression: str = "lz4"
     producer_ack_timeout_s: float = 5.0  # answer 503 while records wait this long
+    # Events (not requests) each client address may send: a burst, then a rate (0: no limit).
+    api_events_per_s_per_address: float = 10_000.0
+    api_events_burst_per_address: int = 20_000
+    # POST /emoji(s) with a viewer's token only (Authorization: Bearer ...), the user id taken
+    # from it, and a rate per viewer.
+    api_require_token: bool = False
+    api_events_per_s_per_viewer: float = 20.0
+    api_events_burst_per_viewer: int = 200
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("api_events_per_s_per_address", "api_events_per_s_per_viewer"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must not be negative (0: no limit), got "
+                                  f"{getattr(self, name):g}")
+        for name in ("api_events_burst_per_address", "api_events_burst_per_viewer"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1, got {getattr(self, name)}")

@@ -7,7 +7,9 @@ events wait, as records of many events (records.py): Kafka's per-record cost is 
 
 Durability. A 200 means the events are valid and in this process's buffer; they reach Kafka
 within PRODUCER_LINGER_MS plus Kafka's acknowledgement (acks=all, idempotent producer), and
-through a broker outage the producer retries them for KAFKA_DELIVERY_TIMEOUT_S. The sink answers
+through a broker outage the producer retries them, within INGEST_DELIVERY_TIMEOUT_S of their
+receipt in all (delivery_bound below; the aggregator's watermark waits that long, see
+docs/operations.md#event-time-and-delivery); past it they are counted lost. The sink answers
 503 while records have waited more than PRODUCER_ACK_TIMEOUT_S for an acknowledgement, after a
 delivery failed, or while PRODUCER_BUFFER_BYTES of events wait. A graceful stop (SIGTERM) sends
 and flushes everything first. A crash of the process (SIGKILL, power loss) loses the events not
@@ -50,6 +52,10 @@ CONNECT_RETRY_S = 5.0
 PROBE_INTERVAL_S = 1.0
 # How long the flusher waits before trying a send again that Kafka refused at once.
 SEND_RETRY_S = 0.5
+# The share of INGEST_DELIVERY_TIMEOUT_S (counted from the receipt of a record's earliest event)
+# in which the flusher tries again a send the producer refused at once; the producer's own
+# delivery timeout is the rest, less the linger.
+SEND_RETRY_SHARE = 0.25
 # How long a stopping worker waits for Kafka to acknowledge what it accepted.
 CLOSE_TIMEOUT_S = 20.0
 
@@ -95,11 +101,20 @@ class KafkaEventSink:
         self._closed = False
         self._said_unavailable = False
 
+    def delivery_bound(self) -> tuple[float, float]:
+        """(how long the flusher may try again a refused send, the producer's delivery
+        timeout), in seconds: with the linger, INGEST_DELIVERY_TIMEOUT_S in all."""
+        bound = self.settings.ingest_delivery_timeout_s
+        retry_s = bound * SEND_RETRY_SHARE
+        linger_s = (self.settings.producer_linger_ms + PRODUCER_LINGER_MS) / 1000
+        return retry_s, max(1.0, bound - retry_s - linger_s)
+
     def producer_options(self) -> dict:
+        _, delivery_s = self.delivery_bound()
         return {"acks": "all", "enable_idempotence": True, "linger_ms": PRODUCER_LINGER_MS,
                 "batch_size": MAX_BATCH_BYTES, "max_request_size": MAX_BATCH_BYTES + 50_000,
                 "compression_type": self._compression, "max_block_ms": MAX_BLOCK_MS,
-                **kafka_clients.delivery_options(self.settings, PRODUCER_LINGER_MS),
+                **kafka_clients.delivery_options(self.settings, PRODUCER_LINGER_MS, delivery_s),
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS, **self._overrides}
 
     def connect(self) -> KafkaProducer:
@@ -256,8 +271,10 @@ class KafkaEventSink:
 
     def _send_record(self, record: Record) -> None:
         """Hand the record to the producer; while it refuses at once (Kafka gone), try again
-        (the events were accepted) until the delivery timeout, then count them lost."""
-        give_up_at = time.monotonic() + self.settings.kafka_delivery_timeout_s
+        (the events were accepted) for the retry share of INGEST_DELIVERY_TIMEOUT_S since their
+        receipt, then count them lost: the producer's delivery timeout must still fit in it."""
+        retry_s, _ = self.delivery_bound()
+        give_up_at = time.monotonic() + retry_s - (time.time() - record.received_ms / 1000)
         assert self._producer is not None  # the flusher starts with it
         while True:
             try:
