@@ -8,6 +8,8 @@ import pytest
 from emojistream import config, topology
 from emojistream.aggregator.spark import cluster_conf, kafka_options
 from emojistream.common import kafka_clients
+from emojistream.ingest.settings import IngestSettings
+from emojistream.ingest.sink import KafkaEventSink
 
 
 def settings_with(**env) -> config.Settings:
@@ -185,3 +187,36 @@ def test_the_replication_policy_of_every_topic(brokers, env, expected):
     settings = config.load(env)
     replicas = topology.topic_replicas(settings, brokers)
     assert (replicas, topology.topic_min_insync(settings, replicas)) == expected
+
+
+def test_the_watermark_covers_the_event_time_limits_and_the_ingest_delivery_bound():
+    settings = config.load({})
+    assert (settings.max_event_age_s + settings.max_event_future_s
+            + 2 * settings.event_time_margin_s + settings.ingest_delivery_timeout_s
+            == settings.watermark_delay_s == 40)
+    config.load({"WATERMARK_DELAY_S": "12", "INGEST_DELIVERY_TIMEOUT_S": "2"})
+    with pytest.raises(config.ConfigError, match=r"MAX_EVENT_AGE_S \+ MAX_EVENT_FUTURE_S \+ 2 x "
+                       r"EVENT_TIME_MARGIN_S \+ INGEST_DELIVERY_TIMEOUT_S \(3 \+ 5 \+ 2 x 1 \+ "
+                       r"31 = 41 s\) must not exceed WATERMARK_DELAY_S \(40 s\)"):
+        config.load({"INGEST_DELIVERY_TIMEOUT_S": "31"})
+    with pytest.raises(config.ConfigError, match="INGEST_DELIVERY_TIMEOUT_S must be at least 2"):
+        config.load({"INGEST_DELIVERY_TIMEOUT_S": "1", "WATERMARK_DELAY_S": "40"})
+
+
+def test_the_ingest_producer_delivers_within_the_bound():
+    settings = config.load({})
+    sink = KafkaEventSink(settings)
+    retry_s, delivery_s = sink.delivery_bound()
+    options = sink.producer_options()
+    assert retry_s == 7.5 and options["delivery_timeout_ms"] == int(delivery_s * 1000) == 22_445
+    assert retry_s + delivery_s + (settings.producer_linger_ms + 5) / 1000 == pytest.approx(30)
+    assert options["request_timeout_ms"] + options["linger_ms"] <= options["delivery_timeout_ms"]
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"API_EVENTS_PER_S_PER_ADDRESS": "-1"}, "API_EVENTS_PER_S_PER_ADDRESS must not be negative"),
+    ({"API_EVENTS_BURST_PER_VIEWER": "0"}, "API_EVENTS_BURST_PER_VIEWER must be at least 1"),
+])
+def test_ingest_limits_that_make_no_sense_are_refused(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load_from(IngestSettings, env)
