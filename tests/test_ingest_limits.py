@@ -59,6 +59,12 @@ def now_event(user: str) -> dict:
             "timestamp": format_timestamp(datetime.now(UTC))}
 
 
+def client_at(app, address: str):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
 def refused(app, reason: str) -> float:
     text = common_metrics.exposition(app.extensions[METRICS].registry)[0].decode()
     return value(text, "emojistream_api_events_refused_total", reason=reason)
@@ -67,8 +73,7 @@ def refused(app, reason: str) -> float:
 def test_each_address_has_a_bucket_of_events(base):
     with api(base, api_events_burst_per_address=25, api_events_per_s_per_address=0.0001) as (
             app, landed):
-        one = app.test_client(environ_base={"REMOTE_ADDR": "127.0.0.2"})
-        other = app.test_client(environ_base={"REMOTE_ADDR": "127.0.0.3"})
+        one, other = client_at(app, "127.0.0.2"), client_at(app, "127.0.0.3")
         batch = [now_event(f"a{i}") for i in range(10)]
         assert one.post("/emojis", json=batch).json["accepted"] == 10
         assert one.post("/emojis", json=[now_event(f"b{i}") for i in range(10)]).status_code == 200
@@ -86,7 +91,7 @@ def test_each_address_has_a_bucket_of_events(base):
         # Another address has its own bucket; more than a burst at once could never pass: 413.
         assert other.post("/emojis", json=[now_event(f"e{i}") for i in range(25)]).json[
             "accepted"] == 25
-        too_many = app.test_client(environ_base={"REMOTE_ADDR": "127.0.0.4"}).post(
+        too_many = client_at(app, "127.0.0.4").post(
             "/emojis", json=[now_event(f"f{i}") for i in range(26)])
         assert too_many.status_code == 413
         assert "more than client address 127.0.0.4 may ever send at once" in too_many.json[

@@ -160,11 +160,34 @@ def steady_ids_in_topic(settings) -> collections.Counter:
         consumer.close()
 
 
+def fire_counts(settings, timeout_s: float = 1) -> dict[str, int]:
+    """The 🔥 count of each window of stream main in the aggregated topic: the latest update of
+    each, read from the topic's start."""
+    consumer = kafka_clients.consumer(settings, settings.aggregated_topic,
+                                      auto_offset_reset="earliest",
+                                      consumer_timeout_ms=int(timeout_s * 1000))
+    try:
+        latest = {record.key.decode(): json.loads(record.value) for record in consumer}
+    finally:
+        consumer.close()
+    return {key: sum(a["count"] for a in update["aggregates"] if a["emoji_type"] == "🔥")
+            for key, update in latest.items() if key.startswith("main/")}
+
+
 def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path):
-    env = dict(cluster_env, API_PORT=str(free_port()), API_WORKERS="1")
+    """The API's producer retries through the failover, within INGEST_DELIVERY_TIMEOUT_S; the
+    aggregator, running all along, counts every accepted event in its window (the watermark
+    waits for that bound), and drops none as late."""
+    env = dict(cluster_env, API_PORT=str(free_port()), API_WORKERS="1",
+               EMOJI_EVENTS_TOPIC="failover-events", AGGREGATED_TOPIC="failover-aggregated",
+               SPARK_DRIVER_MEMORY="768m", SPARK_UI_PORT=str(free_port()),
+               METRICS_FIRST_PORT=str(free_port()))
     run_script("create_topics.sh", env=env)
     settings = config.load(env)
-    with running(tmp_path, "emoji_api", "emoji_api.py", env=env) as api:
+    with running(tmp_path, "spark_aggregator", "spark_aggregator.py", "--checkpoint",
+                 str(tmp_path / "checkpoint"), env=env) as aggregator, \
+            running(tmp_path, "emoji_api", "emoji_api.py", env=env) as api:
+        aggregator.wait_for_log("ready:", timeout_s=240)
         wait_for_health(f"http://localhost:{settings.api_port}/health", api, timeout_s=60)
         with SteadySender(f"http://localhost:{settings.api_port}/emoji", rate=40) as sender:
             time.sleep(3)
@@ -180,14 +203,25 @@ def test_no_accepted_event_is_lost_when_a_broker_is_killed(cluster_env, tmp_path
             assert component_status(env)["kafka_1"]["restarts"] == 1
             time.sleep(2)
         assert api.stop(timeout_s=60) == 0
+        # Every accepted event counted in a window of the aggregator that ran through it all.
+        deadline = time.monotonic() + 120
+        counts = fire_counts(settings)
+        while sum(counts.values()) != len(sender.accepted) and time.monotonic() < deadline:
+            assert aggregator.running(), aggregator.log()
+            counts = fire_counts(settings)
+        aggregator_log = aggregator.log()
+        assert aggregator.stop(timeout_s=60) == 0
     found = steady_ids_in_topic(settings)
     print(f"accepted {len(sender.accepted)} ({before} before the kill, {during} in the 10 s "
-          f"after it), answers {dict(sender.statuses)}")
+          f"after it), answers {dict(sender.statuses)}; counted {sum(counts.values())} in "
+          f"{len(counts)} windows")
     assert before > 0 and during > 0, dict(sender.statuses)
     missing = set(sender.accepted) - set(found)
     assert not missing, f"{len(missing)} accepted events are not in Kafka"
     assert {user: n for user, n in found.items() if n > 1} == {}, "duplicates in the topic"
     assert set(found) == set(sender.accepted)
+    assert sum(counts.values()) == len(sender.accepted), aggregator_log[-3000:]
+    assert "later than the watermark" not in aggregator_log
 
 
 # --- a publisher while the topic it writes is down ----------------------------------------------

@@ -88,7 +88,8 @@ def test_late_events_within_the_bound_count_and_later_ones_are_counted_as_droppe
         wait_for(lambda: counts(key(oldest)) == {"😂": 4}, aggregator, 60,
                  "the events delivered within the bound")
         # 3. Records of three windows a minute older than the watermark, 5, 6 and 7 events each:
-        # dropped, one row per window (Spark drops partial aggregates of one stream and window).
+        # dropped, one row per window (Spark drops the partial aggregates of a stream and window
+        # of a Kafka partition, not each event).
         late = [(now - timedelta(seconds=70 + 2 * settings.window_seconds * k), 5 + k)
                 for k in range(3)]
         for moment, count in late:
@@ -96,7 +97,7 @@ def test_late_events_within_the_bound_count_and_later_ones_are_counted_as_droppe
                                                                    count),
                           timestamp_ms=int(moment.timestamp() * 1000))
         producer.flush()
-        wait_for(lambda: f"({len(late)} dropped in all)" in aggregator.log(), aggregator, 60,
+        wait_for(lambda: f"; {len(late)} dropped in all)" in aggregator.log(), aggregator, 60,
                  "the log of the dropped rows")
         time.sleep(2)  # a batch more: nothing else is dropped
         dropped = metric(env, "emojistream_aggregator_rows_dropped_by_watermark_total")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import orjson
 from flask import Flask, request
@@ -78,3 +79,17 @@ def add_json_error_handlers(app: Flask, log: logging.Logger, endpoints: str) -> 
     def internal_error(_err):
         log.exception("request %s %s failed", request.method, request.path)
         return json_error(500, "internal error")
+
+
+OPENAPI_PATH = "/openapi.json"
+
+
+def add_openapi_route(app: Flask, document: Path) -> None:
+    """GET /openapi.json: the API's OpenAPI document, the file kept beside its code (read once,
+    checked to be JSON)."""
+    body = document.read_bytes()
+    json.loads(body)
+
+    @app.get(OPENAPI_PATH)
+    def openapi():
+        return body, 200, {"Content-Type": "application/json", "Cache-Control": "no-cache"}

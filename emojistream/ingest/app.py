@@ -1,7 +1,8 @@
 """The ingest API's Flask app: validates reactions and hands them to Kafka (README.md#ingest-api).
 
 Every failure is answered with JSON {"error": "..."}: 4xx for bad input, 503 while Kafka cannot
-take events. Browsers may call it from the pages of API_CORS_ORIGINS (docs/web.md#cors).
+take events. The routes, their answers and errors: openapi.json beside this file, served at
+GET /openapi.json. Browsers may call it from the pages of API_CORS_ORIGINS (docs/web.md#cors).
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import logging
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import Flask, request
 
 from emojistream import topology
 from emojistream.common import metrics, secrets
 from emojistream.common.events import EventValidator, InvalidEvent
-from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body, json_error
+from emojistream.common.json_api import (
+    ApiError,
+    add_json_error_handlers,
+    add_openapi_route,
+    json_body,
+    json_error,
+)
 from emojistream.common.streams import StreamCatalog, UnknownStream
 from emojistream.ingest.clients import ClientLimits
 from emojistream.ingest.metrics import IngestMetrics
@@ -33,6 +41,7 @@ CORS_ALLOW_METHODS = "GET, POST, OPTIONS"
 CORS_ALLOW_HEADERS = "Content-Type, Authorization"
 CORS_EXPOSE_HEADERS = "Retry-After"
 CORS_MAX_AGE_S = "600"  # how long a browser may reuse a preflight answer
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
 
 def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | None = None,
@@ -51,6 +60,7 @@ def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | Non
     app.extensions[STREAMS] = streams if streams is not None else StreamCatalog(settings).start()
     _add_routes(app, settings, ClientLimits(settings, token_secret))
     _add_metrics(app)
+    add_openapi_route(app, OPENAPI_DOCUMENT)
     _add_cors(app, settings)
     _add_error_handlers(app)
     return app

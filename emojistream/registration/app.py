@@ -1,6 +1,7 @@
 """The registration API's Flask app: the routes of README.md#registration-tokens-and-reconnection
 and #live-streams (stream_routes.py), GET /health {"status": "ok", "registered_viewers": N},
-GET /metrics, and the live page at / (web.py).
+GET /metrics, the live page at / (web.py), and GET /openapi.json (openapi.json beside this file:
+every route, its answers and errors).
 
 The registry (registry.py) lives in memory, so the API is served by one granian worker with
 several threads. Balancing, tokens and re-registration: docs/delivery.md.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 from flask import Flask, request
@@ -18,7 +20,12 @@ from flask import Flask, request
 from emojistream import topology
 from emojistream.common import metrics, secrets, tokens
 from emojistream.common.events import InvalidEvent, check_identifier
-from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body
+from emojistream.common.json_api import (
+    ApiError,
+    add_json_error_handlers,
+    add_openapi_route,
+    json_body,
+)
 from emojistream.common.limits import RateLimiter
 from emojistream.common.settings import load_from
 from emojistream.common.streams import StreamCatalog
@@ -43,7 +50,8 @@ MONITOR = "health_monitor"
 STREAMS = "streams"
 METRICS = "metrics"
 ENDPOINTS = ("POST /register, POST /deregister, GET /clusters, GET /streams, POST /streams, "
-             "DELETE /streams/ID, GET /health and GET /metrics")
+             "DELETE /streams/ID, GET /health, GET /metrics and GET /openapi.json")
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
 
 def endpoint_for(settings: RegistrationSettings, cluster: int, token: str) -> str:
@@ -95,6 +103,7 @@ def create_app(settings: RegistrationSettings | None = None, registry: Registry 
     _add_routes(app, settings, registry, monitor, token_secret, streams)
     add_stream_routes(app, settings, registry, streams, admin_key)
     web.add_web_page(app, settings)
+    add_openapi_route(app, OPENAPI_DOCUMENT)
     add_json_error_handlers(app, log, ENDPOINTS)
     monitor.poll_all()
     if poll:

@@ -1,0 +1,98 @@
+"""The HTTP APIs against their OpenAPI documents (emojistream/ingest/openapi.json,
+emojistream/registration/openapi.json), fuzzed by schemathesis: emoji_api.py, registration_api.py
+and one WebSocket server run as processes on the test run's Kafka. Every operation gets schema-
+valid and schema-violating requests; every answer must be no 5xx, have a documented status,
+content type, headers and body (every error a JSON {"error": ...})."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from emojistream import config
+from emojistream.common import secrets
+from tests.services import free_port, run_script, running, wait_for_health
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = {"ingest": REPO / "emojistream" / "ingest" / "openapi.json",
+             "registration": REPO / "emojistream" / "registration" / "openapi.json"}
+EXAMPLES_PER_OPERATION = 12  # of each mode: schema-valid and schema-violating
+RUN_LIMIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def apis(kafka, test_env, tmp_path_factory):
+    """The base URLs of the live APIs, and the admin key."""
+    log_dir = tmp_path_factory.mktemp("openapi-logs")
+    env = dict(test_env, API_PORT=str(free_port()), REGISTRATION_PORT=str(free_port()),
+               API_WORKERS="1", CLUSTER_COUNT="1", WS_HEALTH_POLL_S="0.5")
+    run_script("create_topics.sh", env=env)
+    settings = config.load(env)
+    admin_key = secrets.all_secrets(settings)[secrets.ADMIN_KEY]
+    ingest_url = f"http://localhost:{settings.api_port}"
+    registration_url = f"http://localhost:{settings.registration_port}"
+    with running(log_dir, "emoji_api", "emoji_api.py", env=env) as ingest, \
+            running(log_dir, "ws_server_1", "ws_server.py", "--cluster", "1", env=env), \
+            running(log_dir, "registration_api", "registration_api.py", env=env) as registration:
+        wait_for_health(f"{ingest_url}/health", ingest, timeout_s=60)
+        wait_for_health(f"{registration_url}/health", registration, timeout_s=60)
+        yield {"ingest": ingest_url, "registration": registration_url, "admin_key": admin_key,
+               "services": {"ingest": ingest, "registration": registration}}
+        for service in (ingest, registration):
+            assert service.stop(timeout_s=30) == 0, service.log()
+            assert "Traceback" not in service.log(), service.log()
+
+
+@pytest.mark.parametrize("name", ["ingest", "registration"])
+def test_each_api_serves_its_document_as_kept_in_the_repository(apis, name):
+    answer = requests.get(f"{apis[name]}/openapi.json", timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == json.loads(DOCUMENTS[name].read_text())
+    assert answer.json()["openapi"].startswith("3.")
+
+
+def fuzz(schema, base_url: str, headers: dict | None = None) -> dict[str, int]:
+    """Every operation of ``schema``, EXAMPLES_PER_OPERATION requests of each generation mode,
+    each answer validated with schemathesis's checks; how many requests each operation got."""
+    sent: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+                      derandomize=True, suppress_health_check=list(HealthCheck))
+            def run(case):
+                label = f"{case.operation.method.upper()} {case.operation.path}"
+                sent[label] = sent.get(label, 0) + 1
+                case.call_and_validate(base_url=base_url, headers=headers)
+
+            run()
+    return sent
+
+
+def test_the_live_apis_answer_as_documented_under_fuzzing(apis):
+    started = time.monotonic()
+    ingest = fuzz(schemathesis.openapi.from_url(f"{apis['ingest']}/openapi.json"),
+                  apis["ingest"])
+    registration = fuzz(schemathesis.openapi.from_url(f"{apis['registration']}/openapi.json"),
+                        apis["registration"],
+                        headers={"Authorization": f"Bearer {apis['admin_key']}"})
+    took = time.monotonic() - started
+    print(f"fuzzed in {took:.1f} s: ingest {ingest}, registration {registration}")
+    assert set(ingest) == {"POST /emoji", "POST /emojis", "GET /health", "GET /metrics",
+                           "GET /openapi.json"}
+    assert {"POST /register", "POST /deregister", "GET /clusters", "GET /streams",
+            "POST /streams", "DELETE /streams/{stream_id}", "GET /health", "GET /metrics",
+            "GET /", "GET /config.json", "GET /openapi.json"} == set(registration)
+    assert took < RUN_LIMIT_S
