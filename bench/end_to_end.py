@@ -132,12 +132,15 @@ class Sender:
     """One keep-alive connection posting the plan's requests as their turns come."""
 
     def __init__(self, plan: LoadPlan, turns, templates: list[bytes], result: LoadResult,
-                 lock: threading.Lock):
+                 lock: threading.Lock, index: int = 0):
         url = urlsplit(plan.url)
         self.plan, self.turns, self.templates, self.result, self.lock = (
             plan, turns, templates, result, lock)
         self.host, self.port, self.path = url.hostname, url.port, url.path
-        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        # Each connection from an address of its own: the API limits events per address.
+        host = "127.0.0.1" if self.host == "localhost" else self.host
+        self.connection = http.client.HTTPConnection(
+            host, self.port, timeout=30, source_address=harness.source_address(host, index))
 
     def run(self) -> None:
         while (turn := self._next_turn()) is not None:
@@ -192,7 +195,8 @@ def generate(plan: LoadPlan) -> LoadResult:
     result, lock = LoadResult(sent=[]), threading.Lock()
     turns, templates = iter(range(plan.requests)), bodies(plan)
     cpu_before = time.process_time()
-    senders = [Sender(plan, turns, templates, result, lock) for _ in range(plan.connections)]
+    senders = [Sender(plan, turns, templates, result, lock, index)
+               for index in range(plan.connections)]
     threads = [threading.Thread(target=s.run) for s in senders]
     for thread in threads:
         thread.start()

@@ -61,6 +61,17 @@ def test_each_api_serves_its_document_as_kept_in_the_repository(apis, name):
     assert answer.json()["openapi"].startswith("3.")
 
 
+# A document cannot say every rule of an event (an ISO-8601 timestamp, a user id of printable
+# characters, the configured EMOJIS, a known stream): a schema-valid request may be answered 400.
+# So schemathesis's "schema-valid data is accepted" check is off; every other check is on, and
+# that 400 must still be documented, with its JSON body.
+CHECKS = schemathesis.Config.from_dict({"checks": {"positive_data_acceptance": {"enabled": False}}})
+
+
+def load(url: str):
+    return schemathesis.openapi.from_url(f"{url}/openapi.json", config=CHECKS)
+
+
 def fuzz(schema, base_url: str, headers: dict | None = None) -> dict[str, int]:
     """Every operation of ``schema``, EXAMPLES_PER_OPERATION requests of each generation mode,
     each answer validated with schemathesis's checks; how many requests each operation got."""
@@ -83,10 +94,8 @@ def fuzz(schema, base_url: str, headers: dict | None = None) -> dict[str, int]:
 
 def test_the_live_apis_answer_as_documented_under_fuzzing(apis):
     started = time.monotonic()
-    ingest = fuzz(schemathesis.openapi.from_url(f"{apis['ingest']}/openapi.json"),
-                  apis["ingest"])
-    registration = fuzz(schemathesis.openapi.from_url(f"{apis['registration']}/openapi.json"),
-                        apis["registration"],
+    ingest = fuzz(load(apis["ingest"]), apis["ingest"])
+    registration = fuzz(load(apis["registration"]), apis["registration"],
                         headers={"Authorization": f"Bearer {apis['admin_key']}"})
     took = time.monotonic() - started
     print(f"fuzzed in {took:.1f} s: ingest {ingest}, registration {registration}")
