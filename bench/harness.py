@@ -41,7 +41,7 @@ def source_address(host: str | None, index: int) -> tuple[str, int] | None:
     """The local address the ``index``-th load connection binds to when the API is on this
     machine's loopback: 127.0.X.Y, one per connection, so that the ingest API's per-address
     event bucket (API_EVENTS_PER_S_PER_ADDRESS) sees several clients, as in a real audience
-    (docs/benchmarks.md#load-from-several-addresses). None (the system's choice) for another
+    (docs/operations.md#load-from-several-addresses). None (the system's choice) for another
     host."""
     if host not in ("localhost", "127.0.0.1"):
         return None
