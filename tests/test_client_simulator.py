@@ -16,6 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from emojistream import config
+from emojistream.common import tokens
 from tests.services import (
     Service,
     assert_clean_log,
@@ -320,12 +321,14 @@ class FakeIngest:
 
     def __init__(self):
         self.requests: list[tuple[str, object]] = []
+        self.authorizations: list[str | None] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append((self.path, body))
+                fake.authorizations.append(self.headers.get("Authorization"))
                 if len(fake.requests) == 1:
                     self._answer(503, {"error": "Kafka is unavailable; try again shortly"})
                 elif isinstance(body, list):
@@ -391,3 +394,10 @@ def test_emojis_are_sent_at_the_rate_and_a_503_does_not_stop_it(services, ingest
     assert 'WARNING client_simulator: ingest API answered 503: {"error": "Kafka is unavailable; ' \
            'try again shortly"}' in log
     assert f"sent {len(events)} emoji(s), {len(events) - batch} accepted" in log
+    # Each request carries the viewer's token (API_REQUIRE_TOKEN requires it).
+    assert len(ingest.authorizations) == len(sent)
+    for authorization in ingest.authorizations:
+        scheme, token = authorization.split(" ")
+        assert scheme == "Bearer"
+        assert tokens.verify(services.env["TOKEN_SECRET"], token, 1, time.time()) == (
+            "sim-sender", "main")
