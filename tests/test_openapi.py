@@ -14,6 +14,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from emojistream import config
@@ -88,7 +89,11 @@ def fuzz(schema, base_url: str, headers: dict | None = None) -> dict[str, int]:
                 sent[label] = sent.get(label, 0) + 1
                 case.call_and_validate(base_url=base_url, headers=headers)
 
-            run()
+            try:
+                run()
+            except Unsatisfiable:
+                if mode is GenerationMode.POSITIVE:
+                    raise  # else: nothing of the operation can violate the document (no input)
     return sent
 
 
@@ -99,9 +104,9 @@ def test_the_live_apis_answer_as_documented_under_fuzzing(apis):
                         headers={"Authorization": f"Bearer {apis['admin_key']}"})
     took = time.monotonic() - started
     print(f"fuzzed in {took:.1f} s: ingest {ingest}, registration {registration}")
-    assert set(ingest) == {"POST /emoji", "POST /emojis", "GET /health", "GET /metrics",
-                           "GET /openapi.json"}
+    # (schemathesis leaves out the document's own route: the first test checks it)
+    assert set(ingest) == {"POST /emoji", "POST /emojis", "GET /health", "GET /metrics"}
     assert {"POST /register", "POST /deregister", "GET /clusters", "GET /streams",
             "POST /streams", "DELETE /streams/{stream_id}", "GET /health", "GET /metrics",
-            "GET /", "GET /config.json", "GET /openapi.json"} == set(registration)
+            "GET /", "GET /config.json"} == set(registration)
     assert took < RUN_LIMIT_S

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from emojistream import config
+from emojistream.common import secrets, tokens
 from emojistream.common.events import format_timestamp
 from testkit.processes import supervisor_runs
 from tests.services import REPO_ROOT, isolated_env, run_script
@@ -350,6 +351,14 @@ def test_picking_a_stream_shows_that_streams_reactions_only(system, page):
     with page.expect_request(lambda r: urlsplit(r.url).path == "/emoji") as sent:
         page.locator('[data-testid="emoji-button"][data-emoji="👏"]').click()
     assert json.loads(sent.value.post_data)["stream_id"] == OTHER_STREAM
+    # With its viewer token (an ingest API with API_REQUIRE_TOKEN requires it): the user it sends
+    # as, for the stream it watches.
+    scheme, token = sent.value.headers["authorization"].split(" ")
+    secret = secrets.all_secrets(system)[secrets.TOKEN_SECRET]
+    cluster = int(by_testid(page, "cluster").text_content().removeprefix("cluster"))
+    admitted = {tokens.verify(secret, token, cluster, time.time())}
+    assert scheme == "Bearer"
+    assert admitted == {(json.loads(sent.value.post_data)["user_id"], OTHER_STREAM)}
 
     pick_stream(page, "main")
     assert page.recorder.errors == []
