@@ -407,8 +407,8 @@ def test_unknown_path_is_a_json_404(client):
     response = client.post("/emoji/extra", json=event())
     assert response.status_code == 404
     assert response.get_json() == {"error": "no such endpoint: /emoji/extra "
-                                            "(there are POST /emoji, POST /emojis, GET /health "
-                                            "and GET /metrics)"}
+                                            "(there are POST /emoji, POST /emojis, GET /health, "
+                                            "GET /metrics and GET /openapi.json)"}
 
 
 @pytest.mark.parametrize("method, path, allowed", [("GET", "/emoji", "OPTIONS, POST"),
