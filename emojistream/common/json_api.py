@@ -84,11 +84,14 @@ def add_json_error_handlers(app: Flask, log: logging.Logger, endpoints: str) -> 
 OPENAPI_PATH = "/openapi.json"
 
 
-def add_openapi_route(app: Flask, document: Path) -> None:
-    """GET /openapi.json: the API's OpenAPI document, the file kept beside its code (read once,
-    checked to be JSON)."""
-    body = document.read_bytes()
-    json.loads(body)
+def add_openapi_route(app: Flask, document: Path, adjust=None) -> None:
+    """GET /openapi.json: the API's OpenAPI document, the file kept beside its code, read once
+    and, when ``adjust`` is given, changed by it (a function of the parsed document: the
+    settings' values in place of the defaults the file names)."""
+    parsed = json.loads(document.read_bytes())
+    if adjust is not None:
+        adjust(parsed)
+    body = json.dumps(parsed, ensure_ascii=False, indent=1).encode("utf-8")
 
     @app.get(OPENAPI_PATH)
     def openapi():

@@ -60,10 +60,18 @@ def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | Non
     app.extensions[STREAMS] = streams if streams is not None else StreamCatalog(settings).start()
     _add_routes(app, settings, ClientLimits(settings, token_secret))
     _add_metrics(app)
-    add_openapi_route(app, OPENAPI_DOCUMENT)
+    add_openapi_route(app, OPENAPI_DOCUMENT, lambda doc: _document_settings(doc, settings))
     _add_cors(app, settings)
     _add_error_handlers(app)
     return app
+
+
+def _document_settings(document: dict, settings: IngestSettings) -> None:
+    """The OpenAPI document with the configured emojis and batch limit."""
+    schemas = document["components"]["schemas"]
+    schemas["Event"]["properties"]["emoji_type"]["enum"] = list(settings.allowed_emojis)
+    batch = document["paths"]["/emojis"]["post"]["requestBody"]["content"]["application/json"]
+    batch["schema"]["maxItems"] = settings.api_max_batch
 
 
 def _add_cors(app: Flask, settings: IngestSettings) -> None:
