@@ -516,14 +516,16 @@ def test_kafka_outage_turns_into_503s_and_loses_nothing_answered_200(outage_brok
 
 
 def test_after_a_long_outage_503_until_kafka_is_back(outage_broker):
-    """Records that outlive the delivery timeout (2 minutes; 4 s here) fail; the sink then
-    answers 503 with nothing in flight, and must notice by itself when Kafka is back."""
+    """Records that outlive INGEST_DELIVERY_TIMEOUT_S (30 s; 5.5 s here, of which the
+    producer's delivery timeout is 4 s) fail; the sink then answers 503 with nothing in flight,
+    and must notice by itself when Kafka is back."""
     topic = unique_topic("long-outage-events")
-    env = dict(outage_broker, EMOJI_EVENTS_TOPIC=topic, PRODUCER_ACK_TIMEOUT_S="1")
+    env = dict(outage_broker, EMOJI_EVENTS_TOPIC=topic, PRODUCER_ACK_TIMEOUT_S="1",
+               INGEST_DELIVERY_TIMEOUT_S="5.5")
     settings = config.load(env)
     create_topic(settings, topic, 1)
-    sink = KafkaEventSink(settings, producer_overrides={"delivery_timeout_ms": 4000,
-                                                        "request_timeout_ms": 3000})
+    sink = KafkaEventSink(settings)
+    assert sink.producer_options()["delivery_timeout_ms"] == 4070
     client = create_app(settings, sink=sink, streams=StreamCatalog(settings)).test_client()
     before, during, after = [], [], []
     try:
