@@ -194,7 +194,8 @@ def test_the_watermark_covers_the_event_time_limits_and_the_ingest_delivery_boun
     assert (settings.max_event_age_s + settings.max_event_future_s
             + 2 * settings.event_time_margin_s + settings.ingest_delivery_timeout_s
             == settings.watermark_delay_s == 40)
-    config.load({"WATERMARK_DELAY_S": "12", "INGEST_DELIVERY_TIMEOUT_S": "2"})
+    config.load({"WATERMARK_DELAY_S": "12", "INGEST_DELIVERY_TIMEOUT_S": "2",
+                 "PRODUCER_ACK_TIMEOUT_S": "1"})
     with pytest.raises(config.ConfigError, match=r"MAX_EVENT_AGE_S \+ MAX_EVENT_FUTURE_S \+ 2 x "
                        r"EVENT_TIME_MARGIN_S \+ INGEST_DELIVERY_TIMEOUT_S \(3 \+ 5 \+ 2 x 1 \+ "
                        r"31 = 41 s\) must not exceed WATERMARK_DELAY_S \(40 s\)"):
@@ -216,6 +217,8 @@ def test_the_ingest_producer_delivers_within_the_bound():
 @pytest.mark.parametrize(("env", "message"), [
     ({"API_EVENTS_PER_S_PER_ADDRESS": "-1"}, "API_EVENTS_PER_S_PER_ADDRESS must not be negative"),
     ({"API_EVENTS_BURST_PER_VIEWER": "0"}, "API_EVENTS_BURST_PER_VIEWER must be at least 1"),
+    ({"PRODUCER_ACK_TIMEOUT_S": "30"}, r"PRODUCER_ACK_TIMEOUT_S \(30 s\) must be less than "
+                                       r"INGEST_DELIVERY_TIMEOUT_S \(30 s\)"),
 ])
 def test_ingest_limits_that_make_no_sense_are_refused(env, message):
     with pytest.raises(config.ConfigError, match=message):

@@ -34,6 +34,11 @@ class IngestSettings(SharedSettings):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative (0: no limit), got "
                                   f"{getattr(self, name):g}")
+        if self.producer_ack_timeout_s >= self.ingest_delivery_timeout_s:
+            raise ConfigError(f"PRODUCER_ACK_TIMEOUT_S ({self.producer_ack_timeout_s:g} s) must "
+                              f"be less than INGEST_DELIVERY_TIMEOUT_S "
+                              f"({self.ingest_delivery_timeout_s:g} s): the API must refuse new "
+                              "events (503) while what it accepted may still be delivered")
         for name in ("api_events_burst_per_address", "api_events_burst_per_viewer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
