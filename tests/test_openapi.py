@@ -18,7 +18,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from emojistream import config
-from emojistream.common import secrets
+from emojistream.common import secrets, tokens
 from tests.services import free_port, run_script, running, wait_for_health
 
 pytestmark = pytest.mark.kafka
@@ -38,17 +38,24 @@ def apis(kafka, test_env, tmp_path_factory):
                API_WORKERS="1", CLUSTER_COUNT="1", WS_HEALTH_POLL_S="0.5")
     run_script("create_topics.sh", env=env)
     settings = config.load(env)
-    admin_key = secrets.all_secrets(settings)[secrets.ADMIN_KEY]
+    installed = secrets.all_secrets(settings)
     ingest_url = f"http://localhost:{settings.api_port}"
     registration_url = f"http://localhost:{settings.registration_port}"
+    token_port = free_port()
+    token_url = f"http://localhost:{token_port}"
     with running(log_dir, "emoji_api", "emoji_api.py", env=env) as ingest, \
+            running(log_dir, "emoji_api_tokens", "emoji_api.py", "--port", str(token_port),
+                    env=dict(env, API_REQUIRE_TOKEN="true")) as ingest_tokens, \
             running(log_dir, "ws_server_1", "ws_server.py", "--cluster", "1", env=env), \
             running(log_dir, "registration_api", "registration_api.py", env=env) as registration:
         wait_for_health(f"{ingest_url}/health", ingest, timeout_s=60)
+        wait_for_health(f"{token_url}/health", ingest_tokens, timeout_s=60)
         wait_for_health(f"{registration_url}/health", registration, timeout_s=60)
-        yield {"ingest": ingest_url, "registration": registration_url, "admin_key": admin_key,
-               "services": {"ingest": ingest, "registration": registration}}
-        for service in (ingest, registration):
+        yield {"ingest": ingest_url, "ingest_tokens": token_url,
+               "registration": registration_url, "admin_key": installed[secrets.ADMIN_KEY],
+               "token": tokens.issue(installed[secrets.TOKEN_SECRET], "fuzzer", 1, 600,
+                                     time.time())}
+        for service in (ingest, ingest_tokens, registration):
             assert service.stop(timeout_s=30) == 0, service.log()
             assert "Traceback" not in service.log(), service.log()
 
@@ -103,8 +110,14 @@ def test_the_live_apis_answer_as_documented_under_fuzzing(apis):
     ingest = fuzz(load(apis["ingest"]), apis["ingest"])
     registration = fuzz(load(apis["registration"]), apis["registration"],
                         headers={"Authorization": f"Bearer {apis['admin_key']}"})
+    # An ingest API with API_REQUIRE_TOKEN: with a viewer's token (its 200 events a burst are
+    # soon spent), and without one.
+    with_token = fuzz(load(apis["ingest_tokens"]), apis["ingest_tokens"],
+                      headers={"Authorization": f"Bearer {apis['token']}"})
+    without_token = fuzz(load(apis["ingest_tokens"]), apis["ingest_tokens"])
     took = time.monotonic() - started
-    print(f"fuzzed in {took:.1f} s: ingest {ingest}, registration {registration}")
+    print(f"fuzzed in {took:.1f} s: ingest {ingest}, registration {registration}, ingest "
+          f"with a token {with_token}, without {without_token}")
     # (schemathesis leaves out the document's own route: the first test checks it)
     assert set(ingest) == {"POST /emoji", "POST /emojis", "GET /health", "GET /metrics"}
     assert {"POST /register", "POST /deregister", "GET /clusters", "GET /streams",
@@ -114,4 +127,7 @@ def test_the_live_apis_answer_as_documented_under_fuzzing(apis):
     assert {200, 400} <= ingest["POST /emoji"] and {200, 400} <= ingest["POST /emojis"]
     assert {200, 400} <= registration["POST /register"]
     assert {201, 400} <= registration["POST /streams"]
+    assert {200, 400, 429} <= with_token["POST /emoji"]
+    assert {200, 413} <= with_token["POST /emojis"]
+    assert without_token["POST /emoji"] == without_token["POST /emojis"] == {401}
     assert took < RUN_LIMIT_S

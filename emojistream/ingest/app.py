@@ -126,23 +126,26 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
         streams.require(event["stream_id"])
         return event
 
-    def admit(events: int) -> str | None:
-        """The viewer (API_REQUIRE_TOKEN), charged ``events`` with its address; counted."""
+    def identify() -> str | None:
+        """The viewer of the request's token (API_REQUIRE_TOKEN: 401 without one), first."""
         try:
-            viewer = limits.viewer()
+            return limits.viewer()
         except ApiError:
-            refused.labels("unauthorized").inc(events)
+            refused.labels("unauthorized").inc()
             raise
+
+    def charge(events: int, viewer: str | None) -> None:
+        """``events`` taken from the address's bucket and the viewer's; counted if refused."""
         try:
             limits.charge(events, viewer)
         except ApiError as err:
             refused.labels("too_large" if err.status == 413 else "rate_limited").inc(events)
             raise
-        return viewer
 
     @app.post("/emoji")
     def post_emoji():
-        viewer = admit(1)
+        viewer = identify()
+        charge(1, viewer)
         received_at = datetime.now(UTC)
         try:
             event = accept(json_body(), received_at, viewer)
@@ -157,9 +160,10 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
 
     @app.post("/emojis")
     def post_emojis():
+        viewer = identify()
         items = json_body()
         _check_batch(items, settings.api_max_batch, refused)
-        viewer = admit(len(items))
+        charge(len(items), viewer)
         received_at = datetime.now(UTC)
         accepted, rejected, unknown_streams = [], [], 0
         for index, item in enumerate(items):
