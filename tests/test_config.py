@@ -212,6 +212,7 @@ def test_the_ingest_producer_delivers_within_the_bound():
     assert retry_s == 7.5 and options["delivery_timeout_ms"] == int(delivery_s * 1000) == 22_445
     assert retry_s + delivery_s + (settings.producer_linger_ms + 5) / 1000 == pytest.approx(30)
     assert options["request_timeout_ms"] + options["linger_ms"] <= options["delivery_timeout_ms"]
+    assert options["request_timeout_ms"] == 22_445 // 3  # three tries fit
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -526,6 +526,7 @@ def test_after_a_long_outage_503_until_kafka_is_back(outage_broker):
     create_topic(settings, topic, 1)
     sink = KafkaEventSink(settings)
     assert sink.producer_options()["delivery_timeout_ms"] == 4070
+    assert sink.producer_options()["request_timeout_ms"] == 1356
     client = create_app(settings, sink=sink, streams=StreamCatalog(settings)).test_client()
     before, during, after = [], [], []
     try:

@@ -56,6 +56,9 @@ SEND_RETRY_S = 0.5
 # in which the flusher tries again a send the producer refused at once; the producer's own
 # delivery timeout is the rest, less the linger.
 SEND_RETRY_SHARE = 0.25
+# A request waits at most this fraction of the producer's delivery timeout for its answer: three
+# tries fit in it (a broker cut off, then a leader not yet moved, then the new leader).
+REQUEST_SHARE = 3
 # How long a stopping worker waits for Kafka to acknowledge what it accepted.
 CLOSE_TIMEOUT_S = 20.0
 
@@ -111,11 +114,16 @@ class KafkaEventSink:
 
     def producer_options(self) -> dict:
         _, delivery_s = self.delivery_bound()
+        delivery = kafka_clients.delivery_options(self.settings, PRODUCER_LINGER_MS, delivery_s)
+        # A request to a broker cut off the network gets no answer: it must time out early
+        # enough to be sent again to the partition's new leader within the delivery timeout.
+        delivery["request_timeout_ms"] = min(delivery["request_timeout_ms"],
+                                             max(1_000, int(delivery_s * 1000 / REQUEST_SHARE)))
         return {"acks": "all", "enable_idempotence": True, "linger_ms": PRODUCER_LINGER_MS,
                 "batch_size": MAX_BATCH_BYTES, "max_request_size": MAX_BATCH_BYTES + 50_000,
                 "compression_type": self._compression, "max_block_ms": MAX_BLOCK_MS,
-                **kafka_clients.delivery_options(self.settings, PRODUCER_LINGER_MS, delivery_s),
-                "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS, **self._overrides}
+                **delivery, "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+                **self._overrides}
 
     def connect(self) -> KafkaProducer:
         """The producer, created now if need be; SinkUnavailable when Kafka cannot be reached."""
