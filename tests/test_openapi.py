@@ -70,6 +70,15 @@ def test_each_api_serves_its_document_as_kept_in_the_repository(apis, name):
     assert answer.json()["openapi"].startswith("3.")
 
 
+def test_with_api_require_token_the_document_requires_it(apis):
+    document = requests.get(f"{apis['ingest_tokens']}/openapi.json", timeout=5).json()
+    for path in ("/emoji", "/emojis"):
+        assert document["paths"][path]["post"]["security"] == [{"viewerToken": []}]
+    event = document["components"]["schemas"]["Event"]
+    assert event["required"] == ["emoji_type", "timestamp"]
+    assert "Ignored" in event["properties"]["user_id"]["description"]
+
+
 # A document cannot say every rule of an event (an ISO-8601 timestamp, a user id of printable
 # characters, the configured EMOJIS, a known stream): a schema-valid request may be answered 400.
 # So schemathesis's "schema-valid data is accepted" check is off; every other check is on, and

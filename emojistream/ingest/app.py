@@ -67,11 +67,18 @@ def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | Non
 
 
 def _document_settings(document: dict, settings: IngestSettings) -> None:
-    """The OpenAPI document with the configured emojis and batch limit."""
-    schemas = document["components"]["schemas"]
-    schemas["Event"]["properties"]["emoji_type"]["enum"] = list(settings.allowed_emojis)
+    """The OpenAPI document with the configured emojis and batch limit; with API_REQUIRE_TOKEN,
+    the token required and the body's user_id ignored."""
+    event = document["components"]["schemas"]["Event"]
+    event["properties"]["emoji_type"]["enum"] = list(settings.allowed_emojis)
     batch = document["paths"]["/emojis"]["post"]["requestBody"]["content"]["application/json"]
     batch["schema"]["maxItems"] = settings.api_max_batch
+    if settings.api_require_token:
+        event["required"] = [name for name in event["required"] if name != "user_id"]
+        event["properties"]["user_id"] = {
+            "description": "Ignored (API_REQUIRE_TOKEN): the token's client id is the user id"}
+        for path in ("/emoji", "/emojis"):
+            document["paths"][path]["post"]["security"] = [{"viewerToken": []}]
 
 
 def _add_cors(app: Flask, settings: IngestSettings) -> None:
