@@ -82,8 +82,13 @@ def test_with_api_require_token_the_document_requires_it(apis):
 # A document cannot say every rule of an event (an ISO-8601 timestamp, a user id of printable
 # characters, the configured EMOJIS, a known stream): a schema-valid request may be answered 400.
 # So schemathesis's "schema-valid data is accepted" check is off; every other check is on, and
-# that 400 must still be documented, with its JSON body.
-CHECKS = schemathesis.Config.from_dict({"checks": {"positive_data_acceptance": {"enabled": False}}})
+# that 400 must still be documented, with its JSON body. A schema-violating request must be
+# refused, and 413 (a batch over API_MAX_BATCH) is a refusal too.
+REFUSALS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429",
+            "5xx"]
+CHECKS = schemathesis.Config.from_dict({"checks": {
+    "positive_data_acceptance": {"enabled": False},
+    "negative_data_rejection": {"expected-statuses": REFUSALS}}})
 
 
 def load(url: str):
