@@ -7,7 +7,7 @@
 import {Sender} from "./sender.js";
 import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
   showViewersOnline} from "./view.js";
-import {DEFAULT_STREAM, Viewer, deregister} from "./viewer.js";
+import {DEFAULT_STREAM, Viewer, deregister, register} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
 const MAX_CLIENT_ID_LENGTH = 64;
@@ -164,6 +164,12 @@ async function main() {
       chart.show(update);
     }
   }
+
+  sender.renewToken = async () => {
+    const answer = await register(String(config.registration_url), sender.userId,
+                                  sender.streamId);
+    sender.token = tokenOf(answer);
+  };
 
   let viewer = null;
   function connect(clientId) {

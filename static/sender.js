@@ -17,6 +17,9 @@ export class Sender {
     // The viewer's token from its registration: sent as Authorization: Bearer, which an ingest
     // API with API_REQUIRE_TOKEN requires ("" until registered).
     this.token = "";
+    // Sets a fresh token (registering again) after the API refused this one (401: it expired
+    // while the page stayed connected); the request is then sent once more.
+    this.renewToken = null;
     this.onResult = onResult;
   }
 
@@ -34,17 +37,25 @@ export class Sender {
     return this.post("/emojis", events, count);
   }
 
+  send(path, body) {
+    return fetch(this.apiUrl + path, {
+      method: "POST",
+      headers: this.token ? {"Content-Type": "application/json",
+                             "Authorization": `Bearer ${this.token}`}
+                          : {"Content-Type": "application/json"},
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+  }
+
   async post(path, body, count) {
     let response;
     try {
-      response = await fetch(this.apiUrl + path, {
-        method: "POST",
-        headers: this.token ? {"Content-Type": "application/json",
-                               "Authorization": `Bearer ${this.token}`}
-                            : {"Content-Type": "application/json"},
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-      });
+      response = await this.send(path, body);
+      if (response.status === 401 && this.renewToken) {
+        await this.renewToken();
+        response = await this.send(path, body);
+      }
     } catch (err) {
       this.onResult({sent: 0, error: `ingest API ${failure(err)}`});
       return;

@@ -319,7 +319,8 @@ def test_help_exits_0():
 class FakeIngest:
     """An ingest API that records what it is sent and answers 503 to the first request."""
 
-    def __init__(self):
+    def __init__(self, first: tuple[int, dict] = (503, {"error": "Kafka is unavailable; "
+                                                                 "try again shortly"})):
         self.requests: list[tuple[str, object]] = []
         self.authorizations: list[str | None] = []
         fake = self
@@ -330,7 +331,7 @@ class FakeIngest:
                 fake.requests.append((self.path, body))
                 fake.authorizations.append(self.headers.get("Authorization"))
                 if len(fake.requests) == 1:
-                    self._answer(503, {"error": "Kafka is unavailable; try again shortly"})
+                    self._answer(*first)
                 elif isinstance(body, list):
                     self._answer(200, {"status": "success", "accepted": len(body),
                                        "rejected": []})
@@ -356,6 +357,27 @@ class FakeIngest:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_a_refused_token_is_renewed_and_the_request_sent_again(services):
+    """An ingest API with API_REQUIRE_TOKEN answers 401 once the token expired (an open
+    WebSocket connection outlives its token): the simulator registers again for a fresh token
+    and sends the same request once more."""
+    ingest = FakeIngest(first=(401, {"error": "token expired"}))
+    try:
+        simulator = services.simulator("sim-renew", "--quiet", "--rate", "10", "--api-url",
+                                       ingest.url, "--duration", "2")
+        assert simulator.process.wait(timeout=60) == 0
+    finally:
+        ingest.close()
+    log = simulator.log()
+    assert_clean_log(log)
+    assert ('client_simulator: ingest API refused the token ({"error": "token expired"}); '
+            "registering again for a fresh one") in log
+    assert ingest.requests[0] == ingest.requests[1]  # the same request, sent again
+    assert all(a and a.startswith("Bearer ") for a in ingest.authorizations)
+    sent = len(ingest.requests) - 1
+    assert f"sent {sent} emoji(s), {sent} accepted" in log
 
 
 @pytest.fixture

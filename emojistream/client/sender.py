@@ -53,11 +53,15 @@ class Sender:
     fatal."""
 
     def __init__(self, api_url: str, client_id: str, rate: float, batch: int, emojis,
-                 stream_id: str | None = None, token: Callable[[], str | None] | None = None):
+                 stream_id: str | None = None, token: Callable[[], str | None] | None = None,
+                 renew_token: Callable[[], None] | None = None):
         """``token`` gives the viewer's current token (sent as Authorization: Bearer, which
-        an API with API_REQUIRE_TOKEN requires), or None while it has none."""
+        an API with API_REQUIRE_TOKEN requires), or None while it has none; ``renew_token``
+        gets a fresh one (registering again) when the API refuses the token (401: expired),
+        and the request is sent once more with it."""
         self.api_url = api_url.rstrip("/")
         self._token = token
+        self._renew_token = renew_token
         self.client_id = client_id
         self.stream_id = stream_id
         self.interval_s = batch / rate
@@ -89,10 +93,12 @@ class Sender:
         path, body = ("/emojis", events) if self.batch > 1 else ("/emoji", events[0])
         self.sent += len(events)
         try:
-            token = self._token() if self._token is not None else None
-            headers = {"Authorization": f"Bearer {token}"} if token else None
-            answer = self._session.post(self.api_url + path, json=body, headers=headers,
-                                        timeout=HTTP_TIMEOUT_S)
+            answer = self._send(path, body)
+            if answer.status_code == 401 and self._renew_token is not None:
+                log.info("ingest API refused the token (%s); registering again for a fresh "
+                         "one", answer.text.strip()[:100])
+                self._renew_token()
+                answer = self._send(path, body)
         except requests.RequestException as err:
             self._warnings.warn("unreachable", "ingest API %s is not reachable (%s)",
                                 self.api_url, type(err).__name__)
@@ -102,6 +108,12 @@ class Sender:
         else:
             self._warnings.warn(f"status {answer.status_code}", "ingest API answered %d: %s",
                                 answer.status_code, answer.text.strip()[:200])
+
+    def _send(self, path: str, body) -> requests.Response:
+        token = self._token() if self._token is not None else None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return self._session.post(self.api_url + path, json=body, headers=headers,
+                                  timeout=HTTP_TIMEOUT_S)
 
     def close(self) -> None:
         self._session.close()

@@ -65,7 +65,8 @@ async def simulate(args: argparse.Namespace, settings: ViewerSettings) -> int:
     if args.rate > 0:
         sender = Sender(args.api_url, args.client_id, args.rate, args.batch,
                         settings.allowed_emojis, args.stream,
-                        token=lambda: token_of(watcher.assignment))
+                        token=lambda: token_of(watcher.assignment),
+                        renew_token=lambda: _renew_token(registration, watcher, args.client_id))
         sending = asyncio.create_task(sender.run(stop))
         log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
                  f" in batches of {args.batch}" if args.batch > 1 else "")
@@ -77,6 +78,15 @@ async def simulate(args: argparse.Namespace, settings: ViewerSettings) -> int:
         sender.close()
     registration.close()
     return 1 if failed or watcher.replaced else 0
+
+
+def _renew_token(registration: RegistrationClient, watcher: Watcher, client_id: str) -> None:
+    """A fresh token for the sender (the ingest API refused the last one): registering again,
+    which leaves the open WebSocket connection alone."""
+    try:
+        watcher.assignment = registration.register(client_id)
+    except RegistrationError as err:
+        log.warning("could not register again for a fresh token: %s", err)
 
 
 async def _first_registration(registration: RegistrationClient, client_id: str,
