@@ -7,7 +7,7 @@
 import {Sender} from "./sender.js";
 import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
   showViewersOnline} from "./view.js";
-import {DEFAULT_STREAM, Viewer, deregister} from "./viewer.js";
+import {DEFAULT_STREAM, Viewer} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
 const MAX_CLIENT_ID_LENGTH = 64;
@@ -98,8 +98,7 @@ async function loadConfig() {
   return response.json();
 }
 
-/** Polls GET /clusters: viewers online are the live connections where the API reports them,
- * else the registered viewers. */
+/** Polls GET /clusters: viewers online are the servers' live connections. */
 function watchViewersOnline(registrationUrl, intervalS) {
   async function poll() {
     try {
@@ -112,8 +111,7 @@ function watchViewersOnline(registrationUrl, intervalS) {
       let total = 0;
       for (const cluster of clusters) {
         const live = cluster && cluster.live_connections;
-        const registered = cluster && cluster.registered_viewers;
-        total += Number.isFinite(live) ? live : Number.isFinite(registered) ? registered : 0;
+        total += Number.isFinite(live) ? live : 0;
       }
       showViewersOnline(total);
     } catch {
@@ -215,7 +213,6 @@ async function main() {
       return;
     }
     if (wanted !== clientId) {
-      deregister(String(config.registration_url), clientId);
       clientId = wanted;
       storeClientId(clientId);
       showCluster(null);
@@ -239,11 +236,6 @@ async function main() {
   });
 
   window.addEventListener("online", () => viewer && viewer.retryNow());
-  window.addEventListener("pagehide", (event) => {
-    if (!event.persisted) {
-      deregister(String(config.registration_url), clientId);
-    }
-  });
   connect(clientId);
 }
 
