@@ -23,7 +23,8 @@ and of the generator, as shares of the machine (cores x wall time): the generato
 how much of the machine it took from the API.
 
 Steps run one after the other in one run; --trials repeats them, the order reversed every other
-time. The run's file goes under bench/results/ (docs/benchmarks.md: python -m bench.report).
+time. The run's file goes under bench/results/ (docs/benchmarks.md: python -m bench.report);
+--plot docs/registrations.png draws registrations/s per worker count (median and range).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import os
 import secrets as random_tokens
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import harness
+from bench import harness, plots
 from emojistream import config, topology
 from testkit.processes import Service, ServiceFailed, get_json, stop_all, wait_for_health
 from testkit.sandbox import free_port, isolated_env
@@ -368,6 +370,12 @@ def run(args: argparse.Namespace) -> int:
                "API CPU", "generator CPU", "API µs CPU/registration", "not 200"]
     harness.print_table("Registrations per second against registration worker processes",
                         headers, rows)
+    if args.plot:
+        plots.bars(args.plot, {f"{w} worker{'s' if w > 1 else ''}": [
+            s["per_s"] for s in steps if s["workers"] == w] for w in args.workers},
+            title=f"Registrations/s against registration worker processes "
+                  f"({os.cpu_count()} cores, generator included)",
+            xlabel="registrations answered 200 per second")
     record.save("Registrations per second against registration worker processes",
                 {"steps": steps, "summary": summary, "cores": os.cpu_count(),
                  "generator": {"processes": args.processes, "connections": args.connections,
@@ -384,8 +392,9 @@ def summarize(steps: list[dict], workers: list[int]) -> list[dict]:
         mine = sorted((s for s in steps if s["workers"] == count), key=lambda s: s["per_s"])
         if not mine:
             continue
-        median = mine[len(mine) // 2]
-        out.append({"workers": count, "median_per_s": median["per_s"],
+        median = mine[len(mine) // 2]  # the figures of the (upper) median step
+        out.append({"workers": count,
+                    "median_per_s": round(statistics.median(s["per_s"] for s in mine), 1),
                     "min_per_s": mine[0]["per_s"], "max_per_s": mine[-1]["per_s"],
                     "p50_ms": median["p50_ms"], "p99_ms": median["p99_ms"],
                     "server_cpu_share": median["server_cpu_share"],
@@ -437,6 +446,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="WebSocket servers to assign to (default 3)")
     parser.add_argument("--threads", type=bounded(1, 64), default=None,
                         help="REGISTRATION_THREADS (default: the setting's default)")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="write a bar chart of registrations/s per worker count there")
     parser.add_argument("--timeout-s", type=float, default=300.0,
                         help="longest a step may take (default 300)")
     return parser.parse_args(argv)
