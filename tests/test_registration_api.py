@@ -347,9 +347,9 @@ def test_a_late_answer_to_an_older_poll_does_not_replace_a_newer_report(settings
 
 
 def test_the_monitor_polls_in_the_background_and_stops(settings):
-    registry = Balancer(settings.clusters)
+    balancer = Balancer(settings.clusters)
     health = FakeHealth({1: 0, 2: 4, 3: None})
-    monitor = HealthMonitor(registry, health, interval_s=0.05)
+    monitor = HealthMonitor(balancer, health, interval_s=0.05)
     monitor.start()
     try:
         deadline = time.monotonic() + 10
@@ -358,8 +358,8 @@ def test_the_monitor_polls_in_the_background_and_stops(settings):
             time.sleep(0.01)
     finally:
         monitor.stop()
-    assert [registry.is_healthy(n) for n in settings.clusters] == [True, True, False]
-    assert [registry.live_count(n) for n in settings.clusters] == [0, 4, None]
+    assert [balancer.is_healthy(n) for n in settings.clusters] == [True, True, False]
+    assert [balancer.live_count(n) for n in settings.clusters] == [0, 4, None]
     polls = health.polls
     time.sleep(0.2)
     assert health.polls == polls  # stopped
@@ -369,10 +369,10 @@ def test_a_failing_probe_marks_the_cluster_down(settings):
     def broken(cluster):
         raise RuntimeError("probe bug")
 
-    registry = Balancer(settings.clusters)
-    registry.report(1, ClusterHealth(0), time.monotonic())
-    HealthMonitor(registry, broken, interval_s=1).poll_all()
-    assert not registry.is_healthy(1)
+    balancer = Balancer(settings.clusters)
+    balancer.report(1, ClusterHealth(0), time.monotonic())
+    HealthMonitor(balancer, broken, interval_s=1).poll_all()
+    assert not balancer.is_healthy(1)
 
 
 # --- deregistration ---------------------------------------------------------------------------
