@@ -34,6 +34,7 @@ PLOTS = {
     "json_codec.png": "JSON and validation, µs of CPU per event",
     "aggregation.png": "Aggregation: events/s processed while busy against the offered rate",
     "viewers_streams.png": "Viewers: delay from hand-over to receipt, per layout",
+    "registrations.png": "Registrations/s against registration worker processes",
     "end_to_end_latency.png": "End to end: latency CDF of each run",
     "end_to_end_rates.png": "End to end: p50/p95/p99 against the accepted rate",
 }
@@ -211,6 +212,24 @@ def closest_viewers(runs) -> Figure:
 NOT_MEASURED = "not measured: no benchmark in bench/ measures it yet"
 
 
+def registrations_per_process(runs) -> Figure:
+    """bench/registrations.py: registrations/s for each worker count, and who used the CPU."""
+    summary, run = latest(runs, "registrations", lambda res: res["summary"] or None)
+    if summary is None or run is None:
+        return Figure(NOT_MEASURED, None)
+    trials = run["parameters"]["trials"]
+    parts = "; ".join(f"{s['workers']} worker{'s' if s['workers'] > 1 else ''}: "
+                      f"{n(s['median_per_s'])}/s ({n(s['min_per_s'])}–{n(s['max_per_s'])}), "
+                      f"p99 {s['p99_ms']:.0f} ms, API {s['server_cpu_share']:.0%} of the "
+                      f"CPU" for s in summary)
+    generator = max(s["generator_cpu_share"] for s in summary)
+    refused = sum(s["refused"] for s in summary)
+    return Figure(f"{parts}. Median of {trials} trial(s) of "
+                  f"{n(run['parameters']['count'])} registrations on {run['machine']['cores']} "
+                  f"cores; the load generator took at most {generator:.0%} of the CPU; "
+                  f"{n(refused)} not answered 200", None, run)
+
+
 def targets(runs: list[dict]) -> list[tuple[str, list[tuple[str, Figure]]]]:
     return [
         ("Issue 11", [
@@ -244,7 +263,7 @@ def targets(runs: list[dict]) -> list[tuple[str, list[tuple[str, Figure]]]]:
              "window's final count, p99 ≤ 1 s after the window ends", closest_viewers(runs)),
             ("join storm: 10,000 registrations/s while 20,000 watch, their p99 within 1 s",
              Figure(NOT_MEASURED, None)),
-            ("registrations/s against registration processes", Figure(NOT_MEASURED, None)),
+            ("registrations/s against registration processes", registrations_per_process(runs)),
         ]),
     ]
 

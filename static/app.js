@@ -7,7 +7,7 @@
 import {Sender} from "./sender.js";
 import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
   showViewersOnline} from "./view.js";
-import {DEFAULT_STREAM, Viewer, deregister, register} from "./viewer.js";
+import {DEFAULT_STREAM, Viewer, register} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
 const MAX_CLIENT_ID_LENGTH = 64;
@@ -98,8 +98,7 @@ async function loadConfig() {
   return response.json();
 }
 
-/** Polls GET /clusters: viewers online are the live connections where the API reports them,
- * else the registered viewers. */
+/** Polls GET /clusters: viewers online are the servers' live connections. */
 function watchViewersOnline(registrationUrl, intervalS) {
   async function poll() {
     try {
@@ -112,8 +111,7 @@ function watchViewersOnline(registrationUrl, intervalS) {
       let total = 0;
       for (const cluster of clusters) {
         const live = cluster && cluster.live_connections;
-        const registered = cluster && cluster.registered_viewers;
-        total += Number.isFinite(live) ? live : Number.isFinite(registered) ? registered : 0;
+        total += Number.isFinite(live) ? live : 0;
       }
       showViewersOnline(total);
     } catch {
@@ -166,8 +164,9 @@ async function main() {
   }
 
   sender.renewToken = async () => {
+    // Presenting the viewer's token keeps its session when that token is still valid.
     const answer = await register(String(config.registration_url), sender.userId,
-                                  sender.streamId);
+                                  sender.streamId, viewer ? viewer.token : null);
     sender.token = tokenOf(answer);
   };
 
@@ -223,7 +222,6 @@ async function main() {
       return;
     }
     if (wanted !== clientId) {
-      deregister(String(config.registration_url), clientId);
       clientId = wanted;
       storeClientId(clientId);
       showCluster(null);
@@ -247,11 +245,6 @@ async function main() {
   });
 
   window.addEventListener("online", () => viewer && viewer.retryNow());
-  window.addEventListener("pagehide", (event) => {
-    if (!event.persisted) {
-      deregister(String(config.registration_url), clientId);
-    }
-  });
   connect(clientId);
 }
 

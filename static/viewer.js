@@ -1,11 +1,14 @@
 // The viewer's side of the delivery tier: register with the registration API, keep a WebSocket
 // to the endpoint it answers, and register again and reconnect (exponential backoff with
-// jitter) whenever the connection drops, as client_simulator.py does.
+// jitter) whenever the connection drops, as client_simulator.py does. Registering again
+// presents the last token, kept in this tab's sessionStorage (a reload keeps it too): the
+// viewer keeps its session, which only its own connections can replace (docs/delivery.md).
 
 const REGISTER_TIMEOUT_MS = 10000;
 const CONNECT_TIMEOUT_MS = 10000;
-// The close code of a connection replaced by a newer one of the same client (another tab):
-// that one watches now, so this one stops instead of taking it back (emojistream/common/closecodes.py).
+// The close code of a connection replaced by a newer one of the same session (a duplicated tab
+// shares this tab's token): that one watches now, so this one stops instead of taking it back
+// (emojistream/common/closecodes.py).
 const REPLACED = 4409;
 // The stream of an update or a viewer that names none (emojistream/common/events.py).
 export const DEFAULT_STREAM = "main";
@@ -38,14 +41,19 @@ export function failure(err) {
                                                                   : "unreachable";
 }
 
-/** POST /register for a viewer of streamId: {cluster_id, subscriber_endpoint, stream_id}. */
-export async function register(registrationUrl, clientId, streamId) {
+/** POST /register for a viewer of streamId, presenting its previous token if it has one:
+ *  {cluster_id, subscriber_endpoint, stream_id, token, session}. */
+export async function register(registrationUrl, clientId, streamId, token = null) {
   let response;
+  const request = {client_id: clientId, stream_id: streamId};
+  if (token) {
+    request.token = token;
+  }
   try {
     response = await fetch(`${registrationUrl}/register`, {
       method: "POST",
       headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({client_id: clientId, stream_id: streamId}),
+      body: JSON.stringify(request),
       signal: AbortSignal.timeout(REGISTER_TIMEOUT_MS),
     });
   } catch (err) {
@@ -67,12 +75,34 @@ export async function register(registrationUrl, clientId, streamId) {
   return body;
 }
 
-/** Best effort, also while the page goes away. */
-export function deregister(registrationUrl, clientId) {
-  const body = JSON.stringify({client_id: clientId});
-  if (navigator.sendBeacon) {
-    // text/plain: no preflight; the registration API reads JSON whatever the Content-Type.
-    navigator.sendBeacon(`${registrationUrl}/deregister`, body);
+const TOKEN_KEY = "emojiswarm.token.";
+
+/** The token of clientId's last registration in this tab (null if none, or no storage). */
+export function storedToken(clientId) {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY + clientId);
+  } catch {
+    return null;
+  }
+}
+
+/** Keep the token of a registration answer for this tab's next registration of clientId. */
+export function storeToken(clientId, answer) {
+  let token = typeof answer.token === "string" ? answer.token : null;
+  if (!token) {
+    try {
+      token = new URL(answer.subscriber_endpoint).searchParams.get("token");
+    } catch {
+      token = null;
+    }
+  }
+  if (!token) {
+    return;
+  }
+  try {
+    sessionStorage.setItem(TOKEN_KEY + clientId, token);
+  } catch {
+    // no storage: the token is kept in memory by the Viewer only
   }
 }
 
@@ -121,6 +151,7 @@ export class Viewer {
     this.onAssignment = onAssignment;
     this.onUpdate = onUpdate;
     this.stopped = false;
+    this.token = storedToken(clientId);
     this.socket = null;
     this.wake = null; // ends the current wait between attempts early
   }
@@ -149,7 +180,10 @@ export class Viewer {
     while (!this.stopped) {
       let reason;
       try {
-        const assignment = await register(this.registrationUrl, this.clientId, this.streamId);
+        const assignment = await register(this.registrationUrl, this.clientId, this.streamId,
+                                          this.token || storedToken(this.clientId));
+        storeToken(this.clientId, assignment);
+        this.token = storedToken(this.clientId) || assignment.token || this.token;
         if (this.stopped) {
           break;
         }
@@ -163,8 +197,8 @@ export class Viewer {
       }
       if (reason === REPLACED) {
         this.stopped = true;
-        this.onState("replaced", "this viewer is watching in another tab or window now; " +
-                                 "reload the page to watch here");
+        this.onState("replaced", "this viewer's session is watching in another tab or window " +
+                                 "now; reload the page to watch here");
         break;
       }
       const delayS = this.backoff.nextDelayS();

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.stack
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
 RESULTS = REPO_ROOT / "bench" / "results"
 BENCHMARKS = ["broker_ceiling", "ingest", "json_codec", "cors", "aggregation", "viewers_load",
-              "end_to_end", "soak"]
+              "end_to_end", "soak", "registrations"]
 KEYS = {"schema", "benchmark", "title", "command", "started_at", "finished_at", "machine",
         "versions", "environment", "parameters", "results", "notes"}
 
@@ -154,6 +154,20 @@ def test_viewers_load_reaches_every_viewer(tmp_path):
     assert layout["deliveries"] == layout["expected_deliveries"] == 60, layout
     assert (layout["duplicates"], layout["other_streams_updates"]) == (0, 0), layout
     assert 0 <= layout["p50_ms"] <= layout["p99_ms"] <= layout["max_ms"], layout
+
+
+def test_registrations_answers_every_registration(tmp_path):
+    _out, record = run_bench("registrations", "--workers", "1,2", "--count", "300",
+                             "--warmup", "0", "--trials", "1", "--connections", "8",
+                             "--addresses", "3", results_dir=tmp_path)
+    steps = record["results"]["steps"]
+    assert [(s["workers"], s["registrations"], s["answered_200"], s["other_statuses"],
+             s["bad_bodies"]) for s in steps] == [(1, 300, 300, {}, 0), (2, 300, 300, {}, 0)]
+    assert [s["workers"] for s in record["results"]["summary"]] == [1, 2]
+    assert record["results"]["generator"]["source_addresses"] == [
+        "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert all(0 < s["generator_cpu_share"] < 1 and 0 < s["server_cpu_share"] <= 1
+               for s in steps), steps
 
 
 def test_end_to_end_counts_every_window_exactly(tmp_path):

@@ -1,11 +1,15 @@
 """The delivery tier end to end, with real processes and real sockets: balanced registration
-over live WebSocket servers, viewer tokens, redundant subscribers, reconnecting viewers, and
-1,000 concurrent viewers (the 10,000 figure is measured by bench.viewers_load, not here)."""
+over live WebSocket servers, viewer tokens, redundant subscribers, reconnecting viewers,
+1,000 concurrent viewers (the 10,000 figure is measured by bench.viewers_load, not here), and
+stateless registration with viewer sessions: nobody else can evict a viewer, a restarted
+registration process refuses no token it issued, two registration processes balance one set
+of servers, and the per-address limits."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import signal
 import threading
@@ -103,11 +107,19 @@ class Delivery:
                    timeout_s=timeout_s,
                    message=f"/clusters never showed cluster{n} healthy={healthy}")
 
-    def register(self, client_id: str) -> dict:
-        answer = requests.post(f"{self.registration_url}/register",
-                               json={"client_id": client_id}, timeout=10)
+    def register(self, client_id: str, token: str | None = None,
+                 registration_url: str | None = None) -> dict:
+        """POST /register (presenting ``token``, the previous answer's, if given)."""
+        body = {"client_id": client_id} if token is None else {"client_id": client_id,
+                                                               "token": token}
+        answer = requests.post(f"{registration_url or self.registration_url}/register",
+                               json=body, timeout=10)
         assert answer.status_code == 200, answer.text
         return answer.json()
+
+    def live(self) -> list[int]:
+        """Each server's live viewer connections (its own GET /health)."""
+        return [get_json(self.health_url(n))[1]["viewers"] for n in range(1, self.clusters + 1)]
 
     def publisher(self, n: int):
         return connect(self.publish_url(n), additional_headers={"Authorization": f"Bearer {KEY}"},
@@ -127,6 +139,8 @@ def counts(assignments: list[str]) -> dict[str, int]:
 # --- 1. balanced registration -----------------------------------------------------------------
 
 def test_30_viewers_spread_10_10_10_and_a_cluster_whose_server_is_down_is_skipped(delivery):
+    # One worker: the exact spread of one balancer (two: tests of section 6).
+    delivery.env["REGISTRATION_WORKERS"] = "1"
     delivery.start()
     answers = [delivery.register(f"viewer-{i}") for i in range(30)]
     assert counts([a["cluster_id"] for a in answers]) == {
@@ -134,15 +148,14 @@ def test_30_viewers_spread_10_10_10_and_a_cluster_whose_server_is_down_is_skippe
     with ExitStack() as viewers:
         for answer in answers:
             viewers.enter_context(connect(answer["subscriber_endpoint"], open_timeout=10))
-        wait_until(lambda: [(c["live_connections"], c["registered_viewers"])
-                            for c in delivery.clusters_view()] == [(10, 10)] * 3,
-                   timeout_s=15, message="the live counts did not become 10/10/10")
+        wait_until(lambda: [c["live_connections"] for c in delivery.clusters_view()]
+                   == [10] * 3, timeout_s=15, message="the live counts did not become 10/10/10")
 
         delivery.ws_servers[2].kill()  # SIGKILL
         delivery.wait_for_health_of(2, False)
         assert delivery.clusters_view()[1] == {
             "cluster_id": "cluster2", "endpoint": f"ws://localhost:{delivery.port(2)}/",
-            "healthy": False, "live_connections": None, "registered_viewers": 10}
+            "healthy": False, "live_connections": None}
         later = [delivery.register(f"later-{i}")["cluster_id"] for i in range(6)]
         assert counts(later) == {"cluster1": 3, "cluster3": 3}
 
@@ -160,14 +173,16 @@ def test_30_viewers_spread_10_10_10_and_a_cluster_whose_server_is_down_is_skippe
 
 def test_a_viewer_whose_cluster_is_down_is_moved_when_it_registers_again(delivery):
     delivery.env["WS_HEALTH_POLL_S"] = "60"  # only the initial poll: the recheck must notice
+    delivery.env["REGISTRATION_WORKERS"] = "1"
     delivery.start()
     first = delivery.register("mover")
     assert first["cluster_id"] == "cluster1"
     delivery.ws_servers[1].kill()
     time.sleep(0.6)  # longer ago than RECHECK_S since the last poll
     # Registering again re-checks the client's server at once, without waiting for a poll.
-    moved = delivery.register("mover")
-    assert moved["cluster_id"] in ("cluster2", "cluster3")
+    moved = delivery.register("mover", first["token"])
+    assert (moved["cluster_id"] in ("cluster2", "cluster3"), moved["session"]) == (
+        True, "resumed")
     with connect(moved["subscriber_endpoint"], open_timeout=10) as viewer:
         with delivery.publisher(int(moved["cluster_id"][-1])) as publisher:
             publisher.send(update_text(1))
@@ -453,6 +468,7 @@ def test_viewers_of_a_dead_server_receive_again_from_another_cluster_within_10_s
 # --- 5. 1,000 viewers -------------------------------------------------------------------------
 
 def test_1000_concurrent_viewers_all_receive_every_update_exactly_once(delivery):
+    delivery.env["REGISTRATION_WORKERS"] = "1"  # the exact spread of one balancer
     delivery.start()
     viewers_load.raise_open_file_limit()
     client_ids = [f"crowd-{i}" for i in range(1000)]
@@ -487,3 +503,181 @@ def test_1000_concurrent_viewers_all_receive_every_update_exactly_once(delivery)
     assert all(len(times) == 1 for r in received for times in r.values()), "duplicates"
     # The servers answered their health checks throughout.
     assert all(c["healthy"] for c in delivery.clusters_view())
+
+
+# --- 6. stateless registration and viewer sessions --------------------------------------------
+
+def session_of(answer: dict) -> str:
+    return tokens.read(SECRET, answer["token"], time.time()).session
+
+
+def test_a_second_party_cannot_evict_a_viewer_and_its_own_reconnect_and_failover_work(delivery):
+    """The reproduction of issue 18: register victim-1 and connect; a second party registers
+    victim-1 and connects. Before sessions, the first viewer was closed with 4409."""
+    delivery.start()  # two registration workers, the default
+    victim = delivery.register("victim-1")
+    cluster = int(victim["cluster_id"].removeprefix("cluster"))
+    with ExitStack() as stack:
+        first = stack.enter_context(connect(victim["subscriber_endpoint"], open_timeout=10))
+        # The intruder registers victim-1 until it lands on the victim's server (a new session
+        # each time: it cannot present the victim's token).
+        for _ in range(6):
+            intruder = delivery.register("victim-1")
+            if intruder["cluster_id"] == victim["cluster_id"]:
+                break
+        assert (intruder["cluster_id"], intruder["session"]) == (victim["cluster_id"], "new")
+        assert session_of(intruder) != session_of(victim)
+        second = stack.enter_context(connect(intruder["subscriber_endpoint"], open_timeout=10))
+        wait_until(lambda: delivery.live()[cluster - 1] == 2, timeout_s=10,
+                   message="the intruder was not served alongside the viewer")
+        publisher = stack.enter_context(delivery.publisher(cluster))
+        publisher.send(update_text(101))
+        assert first.recv(timeout=10) == update_text(101)  # not closed: still receiving
+        assert second.recv(timeout=10) == update_text(101)
+
+        # The viewer's own reconnect (a reload): its token's session replaces its connection.
+        again = delivery.register("victim-1", victim["token"])
+        assert (again["cluster_id"], again["session"]) == (victim["cluster_id"], "resumed")
+        assert session_of(again) == session_of(victim)
+        reconnected = stack.enter_context(connect(again["subscriber_endpoint"],
+                                                  open_timeout=10))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                first.recv(timeout=10)  # the snapshot may come before the close
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            4409, "replaced by a newer connection of this session")
+        skip_snapshot(reconnected)
+        publisher.send(update_text(102))
+        assert reconnected.recv(timeout=10) == update_text(102)
+        assert second.recv(timeout=10) == update_text(102)  # the other session is untouched
+
+        # Failover: the viewer's server dies; registering again with its token moves its
+        # session to a live cluster, where it receives.
+        delivery.ws_servers[cluster].kill()
+        delivery.wait_for_health_of(cluster, False)
+        # Each registration worker learns of the death at its own poll (or at once, by the
+        # recheck of a re-registering viewer's server when its last poll is older than
+        # RECHECK_S): as a real client, the viewer registers again until it is moved.
+        for _ in range(20):
+            moved = delivery.register("victim-1", again["token"])
+            if moved["cluster_id"] != victim["cluster_id"]:
+                break
+            time.sleep(0.3)
+        assert moved["cluster_id"] != victim["cluster_id"]
+        assert (moved["session"], session_of(moved)) == ("resumed", session_of(victim))
+        new_cluster = int(moved["cluster_id"].removeprefix("cluster"))
+        with connect(moved["subscriber_endpoint"], open_timeout=10) as failed_over, \
+                delivery.publisher(new_cluster) as other:
+            skip_snapshot(failed_over)
+            other.send(update_text(103))
+            assert failed_over.recv(timeout=10) == update_text(103)
+    log = delivery.ws_servers[cluster].log()
+    assert log.count("viewer 'victim-1' connected again from ") == 1  # the reconnect only
+
+
+def test_a_registration_process_restarted_mid_run_refuses_no_token_it_issued(delivery):
+    delivery.start()
+    before = [delivery.register(f"restart-{i}") for i in range(30)]
+    with ExitStack() as viewers:
+        for answer in before[:15]:
+            viewers.enter_context(connect(answer["subscriber_endpoint"], open_timeout=10))
+        registration = delivery.services[delivery.clusters]
+        assert registration.stop() == 0  # SIGTERM: the API is gone
+        with pytest.raises(requests.ConnectionError):
+            delivery.register("nobody-answers")
+        restarted = delivery.start_service("registration_api_2", "registration_api.py")
+        wait_for_health(f"{delivery.registration_url}/health", restarted)
+        # Tokens issued before the restart still connect ...
+        for answer in before[15:]:
+            viewers.enter_context(connect(answer["subscriber_endpoint"], open_timeout=10))
+        wait_until(lambda: sum(delivery.live()) == 30, timeout_s=15,
+                   message="not every token issued before the restart connected")
+        # ... and the restarted process resumes every session on its cluster.
+        after = [delivery.register(f"restart-{i}", a["token"]) for i, a in enumerate(before)]
+        assert [(a["cluster_id"], a["session"]) for a in after] == [
+            (b["cluster_id"], "resumed") for b in before]
+        assert [session_of(a) for a in after] == [session_of(b) for b in before]
+        wait_until(lambda: sum(c["live_connections"] or 0 for c in delivery.clusters_view())
+                   == 30, timeout_s=10, message="the restarted process does not count them")
+        assert get_json(f"{delivery.registration_url}/health")[1] == {
+            "status": "ok", "live_viewers": 30, "healthy_clusters": 3}
+
+
+def test_two_registration_processes_balance_one_set_of_servers_evenly(delivery):
+    """Two separate registration processes (each one worker: two independent balancers), the
+    registrations alternating between them in waves that connect as they go, over servers of
+    which one starts with 60 viewers already: each process steers new viewers by the live
+    counts it polls, and the three end within 10% of each other."""
+    delivery.env["REGISTRATION_WORKERS"] = "1"
+    delivery.start()
+    other_port = free_port()
+    other = delivery.start_service("registration_api_b", "registration_api.py", "--port",
+                                   str(other_port))
+    other_url = f"http://localhost:{other_port}"
+    wait_for_health(f"{other_url}/health", other)
+    wait_until(lambda: all(c["healthy"] for c in get_json(f"{other_url}/clusters")[1]),
+               timeout_s=15)
+    urls = [delivery.registration_url, other_url]
+    preloaded = [{"client_id": f"early-{i}", "cluster_id": "cluster1",
+                  "subscriber_endpoint": f"ws://localhost:{delivery.port(1)}/?token="
+                  + quote(tokens.issue(SECRET, f"early-{i}", 1, 600, time.time(),
+                                       session=tokens.new_session()))} for i in range(60)]
+
+    async def scenario() -> tuple[list[int], dict[str, int]]:
+        viewers = await viewers_load.open_viewers(preloaded)
+        by_process: dict[str, int] = {}
+        try:
+            for wave in range(4):
+                await asyncio.to_thread(wait_for_polls, [60 + 60 * wave])
+                answers = [dict(await asyncio.to_thread(delivery.register, f"w{wave}-{i}",
+                                                        None, urls[i % 2]),
+                                client_id=f"w{wave}-{i}") for i in range(60)]
+                for i, answer in enumerate(answers):
+                    key = f"{i % 2}:{answer['cluster_id']}"
+                    by_process[key] = by_process.get(key, 0) + 1
+                viewers += await viewers_load.open_viewers(answers)
+            assert sum(v.connected for v in viewers) == 300
+            await asyncio.to_thread(wait_until, lambda: sum(delivery.live()) == 300, 15)
+            return delivery.live(), by_process
+        finally:
+            await viewers_load.close_viewers(viewers)
+
+    def wait_for_polls(total: list[int]) -> None:
+        """Until both processes' polls count every connected viewer."""
+        wait_until(lambda: all(sum(c["live_connections"] or 0
+                                   for c in get_json(f"{url}/clusters")[1]) == total[0]
+                               for url in urls), timeout_s=15,
+                   message=f"the registration processes never counted {total[0]} viewers")
+
+    live, by_process = asyncio.run(scenario())
+    assert sum(live) == 300
+    assert max(live) - min(live) <= 10, live  # 10% of the 100 each would have
+    # Both processes assigned, and both steered the first waves away from cluster1.
+    assert sum(n for k, n in by_process.items() if k.startswith("0:")) == 120
+    assert sum(n for k, n in by_process.items() if k.startswith("1:")) == 120
+    assert by_process.get("0:cluster1", 0) < 40 and by_process.get("1:cluster1", 0) < 40
+
+
+def test_per_address_limits_still_answer_429_with_several_workers(delivery):
+    """REGISTRATION_BURST_PER_ADDRESS is counted by each worker process: a client's keep-alive
+    connection stays with one worker, so it gets exactly the burst, then 429; another local
+    source address has a bucket of its own."""
+    delivery.env.update(REGISTRATION_BURST_PER_ADDRESS="5", REGISTRATION_RATE_PER_ADDRESS="0.05")
+    delivery.start()
+    with requests.Session() as session:
+        answers = [session.post(f"{delivery.registration_url}/register",
+                                json={"client_id": f"limited-{i}"}, timeout=10)
+                   for i in range(7)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
+    assert answers[5].headers["Retry-After"] == "20"
+    assert answers[5].json() == {
+        "error": "too many registrations from 127.0.0.1: at most 5 at once and 0.05 a second "
+                 "(REGISTRATION_BURST_PER_ADDRESS, REGISTRATION_RATE_PER_ADDRESS)"}
+    connection = http.client.HTTPConnection("localhost", delivery.registration_port,
+                                            timeout=10, source_address=("127.0.0.2", 0))
+    try:
+        connection.request("POST", "/register", body=json.dumps({"client_id": "elsewhere"}),
+                           headers={"Content-Type": "application/json"})
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()

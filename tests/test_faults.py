@@ -315,6 +315,9 @@ def seen_windows(viewer: RecordingViewer, windows: set[str]) -> bool:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     env = isolated_env(tmp_path_factory.mktemp("faults"))
+    # One registration worker: one balancer spreads the viewers one per cluster exactly (two
+    # workers each spread their own: tests/test_delivery.py measures that).
+    env["REGISTRATION_WORKERS"] = "1"
     processes = Processes(env)
     try:
         processes.start_all()

@@ -38,8 +38,8 @@ from emojistream.ingest.sink import SinkUnavailable
 from emojistream.ops import prometheus_config, status
 from emojistream.ops.components import components
 from emojistream.registration import app as registration_api
+from emojistream.registration.balancer import ClusterHealth
 from emojistream.registration.metrics import RegistrationMetrics
-from emojistream.registration.registry import ClusterHealth
 from emojistream.relay.relay import Relay
 from testkit.processes import REPO_ROOT
 from testkit.sandbox import free_port, free_port_run
@@ -329,21 +329,19 @@ def test_the_registration_api_serves_registrations_and_each_clusters_load():
         settings, poll=False, streams=StreamCatalog(settings),
         probe=lambda n: None if live[n] is None else ClusterHealth(live[n], {}))
     client = app.test_client()
-    for name in ("a", "b", "c"):
-        assert client.post("/register", json={"client_id": name}).status_code == 200
+    answers = [client.post("/register", json={"client_id": name}).get_json()
+               for name in ("a", "b", "c")]
+    again = {"client_id": "a", "token": answers[0]["token"]}
+    assert client.post("/register", json=again).get_json()["session"] == "resumed"
     assert client.post("/deregister", json={"client_id": "a"}).status_code == 200
-    assert client.post("/deregister", json={"client_id": "zz"}).status_code == 404
+    assert client.post("/deregister", json={"client_id": "zz"}).status_code == 200  # a no-op
     text = client.get("/metrics").text
-    registered = {n: app.extensions[registration_api.REGISTRY].registered_count(n)
-                  for n in (1, 2, 3)}
-    assert registered[2] == 0 and sum(registered.values()) == 2
-    assert value(text, "emojistream_registrations_total") == 3
-    assert value(text, "emojistream_deregistrations_total") == 1
+    assert value(text, "emojistream_registrations_total", session="new") == 3
+    assert value(text, "emojistream_registrations_total", session="resumed") == 1
+    assert value(text, "emojistream_deregistrations_total") == 2
     for n in (1, 2, 3):
-        cluster = str(n)
-        assert value(text, "emojistream_cluster_healthy", cluster=cluster) == int(n != 2)
-        assert value(text, "emojistream_cluster_registered_viewers",
-                     cluster=cluster) == registered[n]
+        assert value(text, "emojistream_cluster_healthy", cluster=str(n)) == int(n != 2)
+    assert "emojistream_cluster_registered_viewers" not in text
     assert value(text, "emojistream_cluster_live_connections", cluster="1") == 5
     assert value(text, "emojistream_cluster_live_connections", cluster="3") == 2
     assert ("emojistream_cluster_live_connections", (("cluster", "2"),)) not in samples(text)
@@ -392,8 +390,7 @@ def test_the_aggregator_metrics_follow_each_batchs_progress():
 
 def every_metric_name() -> set[str]:
     """The names of every sample the components expose."""
-    viewers = SimpleNamespace(clusters=[1], is_healthy=lambda n: True, live_count=lambda n: 0,
-                              registered_count=lambda n: 0)
+    viewers = SimpleNamespace(clusters=[1], is_healthy=lambda n: True, live_count=lambda n: 0)
     registries = [IngestMetrics().registry, AggregatorMetrics().registry,
                   metrics.RelayMetrics().registry,
                   metrics.RelayMetrics(prefix="subscriber").registry,

@@ -72,7 +72,7 @@ def deployment(tmp_path_factory):
                   "KAFKA_HEAP": "384m", "SPARK_DRIVER_MEMORY": "768m",
                   "SPARK_EXECUTOR_MEMORY": "768m", "SPARK_WORKER_MEMORY": "1g",
                   "SPARK_WORKER_CORES": "1", "SPARK_CORES_MAX": "1",
-                  "SPARK_DAEMON_MEMORY": "256m", "API_WORKERS": "1",
+                  "SPARK_DAEMON_MEMORY": "256m", "API_WORKERS": "1", "REGISTRATION_WORKERS": "1",
                   "WS_PING_INTERVAL_S": "1", "WS_PING_TIMEOUT_S": "2",
                   "WS_HEALTH_TIMEOUT_S": "1", "READY_TIMEOUT": "240"}
         envs = {h: host_env(base, h, shared) for h in HOSTS}

@@ -37,6 +37,9 @@ OTHER_STREAM = "final-2026"
 def system(tmp_path_factory):
     env = isolated_env(tmp_path_factory.mktemp("system"))
     env["STREAMS"] = f"main,{OTHER_STREAM}"
+    # One registration worker: one balancer spreads the first viewers one per cluster exactly
+    # (two workers each spread their own: tests/test_delivery.py measures that).
+    env["REGISTRATION_WORKERS"] = "1"
     try:
         started = run_script("start_all.sh", env=env, timeout=400, check=False)
         assert started.returncode == 0, started.stdout + started.stderr

@@ -55,7 +55,8 @@ def test_the_format_is_payload_dot_hmac_sha256_in_base64url():
 
 def test_any_client_id_round_trips():
     client_id = "ana maría/ü?&=#🔥"
-    assert verify(SECRET, issue(SECRET, client_id, 1, 60, NOW), 1, NOW) == (client_id, "main")
+    assert verify(SECRET, issue(SECRET, client_id, 1, 60, NOW), 1, NOW) == (client_id, "main",
+                                                                          None)
 
 
 def test_a_token_for_another_cluster_is_forbidden():
@@ -130,7 +131,7 @@ def test_a_correctly_signed_payload_of_the_wrong_shape_is_invalid(payload):
 
 def test_a_well_formed_signed_payload_is_accepted():
     assert verify(SECRET, signed({"sub": "a", "cl": 2, "exp": int(NOW) + 1}), 2, NOW) == (
-        "a", "main")
+        "a", "main", None)
 
 
 def test_an_empty_secret_is_refused():
@@ -145,11 +146,31 @@ def test_close_codes():
 
 def test_a_token_binds_the_stream():
     token = issue(SECRET, "fan", 1, 60, NOW, stream_id="final-2026")
-    assert verify(SECRET, token, 1, NOW) == ("fan", "final-2026")
+    assert verify(SECRET, token, 1, NOW) == ("fan", "final-2026", None)
     assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) == {
         "sub": "fan", "cl": 1, "exp": int(NOW) + 60, "st": "final-2026"}
 
 
 def test_a_signed_payload_whose_stream_is_not_a_string_is_invalid():
     assert refused(signed({"sub": "a", "cl": 2, "exp": int(NOW) + 60, "st": 7})) == (
+        4401, "invalid token")
+
+
+def test_a_token_carries_its_session():
+    session = tokens.new_session()
+    assert len(session) == 22 and session != tokens.new_session()
+    token = issue(SECRET, "fan", 2, 60, NOW, session=session)
+    assert verify(SECRET, token, 2, NOW) == ("fan", "main", session)
+    assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) == {
+        "sub": "fan", "cl": 2, "exp": int(NOW) + 60, "st": "main", "sid": session}
+    # read: the claims of a genuine, unexpired token, whatever its cluster
+    assert tokens.read(SECRET, token, NOW) == ("fan", 2, "main", session, int(NOW) + 60)
+    with pytest.raises(TokenError, match="token expired"):
+        tokens.read(SECRET, token, NOW + 60)
+    with pytest.raises(TokenError, match="invalid token"):
+        tokens.read("another-secret", token, NOW)
+
+
+def test_a_signed_payload_whose_session_is_not_a_string_is_invalid():
+    assert refused(signed({"sub": "a", "cl": 2, "exp": int(NOW) + 60, "sid": 7})) == (
         4401, "invalid token")

@@ -164,6 +164,34 @@ def test_the_page_registers_and_goes_live(system, page):
     assert recorder.errors == []
 
 
+def test_a_second_tab_with_the_same_client_id_evicts_nobody_and_a_reload_resumes(system, page,
+                                                                                 browser):
+    """Another tab (another party, as far as the servers know: its own sessionStorage) with the
+    same client id gets a session of its own: both stay live. A reload keeps the tab's token
+    and resumes its session."""
+    wait_live(page)
+    first_answers = len(page.recorder.register_answers)
+    other = browser.new_page()
+    try:
+        other.set_default_timeout(30_000)
+        recorder = Recorder(other)
+        other.goto(f"http://{PAGE_HOST}:{system.registration_port}/?client_id=browser-viewer")
+        wait_live(other)
+        first = recorder.register_answers[-1].json()  # read before the reload discards it
+        assert first["session"] == "new"
+        time.sleep(2)  # a 4409 would have reached the first tab by now
+        assert state(page) == "live"
+        assert len(page.recorder.register_answers) == first_answers  # it never had to return
+        other.reload()
+        wait_live(other)
+        assert recorder.register_answers[-1].json()["session"] == "resumed"
+        assert recorder.register_answers[-1].request.post_data_json["token"] == first["token"]
+        assert state(page) == "live"
+        assert recorder.errors == []
+    finally:
+        other.close()
+
+
 def window_start_ms(moment_ms: int, window_seconds: int) -> int:
     return moment_ms - moment_ms % (window_seconds * 1000)
 
@@ -438,6 +466,8 @@ def test_losing_its_websocket_server_makes_it_reconnect_to_another_cluster(syste
         assert re.fullmatch(r"cluster\d+", after) and after != before
         assert page.recorder.websockets[-1] == page.recorder.register_answers[-1].json()[
             "subscriber_endpoint"]
+        # It presented its token: the same session, moved to another cluster.
+        assert page.recorder.register_answers[-1].json()["session"] == "resumed"
 
         # Window updates flow again, on the new cluster.
         button = page.locator('[data-testid="emoji-button"][data-emoji="🎯"]')

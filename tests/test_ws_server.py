@@ -53,8 +53,11 @@ def unique_window() -> str:
     return f"2026-11-{10 + uuid.uuid4().int % 18:02d}T{hour:02d}:{minute:02d}:00.000Z"
 
 
-def token(client_id: str, cluster: int = CLUSTER, ttl_s: float = 60) -> str:
-    return tokens.issue(TOKEN_SECRET, client_id, cluster, ttl_s, time.time())
+def token(client_id: str, cluster: int = CLUSTER, ttl_s: float = 60,
+          session: str | None = None) -> str:
+    """A token as the registration API issues it: in ``session``, else a new one."""
+    return tokens.issue(TOKEN_SECRET, client_id, cluster, ttl_s, time.time(),
+                        session=session or tokens.new_session())
 
 
 def text(message: dict) -> str:
@@ -70,8 +73,10 @@ class Server:
         self.url = f"ws://localhost:{port}"
         self.health_url = f"http://localhost:{port}/health"
 
-    def viewer(self, client_id: str = "viewer"):
-        return connect(f"{self.url}/?token={quote(token(client_id))}", open_timeout=5)
+    def viewer(self, client_id: str = "viewer", session: str | None = None,
+               token_text: str | None = None):
+        token_text = token_text or token(client_id, session=session)
+        return connect(f"{self.url}/?token={quote(token_text)}", open_timeout=5)
 
     def publisher(self, key: str | None = KEY):
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
@@ -492,19 +497,49 @@ def test_a_new_viewer_gets_the_latest_update_of_its_streams_two_newest_windows(s
 
 # --- limits -------------------------------------------------------------------------------------
 
-def test_a_second_connection_of_a_client_replaces_the_first(server):
+def test_a_second_connection_of_the_same_session_replaces_the_first(server):
+    """The viewer's own reconnect (or reload): the same session takes over at once."""
     message = update(unique_window(), fire=7)
-    with server.viewer("twice") as first, server.publisher() as publisher:
+    session = tokens.new_session()
+    with server.viewer("twice", session) as first, server.publisher() as publisher:
         server.wait_for_counts(viewers=1, subscribers=1)
-        with server.viewer("twice") as second:
+        with server.viewer("twice", session) as second:
             with pytest.raises(ConnectionClosed) as closed:
                 first.recv(timeout=5)
             assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
-                4409, "replaced by a newer connection of this client")
+                4409, "replaced by a newer connection of this session")
             server.wait_for_counts(viewers=1, subscribers=1)
             publisher.send(text(message))
             assert second.recv(timeout=5) == text(message)
     assert "viewer 'twice' connected again from " in server.service.log()
+
+
+def test_another_session_of_the_same_client_id_never_evicts_the_first(server):
+    """A second party that registers the same client id gets a session of its own: it is
+    served alongside, and the first viewer keeps receiving."""
+    message = update(unique_window(), fire=3)
+    with server.viewer("victim-1") as victim, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        with server.viewer("victim-1") as intruder:
+            server.wait_for_counts(viewers=2, subscribers=1)
+            publisher.send(text(message))
+            assert victim.recv(timeout=5) == text(message)
+            assert intruder.recv(timeout=5) == text(message)
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(text(update(unique_window(), clap=1)))
+        assert json.loads(victim.recv(timeout=5))["aggregates"][0]["emoji_type"] == "👏"
+    assert "connected again" not in server.service.log()
+
+
+def test_tokens_without_a_session_replace_nobody(server):
+    """Tokens issued before sessions existed (no "sid"): accepted, alongside each other."""
+    old = tokens.issue(TOKEN_SECRET, "legacy", CLUSTER, 60, time.time())
+    with server.viewer(token_text=old) as first, server.viewer(token_text=old) as second:
+        server.wait_for_counts(viewers=2, subscribers=0)
+        with server.publisher() as publisher:
+            message = text(update(unique_window(), laugh=2))
+            publisher.send(message)
+            assert (first.recv(timeout=5), second.recv(timeout=5)) == (message, message)
 
 
 def test_viewer_connections_per_address_are_capped(start_server):

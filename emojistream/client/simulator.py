@@ -5,18 +5,20 @@ It registers CLIENT_ID with the registration API as a viewer of one live stream 
 default main), connects to the WebSocket endpoint it is given (which carries its token) and
 prints each window update of that stream it receives as one line (stdout), while it sends random
 emojis for that stream to the ingest API at --rate events per second (one per POST /emoji, or
---batch B per POST /emojis). After --duration seconds, or on Ctrl-C / SIGTERM, it deregisters
-and exits 0.
+--batch B per POST /emojis). After --duration seconds, or on Ctrl-C / SIGTERM, it closes its
+connection and exits 0 (there is nothing to deregister: the registration API remembers nobody).
 
 Reconnection. When the connection drops (its WebSocket server died, a network failure, no pong)
 or the server refuses the token (close code 4401: missing, invalid or expired; 4403: issued for
-another cluster), it registers again, which gets a fresh token and, when its cluster's server
-is down, another cluster, and reconnects. Attempts are spaced by exponential backoff with jitter
+another cluster), it registers again presenting its last token, which gets a fresh token for
+the same session (the same cluster while it is healthy, else another), and reconnects.
+Attempts are spaced by exponential backoff with jitter
 (VIEWER_RETRY_INITIAL_S doubling up to VIEWER_RETRY_MAX_S, each varied by up to 30%), so that
 thousands of viewers dropped together do not come back in one burst. The backoff starts again
-from the beginning only after a connection that delivered an update or lasted STABLE_S. When
-another viewer with the same client id connects (close code 4409), it stops and exits 1: one
-connection per client id.
+from the beginning only after a connection that delivered an update or lasted STABLE_S. Another
+party registering the same CLIENT_ID gets a session of its own and cannot close this one's
+connection; only a connection of this same session (this process's token) replaces it (close
+code 4409), and then it stops and exits 1.
 
 Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
 message as received, one JSON document per line. An update received again unchanged (after a
@@ -71,8 +73,6 @@ async def simulate(args: argparse.Namespace, settings: ViewerSettings) -> int:
         log.info("sending %g emoji(s)/s to %s%s", args.rate, sender.api_url,
                  f" in batches of {args.batch}" if args.batch > 1 else "")
     failed = await _run_until(stop, watching, sending)
-    if not watcher.replaced:  # else the registration is the newer viewer's now
-        await _deregister(registration, args.client_id)
     _log_summary(display, sender)
     if sender is not None:
         sender.close()
@@ -135,15 +135,6 @@ async def _run_until(stop: asyncio.Event, watching: asyncio.Task,
     return bool(failures)
 
 
-async def _deregister(registration: RegistrationClient, client_id: str) -> None:
-    try:
-        known = await asyncio.to_thread(registration.deregister, client_id)
-    except RegistrationError as err:
-        log.warning("could not deregister: %s", err)
-        return
-    log.info("deregistered %r%s", client_id, "" if known else " (it was not registered)")
-
-
 def _log_summary(display: Display, sender: Sender | None) -> None:
     sent = f"; sent {sender.sent} emoji(s), {sender.accepted} accepted" if sender else ""
     log.info("received %d message(s)%s", display.received, sent)
@@ -167,8 +158,8 @@ def parse_args(argv, settings: ViewerSettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="client_simulator.py",
         description="A simulated viewer: registers CLIENT_ID, prints the window updates of its "
-                    "stream (stdout), sends random emojis to the ingest API, and deregisters "
-                    "on exit (after --duration, Ctrl-C or SIGTERM).")
+                    "stream (stdout), sends random emojis to the ingest API, and stops after "
+                    "--duration, Ctrl-C or SIGTERM.")
     parser.add_argument("client_id", metavar="CLIENT_ID", help="the viewer's id (and user_id)")
     parser.add_argument("--stream", metavar="ID", default=None,
                         help="the live stream to watch and react to (default: the API's "

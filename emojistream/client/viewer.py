@@ -1,9 +1,10 @@
-"""What a viewer client needs: registering with the registration API, and showing window
-updates as one readable line each."""
+"""What a viewer client needs: registering with the registration API (and again with its
+token, keeping its session), and showing window updates as one readable line each."""
 
 from __future__ import annotations
 
 import threading
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
@@ -25,45 +26,47 @@ class RegistrationUnavailable(RegistrationError):
 
 
 class RegistrationClient:
-    """POST /register and /deregister of the registration API at ``base_url``, for a viewer of
-    ``stream_id``; thread-safe.
+    """POST /register of the registration API at ``base_url``, for a viewer of ``stream_id``;
+    thread-safe.
 
-    After a deregister, register is refused: a registration still under way in another thread
-    when the viewer leaves completes before the deregister, never after it."""
+    It keeps the token of each client id's last registration and presents it when that client
+    registers again: the viewer keeps its session (nobody else can take over its connection:
+    docs/delivery.md#viewer-identity-sessions) and, while it is healthy, its cluster."""
 
     def __init__(self, base_url: str, stream_id: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.stream_id = stream_id  # None: the API's default stream
         self._session = requests.Session()
         self._lock = threading.Lock()
-        self._left = False
+        self._tokens: dict[str, str] = {}  # client id -> the token of its last registration
 
     def register(self, client_id: str) -> dict:
-        """The assignment: {"cluster_id": ..., "subscriber_endpoint": ..., "stream_id": ...}."""
+        """The assignment: {"cluster_id": ..., "subscriber_endpoint": ..., "stream_id": ...,
+        "token": ..., "session": "new" or "resumed"}."""
         body = {"client_id": client_id}
         if self.stream_id is not None:
             body["stream_id"] = self.stream_id
         with self._lock:
-            if self._left:
-                raise RegistrationError("the viewer has deregistered")
-            assignment = self._post("/register", body)
+            previous = self._tokens.get(client_id)
+        if previous is not None:
+            body["token"] = previous
+        assignment = self._post("/register", body)
         if not isinstance(assignment, dict) or not isinstance(
                 assignment.get("subscriber_endpoint"), str):
             raise RegistrationError(f"/register answered without a subscriber_endpoint: "
                                     f"{str(assignment)[:200]}")
+        token = assignment.get("token")
+        if not isinstance(token, str):  # an older API: the token is in the endpoint only
+            token = token_of(assignment["subscriber_endpoint"])
+        if token:
+            with self._lock:
+                self._tokens[client_id] = token
         return assignment
 
-    def deregister(self, client_id: str) -> bool:
-        """True when the client was registered, False when the API did not know it."""
-        try:
-            with self._lock:
-                self._left = True
-                self._post("/deregister", {"client_id": client_id})
-        except RegistrationError as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
+    def token(self, client_id: str) -> str | None:
+        """The token of the client's last registration (its session's credential)."""
+        with self._lock:
+            return self._tokens.get(client_id)
 
     def close(self) -> None:
         self._session.close()
@@ -84,6 +87,12 @@ class RegistrationClient:
         except ValueError:
             raise RegistrationError(f"{url} did not answer with JSON; is {self.base_url} the "
                                     "registration API?") from None
+
+
+def token_of(endpoint: str) -> str | None:
+    """The token in a subscriber endpoint's query string."""
+    values = parse_qs(urlsplit(endpoint).query).get("token")
+    return values[0] if values else None
 
 
 def _error_message(answer: requests.Response) -> str:

@@ -77,8 +77,9 @@ def _print(line: str) -> None:
 
 
 class Watcher:
-    """Keeps a WebSocket connection to the client's endpoint, registering again (fresh token,
-    possibly another cluster) and reconnecting with backoff whenever it drops or is refused."""
+    """Keeps a WebSocket connection to the client's endpoint, registering again (presenting its
+    token: a fresh one for the same session, possibly on another cluster) and reconnecting with
+    backoff whenever it drops or is refused."""
 
     def __init__(self, registration: RegistrationClient, client_id: str, display: Display,
                  settings: ViewerSettings):
@@ -89,7 +90,8 @@ class Watcher:
         self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
         self.cluster: str | None = None
         self.assignment: dict | None = None  # the latest registration's answer
-        # Another connection with this client id took this one's place: it must not fight back.
+        # Another connection of this session (this viewer's token) took this one's place: it
+        # must not fight back.
         self.replaced = False
 
     async def run(self, assignment: dict | None) -> None:
@@ -99,8 +101,8 @@ class Watcher:
                 self.cluster = assignment.get("cluster_id")
                 reason, stable = await self._watch(assignment)
                 if self.replaced:
-                    log.error("%s; stopping (another viewer with client id %r watches now)",
-                              reason, self.client_id)
+                    log.error("%s; stopping (another connection of this viewer's session, "
+                              "client id %r, watches now)", reason, self.client_id)
                     return
                 if stable:
                     self._backoff.reset()
@@ -150,8 +152,9 @@ class Watcher:
             log.warning("could not register again: %s", err)
             return None
         cluster = assignment.get("cluster_id")
-        log.info("registered again: %s%s", cluster,
-                 f" (was {self.cluster})" if self.cluster and cluster != self.cluster else "")
+        log.info("registered again: %s%s, %s session", cluster,
+                 f" (was {self.cluster})" if self.cluster and cluster != self.cluster else "",
+                 "same" if assignment.get("session") == "resumed" else "new")
         return assignment
 
 

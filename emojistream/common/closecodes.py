@@ -4,7 +4,8 @@
     4403  a token for another cluster            register again
     4408  too slow: more unsent data than WS_MAX_VIEWER_BUFFER_BYTES
                                                  reconnect (with backoff)
-    4409  replaced by a newer connection of the same client
+    4409  replaced by a newer connection of the same session (the same token's session id:
+          the viewer itself, in another tab or process)
                                                  do NOT reconnect: the newer one is watching
     4429  too many connections from this address (WS_MAX_CONNECTIONS_PER_ADDRESS)
                                                  reconnect later (with backoff)

@@ -20,15 +20,21 @@ def address_of(connection: ServerConnection) -> str:
 
 
 class Connections:
-    """Viewers and subscribers connected now, each client id's live connection, and the viewer
-    connections of each client address."""
+    """Viewers and subscribers connected now, each viewing session's live connection, and the
+    viewer connections of each client address.
+
+    A session is (client id, the session id of its token): only the holder of a token knows its
+    session, so only the viewer itself (reconnecting, reloading, failing over) can replace its
+    connection; another party registering the same client id gets another session and is
+    served alongside (docs/delivery.md#viewer-identity-sessions)."""
 
     def __init__(self, max_per_address: int, close_timeout_s: float):
         self.max_per_address = max_per_address
         self.close_timeout_s = close_timeout_s
         self.viewers: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
-        self.viewer_of: dict[str, ServerConnection] = {}  # client id -> its live connection
+        # (client id, session id) -> that session's live connection
+        self.viewer_of: dict[tuple[str, str], ServerConnection] = {}
         self.per_address: Counter[str] = Counter()
         self.leaving: set[ServerConnection] = set()  # closed by the server, not gone yet
         self._closing: set[asyncio.Task] = set()
@@ -36,16 +42,21 @@ class Connections:
     def address_full(self, connection: ServerConnection) -> bool:
         return self.per_address[address_of(connection)] >= self.max_per_address
 
-    def add_viewer(self, connection: ServerConnection, client_id: str) -> ServerConnection | None:
-        """Count a viewer in; the client's older connection it replaces, if any."""
-        previous = self.viewer_of.get(client_id)
-        self.viewer_of[client_id] = connection
+    def add_viewer(self, connection: ServerConnection, client_id: str,
+                   session: str | None) -> ServerConnection | None:
+        """Count a viewer in; the older connection of the same session it replaces, if any (a
+        token without a session replaces none and is replaced by none)."""
         self.per_address[address_of(connection)] += 1
+        if session is None:
+            return None
+        previous = self.viewer_of.get((client_id, session))
+        self.viewer_of[(client_id, session)] = connection
         return previous
 
-    def remove_viewer(self, connection: ServerConnection, client_id: str) -> None:
-        if self.viewer_of.get(client_id) is connection:
-            del self.viewer_of[client_id]
+    def remove_viewer(self, connection: ServerConnection, client_id: str,
+                      session: str | None) -> None:
+        if session is not None and self.viewer_of.get((client_id, session)) is connection:
+            del self.viewer_of[(client_id, session)]
         address = address_of(connection)
         self.per_address[address] -= 1
         if not self.per_address[address]:

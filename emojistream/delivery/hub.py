@@ -88,8 +88,8 @@ class Hub:
                               logging.INFO)
             return
         try:
-            client_id, stream_id = tokens.verify(self._token_secret, _token(path), self.cluster,
-                                                 time.time())
+            client_id, stream_id, session = tokens.verify(self._token_secret, _token(path),
+                                                          self.cluster, time.time())
         except tokens.TokenError as err:
             self.metrics.tokens_refused.inc()
             log.info("refused a viewer from %s: %s (%d)", peer(connection), err.reason,
@@ -99,27 +99,29 @@ class Hub:
         if self.too_many(connection):  # handshakes that were under way together
             await connection.close(closecodes.TOO_MANY, "too many connections from your address")
             return
-        await self._serve_viewer(connection, client_id, self._stream(stream_id))
+        await self._serve_viewer(connection, client_id, session, self._stream(stream_id))
 
     async def _serve_viewer(self, connection: ServerConnection, client_id: str,
-                            stream: Stream) -> None:
-        """One live connection per client id: a newer one replaces the older. The viewer gets
-        its stream's snapshot first, written before it joins the broadcasts (no await between),
-        so no update can come between them or before them."""
-        previous = self.connections.add_viewer(connection, client_id)
+                            session: str | None, stream: Stream) -> None:
+        """One live connection per viewing session (the session id signed into the token): a
+        newer one of the same session replaces the older; another session of the same client
+        id is served alongside, never evicting it. The viewer gets its stream's snapshot first,
+        written before it joins the broadcasts (no await between), so no update can come
+        between them or before them."""
+        previous = self.connections.add_viewer(connection, client_id, session)
         if previous is not None:
             self.metrics.replaced.inc()
             log.info("viewer %r connected again from %s: closing its connection from %s",
                      client_id, peer(connection), peer(previous))
             self.connections.close_later(previous, closecodes.REPLACED,
-                                         "replaced by a newer connection of this client")
+                                         "replaced by a newer connection of this session")
         for data in stream.snapshot():
             broadcast([connection], data, text=True)
         try:
             await self._serve(connection, (self.viewers, stream.viewers),
                               f"viewer {client_id!r}", self._on_viewer_message, logging.DEBUG)
         finally:
-            self.connections.remove_viewer(connection, client_id)
+            self.connections.remove_viewer(connection, client_id, session)
 
     async def _serve(self, connection, groups: tuple[set, ...], kind: str, on_message,
                      level: int) -> None:

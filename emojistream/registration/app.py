@@ -1,10 +1,13 @@
 """The registration API's Flask app: the routes of README.md#registration-tokens-and-reconnection
-and #live-streams (stream_routes.py), GET /health {"status": "ok", "registered_viewers": N},
-GET /metrics, the live page at / (web.py), and GET /openapi.json (openapi.json beside this file:
-every route, its answers and errors).
+and #live-streams (stream_routes.py), GET /health {"status": "ok", "live_viewers": N,
+"healthy_clusters": K}, GET /metrics, the live page at / (web.py), and GET /openapi.json
+(openapi.json beside this file: every route, its answers and errors).
 
-The registry (registry.py) lives in memory, so the API is served by one granian worker with
-several threads. Balancing, tokens and re-registration: docs/delivery.md.
+Stateless: no viewer is remembered. A token carries everything (client id, cluster, stream,
+session); a viewer that registers again presents its previous token to keep its session and
+its healthy cluster. So any number of processes (REGISTRATION_WORKERS granian workers, or
+processes on several hosts) answer any request, each balancing on the WebSocket servers' live
+connection counts that it polls itself. Balancing, tokens, sessions: docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from flask import Flask, request
 
 from emojistream import topology
 from emojistream.common import metrics, secrets, tokens
-from emojistream.common.events import InvalidEvent, check_identifier
+from emojistream.common.events import InvalidEvent, check_identifier, json_type
 from emojistream.common.json_api import (
     ApiError,
     add_json_error_handlers,
@@ -30,22 +33,21 @@ from emojistream.common.limits import RateLimiter
 from emojistream.common.settings import load_from
 from emojistream.common.streams import StreamCatalog
 from emojistream.registration import web
-from emojistream.registration.metrics import RegistrationMetrics
-from emojistream.registration.registry import (
+from emojistream.registration.balancer import (
+    Balancer,
     HealthMonitor,
     HttpProbe,
     NoClusterAvailable,
     Probe,
-    Registry,
-    RegistryFull,
     cluster_id,
 )
+from emojistream.registration.metrics import RegistrationMetrics
 from emojistream.registration.settings import RegistrationSettings
 from emojistream.registration.stream_routes import add_stream_routes, known_stream
 
 log = logging.getLogger("registration_api")
 
-REGISTRY = "registry"  # keys of the registry, the health monitor, the stream catalog, metrics
+BALANCER = "balancer"  # keys of the balancer, the health monitor, the stream catalog, metrics
 MONITOR = "health_monitor"
 STREAMS = "streams"
 METRICS = "metrics"
@@ -58,6 +60,16 @@ def endpoint_for(settings: RegistrationSettings, cluster: int, token: str) -> st
     base = topology.ws_public_url(settings, cluster)
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}token={quote(token, safe='')}"
+
+
+def presented_token(body: dict) -> str | None:
+    """The previous token a re-registering viewer presents (``"token"``), if any; ApiError(400)
+    for one that is not a string."""
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ApiError(400, f"token must be a string (the one the previous /register answered), "
+                            f"got {json_type(token)}")
+    return token or None
 
 
 def check_client_id(body) -> str:
@@ -74,11 +86,11 @@ def check_client_id(body) -> str:
     return body["client_id"]
 
 
-def create_app(settings: RegistrationSettings | None = None, registry: Registry | None = None,
+def create_app(settings: RegistrationSettings | None = None, balancer: Balancer | None = None,
                probe: Probe | None = None, poll: bool = True,
                token_secret: str | None = None, streams: StreamCatalog | None = None,
                admin_key: str | None = None) -> Flask:
-    """The registration app. ``registry`` defaults to an empty one over the settings' clusters;
+    """The registration app. ``balancer`` defaults to one over the settings' clusters;
     ``probe`` (the health source) to HttpProbe. Every cluster is polled once before this
     returns; with ``poll`` a HealthMonitor then keeps polling in the background (stop it with
     ``app.extensions[MONITOR].stop()``). ``streams`` defaults to a catalog that follows the
@@ -92,16 +104,15 @@ def create_app(settings: RegistrationSettings | None = None, registry: Registry 
     streams = streams if streams is not None else StreamCatalog(settings).start()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.registration_max_body_bytes
-    registry = registry if registry is not None else Registry(
-        settings.clusters, ttl_s=settings.token_ttl_s, max_viewers=settings.registry_max_viewers)
-    monitor = HealthMonitor(registry, probe if probe is not None else HttpProbe(settings),
+    balancer = balancer if balancer is not None else Balancer(settings.clusters)
+    monitor = HealthMonitor(balancer, probe if probe is not None else HttpProbe(settings),
                             settings.ws_health_poll_s)
-    app.extensions[REGISTRY] = registry
+    app.extensions[BALANCER] = balancer
     app.extensions[MONITOR] = monitor
     app.extensions[STREAMS] = streams
-    app.extensions[METRICS] = RegistrationMetrics(registry)
-    _add_routes(app, settings, registry, monitor, token_secret, streams)
-    add_stream_routes(app, settings, registry, streams, admin_key)
+    app.extensions[METRICS] = RegistrationMetrics(balancer)
+    _add_routes(app, settings, balancer, monitor, token_secret, streams)
+    add_stream_routes(app, settings, balancer, streams, admin_key)
     web.add_web_page(app, settings)
     add_openapi_route(app, OPENAPI_DOCUMENT)
     add_json_error_handlers(app, log, ENDPOINTS)
@@ -111,7 +122,7 @@ def create_app(settings: RegistrationSettings | None = None, registry: Registry 
     return app
 
 
-def _add_routes(app: Flask, settings: RegistrationSettings, registry: Registry,
+def _add_routes(app: Flask, settings: RegistrationSettings, balancer: Balancer,
                 monitor: HealthMonitor, secret: str, streams: StreamCatalog) -> None:
     limiter = RateLimiter(settings.registration_rate_per_address,
                           settings.registration_burst_per_address)
@@ -129,51 +140,71 @@ def _add_routes(app: Flask, settings: RegistrationSettings, registry: Registry,
                                 "REGISTRATION_RATE_PER_ADDRESS)",
                            headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
+    def session_of(client_id: str, token: str | None, now: float) -> tuple[str | None, int | None]:
+        """The session and cluster of the viewer's previous token, when it is genuine, has not
+        expired and is ``client_id``'s; else (None, None): a new session."""
+        if token is None:
+            return None, None
+        try:
+            claims = tokens.read(secret, token, now)
+        except tokens.TokenError as err:
+            log.debug("a new session for %r: its previous token is refused (%s)", client_id,
+                      err.reason)
+            return None, None
+        if claims.client_id != client_id:
+            log.debug("a new session for %r: its previous token is another client's", client_id)
+            return None, None
+        return claims.session, claims.cluster
+
     @app.post("/register")
     def register():
         body = json_body()
         client_id = check_client_id(body)
+        previous_token = presented_token(body)
         stream_id = known_stream(body, streams)
-        current = registry.assignment(client_id)
-        if current is not None and registry.is_healthy(current):
-            monitor.recheck(current)  # it registers again: is its server still there?
+        now = time.time()
+        session, kept = session_of(client_id, previous_token, now)
+        if kept is not None and kept in balancer.clusters and balancer.is_healthy(kept):
+            monitor.recheck(kept)  # it registers again: is its server still there?
         try:
-            cluster, previous = registry.register(client_id)
-        except (NoClusterAvailable, RegistryFull) as err:
+            cluster = balancer.assign(keep=kept)
+        except NoClusterAvailable as err:
             raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
-        if previous is None:
-            log.info("registered %r on %s", client_id, cluster_id(cluster))
-        elif previous != cluster:
-            log.info("moved %r from %s (down) to %s", client_id, cluster_id(previous),
-                     cluster_id(cluster))
-        token = tokens.issue(secret, client_id, cluster, settings.token_ttl_s, time.time(),
-                             stream_id)
-        app.extensions[METRICS].registrations.inc()
+        resumed = session is not None
+        if not resumed:
+            session = tokens.new_session()
+        if kept is not None and kept != cluster:
+            log.info("moved %r from %s to %s", client_id, cluster_id(kept), cluster_id(cluster))
+        else:
+            log.debug("registered %r on %s (%s session)", client_id, cluster_id(cluster),
+                      "its" if resumed else "a new")
+        token = tokens.issue(secret, client_id, cluster, settings.token_ttl_s, now, stream_id,
+                             session)
+        app.extensions[METRICS].registrations.labels("resumed" if resumed else "new").inc()
         return {"status": "success", "cluster_id": cluster_id(cluster), "stream_id": stream_id,
-                "subscriber_endpoint": endpoint_for(settings, cluster, token)}
+                "subscriber_endpoint": endpoint_for(settings, cluster, token), "token": token,
+                "session": "resumed" if resumed else "new"}
 
     @app.post("/deregister")
     def deregister():
-        client_id = check_client_id(json_body())
-        cluster = registry.deregister(client_id)
-        if cluster is None:
-            raise ApiError(404, f"client_id {client_id!r} is not registered")
-        log.info("deregistered %r from %s", client_id, cluster_id(cluster))
+        """A no-op kept for older clients: nothing is remembered, so there is nothing to forget
+        (a viewer leaves by closing its connection)."""
+        check_client_id(json_body())
         app.extensions[METRICS].deregistrations.inc()
         return {"status": "success"}
 
     @app.get("/clusters")
     def clusters():
         return [{"cluster_id": cluster_id(n), "endpoint": topology.ws_public_url(settings, n),
-                 "healthy": registry.is_healthy(n), "live_connections": registry.live_count(n),
-                 "registered_viewers": registry.registered_count(n)}
-                for n in registry.clusters]
+                 "healthy": balancer.is_healthy(n), "live_connections": balancer.live_count(n)}
+                for n in balancer.clusters]
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "registered_viewers": registry.total()}
+        return {"status": "ok", "live_viewers": balancer.live_total(),
+                "healthy_clusters": balancer.healthy_count()}
 
     @app.get(metrics.PATH)
     def serve_metrics():
-        body, content_type = metrics.exposition(app.extensions[METRICS].registry)
+        body, content_type = metrics.exposition(app.extensions[METRICS].scrape_registry())
         return body, 200, {"Content-Type": content_type}

@@ -1,5 +1,6 @@
-"""registration_api.py: the registration API served by granian (one worker: the registry is in
-its memory)."""
+"""registration_api.py: the registration API served by granian, REGISTRATION_WORKERS worker
+processes on one port (stateless: any worker answers any request; each polls the WebSocket
+servers' health itself)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 from flask import Flask
 
 from emojistream import topology
-from emojistream.common import secrets, wsgi
+from emojistream.common import metrics, secrets, wsgi
 from emojistream.common.lifecycle import server_settings
 from emojistream.common.logs import setup_logging
 from emojistream.common.settings import load_from, to_environment
@@ -19,26 +20,30 @@ from emojistream.registration.settings import RegistrationSettings
 log = logging.getLogger("registration_api")
 
 OPTIONS = {"host": "registration_host", "port": "registration_port",
-           "threads": "registration_threads"}
+           "workers": "registration_workers", "threads": "registration_threads"}
 
 
 def worker_app() -> Flask:
-    """The app of the server's one worker, from the environment's settings."""
+    """The app of one server worker, from the environment's settings (after the fork: each
+    worker polls the servers and follows the streams itself)."""
+    metrics.use_multiprocess_values()
     return create_app(load_from(RegistrationSettings))
 
 
 def stop_worker(app: Flask) -> None:
-    """As the worker ends: stop its health polls and its stream catalog."""
+    """As a worker ends: stop its health polls and its stream catalog."""
     app.extensions[MONITOR].stop()
     app.extensions[STREAMS].stop()
+    metrics.forget_process(os.getpid())
 
 
 def main(argv=None) -> int:
     setup_logging("registration_api")
     settings = server_settings(
         log, RegistrationSettings, argv, "registration_api.py",
-        "Assigns viewers to clusters (POST /register, POST /deregister, GET /clusters, "
-        "GET /health), manages the streams, serves the live page.", **OPTIONS)
+        "Assigns viewers to clusters and signs their tokens (POST /register, GET /clusters, "
+        "GET /health), manages the streams, serves the live page. Stateless: run any number.",
+        **OPTIONS)
     try:
         secrets.token_secret_and_subscriber_key(settings)  # checked (and created) now
     except (OSError, secrets.SecretError) as err:
@@ -46,14 +51,17 @@ def main(argv=None) -> int:
         return 1
     try:
         wsgi.check_port_free(settings.registration_host, settings.registration_port)
-        log.info("listening on %s:%d (1 worker with %d threads), %d cluster(s): %s",
+        log.info("listening on %s:%d (%d worker(s) with %d threads), %d cluster(s): %s",
                  settings.registration_host, settings.registration_port,
-                 settings.registration_threads, settings.cluster_count,
+                 settings.registration_workers, settings.registration_threads,
+                 settings.cluster_count,
                  ", ".join(topology.ws_public_url(settings, n) for n in settings.clusters))
-        os.environ.update(to_environment(settings))  # the worker's settings
+        os.environ.update(to_environment(settings))  # the workers' settings
+        metrics.prepare_multiprocess_dir(
+            settings.var_path / "metrics" / f"registration_api-{settings.registration_port}")
         wsgi.serve("emojistream.registration.server:worker_app",
                    host=settings.registration_host, port=settings.registration_port,
-                   workers=1, threads=settings.registration_threads,
+                   workers=settings.registration_workers, threads=settings.registration_threads,
                    worker_exit="emojistream.registration.server:stop_worker")
     except wsgi.PortInUse as err:
         log.error("%s", err)

@@ -14,7 +14,7 @@ from emojistream.common.auth import bearer_matches
 from emojistream.common.events import DEFAULT_STREAM, InvalidEvent, check_stream_id
 from emojistream.common.json_api import ApiError, json_body
 from emojistream.common.streams import StreamCatalog, StreamWriter, UnknownStream
-from emojistream.registration.registry import Registry
+from emojistream.registration.balancer import Balancer
 from emojistream.registration.settings import RegistrationSettings
 
 log = logging.getLogger("registration_api")
@@ -36,7 +36,7 @@ def known_stream(body: dict, streams: StreamCatalog) -> str:
         raise ApiError(404, str(err)) from None
 
 
-def add_stream_routes(app: Flask, settings: RegistrationSettings, registry: Registry,
+def add_stream_routes(app: Flask, settings: RegistrationSettings, balancer: Balancer,
                        streams: StreamCatalog, admin_key: str) -> None:
     writer: list[StreamWriter] = []  # made on first use: reading needs no Kafka producer
 
@@ -57,7 +57,7 @@ def add_stream_routes(app: Flask, settings: RegistrationSettings, registry: Regi
 
     @app.get("/streams")
     def list_streams():
-        return [{"stream_id": stream_id, **registry.stream_stats(stream_id)}
+        return [{"stream_id": stream_id, **balancer.stream_stats(stream_id)}
                 for stream_id in streams.all()]
 
     @app.post("/streams")

@@ -1,14 +1,17 @@
-"""Which cluster each viewer is assigned to, and each cluster's health and load, for the
-registration API (registration_api.py). docs/delivery.md explains the balancing.
+"""Each cluster's health and load, and the choice of a cluster for a viewer, for the
+registration API (registration_api.py). No viewer is remembered: the balancer knows counts, not
+who (docs/delivery.md#registration-and-balancing).
 
-    registry = Registry(settings.clusters)
-    monitor = HealthMonitor(registry, HttpProbe(settings), settings.ws_health_poll_s)
+    balancer = Balancer(settings.clusters)
+    monitor = HealthMonitor(balancer, HttpProbe(settings), settings.ws_health_poll_s)
     monitor.start()                              # polls every server's GET /health
-    cluster, previous = registry.register("client_1")
+    cluster = balancer.assign()                  # the least loaded healthy cluster
+    cluster = balancer.assign(keep=2)            # 2 while it is healthy, else the least loaded
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -46,10 +49,6 @@ class NoClusterAvailable(RuntimeError):
     """Every cluster's WebSocket server is down."""
 
 
-class RegistryFull(RuntimeError):
-    """The registry holds as many viewers as it may (REGISTRY_MAX_VIEWERS)."""
-
-
 @dataclasses.dataclass
 class ClusterState:
     healthy: bool = False
@@ -57,30 +56,22 @@ class ClusterState:
     streams: dict = dataclasses.field(default_factory=dict)  # and its streams
     reported_at: float = float("-inf")  # monotonic time that report was requested
     polled_at: float = float("-inf")    # monotonic time of the last poll, whatever its outcome
-    # Clients assigned since the report, with the monotonic time of their assignment.
-    pending: dict = dataclasses.field(default_factory=dict)
+    # The monotonic times of the viewers assigned since the report (oldest first).
+    pending: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
-class Registry:
-    """Which cluster each viewer is assigned to, and each cluster's health and load;
-    thread-safe. Health comes from ``report`` (the HealthMonitor's polls).
+class Balancer:
+    """Each cluster's health and load, and which cluster a viewer gets; thread-safe. Health
+    comes from ``report`` (the HealthMonitor's polls). Every registration process has its own,
+    fed by its own polls of the same servers: the servers' live connections are the truth all
+    of them share."""
 
-    Bounded: a registration not renewed (by registering again) within ``ttl_s`` expires, and
-    at most ``max_viewers`` are kept."""
-
-    def __init__(self, clusters, clock: Callable[[], float] = time.monotonic,
-                 ttl_s: float = float("inf"), max_viewers: int | None = None):
+    def __init__(self, clusters, clock: Callable[[], float] = time.monotonic):
         self.clusters = list(clusters)
         self._clock = clock
-        self.ttl_s = ttl_s
-        self.max_viewers = max_viewers
-        self._assigned: dict[str, int] = {}
-        # client id -> when it last registered, oldest first (a renewal moves it to the end).
-        self._registered_at: dict[str, float] = {}
-        self._counts = {n: 0 for n in self.clusters}
         self._state = {n: ClusterState() for n in self.clusters}
         self._next = 0  # index in self.clusters where the round-robin tie-break starts
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     # --- health ---
 
@@ -88,24 +79,28 @@ class Registry:
         """The outcome of a health poll requested at ``requested_at``: the server's health, or
         None when it did not answer."""
         with self._lock:
-            state = self._state[cluster]
-            state.polled_at = max(state.polled_at, requested_at)
-            if health is None:
-                state.healthy, state.live, state.streams = False, None, {}
-                return
-            if requested_at < state.reported_at:
-                return  # an older poll answered late
-            state.healthy, state.live, state.reported_at = True, health.viewers, requested_at
-            state.streams = health.streams
-            state.pending = {client: at for client, at in state.pending.items()
-                             if at > requested_at}
+            self._report(cluster, health, requested_at)
+
+    def _report(self, cluster: int, health: ClusterHealth | None, requested_at: float) -> None:
+        state = self._state[cluster]
+        state.polled_at = max(state.polled_at, requested_at)
+        if health is None:
+            state.healthy, state.live, state.streams = False, None, {}
+            state.pending.clear()
+            return
+        if requested_at < state.reported_at:
+            return  # an older poll answered late
+        state.healthy, state.live, state.reported_at = True, health.viewers, requested_at
+        state.streams = health.streams
+        while state.pending and state.pending[0] <= requested_at:
+            state.pending.popleft()  # counted by the server now, if it connected
 
     def report_all(self, outcomes: dict[int, ClusterHealth | None],
                    requested_at: float) -> None:
         """The outcomes of one round of polls, applied together."""
         with self._lock:
             for cluster, health in outcomes.items():
-                self.report(cluster, health, requested_at)
+                self._report(cluster, health, requested_at)
 
     def mark_polled(self, cluster: int, requested_at: float) -> None:
         """A poll found the server up; its counts are left to the next round."""
@@ -122,14 +117,27 @@ class Registry:
             return self._state[cluster].polled_at
 
     def load(self, cluster: int) -> int:
-        """Live viewers last reported plus viewers assigned since."""
+        """Live viewers last reported plus viewers this process assigned since."""
         with self._lock:
-            state = self._state[cluster]
-            return (state.live or 0) + len(state.pending)
+            return self._load(cluster)
+
+    def _load(self, cluster: int) -> int:
+        state = self._state[cluster]
+        return (state.live or 0) + len(state.pending)
 
     def live_count(self, cluster: int) -> int | None:
+        """The server's live viewer connections at the last poll (None while it is down)."""
         with self._lock:
             return self._state[cluster].live
+
+    def live_total(self) -> int:
+        """Live viewer connections on every healthy cluster at the last polls."""
+        with self._lock:
+            return sum(state.live or 0 for state in self._state.values() if state.healthy)
+
+    def healthy_count(self) -> int:
+        with self._lock:
+            return sum(state.healthy for state in self._state.values())
 
     def stream_stats(self, stream_id: str) -> dict:
         """A stream's live viewers on every healthy cluster, and its latest window and that
@@ -146,72 +154,16 @@ class Registry:
 
     # --- assignment ---
 
-    def assignment(self, client_id: str) -> int | None:
+    def assign(self, keep: int | None = None) -> int:
+        """``keep`` (the cluster of the token a viewer presents) while it is one of the clusters
+        and healthy; else the least loaded healthy cluster, counted as pending there until the
+        next report. NoClusterAvailable when no cluster is healthy."""
         with self._lock:
-            return self._assigned.get(client_id)
-
-    def register(self, client_id: str) -> tuple[int, int | None]:
-        """The client's cluster, and the one it had before (None for a new client; the same
-        cluster when it keeps it). NoClusterAvailable when no cluster is healthy, RegistryFull
-        when a new client finds no room."""
-        with self._lock:
-            now = self._clock()
-            self.expire(now)
-            previous = self._assigned.get(client_id)
-            if previous is not None and self._state[previous].healthy:
-                self._renew(client_id, now)
-                return previous, previous
-            if previous is None and self.max_viewers is not None \
-                    and len(self._assigned) >= self.max_viewers:
-                raise RegistryFull(f"the registry is full: {self.max_viewers} viewers "
-                                   "(REGISTRY_MAX_VIEWERS); try again later")
+            if keep is not None and keep in self._state and self._state[keep].healthy:
+                return keep
             cluster = self._least_loaded()
-            if previous is not None:
-                self._remove(client_id, previous)
-            self._assigned[client_id] = cluster
-            self._counts[cluster] += 1
-            self._state[cluster].pending[client_id] = now
-            self._renew(client_id, now)
-            return cluster, previous
-
-    def deregister(self, client_id: str) -> int | None:
-        """The cluster the client was assigned to, or None if it was not registered."""
-        with self._lock:
-            cluster = self._assigned.get(client_id)
-            if cluster is not None:
-                self._remove(client_id, cluster)
+            self._state[cluster].pending.append(self._clock())
             return cluster
-
-    def expire(self, now: float | None = None) -> int:
-        """Forget the registrations older than the TTL; how many there were."""
-        with self._lock:
-            now = self._clock() if now is None else now
-            expired = []
-            for client_id, at in self._registered_at.items():  # oldest first
-                if now - at <= self.ttl_s:
-                    break
-                expired.append(client_id)
-            for client_id in expired:
-                self._remove(client_id, self._assigned[client_id])
-            return len(expired)
-
-    def _renew(self, client_id: str, now: float) -> None:
-        self._registered_at.pop(client_id, None)
-        self._registered_at[client_id] = now
-
-    def _remove(self, client_id: str, cluster: int) -> None:
-        del self._assigned[client_id]
-        self._registered_at.pop(client_id, None)
-        self._counts[cluster] -= 1
-        self._state[cluster].pending.pop(client_id, None)
-
-    def registered_count(self, cluster: int) -> int:
-        with self._lock:
-            return self._counts[cluster]
-
-    def total(self) -> int:
-        with self._lock:
-            return len(self._assigned)
 
     def _least_loaded(self) -> int:
         """The first healthy cluster, from the round-robin position on, with the lowest load."""
@@ -220,7 +172,7 @@ class Registry:
         healthy = [n for n in order if self._state[n].healthy]
         if not healthy:
             raise NoClusterAvailable(NO_CLUSTER)
-        chosen = min(healthy, key=self.load)  # min keeps the first of equals
+        chosen = min(healthy, key=self._load)  # min keeps the first of equals
         self._next = (self.clusters.index(chosen) + 1) % count
         return chosen
 
@@ -248,29 +200,27 @@ class HttpProbe:
 
 
 class HealthMonitor:
-    """Polls every cluster's health into the registry, all clusters in one round every
+    """Polls every cluster's health into the balancer, all clusters in one round every
     ``interval_s`` (in parallel, so a round takes at most one probe timeout). A round's reports
     are applied together, as of the moment the round started: the loads of all clusters stay
     comparable. Stoppable."""
 
-    def __init__(self, registry: Registry, probe: Probe, interval_s: float,
+    def __init__(self, balancer: Balancer, probe: Probe, interval_s: float,
                  clock: Callable[[], float] = time.monotonic):
-        self.registry = registry
+        self.balancer = balancer
         self.probe = probe
         self.interval_s = interval_s
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._round = threading.Lock()
-        self._rechecks = {n: threading.Lock() for n in registry.clusters}
+        self._rechecks = {n: threading.Lock() for n in balancer.clusters}
 
     def poll_all(self) -> None:
-        """One round: poll every cluster now and record the outcomes (and forget expired
-        registrations, so the counts stay true while nobody registers)."""
-        self.registry.expire()
+        """One round: poll every cluster now and record the outcomes."""
         with self._round:
-            before = {n: self.registry.is_healthy(n) for n in self.registry.clusters}
-            first = self.registry.polled_at(self.registry.clusters[0]) == float("-inf")
+            before = {n: self.balancer.is_healthy(n) for n in self.balancer.clusters}
+            first = self.balancer.polled_at(self.balancer.clusters[0]) == float("-inf")
             requested_at = self._clock()
             outcomes: dict[int, ClusterHealth | None] = {}
 
@@ -278,12 +228,12 @@ class HealthMonitor:
                 outcomes[n] = self._probe(n)
 
             threads = [threading.Thread(target=probe, args=(n,), daemon=True)
-                       for n in self.registry.clusters]
+                       for n in self.balancer.clusters]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            self.registry.report_all(outcomes, requested_at)
+            self.balancer.report_all(outcomes, requested_at)
             for n, health in outcomes.items():
                 self._log_change(n, before[n], health, first)
 
@@ -292,19 +242,19 @@ class HealthMonitor:
         RECHECK_S; concurrent callers share one poll). Only a server found down is recorded:
         live counts come from whole rounds."""
         max_age_s = RECHECK_S if max_age_s is None else max_age_s
-        if self._clock() - self.registry.polled_at(cluster) <= max_age_s:
+        if self._clock() - self.balancer.polled_at(cluster) <= max_age_s:
             return
         with self._rechecks[cluster]:
-            if self._clock() - self.registry.polled_at(cluster) <= max_age_s:
+            if self._clock() - self.balancer.polled_at(cluster) <= max_age_s:
                 return
             requested_at = self._clock()
-            was_healthy = self.registry.is_healthy(cluster)
+            was_healthy = self.balancer.is_healthy(cluster)
             health = self._probe(cluster)
             if health is None:
-                self.registry.report(cluster, None, requested_at)
+                self.balancer.report(cluster, None, requested_at)
                 self._log_change(cluster, was_healthy, None, False)
             else:
-                self.registry.mark_polled(cluster, requested_at)
+                self.balancer.mark_polled(cluster, requested_at)
 
     def _probe(self, cluster: int) -> ClusterHealth | None:
         try:
