@@ -63,9 +63,24 @@ def ws_health_url(settings: SharedSettings, n: int) -> str:
     return settings.ws_health_url_template.format(host=host, port=ws_port(settings, n), n=n)
 
 
+def ws_publish_port(settings: SharedSettings, n: int) -> int:
+    """The port of cluster N's publish listener (its subscribers' only way in):
+    WS_PUBLISH_FIRST_PORT + N - 1, by default right after every cluster's viewers' port."""
+    first = settings.ws_publish_first_port or settings.ws_first_port + settings.cluster_count
+    return first + n - 1
+
+
+def ws_publish_address(settings: SharedSettings, n: int) -> str:
+    """Where cluster N's subscribers reach its publish listener: WS_PUBLISH_HOST, or the
+    cluster's host when that listener takes every interface (0.0.0.0, ::)."""
+    if settings.ws_publish_host in urls.WILDCARD_HOSTS:
+        return urls.reachable(ws_cluster_host(settings, n))
+    return settings.ws_publish_host
+
+
 def ws_publish_url(settings: SharedSettings, n: int) -> str:
     """Where cluster N's subscribers hand updates to its WebSocket server."""
-    return urls.ws_url(ws_cluster_host(settings, n), ws_port(settings, n), "/publish")
+    return urls.ws_url(ws_publish_address(settings, n), ws_publish_port(settings, n), "/publish")
 
 
 # --- HTTP APIs and the page -------------------------------------------------------------------
