@@ -20,6 +20,7 @@ from emojistream.common import metrics, secrets, tokens
 from emojistream.common.events import InvalidEvent, check_identifier
 from emojistream.common.json_api import ApiError, add_json_error_handlers, json_body
 from emojistream.common.limits import RateLimiter
+from emojistream.common.refusals import RefusalLog
 from emojistream.common.settings import load_from
 from emojistream.common.streams import StreamCatalog
 from emojistream.registration import web
@@ -42,6 +43,7 @@ REGISTRY = "registry"  # keys of the registry, the health monitor, the stream ca
 MONITOR = "health_monitor"
 STREAMS = "streams"
 METRICS = "metrics"
+REFUSALS = "refusals"  # the refused clients' log lines (common/refusals.py)
 ENDPOINTS = ("POST /register, POST /deregister, GET /clusters, GET /streams, POST /streams, "
              "DELETE /streams/ID, GET /health and GET /metrics")
 
@@ -92,6 +94,7 @@ def create_app(settings: RegistrationSettings | None = None, registry: Registry 
     app.extensions[MONITOR] = monitor
     app.extensions[STREAMS] = streams
     app.extensions[METRICS] = RegistrationMetrics(registry)
+    refusals = app.extensions[REFUSALS] = RefusalLog(log, settings.refusals_log_interval_s)
     _add_routes(app, settings, registry, monitor, token_secret, streams)
     add_stream_routes(app, settings, registry, streams, admin_key)
     web.add_web_page(app, settings)
@@ -99,6 +102,7 @@ def create_app(settings: RegistrationSettings | None = None, registry: Registry 
     monitor.poll_all()
     if poll:
         monitor.start()
+        refusals.start_thread()
     return app
 
 
@@ -113,6 +117,7 @@ def _add_routes(app: Flask, settings: RegistrationSettings, registry: Registry,
             return
         wait_s = limiter.take(request.remote_addr or "?")
         if wait_s is not None:
+            app.extensions[REFUSALS].refused("rate limited (429)", request.remote_addr or "?")
             raise ApiError(429, f"too many registrations from {request.remote_addr}: at most "
                                 f"{settings.registration_burst_per_address} at once and "
                                 f"{settings.registration_rate_per_address:g} a second "
