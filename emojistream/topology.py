@@ -6,6 +6,8 @@ same port. Standard library only (the shell scripts use it through emojistream.c
 
 from __future__ import annotations
 
+import socket
+
 from emojistream.common import urls
 from emojistream.common.settings import SharedSettings
 
@@ -99,14 +101,19 @@ def registration_url(settings: SharedSettings) -> str:
 
 def cors_origins(settings: SharedSettings, configured: str = "") -> tuple[str, ...]:
     """The origins whose pages may call the ingest API: ``configured`` (API_CORS_ORIGINS), else
-    the registration API's page (as localhost and 127.0.0.1 when local); ("*",) for any."""
+    the registration API's page: REGISTRATION_PUBLIC_URL's origin, else REGISTRATION_HOST's
+    (as localhost and 127.0.0.1 when local; when it listens on every interface, also as this
+    machine's host names, by which other machines open the page). ("*",) for any."""
     if configured.strip():
         return tuple(o.strip().rstrip("/") for o in configured.split(",") if o.strip())
     if settings.registration_public_url:
         return (urls.origin(settings.registration_public_url),)
     if settings.registration_host in urls.LOCAL_HOSTS:
+        hosts = ["localhost", "127.0.0.1"]
+        if settings.registration_host in urls.WILDCARD_HOSTS:
+            hosts += [name.lower() for name in (socket.gethostname(), socket.getfqdn())]
         return tuple(urls.http_url(host, settings.registration_port)
-                     for host in ("localhost", "127.0.0.1"))
+                     for host in dict.fromkeys(hosts))
     return (urls.http_url(settings.registration_host, settings.registration_port),)
 
 
