@@ -7,6 +7,7 @@
 #     pyspark already ships (jvm/spark-kafka/pom.xml);
 #   - lib/jmx-exporter/: the Prometheus JMX exporter's Java agent, which scripts/kafka.sh loads
 #     into every broker (jvm/jmx-exporter/pom.xml);
+#   - lib/log4j/: the Log4j of every Spark JVM, the brokers' version (jvm/log4j/pom.xml);
 #   - every jar fetched with Maven's strict checksums, then checked against its SHA-256 pinned in
 #     jvm/jars.sha256 (a mismatch stops setup);
 #   - Debian's chromium (and an emoji font), for the web page's browser tests, which Playwright
@@ -113,7 +114,7 @@ check_connector_version() {
 # run: a jar changed on disk or by a repository is found before a JVM loads it. After a version
 # change in jvm/*/pom.xml: python -m emojistream.ops.jars pin FOLDER..., and review the diff.
 verify_jars() {
-  local folders=(spark-kafka jmx-exporter)
+  local folders=(spark-kafka jmx-exporter log4j)
   [ -z "${KAFKA_HOME:-}" ] && folders=(kafka "${folders[@]}")
   .venv/bin/python -m emojistream.ops.jars verify "${folders[@]}" >/dev/null \
     || die "lib/ does not hold the pinned jars (see above): remove lib/ and run setup again; if a pom.xml changed on purpose, pin the new jars (python -m emojistream.ops.jars pin ${folders[*]})"
@@ -190,6 +191,7 @@ main() {
   fi
   fetch_jars spark-kafka
   fetch_jars jmx-exporter
+  fetch_jars log4j
   drop_jars_pyspark_ships
   check_connector_version
   verify_jars
