@@ -25,7 +25,7 @@ def test_setup_fetches_with_strict_checksums_and_verifies_the_pins():
 def test_the_jars_setup_placed_are_the_pinned_ones():
     pinned = jars.read_pins(PINS)
     folders = sorted({name.split("/")[1] for name in pinned})
-    assert folders == ["jmx-exporter", "kafka", "spark-kafka"]
+    assert folders == ["jmx-exporter", "kafka", "log4j", "spark-kafka"]
     present = [f for f in folders if (REPO_ROOT / "lib" / f).is_dir()]
     assert jars.verify(REPO_ROOT, PINS, present) == sum(
         1 for name in pinned if name.split("/")[1] in present)
