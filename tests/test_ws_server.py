@@ -447,6 +447,18 @@ def test_viewers_connect_over_tls_when_the_server_has_a_certificate(start_server
             f"ws://127.0.0.1:{server.publish_port}/publish") in server.service.log()
 
 
+def test_an_unreadable_certificate_is_a_one_line_error(test_env, tmp_path):
+    missing = tmp_path / "missing.pem"
+    result = run("ws_server.py", "--cluster", str(CLUSTER),
+                 env=server_env(test_env, free_port(), free_port(), WS_TLS_CERT=missing,
+                                WS_TLS_KEY=missing))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith(f"ERROR   ws_server: cannot use WS_TLS_CERT={missing} and "
+                             f"WS_TLS_KEY={missing}: [Errno 2] No such file or directory")
+
+
 def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env, tmp_path):
     env = dict(test_env, VAR_DIR=str(tmp_path / "var"))
     env.pop("SUBSCRIBER_KEY", None)

@@ -43,7 +43,7 @@ log = logging.getLogger("ws_server")
 
 
 async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: str,
-              open_files: int) -> None:
+              open_files: int, tls: ssl.SSLContext | None = None) -> None:
     hub = Hub(settings, cluster, key, token_secret)
     hub.start()
     stop = asyncio.Event()
@@ -52,7 +52,6 @@ async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: 
         loop.add_signal_handler(signum, stop.set)
     port = topology.ws_port(settings, cluster)
     publish_port = topology.ws_publish_port(settings, cluster)
-    tls = tls_context(settings)
     # No compression: broadcast() would compress each copy separately, and every compressed
     # connection holds zlib buffers.
     options = dict(**settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
@@ -107,11 +106,13 @@ def main(argv=None) -> int:
         log.error("cannot use the secrets: %s", err)
         return 1
     try:
-        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit()))
-    except ssl.SSLError as err:
+        tls = tls_context(settings)
+    except (OSError, ssl.SSLError) as err:
         log.error("cannot use WS_TLS_CERT=%s and WS_TLS_KEY=%s: %s", settings.ws_tls_cert,
                   settings.ws_tls_key, err)
         return 1
+    try:
+        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit(), tls))
     except OSError as err:
         if err.errno != errno.EADDRINUSE:
             raise

@@ -16,7 +16,7 @@ class DeliverySettings(SharedSettings):
     ws_broadcast_batch: int = 250
     ws_listen_backlog: int = 4096
     # The viewers' listener over TLS (wss://): a PEM certificate chain and its key; empty: ws://
-    # (TLS terminated in front of the server, if at all: docs/operations.md#tls).
+    # (TLS terminated in front of the server, if at all: docs/operations.md#tls-for-viewers).
     ws_tls_cert: str = ""
     ws_tls_key: str = ""
     subscriber_session_timeout_ms: int = 6000
