@@ -212,3 +212,9 @@ def test_the_replication_policy_of_every_topic(brokers, env, expected):
     settings = config.load(env)
     replicas = topology.topic_replicas(settings, brokers)
     assert (replicas, topology.topic_min_insync(settings, replicas)) == expected
+
+
+def test_the_refusals_log_interval_must_be_positive():
+    with pytest.raises(config.ConfigError, match="REFUSALS_LOG_INTERVAL_S must be more than 0, "
+                                                 "got 0"):
+        config.load({"REFUSALS_LOG_INTERVAL_S": "0"})

@@ -124,6 +124,9 @@ class SharedSettings:
                               f"vanished viewers), got {self.ws_ping_interval_s:g} and "
                               f"{self.ws_ping_timeout_s:g}")
         self._check_ws_ports()
+        if self.refusals_log_interval_s <= 0:
+            raise ConfigError(f"REFUSALS_LOG_INTERVAL_S must be more than 0, got "
+                              f"{self.refusals_log_interval_s:g}")
         hosts = [h for h in self.ws_cluster_hosts.split(",") if h.strip()]
         if hosts and len(hosts) < self.cluster_count:
             raise ConfigError(f"WS_CLUSTER_HOSTS names {len(hosts)} host(s); cluster "

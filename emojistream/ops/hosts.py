@@ -92,7 +92,7 @@ def check_publish_listener(hosts: Hosts, settings: SharedSettings, path: str) ->
         return
     for n in range(1, settings.cluster_count + 1):
         server = hosts.host_of(f"ws_server_{n}")
-        for k in range(1, getattr(settings, "subscribers_per_cluster", 2) + 1):
+        for k in range(1, settings.subscribers_per_cluster + 1):
             where = hosts.host_of(f"subscriber_{n}_{k}")
             if where is not None and server is not None and where != server:
                 raise ConfigError(
