@@ -262,11 +262,12 @@ class System:
         self._dir.cleanup()
 
 
-def publish_urls(registration_url: str) -> dict[str, str]:
-    """cluster id -> its /publish URL, from GET /clusters."""
+def publish_urls(registration_url: str, settings) -> dict[str, str]:
+    """cluster id -> its publish listener's /publish URL (from the settings; the clusters of
+    GET /clusters)."""
     answer = requests.get(f"{registration_url}/clusters", timeout=10)
     answer.raise_for_status()
-    return {c["cluster_id"]: c["endpoint"].split("?")[0].rstrip("/") + "/publish"
+    return {c["cluster_id"]: topology.ws_publish_url(settings, int(c["cluster_id"][7:]))
             for c in answer.json()}
 
 
@@ -499,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
                      args.clusters, system.log_dir)
             system.start()
             registration_url, key = system.registration_url, system.key
-        urls = publish_urls(registration_url)
+        urls = publish_urls(registration_url, system.settings if system else config.load())
         runs, last = [], None
         for trial in range(args.trials):
             order = args.layouts if trial % 2 == 0 else args.layouts[::-1]

@@ -6,6 +6,8 @@ same port. Standard library only (the shell scripts use it through emojistream.c
 
 from __future__ import annotations
 
+import socket
+
 from emojistream.common import urls
 from emojistream.common.settings import SharedSettings
 
@@ -63,9 +65,24 @@ def ws_health_url(settings: SharedSettings, n: int) -> str:
     return settings.ws_health_url_template.format(host=host, port=ws_port(settings, n), n=n)
 
 
+def ws_publish_port(settings: SharedSettings, n: int) -> int:
+    """The port of cluster N's publish listener (its subscribers' only way in):
+    WS_PUBLISH_FIRST_PORT + N - 1, by default right after every cluster's viewers' port."""
+    first = settings.ws_publish_first_port or settings.ws_first_port + settings.cluster_count
+    return first + n - 1
+
+
+def ws_publish_address(settings: SharedSettings, n: int) -> str:
+    """Where cluster N's subscribers reach its publish listener: WS_PUBLISH_HOST, or the
+    cluster's host when that listener takes every interface (0.0.0.0, ::)."""
+    if settings.ws_publish_host in urls.WILDCARD_HOSTS:
+        return urls.reachable(ws_cluster_host(settings, n))
+    return settings.ws_publish_host
+
+
 def ws_publish_url(settings: SharedSettings, n: int) -> str:
     """Where cluster N's subscribers hand updates to its WebSocket server."""
-    return urls.ws_url(ws_cluster_host(settings, n), ws_port(settings, n), "/publish")
+    return urls.ws_url(ws_publish_address(settings, n), ws_publish_port(settings, n), "/publish")
 
 
 # --- HTTP APIs and the page -------------------------------------------------------------------
@@ -84,14 +101,19 @@ def registration_url(settings: SharedSettings) -> str:
 
 def cors_origins(settings: SharedSettings, configured: str = "") -> tuple[str, ...]:
     """The origins whose pages may call the ingest API: ``configured`` (API_CORS_ORIGINS), else
-    the registration API's page (as localhost and 127.0.0.1 when local); ("*",) for any."""
+    the registration API's page: REGISTRATION_PUBLIC_URL's origin, else REGISTRATION_HOST's
+    (as localhost and 127.0.0.1 when local; when it listens on every interface, also as this
+    machine's host names, by which other machines open the page). ("*",) for any."""
     if configured.strip():
         return tuple(o.strip().rstrip("/") for o in configured.split(",") if o.strip())
     if settings.registration_public_url:
         return (urls.origin(settings.registration_public_url),)
     if settings.registration_host in urls.LOCAL_HOSTS:
+        hosts = ["localhost", "127.0.0.1"]
+        if settings.registration_host in urls.WILDCARD_HOSTS:
+            hosts += [name.lower() for name in (socket.gethostname(), socket.getfqdn())]
         return tuple(urls.http_url(host, settings.registration_port)
-                     for host in ("localhost", "127.0.0.1"))
+                     for host in dict.fromkeys(hosts))
     return (urls.http_url(settings.registration_host, settings.registration_port),)
 
 

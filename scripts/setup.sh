@@ -7,6 +7,9 @@
 #     pyspark already ships (jvm/spark-kafka/pom.xml);
 #   - lib/jmx-exporter/: the Prometheus JMX exporter's Java agent, which scripts/kafka.sh loads
 #     into every broker (jvm/jmx-exporter/pom.xml);
+#   - lib/log4j/: the Log4j of every Spark JVM, the brokers' version (jvm/log4j/pom.xml);
+#   - every jar fetched with Maven's strict checksums, then checked against its SHA-256 pinned in
+#     jvm/jars.sha256 (a mismatch stops setup);
 #   - Debian's chromium (and an emoji font), for the web page's browser tests, which Playwright
 #     drives (Playwright's own browser download is not used): installed with apt-get when
 #     /usr/bin/chromium is missing;
@@ -78,7 +81,10 @@ fetch_jars() {
   fi
   say "fetching jars of $pom from Maven Central into lib/$name"
   rm -rf "lib/$name"
-  mvn --batch-mode --quiet -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+  # --strict-checksums: a jar whose checksum differs from the repository's fails the fetch
+  # (Maven only warns by default); verify_jars then checks the pins of jvm/jars.sha256.
+  mvn --batch-mode --quiet --strict-checksums -Dstyle.color=never -f "$pom" \
+    dependency:copy-dependencies \
     || die "mvn could not fetch the jars of $pom (see the messages above)"
   write_stamp "lib/.$name.sha256" "$pom" requirements.lock
 }
@@ -102,6 +108,16 @@ check_connector_version() {
   pyspark_version="$(.venv/bin/python -c 'import pyspark; print(pyspark.__version__)')"
   compgen -G "lib/spark-kafka/spark-sql-kafka-0-10_2.13-$pyspark_version.jar" >/dev/null \
     || die "jvm/spark-kafka/pom.xml must name spark.version $pyspark_version, the pyspark version of requirements.txt"
+}
+
+# Every jar of lib/ must be the one pinned in jvm/jars.sha256 (emojistream/ops/jars.py), every
+# run: a jar changed on disk or by a repository is found before a JVM loads it. After a version
+# change in jvm/*/pom.xml: python -m emojistream.ops.jars pin FOLDER..., and review the diff.
+verify_jars() {
+  local folders=(spark-kafka jmx-exporter log4j)
+  [ -z "${KAFKA_HOME:-}" ] && folders=(kafka "${folders[@]}")
+  .venv/bin/python -m emojistream.ops.jars verify "${folders[@]}" >/dev/null \
+    || die "lib/ does not hold the pinned jars (see above): remove lib/ and run setup again; if a pom.xml changed on purpose, pin the new jars (python -m emojistream.ops.jars pin ${folders[*]})"
 }
 
 # Debian's chromium, which tests/test_web_page.py drives through Playwright, and a colour emoji
@@ -175,8 +191,10 @@ main() {
   fi
   fetch_jars spark-kafka
   fetch_jars jmx-exporter
+  fetch_jars log4j
   drop_jars_pyspark_ships
   check_connector_version
+  verify_jars
   # The token secret and the subscriber key, random, under $VAR_DIR/secrets unless configured.
   .venv/bin/python -m emojistream.common.secrets
   say "ready"

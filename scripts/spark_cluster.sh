@@ -46,6 +46,9 @@ run_daemon() {
   mkdir -p "$CLUSTER_DIR/work"
   export SPARK_HOME SPARK_DAEMON_MEMORY SPARK_LOCAL_IP="$SPARK_UI_HOST"
   export SPARK_DAEMON_JAVA_OPTS="-Dspark.ui.killEnabled=$SPARK_UI_KILL_ENABLED -Dlog4j2.configurationFile=$REPO_ROOT/config/spark-log4j2.properties"
+  # The project's Log4j (lib/log4j, the brokers' version) ahead of pyspark's, as in the driver.
+  [ -d "$REPO_ROOT/lib/log4j" ] || die "the project's Log4j is missing from lib/log4j: run scripts/setup.sh"
+  export SPARK_DAEMON_CLASSPATH="$REPO_ROOT/lib/log4j/*"
   exec "$SPARK_HOME/bin/spark-class" "$@"
 }
 

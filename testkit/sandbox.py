@@ -58,6 +58,7 @@ def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
         "API_PORT": str(free_port()),
         "REGISTRATION_PORT": str(free_port()),
         "WS_FIRST_PORT": str(free_port_run(cluster_count)),
+        "WS_PUBLISH_FIRST_PORT": str(free_port_run(cluster_count)),
         "CLUSTER_COUNT": str(cluster_count),
         # The Kafka-only processes' metrics ports (2 subscribers a cluster), up to 3 brokers'
         # JMX exporters, Spark's UI.

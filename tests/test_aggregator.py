@@ -5,6 +5,7 @@ the JSON it writes (Spark in local mode, no Kafka)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from emojistream import config
 from emojistream.aggregator import job as spark_aggregator
 from emojistream.aggregator.spark import spark_session
 from emojistream.common.events import format_timestamp
+from tests.services import REPO_ROOT
 
 pytestmark = pytest.mark.spark
 
@@ -23,6 +25,25 @@ def spark(test_env):
                             {"spark.master": "local[2]", "spark.sql.shuffle.partitions": "2"})
     yield session
     session.stop()
+
+
+def test_the_driver_loads_the_projects_log4j_and_its_configuration(spark):
+    """Not pyspark's bundled Log4j: lib/log4j's, the brokers' version (jvm/log4j/pom.xml)."""
+    jvm = spark.sparkContext._jvm
+    for name in ("org.apache.logging.log4j.core.LoggerContext", "org.apache.logging.log4j.Logger",
+                 "org.apache.logging.slf4j.Log4jLoggerFactory"):
+        jar = (jvm.java.lang.Class.forName(name).getProtectionDomain().getCodeSource()
+               .getLocation().getPath())
+        assert jar.startswith(str(REPO_ROOT / "lib" / "log4j") + "/"), (name, jar)
+        assert jar.endswith(f"-{LOG4J_VERSION}.jar"), jar
+    assert jvm.java.lang.System.getProperty("log4j2.configurationFile") == str(
+        REPO_ROOT / "config" / "spark-log4j2.properties")
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.executor.extraClassPath") == str(REPO_ROOT / "lib" / "log4j" / "*")
+
+
+LOG4J_VERSION = re.search(r"<log4j.version>(.+)</log4j.version>",
+                          (REPO_ROOT / "jvm" / "log4j" / "pom.xml").read_text()).group(1)
 
 
 # The Kafka record timestamp the static records get, unless given: within a second of the events

@@ -5,13 +5,16 @@ JVM)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from emojistream import config
 from emojistream.aggregator import checkpoints
 from emojistream.aggregator.checkpoints import CheckpointError, Replay
+from emojistream.common.events import format_timestamp
+from tests.services import run, run_script
 
 SETTINGS = config.load({})  # windows of 2 s, events up to 5 s ahead of their record, margin 1 s
 T = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
@@ -116,3 +119,25 @@ def test_a_checkpoint_of_another_shape_is_one_line_pointing_to_the_reset():
         "schema does not match existing state key schema.)")
     assert failure_message("\nboom: the disk is full\nat ...", "/var/cp") == \
         "the query stopped: boom: the disk is full"
+
+
+def test_replay_from_refuses_a_time_in_the_future():
+    with pytest.raises(ValueError, match=r"--replay-from 2026-11-29T10:00:01Z is in the future "
+                                         r"\(it is 2026-11-29T10:00:00.000Z now\)"):
+        checkpoints.parse_replay_from("2026-11-29T10:00:01Z", now=T)
+    assert checkpoints.parse_replay_from("2026-11-29T10:00:00Z", now=T) == T  # now is fine
+
+
+def test_a_future_replay_from_stops_nothing_and_exits_non_zero(tmp_path):
+    """Both ways in: spark_aggregator.py and scripts/reset_aggregator.sh (which checks before
+    it stops the aggregator). Nothing is written under VAR_DIR."""
+    future = format_timestamp(datetime.now(UTC) + timedelta(hours=1))
+    env = dict(os.environ, VAR_DIR=str(tmp_path / "var"))
+    direct = run("spark_aggregator.py", "--reset-checkpoint", "--replay-from", future, env=env)
+    assert direct.returncode == 2
+    assert f"error: --replay-from {future} is in the future" in direct.stderr
+    script = run_script("reset_aggregator.sh", "--replay-from", future, env=env, check=False)
+    assert script.returncode == 1
+    assert f"error: --replay-from {future} is in the future" in script.stderr
+    assert script.stderr.strip().endswith("nothing was changed; the aggregator runs on")
+    assert not (tmp_path / "var").exists()

@@ -47,8 +47,10 @@ class Services:
         self.log_dir = log_dir
         self.stack = stack
         self.ws_port = free_port()
+        self.publish_port = free_port()
         self.registration_port = free_port()
         self.env = dict(test_env, CLUSTER_COUNT="1", WS_FIRST_PORT=str(self.ws_port),
+                        WS_PUBLISH_FIRST_PORT=str(self.publish_port),
                         REGISTRATION_PORT=str(self.registration_port), SUBSCRIBER_KEY=KEY,
                         TOKEN_SECRET="simulator-test-token-secret-32-bytes-or-more",
                         WS_HEALTH_POLL_S="0.2",
@@ -91,7 +93,7 @@ class Services:
                    message="the simulator did not register and connect")
 
     def publish(self, *messages: dict) -> None:
-        with connect(f"ws://localhost:{self.ws_port}/publish",
+        with connect(f"ws://127.0.0.1:{self.publish_port}/publish",
                      additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=5) as ws:
             for message in messages:
                 ws.send(text(message))

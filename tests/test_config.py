@@ -143,14 +143,41 @@ def test_executor_size_and_driver_address_from_settings():
         "spark.driver.host": "driver.internal", "spark.driver.bindAddress": "driver.internal"}
 
 
-def test_each_cluster_publishes_to_its_own_websocket_host():
+def test_subscribers_publish_on_a_loopback_listener_after_the_viewers_ports_by_default():
     settings = config.load({"WS_HOST": "ws.example", "WS_FIRST_PORT": "6002",
                             "WS_CLUSTER_HOSTS": "ws1.example,ws2.example,::1"})
+    assert [topology.ws_port(settings, n) for n in (1, 2, 3)] == [6002, 6003, 6004]
+    assert [topology.ws_publish_port(settings, n) for n in (1, 2, 3)] == [6005, 6006, 6007]
     assert [topology.ws_publish_url(settings, n) for n in (1, 2, 3)] == [
-        "ws://ws1.example:6002/publish", "ws://ws2.example:6003/publish",
-        "ws://[::1]:6004/publish"]
-    single_host = config.load({"WS_HOST": "0.0.0.0", "WS_FIRST_PORT": "6002"})
-    assert topology.ws_publish_url(single_host, 2) == "ws://localhost:6003/publish"
+        "ws://127.0.0.1:6005/publish", "ws://127.0.0.1:6006/publish",
+        "ws://127.0.0.1:6007/publish"]
+    assert [topology.ws_publish_port(config.load({}), n) for n in (1, 2, 3)] == [5005, 5006,
+                                                                                5007]
+
+
+def test_a_publish_listener_on_every_interface_is_reached_at_each_clusters_host():
+    settings = config.load({"WS_HOST": "ws.example", "WS_FIRST_PORT": "6002",
+                            "WS_CLUSTER_HOSTS": "ws1.example,ws2.example,::1",
+                            "WS_PUBLISH_HOST": "0.0.0.0", "WS_PUBLISH_FIRST_PORT": "7000"})
+    assert [topology.ws_publish_url(settings, n) for n in (1, 2, 3)] == [
+        "ws://ws1.example:7000/publish", "ws://ws2.example:7001/publish",
+        "ws://[::1]:7002/publish"]
+    single_host = config.load({"WS_HOST": "0.0.0.0", "WS_PUBLISH_HOST": "::",
+                               "WS_FIRST_PORT": "6002"})
+    assert topology.ws_publish_url(single_host, 2) == "ws://localhost:6006/publish"
+    private = config.load({"WS_PUBLISH_HOST": "10.1.2.3", "WS_PUBLISH_FIRST_PORT": "7000"})
+    assert topology.ws_publish_url(private, 3) == "ws://10.1.2.3:7002/publish"
+
+
+def test_publish_ports_that_overlap_the_viewers_are_refused():
+    with pytest.raises(config.ConfigError, match=r"publish ports \(WS_PUBLISH_FIRST_PORT=5003 "
+                                                 r"\+ N - 1\) overlap their viewers' ports"):
+        config.load({"WS_PUBLISH_FIRST_PORT": "5003"})
+
+
+def test_the_tls_certificate_and_key_go_together():
+    with pytest.raises(config.ConfigError, match="WS_TLS_CERT and WS_TLS_KEY go together"):
+        config.load({"WS_TLS_CERT": "/etc/cert.pem"})
 
 
 def test_the_old_ws_base_port_is_refused_with_its_replacement():
@@ -224,3 +251,9 @@ def test_the_ingest_producer_delivers_within_the_bound():
 def test_ingest_limits_that_make_no_sense_are_refused(env, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load_from(IngestSettings, env)
+
+
+def test_the_refusals_log_interval_must_be_positive():
+    with pytest.raises(config.ConfigError, match="REFUSALS_LOG_INTERVAL_S must be more than 0, "
+                                                 "got 0"):
+        config.load({"REFUSALS_LOG_INTERVAL_S": "0"})

@@ -282,16 +282,18 @@ WS_KEY = "metrics-test-subscriber-key-32-bytes-or-more"
 WS_SECRET = "metrics-test-token-secret-32-bytes-or-more"
 
 
-async def exercise_ws_server(port: int) -> tuple[str, str]:
+async def exercise_ws_server(port: int, publish_port: int) -> tuple[str, str]:
     """A viewer, a viewer with a forged token, a subscriber sending one update twice; what the
     viewer received and the server's /metrics."""
     hub = ws_server.Hub(config.load({}), 1, WS_KEY, WS_SECRET)
     hub.start()
     async with ws_serve(hub.handle, "localhost", port,
-                        process_request=partial(process_request, hub)):
+                        process_request=partial(process_request, hub)), \
+            ws_serve(hub.handle, "127.0.0.1", publish_port,
+                     process_request=partial(process_request, hub, publish=True)):
         good = tokens.issue(WS_SECRET, "viewer_1", 1, 60, time.time(), "main")
         async with ws_connect(f"ws://localhost:{port}/?token={good}") as viewer, \
-                ws_connect(f"ws://localhost:{port}/publish",
+                ws_connect(f"ws://127.0.0.1:{publish_port}/publish",
                            additional_headers={"Authorization": f"Bearer {WS_KEY}"}) as pub:
             async with ws_connect(f"ws://localhost:{port}/?token=forged") as refused:
                 await refused.wait_closed()
@@ -305,7 +307,7 @@ async def exercise_ws_server(port: int) -> tuple[str, str]:
 
 
 def test_a_websocket_server_serves_viewers_broadcasts_and_refusals_at_metrics():
-    received, text = asyncio.run(exercise_ws_server(free_port()))
+    received, text = asyncio.run(exercise_ws_server(free_port(), free_port()))
     assert received == UPDATE.decode()
     assert value(text, "emojistream_ws_viewers") == 1
     assert value(text, "emojistream_ws_subscribers") == 1

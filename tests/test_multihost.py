@@ -92,7 +92,8 @@ def host_env(base: Path, host: str, shared: dict) -> dict:
     """The environment of one host: a VAR_DIR of its own, the topology, the secrets."""
     env = isolated_env(base / host / "var")
     for name in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "API_PORT", "REGISTRATION_PORT",
-                 "WS_FIRST_PORT", "METRICS_FIRST_PORT", "KAFKA_METRICS_PORT", "SPARK_UI_PORT"):
+                 "WS_FIRST_PORT", "WS_PUBLISH_FIRST_PORT", "METRICS_FIRST_PORT",
+                 "KAFKA_METRICS_PORT", "SPARK_UI_PORT"):
         env.pop(name)  # every host has ports of its own: the defaults
     return {**env, **shared, "EMOJISTREAM_HOST": host}
 

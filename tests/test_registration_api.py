@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -572,6 +573,35 @@ def test_a_stream_of_streams_cannot_be_removed_nor_added_twice(client):
                  "live streams"})
     bad = client.post("/streams", json={"stream_id": "a b"}, headers=admin)
     assert bad.status_code == 400 and "stream_id must be" in bad.get_json()["error"]
+
+
+def test_no_stream_is_added_beyond_streams_max(settings):
+    client = app_of(dataclasses.replace(settings, streams_max=2)).test_client()
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    answer = client.post("/streams", json={"stream_id": "one-more"}, headers=admin)
+    assert (answer.status_code, answer.get_json()) == (409, {
+        "error": "there are 2 streams already, at most STREAMS_MAX=2: remove one (DELETE "
+                 "/streams/ID) or raise STREAMS_MAX"})
+    assert [s["stream_id"] for s in client.get("/streams").get_json()] == ["final-2026", "main"]
+    assert config.load({}).streams_max == 100
+
+
+def test_refused_registrations_and_admin_keys_are_logged_as_counts(settings, caplog):
+    caplog.set_level(logging.INFO, logger="registration_api")
+    app = app_of(dataclasses.replace(settings, registration_burst_per_address=2,
+                                     registration_rate_per_address=0.001))
+    client = app.test_client()
+    statuses = [register(client, f"v{i}").status_code for i in range(7)]
+    assert statuses == [200, 200, 429, 429, 429, 429, 429]
+    for _ in range(3):
+        assert client.post("/streams", json={"stream_id": "x"},
+                           headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]  # one line per interval
+    app.extensions[registration_api.REFUSALS].flush()
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert refused[0].startswith("refused 8 client(s) in the last ")
+    assert refused[0].endswith(" s: rate limited (429) 5, bad admin key (401) 3")
 
 
 # --- limits -------------------------------------------------------------------------------------

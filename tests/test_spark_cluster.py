@@ -54,6 +54,21 @@ def test_status_names_the_master_and_its_worker(cluster_env):
     assert "the master counts 1 live worker(s)" in status.stdout
 
 
+def test_the_master_and_the_worker_load_the_projects_log4j(cluster_env):
+    """One Log4j in every JVM: the daemons' classpath starts with lib/log4j, the brokers'
+    version (jvm/log4j/pom.xml), and they read config/spark-log4j2.properties."""
+    status = run_script("spark_cluster.sh", "status", env=cluster_env).stdout
+    pids = [int(line.split("(pid ")[1].split(")")[0].split(",")[0])
+            for line in status.splitlines() if "(pid " in line]
+    assert len(pids) == 2, status
+    for pid in pids:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        classpath = argv[argv.index("-cp") + 1].split(":")
+        assert classpath[0] == str(REPO_ROOT / "lib" / "log4j" / "*"), classpath
+        assert (f"-Dlog4j2.configurationFile={REPO_ROOT / 'config' / 'spark-log4j2.properties'}"
+                in argv)
+
+
 def window_start(seconds_ago: int) -> datetime:
     now = int(time.time()) - seconds_ago
     return datetime.fromtimestamp(now - now % 2, tz=UTC)

@@ -51,9 +51,12 @@ class Cluster:
     def __init__(self, kafka: config.Settings, test_env: dict, log_dir, stack: ExitStack):
         suffix = uuid.uuid4().hex[:10]
         self.port = free_port()
+        self.publish_port = free_port()
         self.env = dict(test_env, SUBSCRIBERS_TOPIC_TEMPLATE=f"subs-{suffix}-{{n}}",
                         SUBSCRIBER_GROUP_TEMPLATE=f"subs-{suffix}-group-{{n}}-{{k}}",
-                        WS_FIRST_PORT=str(self.port - CLUSTER + 1), SUBSCRIBER_KEY=KEY,
+                        WS_FIRST_PORT=str(self.port - CLUSTER + 1),
+                        WS_PUBLISH_FIRST_PORT=str(self.publish_port - CLUSTER + 1),
+                        SUBSCRIBER_KEY=KEY,
                         TOKEN_SECRET=TOKEN_SECRET)
         self.settings = config.load(self.env)
         self.topic = self.settings.subscribers_topic(CLUSTER)
@@ -234,7 +237,7 @@ def test_updates_wait_in_kafka_while_the_websocket_server_is_down(cluster):
         assert receive(viewer, 1) == [update(0, 1)]
     assert first_server.stop() == 0
     cluster.produce(update(2, 2), b"not an update", update(4, 3))
-    subscriber.wait_for_log(f"no connection to ws://localhost:{cluster.port}/publish")
+    subscriber.wait_for_log(f"no connection to ws://127.0.0.1:{cluster.publish_port}/publish")
     second_server = cluster.start_server()
     wait_until(lambda: cluster.committed_offset(1) == 4, timeout_s=TIMEOUT_S,
                message="the records held back were not handed over to the new server")
@@ -274,7 +277,8 @@ def test_a_refused_key_is_a_one_line_error(cluster):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(
-        f"ERROR   subscriber: ws://localhost:{cluster.port}/publish refused the subscriber key "
+        f"ERROR   subscriber: ws://127.0.0.1:{cluster.publish_port}/publish refused the "
+        "subscriber key "
         "(HTTP 401); SUBSCRIBER_KEY (or VAR_DIR/secrets/subscriber.key) must be the WebSocket "
         "server's")
 
@@ -282,7 +286,8 @@ def test_a_refused_key_is_a_one_line_error(cluster):
 @pytest.mark.kafka
 def test_without_a_websocket_server_it_keeps_trying_and_stops_cleanly(cluster):
     subscriber = cluster.start_subscriber(1)
-    subscriber.wait_for_log(f"no connection to ws://localhost:{cluster.port}/publish", count=3)
+    subscriber.wait_for_log(f"no connection to ws://127.0.0.1:{cluster.publish_port}/publish",
+                            count=3)
     assert "ready" not in subscriber.log()  # it does not take records it cannot hand over
     assert subscriber.stop() == 0
     assert_clean_log(subscriber.log())

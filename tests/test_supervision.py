@@ -64,6 +64,7 @@ def test_the_default_topology_is_one_host_in_start_order():
     assert {c.host for c in table} == {"local"}
     assert by_name["kafka"].ready == "tcp://localhost:9092"
     assert by_name["ws_server_2"].ready == "http://localhost:5003/health"
+    assert by_name["ws_server_2"].ports == (5003, 5005)  # viewers', subscribers' (after 5002-3)
     assert by_name["ws_server_2"].cluster == 2
     assert by_name["subscriber_2_1"].metrics_url == (
         f"http://localhost:{topology.subscriber_metrics_port(settings, 2, 1)}/metrics")
@@ -123,6 +124,28 @@ def test_a_topology_that_does_not_fit_is_refused_naming_why(tmp_path, change, me
     path = write_topology(tmp_path, TOPOLOGY.replace(*change))
     with pytest.raises(ConfigError, match=message):
         deployment(config.load({"TOPOLOGY_FILE": path, "CLUSTER_COUNT": "2"}))
+
+
+def test_a_subscriber_away_from_its_loopback_publish_listener_is_refused(tmp_path):
+    moved = TOPOLOGY.replace('"subscriber_2_2", ', "").replace(
+        'run = ["kafka_3"]', 'run = ["kafka_3", "subscriber_2_2"]')
+    path = write_topology(tmp_path, moved)
+    with pytest.raises(ConfigError, match=r"subscriber_2_2 runs on k3, ws_server_2 on ws2, whose "
+                                          r"publish listener takes only its own host "
+                                          r"\(WS_PUBLISH_HOST=127.0.0.1\)"):
+        deployment(config.load({"TOPOLOGY_FILE": path, "CLUSTER_COUNT": "2"}))
+    settings = config.load({"TOPOLOGY_FILE": path, "CLUSTER_COUNT": "2",
+                            "WS_PUBLISH_HOST": "0.0.0.0"})
+    k3 = next(s for h, s, _t in deployment(settings) if h == "k3")
+    assert topology.ws_publish_url(k3, 2) == "ws://10.9.0.42:5005/publish"
+
+
+def test_with_tls_on_the_viewers_port_health_and_metrics_come_from_the_publish_listener():
+    table = components(config.load({"CLUSTER_COUNT": "2", "WS_TLS_CERT": "/c.pem",
+                                    "WS_TLS_KEY": "/k.pem"}))
+    ws2 = next(c for c in table if c.name == "ws_server_2")
+    assert (ws2.ready, ws2.metrics_url) == ("http://127.0.0.1:5005/health",
+                                            "http://127.0.0.1:5005/metrics")
 
 
 def test_crashes_are_counted_from_supervisords_events(tmp_path):

@@ -5,6 +5,7 @@ drives the page in Chromium against the whole system.)"""
 from __future__ import annotations
 
 import re
+import socket
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +16,7 @@ from emojistream.common.events import format_timestamp
 from emojistream.ingest.app import create_app as create_api_app
 from emojistream.registration import app as registration_api
 from emojistream.registration.web import STATIC_DIR, add_web_page, page_config
-from tests.services import isolated_env
+from tests.services import REPO_ROOT, isolated_env
 
 # --- the page's routes, without a browser ---------------------------------------------------
 
@@ -196,7 +197,7 @@ def test_by_default_the_registration_apis_page_may_send_and_no_other(path):
 
 @pytest.mark.parametrize("environ, origins", [
     ({}, ("http://localhost:5001", "http://127.0.0.1:5001")),
-    ({"REGISTRATION_HOST": "0.0.0.0", "REGISTRATION_PORT": "6001"},
+    ({"REGISTRATION_HOST": "127.0.0.1", "REGISTRATION_PORT": "6001"},
      ("http://localhost:6001", "http://127.0.0.1:6001")),
     ({"REGISTRATION_HOST": "stream.example"}, ("http://stream.example:5001",)),
     ({"REGISTRATION_PUBLIC_URL": "https://Cricket.Example/live/"}, ("https://cricket.example",)),
@@ -205,6 +206,36 @@ def test_by_default_the_registration_apis_page_may_send_and_no_other(path):
 def test_the_default_origin_is_the_registration_apis_page(environ, origins):
     settings = config.load(environ)
     assert topology.cors_origins(settings, settings.api_cors_origins) == origins
+
+
+def test_a_page_on_every_interface_may_send_from_this_machines_names_too():
+    settings = config.load({"REGISTRATION_HOST": "0.0.0.0", "REGISTRATION_PORT": "6001"})
+    names = dict.fromkeys(["localhost", "127.0.0.1", socket.gethostname().lower(),
+                           socket.getfqdn().lower()])
+    assert topology.cors_origins(settings, settings.api_cors_origins) == tuple(
+        f"http://{name}:6001" for name in names)
+
+
+# docs/web.md's example for viewers on other machines, as it is written there.
+MULTI_MACHINE = {"API_HOST": "0.0.0.0", "REGISTRATION_HOST": "0.0.0.0", "WS_HOST": "0.0.0.0",
+                 "WS_PUBLIC_URL_TEMPLATE": "ws://stream.example:{port}/",
+                 "REGISTRATION_PUBLIC_URL": "http://stream.example:5001"}
+
+
+def test_the_multi_machine_example_of_the_docs_takes_reactions_from_its_page():
+    doc = (REPO_ROOT / "docs" / "web.md").read_text()
+    example = doc.split("For viewers on other machines")[1].split("```")[1]
+    assert all(f"{k}={v}" in example or f"{k}='{v}'" in example
+               for k, v in MULTI_MACHINE.items()), example
+    client, sink = api_client(**MULTI_MACHINE)
+    page = "http://stream.example:5001"
+    assert preflight(client, "/emoji", page).status_code == 204
+    sent = client.post("/emoji", json=event(), headers={"Origin": page})
+    assert (sent.status_code, sent.headers["Access-Control-Allow-Origin"]) == (200, page)
+    assert len(sink.events) == 1
+    # The page it loads is told to register there, and to send to the API by its host name.
+    settings = config.load(MULTI_MACHINE)
+    assert topology.registration_url(settings) == page
 
 
 def test_any_origin_may_send_when_configured_with_a_star():

@@ -6,15 +6,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
+import ssl
+import subprocess
 import time
 import uuid
 from contextlib import ExitStack
 from urllib.parse import quote
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import connect
 
 from emojistream.common import tokens
@@ -67,10 +70,12 @@ def text(message: dict) -> str:
 class Server:
     """A running ws_server.py for cluster 2 and ways to reach it."""
 
-    def __init__(self, service: Service, port: int):
+    def __init__(self, service: Service, port: int, publish_port: int):
         self.service = service
         self.port = port
+        self.publish_port = publish_port
         self.url = f"ws://localhost:{port}"
+        self.publish_url = f"ws://127.0.0.1:{publish_port}/publish"
         self.health_url = f"http://localhost:{port}/health"
 
     def viewer(self, client_id: str = "viewer", session: str | None = None,
@@ -80,7 +85,7 @@ class Server:
 
     def publisher(self, key: str | None = KEY):
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-        return connect(f"{self.url}/publish", additional_headers=headers, open_timeout=5)
+        return connect(self.publish_url, additional_headers=headers, open_timeout=5)
 
     def health(self) -> dict:
         status, body = get_json(self.health_url)
@@ -99,8 +104,9 @@ def without_streams(health: dict) -> dict:
     return {name: value for name, value in health.items() if name != "streams"}
 
 
-def server_env(test_env: dict, port: int, **extra) -> dict:
-    return dict(test_env, WS_FIRST_PORT=str(port - CLUSTER + 1), SUBSCRIBER_KEY=KEY,
+def server_env(test_env: dict, port: int, publish_port: int, **extra) -> dict:
+    return dict(test_env, WS_FIRST_PORT=str(port - CLUSTER + 1),
+                WS_PUBLISH_FIRST_PORT=str(publish_port - CLUSTER + 1), SUBSCRIBER_KEY=KEY,
                 TOKEN_SECRET=TOKEN_SECRET,
                 **{name: str(value) for name, value in extra.items()})
 
@@ -111,11 +117,13 @@ def start_server(test_env, tmp_path):
     started = []
 
     def start(**extra) -> Server:
-        port = free_port()
+        port, publish_port = free_port(), free_port()
         service = Service(tmp_path, f"ws_server_{len(started)}", "ws_server.py", "--cluster",
-                          str(CLUSTER), env=server_env(test_env, port, **extra))
+                          str(CLUSTER), env=server_env(test_env, port, publish_port, **extra))
         started.append(service)
-        server = Server(service, port)
+        server = Server(service, port, publish_port)
+        if "WS_TLS_CERT" in extra:  # the viewers' port speaks TLS: health from the other one
+            server.health_url = f"http://127.0.0.1:{publish_port}/health"
         wait_for_health(server.health_url, service)
         return server
 
@@ -315,13 +323,15 @@ def test_an_invalid_publisher_message_is_skipped_and_the_server_keeps_working(se
 def test_a_publisher_without_the_key_is_refused_with_401(server, headers):
     with server.viewer():
         with pytest.raises(InvalidStatus) as refused:
-            connect(f"{server.url}/publish", additional_headers=headers, open_timeout=5)
+            connect(server.publish_url, additional_headers=headers, open_timeout=5)
         response = refused.value.response
         assert response.status_code == 401
         assert response.body.decode() == ("missing or wrong subscriber key "
                                           "(send Authorization: Bearer <key>)\n")
         server.wait_for_counts(viewers=1, subscribers=0)
-    assert "WARNING ws_server: refused a subscriber from 127.0.0.1:" in server.service.log()
+    assert server.service.stop() == 0  # the refusals' last line is written as it stops
+    assert ("INFO    ws_server: refused 1 client(s) in the last " in server.service.log())
+    assert " s: bad subscriber key 1\n" in server.service.log()
 
 
 def test_a_viewer_token_is_not_a_subscriber_key(server):
@@ -329,23 +339,138 @@ def test_a_viewer_token_is_not_a_subscriber_key(server):
     viewer_token = token("intruder")
     for headers in ({"Authorization": f"Bearer {viewer_token}"}, {}):
         with pytest.raises(InvalidStatus) as refused:
-            connect(f"{server.url}/publish?token={quote(viewer_token)}",
+            connect(f"{server.publish_url}?token={quote(viewer_token)}",
                     additional_headers=headers, open_timeout=5)
         assert refused.value.response.status_code == 401
 
 
 def test_the_key_scheme_is_case_insensitive(server):
-    with connect(f"{server.url}/publish", additional_headers={"Authorization": f"bearer {KEY}"},
+    with connect(server.publish_url, additional_headers={"Authorization": f"bearer {KEY}"},
                  open_timeout=5):
         server.wait_for_counts(viewers=0, subscribers=1)
+
+
+# --- the publish listener, apart from the viewers' port ---------------------------------------
+
+def test_publish_on_the_viewers_port_is_refused_even_with_the_key(server):
+    with server.viewer() as viewer:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{server.url}/publish", additional_headers={"Authorization": f"Bearer {KEY}"},
+                    open_timeout=5)
+        response = refused.value.response
+        assert response.status_code == 403
+        assert response.body.decode() == (
+            "/publish is not served on the viewers' port: subscribers publish on the server's "
+            "publish listener (WS_PUBLISH_HOST, WS_PUBLISH_FIRST_PORT)\n")
+        server.wait_for_counts(viewers=1, subscribers=0)
+        with server.publisher() as publisher:  # the publish listener takes the same key
+            message = update(unique_window(), clap=3)
+            publisher.send(text(message))
+            assert viewer.recv(timeout=5) == text(message)
+
+
+def test_the_publish_listener_takes_no_viewer_and_listens_on_loopback_only(server):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://127.0.0.1:{server.publish_port}/?token={quote(token('v'))}",
+                open_timeout=5)
+    assert refused.value.response.status_code == 404
+    assert refused.value.response.body.decode() == (
+        "no such endpoint on the publish listener: / (subscribers connect to /publish; viewers "
+        "to the viewers' port)\n")
+    assert listening_addresses(server.publish_port) == {"127.0.0.1"}
+    assert listening_addresses(server.port) - {"127.0.0.1", "::1"} == set()  # WS_HOST=localhost
+    # Health and metrics answer on both.
+    status, body = get_json(f"http://127.0.0.1:{server.publish_port}/health")
+    assert status == 200 and body["cluster"] == CLUSTER
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The addresses of the sockets listening on TCP ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                raw = bytes.fromhex(address)
+                # The kernel writes each 32-bit word in host (little-endian) order.
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+                found.add(socket.inet_ntop(socket.AF_INET if size == 4 else socket.AF_INET6,
+                                           raw))
+    return found
+
+
+def test_refused_clients_are_logged_as_exact_counts_per_interval(start_server):
+    server = start_server(REFUSALS_LOG_INTERVAL_S="60")
+    for _ in range(5):
+        with pytest.raises(InvalidStatus):
+            server.publisher(key="wrong")
+    for _ in range(3):
+        with connect(f"{server.url}/?token=garbage", open_timeout=5) as refused:
+            with pytest.raises(ConnectionClosed):
+                refused.recv(timeout=5)
+    for _ in range(2):
+        with pytest.raises(InvalidStatus):
+            connect(f"{server.url}/publish", additional_headers={"Authorization": f"Bearer {KEY}"},
+                    open_timeout=5)
+    server.wait_for_counts(viewers=0, subscribers=0)
+    assert " refused " not in server.service.log()  # nothing yet: one line per interval
+    assert server.service.stop() == 0
+    lines = [line for line in server.service.log().splitlines()
+             if "ws_server: refused" in line]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r".* INFO    ws_server: refused 10 client\(s\) in the last [\d.]+ s: bad subscriber key 5, "
+        r"invalid token \(4401\) 3, publish on the viewers' port 2", lines[0]), lines[0]
+
+
+def self_signed(directory) -> tuple[str, str]:
+    """A certificate for localhost and 127.0.0.1 and its key (openssl), as PEM files."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_viewers_connect_over_tls_when_the_server_has_a_certificate(start_server, tmp_path):
+    cert, key = self_signed(tmp_path)
+    server = start_server(WS_TLS_CERT=cert, WS_TLS_KEY=key)
+    trusted = ssl.create_default_context(cafile=cert)
+    url = f"wss://localhost:{server.port}/?token={quote(token('secure'))}"
+    with connect(url, ssl=trusted, open_timeout=5) as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        message = update(unique_window(), fire=42)
+        publisher.send(text(message))
+        assert viewer.recv(timeout=5) == text(message)
+    with pytest.raises(ssl.SSLCertVerificationError):  # an untrusted certificate is refused
+        connect(url, ssl=ssl.create_default_context(), open_timeout=5)
+    with pytest.raises((InvalidMessage, ConnectionError)):  # plain ws:// gets no WebSocket
+        connect(f"ws://localhost:{server.port}/?token={quote(token('plain'))}", open_timeout=5)
+    assert (f"serving viewers at wss://localhost:{server.port}/, subscribers at "
+            f"ws://127.0.0.1:{server.publish_port}/publish") in server.service.log()
+
+
+def test_an_unreadable_certificate_is_a_one_line_error(test_env, tmp_path):
+    missing = tmp_path / "missing.pem"
+    result = run("ws_server.py", "--cluster", str(CLUSTER),
+                 env=server_env(test_env, free_port(), free_port(), WS_TLS_CERT=missing,
+                                WS_TLS_KEY=missing))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith(f"ERROR   ws_server: cannot use WS_TLS_CERT={missing} and "
+                             f"WS_TLS_KEY={missing}: [Errno 2] No such file or directory")
 
 
 def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env, tmp_path):
     env = dict(test_env, VAR_DIR=str(tmp_path / "var"))
     env.pop("SUBSCRIBER_KEY", None)
     env.pop("TOKEN_SECRET", None)
-    port = free_port()
+    port, publish_port = free_port(), free_port()
     env["WS_FIRST_PORT"] = str(port - CLUSTER + 1)
+    env["WS_PUBLISH_FIRST_PORT"] = str(publish_port - CLUSTER + 1)
     with running(tmp_path, "ws_server", "ws_server.py", "--cluster", str(CLUSTER),
                  env=env) as service:
         wait_for_health(f"http://localhost:{port}/health", service)
@@ -353,7 +478,7 @@ def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env,
         assert oct(key_file.stat().st_mode & 0o777) == "0o600"
         key = key_file.read_text().strip()
         assert len(key) == 43
-        with connect(f"ws://localhost:{port}/publish",
+        with connect(f"ws://127.0.0.1:{publish_port}/publish",
                      additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=5):
             pass
         token_file = tmp_path / "var" / "secrets" / "token.key"
@@ -608,12 +733,13 @@ def test_a_cluster_outside_the_configuration_is_a_usage_error(test_env):
 
 def test_a_taken_port_is_a_one_line_error(server, test_env):
     result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, server.port))
+                 env=server_env(test_env, server.port, server.publish_port))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].endswith(f"ERROR   ws_server: port {server.port} on localhost is already in "
-                             f"use (is cluster {CLUSTER}'s server running already?)")
+    assert lines[0].endswith(f"ERROR   ws_server: port {server.port} on localhost or "
+                             f"{server.publish_port} on 127.0.0.1 is already in use (is cluster "
+                             f"{CLUSTER}'s server running already?)")
 
 
 def test_sigterm_closes_connections_and_exits_0(server):
@@ -629,7 +755,8 @@ def test_sigterm_closes_connections_and_exits_0(server):
     log = server.service.log()
     assert_clean_log(log)
     assert (f"INFO    ws_server: ready: cluster 2 serving viewers at ws://localhost:{server.port}/"
-            ", subscribers at /publish, health at /health") in log
+            f", subscribers at ws://127.0.0.1:{server.publish_port}/publish, health at /health"
+            ) in log
     assert ("INFO    ws_server: stopped: 1 update(s) broadcast, 0 repeated, 0 stale and 1 "
             "invalid dropped, 0 of a stream nobody watched here, 0 viewer message(s) discarded, "
             "0 viewer(s) refused") in log

@@ -162,10 +162,16 @@ def _offset_log(folder: Path) -> list[tuple[int, int, int]]:
 def parse_replay_from(text: str, now: datetime | None = None) -> datetime:
     """--replay-from: an ISO-8601 time, or how long ago, like 10m, 90s or 2h."""
     units = {"s": 1, "m": 60, "h": 3600}
+    now = now or datetime.now(UTC)
     if text[-1:] in units and text[:-1].isdigit():
-        return (now or datetime.now(UTC)) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+        return now - timedelta(seconds=int(text[:-1]) * units[text[-1]])
     try:
-        return parse_timestamp(text)
+        when = parse_timestamp(text)
     except InvalidEvent:
         raise ValueError(f"--replay-from must be an ISO-8601 time or a duration like 10m, "
                          f"got {text!r}") from None
+    if when > now:
+        raise ValueError(f"--replay-from {text} is in the future (it is {format_timestamp(now)} "
+                         "now): no event was written then, and the aggregator would hold back "
+                         "every window until that time; give a time in the past")
+    return when

@@ -48,6 +48,9 @@ def parse_args(argv):
                         help="with --reset-checkpoint: replay the events written since TIME "
                              "(ISO-8601, or how long ago: 10m, 2h); default: from before the "
                              "batch that moved the watermark ahead of its clock")
+    parser.add_argument("--check-arguments", action="store_true",
+                        help="check the arguments and exit (scripts/reset_aggregator.sh does, "
+                             "before it stops the aggregator)")
     args = parser.parse_args(argv)
     if args.replay_from and not args.reset_checkpoint:
         parser.error("--replay-from goes with --reset-checkpoint")
@@ -128,6 +131,8 @@ def reset_checkpoint(checkpoint: str, settings, replay_from, log) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.check_arguments:
+        return 0
     log = setup_logging("spark_aggregator")
     settings = load_settings(log, AggregatorSettings)
     checkpoint = args.checkpoint or checkpoints.default_location(settings)

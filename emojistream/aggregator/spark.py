@@ -16,6 +16,9 @@ from emojistream.aggregator.settings import AggregatorSettings as Settings
 from emojistream.common.settings import REPO_ROOT, ConfigError
 
 LOG_CONFIG = REPO_ROOT / "config" / "spark-log4j2.properties"
+# The project's Log4j (jvm/log4j/pom.xml, the brokers' version), ahead of pyspark's on every
+# Spark JVM's classpath: Java expands the "*".
+LOG4J_CLASSPATH = str(REPO_ROOT / "lib" / "log4j" / "*")
 
 
 class ConnectorMissing(RuntimeError):
@@ -104,6 +107,17 @@ def cluster_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+def log4j_conf() -> dict[str, str]:
+    """One Log4j for the driver and the executors: the project's jars (lib/log4j) first on
+    their classpath, and its configuration (config/spark-log4j2.properties)."""
+    if not Path(LOG4J_CLASSPATH).parent.is_dir():
+        raise ConnectorMissing(f"the project's Log4j is not in {Path(LOG4J_CLASSPATH).parent}: "
+                               "run scripts/setup.sh")
+    return {f"spark.{jvm}.{key}": value for jvm in ("driver", "executor") for key, value in (
+        ("extraClassPath", LOG4J_CLASSPATH),
+        ("extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG}"))}
+
+
 def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = None):
     from pyspark.sql import SparkSession
 
@@ -121,10 +135,8 @@ def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = N
                .config("spark.ui.killEnabled", str(settings.spark_ui_kill_enabled).lower())
                .config("spark.driver.memory", settings.spark_driver_memory)
                .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.extraJavaOptions",
-                       f"-Dlog4j2.configurationFile={LOG_CONFIG}"))
-    for key, value in {**cluster_conf(settings), **(extra_conf or {})}.items():
+               .config("spark.ui.showConsoleProgress", "false"))
+    for key, value in {**log4j_conf(), **cluster_conf(settings), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(settings.spark_log_level)

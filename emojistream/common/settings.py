@@ -78,6 +78,11 @@ class SharedSettings:
     ws_host: str = "localhost"
     ws_first_port: int = 5002  # cluster N: WS_FIRST_PORT + N - 1
     ws_cluster_hosts: str = ""  # cluster N's host: the N-th of this list; empty: WS_HOST
+    # The subscribers' listener of every WebSocket server (/publish), apart from the viewers':
+    # loopback by default (subscribers next to their server); 0.0.0.0 or the address of a
+    # network the subscribers reach and viewers do not, when they run elsewhere.
+    ws_publish_host: str = "127.0.0.1"
+    ws_publish_first_port: int = 0  # cluster N: +N-1; 0: WS_FIRST_PORT + CLUSTER_COUNT
     ws_public_url_template: str = "ws://{host}:{port}/"  # what viewers connect to
     api_public_url: str = ""  # the ingest API as browsers reach it; empty: API_HOST:API_PORT
     registration_public_url: str = ""  # the page's origin; empty: where it was loaded from
@@ -105,6 +110,8 @@ class SharedSettings:
     admin_key: str = ""
     ws_ping_interval_s: float = 10.0
     ws_ping_timeout_s: float = 10.0
+    # Refused clients are logged as one line of counts per interval (common/refusals.py).
+    refusals_log_interval_s: float = 10.0
 
     def __post_init__(self):
         if not self.kafka_bootstrap_servers:
@@ -122,6 +129,10 @@ class SharedSettings:
                               f"{WS_KEEPALIVE_MIN_S:g} s (the keepalive frees the connections of "
                               f"vanished viewers), got {self.ws_ping_interval_s:g} and "
                               f"{self.ws_ping_timeout_s:g}")
+        self._check_ws_ports()
+        if self.refusals_log_interval_s <= 0:
+            raise ConfigError(f"REFUSALS_LOG_INTERVAL_S must be more than 0, got "
+                              f"{self.refusals_log_interval_s:g}")
         hosts = [h for h in self.ws_cluster_hosts.split(",") if h.strip()]
         if hosts and len(hosts) < self.cluster_count:
             raise ConfigError(f"WS_CLUSTER_HOSTS names {len(hosts)} host(s); cluster "
@@ -138,6 +149,14 @@ class SharedSettings:
                               f"KAFKA_PORT={self.kafka_port} + (N-1) * KAFKA_PORT_STEP={step}, "
                               f"controllers on KAFKA_CONTROLLER_PORT={self.kafka_controller_port} "
                               "+ (N-1) * KAFKA_PORT_STEP")
+
+    def _check_ws_ports(self) -> None:
+        viewers = range(self.ws_first_port, self.ws_first_port + self.cluster_count)
+        first = self.ws_publish_first_port or viewers.stop
+        if set(viewers) & set(range(first, first + self.cluster_count)):
+            raise ConfigError(f"the WebSocket servers' publish ports (WS_PUBLISH_FIRST_PORT="
+                              f"{first} + N - 1) overlap their viewers' ports (WS_FIRST_PORT="
+                              f"{self.ws_first_port} + N - 1, {self.cluster_count} clusters)")
 
     def _check_event_time_limits(self) -> None:
         if min(self.max_event_age_s, self.max_event_future_s, self.event_time_margin_s) < 0:

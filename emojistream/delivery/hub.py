@@ -3,6 +3,7 @@ from the subscribers deduplicated and broadcast to their stream's viewers (docs/
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -12,8 +13,9 @@ from websockets.exceptions import ConnectionClosed
 
 from emojistream.common import closecodes, tokens
 from emojistream.common.events import InvalidEvent, decode_window_update
+from emojistream.common.refusals import RefusalLog
 from emojistream.delivery.broadcast import Broadcaster
-from emojistream.delivery.connections import Connections, address_of, peer
+from emojistream.delivery.connections import Connections, peer
 from emojistream.delivery.dedup import WindowDeduplicator
 from emojistream.delivery.metrics import WsMetrics
 from emojistream.delivery.settings import DeliverySettings
@@ -41,6 +43,8 @@ class Hub:
         self.broadcaster = Broadcaster(settings.ws_broadcast_batch,
                                        settings.ws_max_viewer_buffer_bytes, self.metrics,
                                        self.connections.close_later, self.connections.leaving)
+        self.refusals = RefusalLog(log, settings.refusals_log_interval_s)
+        self._refusal_task: asyncio.Task | None = None
 
     @property
     def viewers(self) -> set[ServerConnection]:
@@ -51,11 +55,15 @@ class Hub:
         return self.connections.subscribers
 
     def start(self) -> None:
-        """Start broadcasting (in the running event loop)."""
+        """Start broadcasting and logging the refusals (in the running event loop)."""
         self.broadcaster.start()
+        self._refusal_task = asyncio.get_running_loop().create_task(self.refusals.run())
 
     async def stop(self) -> None:
         await self.broadcaster.stop()
+        if self._refusal_task is not None:
+            self._refusal_task.cancel()
+            await asyncio.gather(self._refusal_task, return_exceptions=True)
 
     def health(self) -> dict:
         return {"cluster": self.cluster, "status": "ok", "viewers": len(self.viewers),
@@ -68,8 +76,7 @@ class Hub:
         if not self.connections.address_full(connection):
             return False
         self.metrics.over_address_limit.inc()
-        log.info("refused a viewer from %s: %d connections from that address already",
-                 peer(connection), self.connections.per_address[address_of(connection)])
+        self.refusals.refused("too many connections from the address", peer(connection))
         return True
 
     def _stream(self, stream_id: str) -> Stream:
@@ -92,8 +99,7 @@ class Hub:
                                                           self.cluster, time.time())
         except tokens.TokenError as err:
             self.metrics.tokens_refused.inc()
-            log.info("refused a viewer from %s: %s (%d)", peer(connection), err.reason,
-                     err.code)
+            self.refusals.refused(f"{err.reason} ({err.code})", peer(connection))
             await connection.close(err.code, err.reason)
             return
         if self.too_many(connection):  # handshakes that were under way together

@@ -1,6 +1,6 @@
 """A WebSocket server's HTTP, answered before the WebSocket handshake (websockets'
-process_request): GET /health, GET /metrics, the subscriber key at /publish, the limit of
-viewers per address."""
+process_request): GET /health, GET /metrics, the subscriber key at /publish (on the publish
+listener only), the limit of viewers per address."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ HEALTH_PATH = "/health"
 METRICS_PATH = metrics.PATH
 
 
-def process_request(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
-    """The answer to a request that is not a WebSocket handshake to go ahead with, else None."""
+def process_request(hub: Hub, connection: ServerConnection, request: Request,
+                    publish: bool = False) -> Response | None:
+    """The answer to a request that is not a WebSocket handshake to go ahead with, else None.
+    ``publish``: the request came to the publish listener (subscribers only), else to the
+    viewers' listener (never subscribers)."""
     path = urlsplit(request.path).path
     if path in (HEALTH_PATH, METRICS_PATH):
         if request.method != "GET":
@@ -36,12 +39,14 @@ def process_request(hub: Hub, connection: ServerConnection, request: Request) ->
             return _answer(connection, json.dumps(hub.health()) + "\n", "application/json")
         body, content_type = metrics.exposition(hub.metrics.registry)
         return _answer(connection, body.decode("utf-8"), content_type)
-    if path == PUBLISH_PATH and not bearer_matches(request.headers.get("Authorization"),
-                                                   hub.subscriber_key):
-        log.warning("refused a subscriber from %s: missing or wrong key", peer(connection))
-        return connection.respond(http.HTTPStatus.UNAUTHORIZED,
-                                  "missing or wrong subscriber key "
-                                  "(send Authorization: Bearer <key>)\n")
+    if publish:
+        return _publish_request(hub, connection, request, path)
+    if path == PUBLISH_PATH:
+        hub.refusals.refused("publish on the viewers' port", peer(connection))
+        return connection.respond(http.HTTPStatus.FORBIDDEN,
+                                  f"{PUBLISH_PATH} is not served on the viewers' port: "
+                                  "subscribers publish on the server's publish listener "
+                                  "(WS_PUBLISH_HOST, WS_PUBLISH_FIRST_PORT)\n")
     if path not in (VIEWER_PATH, PUBLISH_PATH):
         return connection.respond(http.HTTPStatus.NOT_FOUND,
                                   f"no such endpoint: {path} (viewers connect to "
@@ -51,6 +56,21 @@ def process_request(hub: Hub, connection: ServerConnection, request: Request) ->
                                   f"too many connections from {address_of(connection)}: at "
                                   f"most {hub.connections.max_per_address} "
                                   "(WS_MAX_CONNECTIONS_PER_ADDRESS)\n")
+    return None
+
+
+def _publish_request(hub: Hub, connection: ServerConnection, request: Request,
+                     path: str) -> Response | None:
+    if path != PUBLISH_PATH:
+        return connection.respond(http.HTTPStatus.NOT_FOUND,
+                                  f"no such endpoint on the publish listener: {path} "
+                                  f"(subscribers connect to {PUBLISH_PATH}; viewers to the "
+                                  "viewers' port)\n")
+    if not bearer_matches(request.headers.get("Authorization"), hub.subscriber_key):
+        hub.refusals.refused("bad subscriber key", peer(connection))
+        return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                  "missing or wrong subscriber key "
+                                  "(send Authorization: Bearer <key>)\n")
     return None
 
 

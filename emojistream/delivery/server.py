@@ -1,14 +1,19 @@
-"""ws_server.py --cluster N: one asyncio event loop, no threads, on one port:
+"""ws_server.py --cluster N: one asyncio event loop, no threads, on two listeners: the viewers'
+(WS_HOST, WS_FIRST_PORT + N - 1; wss:// with WS_TLS_CERT and WS_TLS_KEY) and the subscribers'
+(WS_PUBLISH_HOST, loopback by default; WS_PUBLISH_FIRST_PORT + N - 1, topology.ws_publish_port):
 
     ws://HOST:PORT/?token=T      viewers, with the token the registration API gave them; closed
                                  with 4401 (missing, invalid or expired token) or 4403 (a token
-                                 for another cluster). What viewers send is discarded
-    ws://HOST:PORT/publish       the cluster's subscribers, with "Authorization: Bearer <key>"
+                                 for another cluster). What viewers send is discarded. /publish
+                                 is refused here (HTTP 403)
+    ws://PUBLISH_HOST:PUBLISH_PORT/publish
+                                 the cluster's subscribers, with "Authorization: Bearer <key>"
                                  (HTTP 401 otherwise); every text message is a window update
     GET http://HOST:PORT/health  {"cluster": N, "status": "ok", "viewers": V, "subscribers": S,
                                   "streams": {ID: {"viewers": V, "last_window": START,
                                                    "last_window_total": T}, ...}}
-    GET http://HOST:PORT/metrics Prometheus metrics (emojistream/delivery/metrics.py)
+                                 (on both listeners)
+    GET http://HOST:PORT/metrics Prometheus metrics (emojistream/delivery/metrics.py; both)
 
 What viewers receive: README.md; deduplication, limits, heartbeats and scale: docs/delivery.md.
 """
@@ -21,6 +26,7 @@ import dataclasses
 import errno
 import logging
 import signal
+import ssl
 from functools import partial
 
 from websockets.asyncio.server import serve
@@ -37,7 +43,7 @@ log = logging.getLogger("ws_server")
 
 
 async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: str,
-              open_files: int) -> None:
+              open_files: int, tls: ssl.SSLContext | None = None) -> None:
     hub = Hub(settings, cluster, key, token_secret)
     hub.start()
     stop = asyncio.Event()
@@ -45,21 +51,35 @@ async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     port = topology.ws_port(settings, cluster)
+    publish_port = topology.ws_publish_port(settings, cluster)
     # No compression: broadcast() would compress each copy separately, and every compressed
     # connection holds zlib buffers.
-    async with serve(hub.handle, settings.ws_host, port,
+    options = dict(**settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
+                   compression=None)
+    async with serve(hub.handle, settings.ws_host, port, ssl=tls,
                      process_request=partial(process_request, hub),
-                     **settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
-                     compression=None, backlog=settings.ws_listen_backlog):
-        log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
-                 "health at %s, metrics at %s; open-file limit %d (one per connection)", cluster,
-                 settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH, HEALTH_PATH, METRICS_PATH,
-                 open_files)
+                     backlog=settings.ws_listen_backlog, **options), \
+            serve(hub.handle, settings.ws_publish_host, publish_port,
+                  process_request=partial(process_request, hub, publish=True), **options):
+        log.info("ready: cluster %d serving viewers at %s://%s:%d%s, subscribers at "
+                 "ws://%s:%d%s, health at %s, metrics at %s; open-file limit %d (one per "
+                 "connection)", cluster, "wss" if tls else "ws", settings.ws_host, port,
+                 VIEWER_PATH, settings.ws_publish_host, publish_port, PUBLISH_PATH, HEALTH_PATH,
+                 METRICS_PATH, open_files)
         await stop.wait()
         log.info("stopping: closing %d viewer and %d subscriber connection(s)",
                  len(hub.viewers), len(hub.subscribers))
         await hub.stop()
     log.info("stopped: %s", hub.metrics.summary())
+
+
+def tls_context(settings: DeliverySettings) -> ssl.SSLContext | None:
+    """The viewers' listener's TLS (WS_TLS_CERT and WS_TLS_KEY, PEM files), or None."""
+    if not settings.ws_tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.ws_tls_cert, settings.ws_tls_key)
+    return context
 
 
 def main(argv=None) -> int:
@@ -73,7 +93,8 @@ def main(argv=None) -> int:
         prog="ws_server.py",
         description="WebSocket fan-out of window updates to one cluster's viewers. Listens on "
                     "WS_HOST, port WS_FIRST_PORT + N - 1; subscribers publish at /publish with the "
-                    "subscriber key; GET /health reports the connection counts.")
+                    "subscriber key on a listener of their own (WS_PUBLISH_HOST, loopback by "
+                    "default); GET /health reports the connection counts.")
     add_cluster_option(parser, settings)
     parser.add_argument("--host", default=settings.ws_host,
                         help=f"address to listen on (default {settings.ws_host})")
@@ -85,11 +106,19 @@ def main(argv=None) -> int:
         log.error("cannot use the secrets: %s", err)
         return 1
     try:
-        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit()))
+        tls = tls_context(settings)
+    except (OSError, ssl.SSLError) as err:
+        log.error("cannot use WS_TLS_CERT=%s and WS_TLS_KEY=%s: %s", settings.ws_tls_cert,
+                  settings.ws_tls_key, err)
+        return 1
+    try:
+        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit(), tls))
     except OSError as err:
         if err.errno != errno.EADDRINUSE:
             raise
-        log.error("port %d on %s is already in use (is cluster %d's server running already?)",
-                  topology.ws_port(settings, args.cluster), settings.ws_host, args.cluster)
+        log.error("port %d on %s or %d on %s is already in use (is cluster %d's server running "
+                  "already?)", topology.ws_port(settings, args.cluster), settings.ws_host,
+                  topology.ws_publish_port(settings, args.cluster), settings.ws_publish_host,
+                  args.cluster)
         return 1
     return 0

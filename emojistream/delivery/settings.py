@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emojistream.common.settings import SharedSettings
+from emojistream.common.settings import ConfigError, SharedSettings
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,16 @@ class DeliverySettings(SharedSettings):
     ws_dedup_windows: int = 64
     ws_broadcast_batch: int = 250
     ws_listen_backlog: int = 4096
+    # The viewers' listener over TLS (wss://): a PEM certificate chain and its key; empty: ws://
+    # (TLS terminated in front of the server, if at all: docs/operations.md#tls-for-viewers).
+    ws_tls_cert: str = ""
+    ws_tls_key: str = ""
     subscriber_session_timeout_ms: int = 6000
     subscriber_heartbeat_ms: int = 1000
     subscriber_retry_max_s: float = 2.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if bool(self.ws_tls_cert) != bool(self.ws_tls_key):
+            raise ConfigError("WS_TLS_CERT and WS_TLS_KEY go together (the viewers' listener's "
+                              "certificate chain and its private key, PEM files)")

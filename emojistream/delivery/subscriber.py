@@ -47,7 +47,7 @@ class HandOverFailed(RuntimeError):
 
 
 class Outlet:
-    """How to reach the cluster's WebSocket server's /publish endpoint."""
+    """How to reach the cluster's WebSocket server's /publish endpoint (its publish listener)."""
 
     def __init__(self, url: str, key: str, settings: DeliverySettings):
         self.url = url
@@ -213,7 +213,8 @@ def parse_args(argv, settings: DeliverySettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="subscriber.py",
         description="Hands cluster N's window updates (SUBSCRIBERS_TOPIC_TEMPLATE) to the "
-                    "cluster's WebSocket server (WS_HOST, port WS_FIRST_PORT + N - 1). Run two per "
+                    "cluster's WebSocket server at its publish listener (WS_PUBLISH_HOST, port "
+                    "WS_PUBLISH_FIRST_PORT + N - 1). Run two per "
                     "cluster: each consumes in its own group and forwards everything; the "
                     "server drops the second copy, so either may fail without a gap.")
     add_cluster_option(parser, settings)

@@ -77,10 +77,13 @@ def components(settings: Settings, host: str = LOCAL, spark_cluster: bool = Fals
     found.append(_metered("spark_aggregator", ("spark_aggregator.py",), host,
                           topology.aggregator_metrics_port(s), s))
     for n in s.clusters:
-        port = topology.ws_port(s, n)
+        port, publish_port = topology.ws_port(s, n), topology.ws_publish_port(s, n)
         address = urls.reachable(topology.ws_cluster_host(s, n))
+        if s.ws_tls_cert:  # the viewers' port speaks TLS: health and metrics over the other
+            address, port = topology.ws_publish_address(s, n), publish_port
         found.append(Component(f"ws_server_{n}", "ws_server",
-                               ("ws_server.py", "--cluster", str(n)), host, (port,),
+                               ("ws_server.py", "--cluster", str(n)), host,
+                               (topology.ws_port(s, n), publish_port),
                                _url(address, port, "/health"), _url(address, port, "/metrics"),
                                n))
     found.append(Component("registration_api", "registration_api", ("registration_api.py",),
@@ -125,4 +128,5 @@ def deployment(settings: Settings) -> list[tuple[str, Settings, list[Component]]
         every = components(host_settings, host, spark_cluster=True)
         hosts.check(placed, [c.name for c in every], settings.topology_file)
         found.append((host, host_settings, [c for c in every if c.name in placed.runs[host]]))
+    hosts.check_publish_listener(placed, settings, settings.topology_file)
     return found

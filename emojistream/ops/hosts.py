@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from emojistream.common.settings import ConfigError, SharedSettings
 
 REPLICABLE = {"emoji_api", "registration_api"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 OPTIONAL = ("spark_master", "spark_worker_")
 
 
@@ -81,6 +82,25 @@ def check(hosts: Hosts, names: list[str], path: str) -> None:
         if len(where) > 1 and name not in REPLICABLE:
             raise ConfigError(f"{path}: {name} runs on {', '.join(where)}; only "
                               f"{', '.join(sorted(REPLICABLE))} may run on several hosts")
+
+
+def check_publish_listener(hosts: Hosts, settings: SharedSettings, path: str) -> None:
+    """A WebSocket server's publish listener on loopback (WS_PUBLISH_HOST, the default) takes
+    only subscribers of its own host: a subscriber placed elsewhere is refused here, not left
+    to retry for ever."""
+    if settings.ws_publish_host not in LOOPBACK_HOSTS:
+        return
+    for n in range(1, settings.cluster_count + 1):
+        server = hosts.host_of(f"ws_server_{n}")
+        for k in range(1, settings.subscribers_per_cluster + 1):
+            where = hosts.host_of(f"subscriber_{n}_{k}")
+            if where is not None and server is not None and where != server:
+                raise ConfigError(
+                    f"{path}: subscriber_{n}_{k} runs on {where}, ws_server_{n} on {server}, "
+                    f"whose publish listener takes only its own host (WS_PUBLISH_HOST="
+                    f"{settings.ws_publish_host}): run the subscribers next to their server, or "
+                    "set WS_PUBLISH_HOST=0.0.0.0 with a firewall that keeps viewers off the "
+                    "publish ports (docs/deploy.md)")
 
 
 def environment(hosts: Hosts, host: str, settings: SharedSettings) -> dict[str, str]:

@@ -30,6 +30,7 @@ from emojistream.common.json_api import (
     json_body,
 )
 from emojistream.common.limits import RateLimiter
+from emojistream.common.refusals import RefusalLog
 from emojistream.common.settings import load_from
 from emojistream.common.streams import StreamCatalog
 from emojistream.registration import web
@@ -51,6 +52,7 @@ BALANCER = "balancer"  # keys of the balancer, the health monitor, the stream ca
 MONITOR = "health_monitor"
 STREAMS = "streams"
 METRICS = "metrics"
+REFUSALS = "refusals"  # the refused clients' log lines (common/refusals.py)
 ENDPOINTS = ("POST /register, POST /deregister, GET /clusters, GET /streams, POST /streams, "
              "DELETE /streams/ID, GET /health, GET /metrics and GET /openapi.json")
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
@@ -111,6 +113,7 @@ def create_app(settings: RegistrationSettings | None = None, balancer: Balancer 
     app.extensions[MONITOR] = monitor
     app.extensions[STREAMS] = streams
     app.extensions[METRICS] = RegistrationMetrics(balancer)
+    refusals = app.extensions[REFUSALS] = RefusalLog(log, settings.refusals_log_interval_s)
     _add_routes(app, settings, balancer, monitor, token_secret, streams)
     add_stream_routes(app, settings, balancer, streams, admin_key)
     web.add_web_page(app, settings)
@@ -119,6 +122,7 @@ def create_app(settings: RegistrationSettings | None = None, balancer: Balancer 
     monitor.poll_all()
     if poll:
         monitor.start()
+        refusals.start_thread()
     return app
 
 
@@ -133,6 +137,7 @@ def _add_routes(app: Flask, settings: RegistrationSettings, balancer: Balancer,
             return
         wait_s = limiter.take(request.remote_addr or "?")
         if wait_s is not None:
+            app.extensions[REFUSALS].refused("rate limited (429)", request.remote_addr or "?")
             raise ApiError(429, f"too many registrations from {request.remote_addr}: at most "
                                 f"{settings.registration_burst_per_address} at once and "
                                 f"{settings.registration_rate_per_address:g} a second "

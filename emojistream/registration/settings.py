@@ -18,3 +18,4 @@ class RegistrationSettings(ViewerSettings):
     ws_health_poll_s: float = 1.0
     ws_health_timeout_s: float = 2.0
     web_stats_interval_s: float = 5.0  # how often the page asks for the viewer counts
+    streams_max: int = 100  # POST /streams refuses a stream beyond this many (STREAMS included)

@@ -42,6 +42,9 @@ def add_stream_routes(app: Flask, settings: RegistrationSettings, balancer: Bala
 
     def admin_only() -> None:
         if not bearer_matches(request.headers.get("Authorization"), admin_key):
+            refusals = app.extensions.get("refusals")
+            if refusals is not None:
+                refusals.refused("bad admin key (401)", request.remote_addr or "?")
             raise ApiError(401, "missing or wrong admin key (send Authorization: Bearer <key>; "
                                 "the key is ADMIN_KEY, or VAR_DIR/secrets/admin.key)",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -72,6 +75,10 @@ def add_stream_routes(app: Flask, settings: RegistrationSettings, balancer: Bala
             raise ApiError(400, str(err)) from None
         if streams.known(stream_id):
             raise ApiError(409, f"stream {stream_id!r} exists already")
+        if len(streams.all()) >= settings.streams_max:
+            raise ApiError(409, f"there are {len(streams.all())} streams already, at most "
+                                f"STREAMS_MAX={settings.streams_max}: remove one (DELETE "
+                                "/streams/ID) or raise STREAMS_MAX")
         write(lambda w: w.add(stream_id))
         deadline = time.monotonic() + STREAM_KNOWN_TIMEOUT_S
         while not streams.known(stream_id) and time.monotonic() < deadline:

@@ -15,9 +15,11 @@ from emojistream.common import kafka_clients
 from emojistream.common.lifecycle import add_cluster_option, load_settings, stop_on_signals
 from emojistream.common.logs import setup_logging
 from emojistream.common.settings import SharedSettings
-from emojistream.relay.relay import relay
+from emojistream.relay.relay import PublishRefused, relay
 
 MAIN_GROUP = "main-publisher"
+# The exit status of a publisher that Kafka refused an update for good (relay.PublishRefused).
+EXIT_REFUSED = 3
 
 
 def main_publisher(argv=None) -> int:
@@ -47,11 +49,15 @@ def cluster_publisher(argv=None) -> int:
 
 def _run(settings: SharedSettings, source: str, targets: list[str], group_id: str,
          metrics_port: int, log: logging.Logger) -> int:
-    """Relay until SIGTERM or SIGINT: 0, or 1 with one line when Kafka or a topic is missing."""
+    """Relay until SIGTERM or SIGINT: 0; 1 with one line when Kafka or a topic is missing;
+    EXIT_REFUSED when Kafka refused an update for good (nothing committed past it)."""
     stop = stop_on_signals()
     try:
         relay(settings, source, targets, group_id, log, stop, metrics_port)
     except kafka_clients.KafkaUnavailable as err:
         log.error("%s", err)
         return 1
+    except PublishRefused as err:
+        log.error("stopping: %s", err)
+        return EXIT_REFUSED
     return 0

@@ -7,7 +7,10 @@ consumer goes back to the batch's first records and sends them again after a bac
 it takes. A publisher that crashes resumes from its last commit. So an update may be forwarded
 twice, which viewers treat as the same update again, but never lost. Records that are not window
 updates, or that Kafka can never take (too large), are skipped, counted and logged, and never
-block the stream.
+block the stream. Any other refusal that retrying cannot fix (an authorization failure, an
+invalid record or topic: Kafka's errors whose ``retriable`` is False) stops the publisher
+without committing the batch (PublishRefused): it exits non-zero, its supervisor starts it again,
+and it resumes from the update that failed, which it sends again, until the cause is fixed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from emojistream.common import kafka_clients, metrics
 from emojistream.common.backoff import Backoff
@@ -32,8 +35,16 @@ RETRY_MAX_S = 5.0
 FLUSH_MARGIN_S = 5.0
 
 
+# Refusals of one record that no retry can change: the record is skipped.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
 class SendFailed(RuntimeError):
     """Kafka did not acknowledge an update, for a reason that may pass: send it again."""
+
+
+class PublishRefused(RuntimeError):
+    """Kafka refused an update for a reason that retrying cannot fix: stop, commit nothing."""
 
 
 class Relay:
@@ -135,6 +146,12 @@ class Relay:
             if any(getattr(err, "retriable", False) for err in errors):
                 raise SendFailed(f"Kafka did not take an update for {len(self.targets)} "
                                  f"topic(s): {errors[0]}")
+            fatal = [err for err in errors if not isinstance(err, TOO_LARGE)]
+            if fatal:
+                raise PublishRefused(
+                    f"Kafka refused the update at {record.topic}[{record.partition}]@"
+                    f"{record.offset} for a reason that retrying cannot fix: {fatal[0]!r}; "
+                    "nothing of its batch is committed")
             if errors:
                 self._skip(record, f"Kafka refused it: {errors[0]}")
             else:
