@@ -84,7 +84,14 @@ def serve(factory: str, *, host: str, port: int, workers: int, threads: int,
 
 def _load_app(worker_exit: str | None, factory: str):
     """In a worker, as granian loads its app: the app, a watch that stops the worker when its
-    parent dies, and ``worker_exit`` run as the worker ends."""
+    parent dies, and ``worker_exit`` run as the worker ends.
+
+    A forked worker inherits the main process's SIGTERM handler until granian sets its own as
+    the worker starts serving, so a stop that comes while the worker loads would be swallowed
+    and the main process would wait for that worker forever. Until then, the worker has served
+    nothing: such a signal ends it at once."""
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_before_serving)
     app = _call(factory)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True,
                      name="parent-watch").start()
@@ -92,6 +99,10 @@ def _load_app(worker_exit: str | None, factory: str):
         threading.Thread(target=_after_serving, args=(worker_exit, app),
                          name="worker-exit").start()
     return app
+
+
+def _exit_before_serving(signum, _frame) -> None:
+    os._exit(128 + signum)
 
 
 def _after_serving(worker_exit: str, app) -> None:
