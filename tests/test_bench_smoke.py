@@ -166,8 +166,8 @@ def test_registrations_answers_every_registration(tmp_path):
     assert [s["workers"] for s in record["results"]["summary"]] == [1, 2]
     assert record["results"]["generator"]["source_addresses"] == [
         "127.0.0.2", "127.0.0.3", "127.0.0.4"]
-    assert all(0 < s["generator_cpu_share"] < 1 and 0 < s["server_cpu_share"] <= 1
-               for s in steps), steps
+    # 300 registrations take a fraction of a second: CPU clocks' ticks make the shares coarse.
+    assert all(s["generator_cpu_s"] >= 0 and s["server_cpu_s"] > 0 for s in steps), steps
 
 
 def test_end_to_end_counts_every_window_exactly(tmp_path):

@@ -24,7 +24,7 @@ from emojistream.config import Settings
 from emojistream.ops import status
 from emojistream.ops.components import LOCAL, Component, components, deployment
 from emojistream.ops.supervise import Supervisor, SupervisorError
-from emojistream.ops.topics import TOPIC_ERRORS, ensure_topics
+from emojistream.ops.topics import BROKERS_TIMEOUT_S, TOPIC_ERRORS, ensure_topics
 
 log = logging.getLogger("system")
 
@@ -66,7 +66,7 @@ def up(supervisor: Supervisor, chosen: list[Component]) -> None:
     brokers = [c for c in chosen if c.kind == "kafka"]
     supervisor.start(brokers, READY_TIMEOUT_S, say=log.info)
     if any(c.name in ("kafka", "kafka_1") for c in brokers):
-        created = ensure_topics(supervisor.settings, log)
+        created = ensure_topics(supervisor.settings, log, BROKERS_TIMEOUT_S)
         log.info("topics created: %s", ", ".join(created) if created else "none (all exist)")
     supervisor.start([c for c in chosen if c.kind != "kafka"], READY_TIMEOUT_S, say=log.info)
 

@@ -118,9 +118,9 @@ TOPIC_ERRORS = (KafkaUnavailable, KafkaError, RuntimeError)
 
 
 def ensure_topics(settings: SharedSettings, log: logging.Logger,
-                  timeout_s: float = BROKERS_TIMEOUT_S) -> list[str]:
+                  timeout_s: float = 0.0) -> list[str]:
     """:func:`create_topics`, tried again for ``timeout_s`` while the cluster cannot be reached
-    (a broker of a cluster that starts on several hosts at once may refuse for a while)."""
+    (the brokers of a cluster that starts on several hosts at once refuse for a while)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
