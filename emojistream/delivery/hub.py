@@ -40,7 +40,8 @@ class Hub:
         self.metrics = WsMetrics(self.connections)
         self.broadcaster = Broadcaster(settings.ws_broadcast_batch,
                                        settings.ws_max_viewer_buffer_bytes, self.metrics,
-                                       self.connections.close_later, self.connections.leaving)
+                                       self.connections.close_later, self.connections.leaving,
+                                       settings.ws_conflate)
 
     @property
     def viewers(self) -> set[ServerConnection]:

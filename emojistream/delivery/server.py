@@ -35,6 +35,8 @@ from emojistream.delivery.settings import DeliverySettings
 
 log = logging.getLogger("ws_server")
 
+COMPRESSION = {"none": None, "deflate": "deflate"}  # WS_COMPRESSION -> websockets' compression
+
 
 async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: str,
               open_files: int) -> None:
@@ -45,12 +47,13 @@ async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     port = topology.ws_port(settings, cluster)
-    # No compression: broadcast() would compress each copy separately, and every compressed
-    # connection holds zlib buffers.
+    # Compression (WS_COMPRESSION=deflate) is off by default: broadcast() compresses each copy
+    # separately, and every compressed connection holds zlib buffers (docs/delivery.md).
     async with serve(hub.handle, settings.ws_host, port,
                      process_request=partial(process_request, hub),
                      **settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
-                     compression=None, backlog=settings.ws_listen_backlog):
+                     compression=COMPRESSION[settings.ws_compression],
+                     backlog=settings.ws_listen_backlog):
         log.info("ready: cluster %d serving viewers at ws://%s:%d%s, subscribers at %s, "
                  "health at %s, metrics at %s; open-file limit %d (one per connection)", cluster,
                  settings.ws_host, port, VIEWER_PATH, PUBLISH_PATH, HEALTH_PATH, METRICS_PATH,
@@ -79,6 +82,10 @@ def main(argv=None) -> int:
                         help=f"address to listen on (default {settings.ws_host})")
     args = parser.parse_args(argv)
     settings = dataclasses.replace(settings, ws_host=args.host)
+    if settings.ws_compression not in COMPRESSION:
+        log.error("WS_COMPRESSION must be one of %s, got %r", ", ".join(COMPRESSION),
+                  settings.ws_compression)
+        return 2
     try:
         token_secret, key = secrets.token_secret_and_subscriber_key(settings)
     except (OSError, secrets.SecretError) as err:

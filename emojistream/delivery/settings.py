@@ -14,6 +14,8 @@ class DeliverySettings(SharedSettings):
     ws_max_viewer_buffer_bytes: int = 1024 * 1024
     ws_dedup_windows: int = 64
     ws_broadcast_batch: int = 250
+    ws_conflate: bool = True       # send only the latest queued version of a window when behind
+    ws_compression: str = "none"   # "none" or "deflate" (permessage-deflate, per connection)
     ws_listen_backlog: int = 4096
     subscriber_session_timeout_ms: int = 6000
     subscriber_heartbeat_ms: int = 1000
