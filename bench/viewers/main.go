@@ -76,6 +76,7 @@ type config struct {
 	maxSeconds      float64
 	attempts        int
 	timeout         time.Duration
+	compression     bool
 }
 
 func main() {
@@ -90,6 +91,7 @@ func main() {
 	flag.Float64Var(&cfg.maxSeconds, "max-seconds", 900, "stop on its own after this long")
 	flag.IntVar(&cfg.attempts, "attempts", 30, "tries per registration and connection (429/503 wait Retry-After)")
 	flag.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "timeout of one request or handshake")
+	flag.BoolVar(&cfg.compression, "compression", false, "offer permessage-deflate, as browsers do")
 	flag.Parse()
 	ips, err := parseAddresses(addresses)
 	if err != nil || cfg.count < 0 || cfg.concurrency < 1 {
@@ -161,7 +163,8 @@ func run(cfg config) int {
 			DialContext: dialFrom(ip, cfg.timeout), MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64,
 			DisableCompression: true}}
 		dialers[i] = &websocket.Dialer{NetDialContext: dialFrom(ip, cfg.timeout),
-			HandshakeTimeout: cfg.timeout, ReadBufferSize: 2048, WriteBufferSize: 512}
+			HandshakeTimeout: cfg.timeout, ReadBufferSize: 2048, WriteBufferSize: 512,
+			EnableCompression: cfg.compression}
 	}
 
 	var c counters
