@@ -25,7 +25,8 @@ for each --viewers count:
   viewers pooled, and the worst window's p99). Delivered: the fraction of (viewer, window) pairs
   whose last update is final. Messages/s: updates the viewers received during the load's
   windows, per second. CPU: the fleet's and each WebSocket server's CPU seconds during the load
-  (from /proc), as a share of the load's wall time (1.0 = one core).
+  (from /proc), and every component's and the whole machine's, as a share of the load's
+  wall time (1.0 = one core).
 
 The viewers of one count disconnect before the next count connects. Everything is on this
 machine: the fleet's CPU share is part of the result (it must not be the bottleneck).
@@ -63,6 +64,20 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """Component -> CPU seconds of its process tree."""
+    table = harness._proc_table()
+    return {name: sum(cpu_seconds(p) for p in harness._tree(pid, table))
+            for name, pid in pids.items()}
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / CLK_TCK, sum(fields) / CLK_TCK
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -180,12 +195,17 @@ def measure_count(args, settings, loader, viewers: int, variant: str,
                         (math.floor(time.time() / settings.window_seconds) + 1)
                         * settings.window_seconds, args.requests_per_second, args.connections,
                         tuple(settings.allowed_emojis))
-        fleet_cpu, server_cpu = fleet.cpu(), {n: cpu_seconds(p) for n, p in servers.items()}
+        fleet_cpu, component_cpu = fleet.cpu(), tree_cpu_seconds(pids)
+        busy = machine_busy_seconds()
         started = time.time()
         load = loader.submit(generate, plan).result()
         elapsed = time.time() - started
         fleet_cpu = fleet.cpu() - fleet_cpu
-        server_cpu = {n: cpu_seconds(p) - server_cpu[n] for n, p in servers.items()}
+        component_cpu = {n: c - component_cpu.get(n, 0.0)
+                         for n, c in tree_cpu_seconds(pids).items()}
+        busy_after = machine_busy_seconds()
+        machine_share = (busy_after[0] - busy[0]) / elapsed
+        server_cpu = {n: component_cpu[n] for n in servers}
         time.sleep(args.drain_seconds)
         results = fleet.stop()
     finally:
@@ -207,6 +227,8 @@ def measure_count(args, settings, loader, viewers: int, variant: str,
         "fleet_cpu_share": fleet_cpu / elapsed,
         "fleet_cpu_seconds_total": sum(r["cpu_seconds"] for r in results),
         "server_cpu_share": {n: c / elapsed for n, c in server_cpu.items()},
+        "component_cpu_share": {n: c / elapsed for n, c in sorted(component_cpu.items())},
+        "machine_cpu_share": machine_share, "machine_cores": os.cpu_count(),
         "errors": {k: v for r in results + joined for k, v in r["errors"].items()},
     })
     log.info("%s, %s viewers: final p50 %s p99 %s ms, delivered %.4f, %.0f messages/s, fleet "
