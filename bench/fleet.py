@@ -241,16 +241,18 @@ def measure_count(args, settings, loader, viewers: int, variant: str,
 
 def run_variant(args, variant: str, overrides: dict[str, str]) -> list[dict]:
     """The variant's viewer counts (VIEWERS=N+N in its settings, else --viewers) on a system
-    started with its settings; the fleet offers compression when WS_COMPRESSION is set."""
+    started with its settings and CLUSTERS=N WebSocket servers (default 3); the fleet offers
+    compression when WS_COMPRESSION is set."""
     overrides = dict(overrides)
     counts = ([int(n) for n in overrides.pop("VIEWERS").split("+")] if "VIEWERS" in overrides
               else args.viewer_counts)
+    clusters = int(overrides.pop("CLUSTERS", "3"))
     compression = overrides.get("WS_COMPRESSION", "none") != "none"
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
     context = multiprocessing.get_context("spawn")
     try:
-        with whole_system() as (_env, settings), \
+        with whole_system(clusters=clusters) as (_env, settings), \
                 ProcessPoolExecutor(1, mp_context=context, initializer=quiet_worker) as loader:
             log.info("%s (%s): system up", variant, overrides or "defaults")
             if args.warmup_seconds > 0:
