@@ -28,8 +28,12 @@ for each --viewers count:
   (from /proc), and every component's and the whole machine's, as a share of the load's
   wall time (1.0 = one core).
 
-The viewers of one count disconnect before the next count connects. Everything is on this
-machine: the fleet's CPU share is part of the result (it must not be the bottleneck).
+The viewers of one count disconnect before the next count connects. A join storm (STORM=N in
+a variant's settings): 2 s into the load, N more viewers register and connect as fast as they
+can (--concurrency per process) while the others watch; its rate is registrations completed
+per second of the storm (each followed by its connection), the watchers' latency as above.
+Everything is on this machine: the fleet's CPU share is part of the result (it must not be the
+bottleneck).
 """
 
 from __future__ import annotations
@@ -177,7 +181,7 @@ def analyse(results: list[dict], expected: dict[int, int], window_ms: int) -> di
 
 
 def measure_count(args, settings, loader, viewers: int, variant: str,
-                  compression: bool) -> dict:
+                  compression: bool, storm: int = 0) -> dict:
     registration = topology.registration_url(settings)
     window_ms = settings.window_seconds * 1000
     pids = system_pids(settings)()
@@ -198,7 +202,10 @@ def measure_count(args, settings, loader, viewers: int, variant: str,
         fleet_cpu, component_cpu = fleet.cpu(), tree_cpu_seconds(pids)
         busy = machine_busy_seconds()
         started = time.time()
-        load = loader.submit(generate, plan).result()
+        pending = loader.submit(generate, plan)
+        storm_figures = join_storm(args, registration, storm, variant, plan,
+                                   compression) if storm else {}
+        load = pending.result()
         elapsed = time.time() - started
         fleet_cpu = fleet.cpu() - fleet_cpu
         component_cpu = {n: c - component_cpu.get(n, 0.0)
@@ -213,6 +220,7 @@ def measure_count(args, settings, loader, viewers: int, variant: str,
     expected = {w: sum(n for _, n in batches)
                 for w, batches in per_window(load.sent, window_ms).items()}
     figures = analyse(results, expected, window_ms)
+    figures.update(storm_figures)
     figures.update({
         "variant": variant, "viewers": viewers, "rate": args.rate,
         "events_accepted": sum(expected.values()), "events_refused": load.refused,
@@ -239,14 +247,46 @@ def measure_count(args, settings, loader, viewers: int, variant: str,
     return figures
 
 
+def join_storm(args, registration: str, storm: int, variant: str, plan: LoadPlan,
+               compression: bool) -> dict:
+    """``storm`` more viewers registering and connecting as fast as they can, 2 s into the
+    load, while the others watch; they leave once all have joined."""
+    time.sleep(max(0.0, plan.start - time.time()) + 2)
+    log.info("%s: join storm of %s viewers", variant, f"{storm:,}")
+    fleet = Fleet(args, registration, storm, f"storm-{variant}-{storm}-", compression)
+    try:
+        joined = fleet.connected()
+        cpu = fleet.cpu()
+        fleet.stop()
+    finally:
+        fleet.kill()
+    seconds = max(j["join_seconds"] for j in joined)
+    registered = sum(j["registered"] for j in joined)
+    figures = {"storm_viewers": storm, "storm_registered": registered,
+               "storm_connected": sum(j["connected"] for j in joined),
+               "storm_join_seconds": seconds,
+               "storm_joins_per_s": registered / seconds if seconds else None,
+               "storm_failures": sum(j["failed_registrations"] + j["failed_connections"]
+                                     for j in joined),
+               "storm_retries": sum(j["retries_429"] + j["retries_503"] for j in joined),
+               "storm_fleet_cpu_seconds": cpu}
+    log.info("%s: storm: %s registered and connected in %.1f s (%.0f a second), %d failed, "
+             "%d retries", variant, f"{figures['storm_connected']:,}", seconds,
+             figures["storm_joins_per_s"] or 0, figures["storm_failures"],
+             figures["storm_retries"])
+    return figures
+
+
 def run_variant(args, variant: str, overrides: dict[str, str]) -> list[dict]:
     """The variant's viewer counts (VIEWERS=N+N in its settings, else --viewers) on a system
-    started with its settings and CLUSTERS=N WebSocket servers (default 3); the fleet offers
-    compression when WS_COMPRESSION is set."""
+    started with its settings and CLUSTERS=N WebSocket servers (default 3), with a join storm
+    of STORM=N more viewers during each load; the fleet offers compression when
+    WS_COMPRESSION is set."""
     overrides = dict(overrides)
     counts = ([int(n) for n in overrides.pop("VIEWERS").split("+")] if "VIEWERS" in overrides
               else args.viewer_counts)
     clusters = int(overrides.pop("CLUSTERS", "3"))
+    storm = int(overrides.pop("STORM", "0"))
     compression = overrides.get("WS_COMPRESSION", "none") != "none"
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
@@ -262,7 +302,7 @@ def run_variant(args, variant: str, overrides: dict[str, str]) -> list[dict]:
                                 tuple(settings.allowed_emojis))
                 loader.submit(generate, plan).result()
                 time.sleep(args.drain_seconds)
-            return [measure_count(args, settings, loader, viewers, variant, compression)
+            return [measure_count(args, settings, loader, viewers, variant, compression, storm)
                     for viewers in counts]
     finally:
         for name, value in saved.items():
