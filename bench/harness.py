@@ -251,13 +251,14 @@ def system_script(script: str, env: dict, timeout_s: float) -> None:
 
 
 @contextmanager
-def whole_system(var_dir: Path | None = None, ready_timeout_s: int = 300):
+def whole_system(var_dir: Path | None = None, ready_timeout_s: int = 300, clusters: int = 3):
     """Every component, started by scripts/start_all.sh on free ports with a VAR_DIR of its
     own (as tests/test_pipeline.py does) and stopped by scripts/stop_all.sh (its supervisord);
-    yields (env, settings). ``var_dir`` (created, and kept afterwards, with the components'
-    logs) defaults to a temporary folder."""
+    yields (env, settings); ``clusters`` WebSocket servers (CLUSTER_COUNT). ``var_dir``
+    (created, and kept afterwards, with the components' logs) defaults to a temporary
+    folder."""
     with _var_dir(var_dir) as var_dir:
-        env = isolated_env(Path(var_dir))
+        env = isolated_env(Path(var_dir), cluster_count=clusters)
         for name in TEST_SIZING:
             env.pop(name, None)
             if name in os.environ:

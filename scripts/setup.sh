@@ -17,6 +17,8 @@
 #     apt-get when /usr/bin/prometheus is missing;
 #   - Debian's iproute2 (`ip`), for the multi-host test's network namespaces
 #     (tests/test_multihost.py): installed with apt-get when missing;
+#   - lib/bench-viewers: the benchmarks' compiled viewer fleet (bench/viewers, Go), when Go is
+#     installed; its one module (pinned in bench/viewers/go.sum) comes from the Go module proxy;
 #   - the token secret and the subscriber key under $VAR_DIR/secrets, when not configured.
 # Requires Python 3.11+, Java 17+ and Maven.
 set -euo pipefail
@@ -179,6 +181,24 @@ setup_network_tools() {
   apt_install "the multi-host test" iproute2
 }
 
+# The viewer fleet of bench/fleet.py: a load generator only (the project's language is Python).
+setup_bench_viewers() {
+  if ! command -v go >/dev/null; then
+    say "Go is not installed: skipping the benchmarks' viewer fleet (bench/viewers)"
+    return
+  fi
+  if [ -x lib/bench-viewers ] && stamp_matches lib/.bench-viewers.sha256 bench/viewers/go.mod \
+      bench/viewers/go.sum bench/viewers/main.go 2>/dev/null; then
+    return
+  fi
+  say "building lib/bench-viewers (bench/viewers, modules from the Go module proxy)"
+  # Every module go.mod requires, by name: their zips' checksums are checked against go.sum.
+  (cd bench/viewers && go mod download $(sed -n 's/^require \([^ (]*\) .*/\1/p' go.mod) \
+    && go build -o ../../lib/bench-viewers .)
+  write_stamp lib/.bench-viewers.sha256 bench/viewers/go.mod bench/viewers/go.sum \
+    bench/viewers/main.go
+}
+
 main() {
   check_prerequisites
   setup_browser
@@ -195,6 +215,7 @@ main() {
   drop_jars_pyspark_ships
   check_connector_version
   verify_jars
+  setup_bench_viewers
   # The token secret and the subscriber key, random, under $VAR_DIR/secrets unless configured.
   .venv/bin/python -m emojistream.common.secrets
   say "ready"

@@ -54,7 +54,10 @@ class Services:
                         REGISTRATION_PORT=str(self.registration_port), SUBSCRIBER_KEY=KEY,
                         TOKEN_SECRET="simulator-test-token-secret-32-bytes-or-more",
                         WS_HEALTH_POLL_S="0.2",
-                        VIEWER_RETRY_INITIAL_S="0.2", VIEWER_RETRY_MAX_S="1")
+                        VIEWER_RETRY_INITIAL_S="0.2", VIEWER_RETRY_MAX_S="1",
+                        # Every version reaches the simulator: publish() sends them at once,
+                        # which the server would otherwise conflate (tests/test_ws_server.py).
+                        WS_CONFLATE="false")
         self.registration_url = f"http://localhost:{self.registration_port}"
         registration = self.start("registration_api", "registration_api.py")
         wait_for_health(f"{self.registration_url}/health", registration)

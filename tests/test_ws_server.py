@@ -15,6 +15,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from urllib.parse import quote
+from urllib.request import urlopen
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
@@ -233,7 +234,9 @@ def window_at(second: int) -> str:
 
 
 def test_deduplication_remembers_a_bounded_number_of_windows(start_server):
-    server = start_server(WS_DEDUP_WINDOWS=2)
+    # Without conflation: the burst would otherwise let window 2's newer version replace
+    # the queued older one (tested below).
+    server = start_server(WS_DEDUP_WINDOWS=2, WS_CONFLATE="false")
     first, second, third = (update(window_at(s), fire=s) for s in (0, 2, 4))
     with server.viewer() as viewer, server.publisher() as publisher:
         server.wait_for_counts(viewers=1, subscribers=1)
@@ -263,6 +266,110 @@ def test_a_broadcast_in_batches_reaches_every_viewer_in_order(start_server):
         for viewer in viewers:
             assert [viewer.recv(timeout=5) for _ in messages] == [text(m) for m in messages]
             assert_nothing_arrives(viewer)
+
+
+def metric(server: Server, name: str) -> float:
+    """A counter of the server's GET /metrics (its full sample name)."""
+    with urlopen(f"http://localhost:{server.port}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_a_server_that_keeps_up_sends_every_version_of_a_window(server):
+    """Conflation (on by default) drops nothing while the server is not behind."""
+    window = unique_window()
+    versions = [update(window, fire=n) for n in range(1, 6)]
+    with server.viewer("a") as first, server.viewer("b") as second, \
+            server.publisher() as publisher:
+        server.wait_for_counts(viewers=2, subscribers=1)
+        for version in versions:
+            publisher.send(text(version))
+            assert [first.recv(timeout=5), second.recv(timeout=5)] == [text(version)] * 2
+        assert_nothing_arrives(first)
+    assert metric(server, "emojistream_ws_updates_conflated_total") == 0
+    assert metric(server, "emojistream_ws_messages_sent_total") == 10
+
+
+def burst_behind(server: Server, viewers: int) -> tuple[list[str], list[list[str]]]:
+    """Ten versions of each of two windows, published at once to ``viewers`` viewers written to
+    one at a time (WS_BROADCAST_BATCH=1), so that the server falls behind; what each viewer
+    received up to the last version published."""
+    early, late = window_at(20), window_at(22)
+    published = [text(update(window, fire=n)) for window in (early, late) for n in range(1, 11)]
+    with ExitStack() as connections:
+        clients = [connections.enter_context(server.viewer(f"v{i}")) for i in range(viewers)]
+        publisher = connections.enter_context(server.publisher())
+        server.wait_for_counts(viewers=viewers, subscribers=1)
+        for message in published:
+            publisher.send(message)
+        received = []
+        for client in clients:  # until the last version published, which always comes last
+            got = [client.recv(timeout=10)]
+            while got[-1] != published[-1]:
+                got.append(client.recv(timeout=10))
+            received.append(got)
+        assert_nothing_arrives(clients[-1])
+    return published, received
+
+
+def test_a_server_behind_sends_the_latest_version_and_every_final_count(start_server):
+    server = start_server(WS_BROADCAST_BATCH=1)
+    published, received = burst_behind(server, viewers=40)
+    finals = [published[9], published[19]]
+    for got in received:
+        # In publishing order, both windows' last versions, nothing else than published.
+        assert [published.index(m) for m in got] == sorted({published.index(m) for m in got})
+        assert [m for m in got if m in finals] == finals
+    sent = sum(len(got) for got in received)
+    assert sent < 40 * len(published)  # superseded versions were dropped
+    assert metric(server, "emojistream_ws_messages_sent_total") == sent
+    assert metric(server, "emojistream_ws_updates_conflated_total") > 0
+    assert server.service.stop() == 0
+    conflated = metric_line(server.service.log())
+    assert conflated > 0
+
+
+def metric_line(log_text: str) -> int:
+    """The conflated updates of the server's closing log line."""
+    line = next(x for x in log_text.splitlines() if "stopped: " in x)
+    return int(line.rsplit(", ", 1)[1].split()[0])
+
+
+def test_without_conflation_a_server_behind_sends_every_version(start_server):
+    server = start_server(WS_BROADCAST_BATCH=1, WS_CONFLATE="false")
+    published, received = burst_behind(server, viewers=40)
+    assert received == [published] * 40
+    assert metric(server, "emojistream_ws_updates_conflated_total") == 0
+
+
+@pytest.mark.parametrize("setting, negotiated", [
+    ({}, None),
+    ({"WS_COMPRESSION": "none"}, None),
+    ({"WS_COMPRESSION": "deflate"}, "permessage-deflate"),
+])
+def test_compression_is_off_unless_configured(start_server, setting, negotiated):
+    server = start_server(**setting)
+    message = text(update(unique_window(), fire=3))
+    # The client offers permessage-deflate (websockets' default).
+    with server.viewer() as viewer, server.publisher() as publisher:
+        assert viewer.response is not None
+        extensions = viewer.response.headers.get("Sec-WebSocket-Extensions")
+        assert (extensions.split(";")[0] if extensions else None) == negotiated
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(message)
+        assert viewer.recv(timeout=5) == message
+
+
+def test_an_unknown_compression_is_a_one_line_error(test_env):
+    result = run("ws_server.py", "--cluster", str(CLUSTER),
+                 env=server_env(test_env, free_port(), WS_COMPRESSION="gzip"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("ERROR   ws_server: WS_COMPRESSION must be one of none, deflate, "
+                             "got 'gzip'")
 
 
 def test_what_a_viewer_sends_reaches_nobody(server):
@@ -688,7 +795,8 @@ def test_viewer_connections_per_address_are_capped(start_server):
 
 def test_a_viewer_that_stops_reading_is_closed_once_its_unsent_data_passes_the_cap(
         start_server):
-    server = start_server(WS_MAX_VIEWER_BUFFER_BYTES=64 * 1024)
+    # Without conflation, every version is written (a burst of one window would be conflated).
+    server = start_server(WS_MAX_VIEWER_BUFFER_BYTES=64 * 1024, WS_CONFLATE="false")
     padding = "x" * 100_000  # extra fields travel with an update, unread by the server
     window = unique_window()
     updates = [dict(update(window, fire=n), padding=padding) for n in range(1, 81)]

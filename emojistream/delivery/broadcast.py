@@ -1,11 +1,19 @@
 """Broadcasting updates to a stream's viewers: in order, a batch of viewers at a time, and
-without letting a viewer that stops reading hold every update in memory."""
+without letting a viewer that stops reading hold every update in memory.
+
+Conflation (WS_CONFLATE, on by default): while the server is behind, an update still queued is
+replaced by a newer version of the same stream's window, in its place in the queue; and a
+broadcast under way stops at its next batch when a newer version of its window is next in line
+(the viewers not yet written to get that one instead). A window's last version is never
+replaced, so every viewer still gets each window's final count, and nothing is dropped when
+the server keeps up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -25,18 +33,23 @@ class Broadcaster:
 
     def __init__(self, batch: int, max_unsent_bytes: int, metrics: WsMetrics,
                  close_later: Callable[[ServerConnection, int, str], None],
-                 leaving: set[ServerConnection]):
+                 leaving: set[ServerConnection], conflate: bool = True):
         self.batch = max(1, batch)
+        self.conflate = conflate
         self.max_unsent_bytes = max_unsent_bytes
         self.metrics = metrics
         self._close_later = close_later
         self._leaving = leaving  # viewers closed by the server, not gone yet
-        self._outbox: asyncio.Queue | None = None
+        # Queued updates, oldest first: [stream, window, data]; with conflation, the queued
+        # entry of each (stream, window), whose data a newer version replaces.
+        self._outbox: deque[list] = deque()
+        self._queued: dict[tuple[Stream, str], list] = {}
+        self._ready: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         """Start broadcasting (in the running event loop)."""
-        self._outbox = asyncio.Queue()
+        self._ready = asyncio.Event()
         self._task = asyncio.create_task(self._broadcast_forever())
 
     async def stop(self) -> None:
@@ -48,14 +61,36 @@ class Broadcaster:
                 pass
 
     def enqueue(self, stream: Stream, window: str, data: bytes) -> None:
-        assert self._outbox is not None, "start() first"
-        self._outbox.put_nowait((stream, window, data))
+        assert self._ready is not None, "start() first"
+        if self.conflate:
+            queued = self._queued.get((stream, window))
+            if queued is not None:  # behind: the newer version takes the older one's place
+                queued[2] = data
+                self.metrics.conflated.inc()
+                return
+        entry = [stream, window, data]
+        self._outbox.append(entry)
+        if self.conflate:
+            self._queued[(stream, window)] = entry
+        self._ready.set()
+
+    def _next(self) -> tuple[Stream, str, bytes]:
+        stream, window, data = self._outbox.popleft()
+        self._queued.pop((stream, window), None)
+        return stream, window, data
+
+    def _superseded(self, stream: Stream, window: str) -> bool:
+        """Whether the next queued update is a newer version of this window (conflation)."""
+        return self.conflate and bool(self._outbox) and self._outbox[0][0] is stream \
+            and self._outbox[0][1] == window
 
     async def _broadcast_forever(self) -> None:
-        assert self._outbox is not None
+        assert self._ready is not None
         while True:
-            stream, window, data = await self._outbox.get()
-            await self._broadcast(stream, window, data)
+            while not self._outbox:
+                self._ready.clear()
+                await self._ready.wait()
+            await self._broadcast(*self._next())
             await asyncio.sleep(0)  # let the connections' tasks run between broadcasts
 
     async def _broadcast(self, stream: Stream, window: str, data: bytes) -> None:
@@ -66,6 +101,9 @@ class Broadcaster:
         for first in range(0, len(viewers), self.batch):
             if first:
                 await asyncio.sleep(0)
+                if self._superseded(stream, window):
+                    self.metrics.superseded.inc(len(viewers) - first)
+                    break
             # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
             batch = self._keeping_up(viewers[first:first + self.batch])
             broadcast(batch, data, text=True)

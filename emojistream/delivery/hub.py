@@ -42,7 +42,8 @@ class Hub:
         self.metrics = WsMetrics(self.connections)
         self.broadcaster = Broadcaster(settings.ws_broadcast_batch,
                                        settings.ws_max_viewer_buffer_bytes, self.metrics,
-                                       self.connections.close_later, self.connections.leaving)
+                                       self.connections.close_later, self.connections.leaving,
+                                       settings.ws_conflate)
         self.refusals = RefusalLog(log, settings.refusals_log_interval_s)
         self._refusal_task: asyncio.Task | None = None
 

@@ -33,6 +33,12 @@ class WsMetrics:
                                   "Updates broadcast to a stream's viewers", registry=r)
         self.messages = Counter("emojistream_ws_messages_sent",
                                 "Messages written to viewers by broadcasts", registry=r)
+        self.conflated = Counter("emojistream_ws_updates_conflated",
+                                 "Queued updates replaced by a newer version of their window "
+                                 "before being broadcast (WS_CONFLATE)", registry=r)
+        self.superseded = Counter("emojistream_ws_messages_superseded",
+                                  "Messages a broadcast did not write because a newer version "
+                                  "of its window was next (WS_CONFLATE)", registry=r)
         self.duration = Histogram("emojistream_ws_broadcast_duration_seconds",
                                   "Time one broadcast took (all its batches)", registry=r,
                                   buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -65,4 +71,5 @@ class WsMetrics:
                 f"message(s) discarded, {self.count('tokens_refused')} viewer(s) refused, "
                 f"{self.count('viewers_replaced')} replaced, "
                 f"{self.count('viewers_over_address_limit')} over the limit of their address, "
-                f"{self.count('slow_viewers_dropped')} too slow")
+                f"{self.count('slow_viewers_dropped')} too slow, "
+                f"{self.count('updates_conflated')} update(s) conflated")

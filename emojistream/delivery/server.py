@@ -41,6 +41,8 @@ from emojistream.delivery.settings import DeliverySettings
 
 log = logging.getLogger("ws_server")
 
+COMPRESSION = {"none": None, "deflate": "deflate"}  # WS_COMPRESSION -> websockets' compression
+
 
 async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: str,
               open_files: int, tls: ssl.SSLContext | None = None) -> None:
@@ -52,15 +54,16 @@ async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: 
         loop.add_signal_handler(signum, stop.set)
     port = topology.ws_port(settings, cluster)
     publish_port = topology.ws_publish_port(settings, cluster)
-    # No compression: broadcast() would compress each copy separately, and every compressed
-    # connection holds zlib buffers.
-    options = dict(**settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s,
-                   compression=None)
+    # Compression (WS_COMPRESSION=deflate) is off by default: broadcast() compresses each copy
+    # separately, and every compressed connection holds zlib buffers (docs/delivery.md).
+    options = dict(**settings.ws_keepalive(), close_timeout=settings.ws_close_timeout_s)
     async with serve(hub.handle, settings.ws_host, port, ssl=tls,
                      process_request=partial(process_request, hub),
+                     compression=COMPRESSION[settings.ws_compression],
                      backlog=settings.ws_listen_backlog, **options), \
             serve(hub.handle, settings.ws_publish_host, publish_port,
-                  process_request=partial(process_request, hub, publish=True), **options):
+                  process_request=partial(process_request, hub, publish=True),
+                  compression=None, **options):
         log.info("ready: cluster %d serving viewers at %s://%s:%d%s, subscribers at "
                  "ws://%s:%d%s, health at %s, metrics at %s; open-file limit %d (one per "
                  "connection)", cluster, "wss" if tls else "ws", settings.ws_host, port,
@@ -100,6 +103,10 @@ def main(argv=None) -> int:
                         help=f"address to listen on (default {settings.ws_host})")
     args = parser.parse_args(argv)
     settings = dataclasses.replace(settings, ws_host=args.host)
+    if settings.ws_compression not in COMPRESSION:
+        log.error("WS_COMPRESSION must be one of %s, got %r", ", ".join(COMPRESSION),
+                  settings.ws_compression)
+        return 2
     try:
         token_secret, key = secrets.token_secret_and_subscriber_key(settings)
     except (OSError, secrets.SecretError) as err:

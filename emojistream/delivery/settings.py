@@ -14,6 +14,8 @@ class DeliverySettings(SharedSettings):
     ws_max_viewer_buffer_bytes: int = 1024 * 1024
     ws_dedup_windows: int = 64
     ws_broadcast_batch: int = 250
+    ws_conflate: bool = True       # send only the latest queued version of a window when behind
+    ws_compression: str = "none"   # "none" or "deflate" (permessage-deflate, per connection)
     ws_listen_backlog: int = 4096
     # The viewers' listener over TLS (wss://): a PEM certificate chain and its key; empty: ws://
     # (TLS terminated in front of the server, if at all: docs/operations.md#tls-for-viewers).
