@@ -364,7 +364,7 @@ def test_compression_is_off_unless_configured(start_server, setting, negotiated)
 
 def test_an_unknown_compression_is_a_one_line_error(test_env):
     result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, free_port(), WS_COMPRESSION="gzip"))
+                 env=server_env(test_env, free_port(), free_port(), WS_COMPRESSION="gzip"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
