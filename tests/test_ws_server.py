@@ -867,6 +867,58 @@ def test_a_malformed_since_is_refused_with_400_before_the_handshake(server, sinc
     server.wait_for_counts(viewers=0, subscribers=0)
 
 
+# --- presence ---------------------------------------------------------------------------------
+
+def presence_viewer(server: Server, client_id: str, stream_id: str, since: str | None = None):
+    issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id,
+                          session=tokens.new_session())
+    query = f"token={quote(issued)}&presence=1" + (f"&since={quote(since)}" if since else "")
+    return connect(f"{server.url}/?{query}", open_timeout=5)
+
+
+def watching(message: dict, count: int) -> str:
+    return text(dict(message, watching=count))
+
+
+def test_presence_viewers_get_the_streams_live_viewers_on_this_server_in_each_update(server):
+    stream = f"pres-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(4)
+    first, second, third = (of_stream(stream, w[i], fire=i + 1) for i in range(3))
+    with server.publisher() as publisher, presence_viewer(server, "p1", stream) as p1, \
+            recovering_viewer(server, "plain", stream, None) as plain, \
+            stream_viewer(server, "other-stream", "elsewhere"):
+        with presence_viewer(server, "p2", stream) as p2:
+            server.wait_for_counts(viewers=4, subscribers=1)
+            publisher.send(text(first))
+            assert p1.recv(timeout=5) == watching(first, 3)
+            assert p2.recv(timeout=5) == watching(first, 3)
+            assert plain.recv(timeout=5) == text(first)  # it did not ask: unchanged
+        server.wait_for_counts(viewers=3, subscribers=1)
+        publisher.send(text(second))
+        assert p1.recv(timeout=5) == watching(second, 2)
+        assert plain.recv(timeout=5) == text(second)
+        # A viewer connecting is counted in its snapshot's and its recovery's updates.
+        with presence_viewer(server, "p3", stream) as p3:
+            assert [p3.recv(timeout=5), p3.recv(timeout=5)] == [watching(first, 3),
+                                                                 watching(second, 3)]
+            with presence_viewer(server, "p4", stream, since=w[0]) as p4:
+                assert [p4.recv(timeout=5), p4.recv(timeout=5)] == [
+                    recovery(w[0], True, 1), watching(second, 4)]
+                publisher.send(text(third))
+                for viewer in (p1, p3, p4):
+                    assert viewer.recv(timeout=5) == watching(third, 4)
+                    assert_nothing_arrives(viewer)
+                assert plain.recv(timeout=5) == text(third)
+
+
+def test_a_presence_other_than_0_or_1_is_refused_with_400(server):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{server.url}/?token={quote(token('x'))}&presence=yes", open_timeout=5)
+    assert refused.value.response.status_code == 400
+    assert json.loads(refused.value.response.body) == {
+        "error": "presence must be 0 or 1, got 'yes'"}
+
+
 # --- limits -------------------------------------------------------------------------------------
 
 def test_a_second_connection_of_the_same_session_replaces_the_first(server):

@@ -22,7 +22,7 @@ from websockets.protocol import State
 from emojistream.common import closecodes
 from emojistream.delivery.connections import peer
 from emojistream.delivery.metrics import WsMetrics
-from emojistream.delivery.stream import Stream
+from emojistream.delivery.stream import Stream, with_watching
 
 log = logging.getLogger("ws_server")
 
@@ -106,6 +106,7 @@ class Broadcaster:
         started = time.perf_counter()
         viewers = list(stream.viewers)
         stream.remember(window, data, total)
+        counted = with_watching(data, stream.watching()) if stream.presence else data
         for first in range(0, len(viewers), self.batch):
             if first:
                 await asyncio.sleep(0)
@@ -114,7 +115,11 @@ class Broadcaster:
                     break
             # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
             batch = self._keeping_up(viewers[first:first + self.batch])
-            broadcast(batch, data, text=True)
+            if stream.presence:  # the viewers that asked for presence get "watching" too
+                broadcast([v for v in batch if v not in stream.presence], data, text=True)
+                broadcast([v for v in batch if v in stream.presence], counted, text=True)
+            else:
+                broadcast(batch, data, text=True)
             self.metrics.messages.inc(len(batch))
         self.metrics.broadcasts.inc()
         self.metrics.duration.observe(time.perf_counter() - started)

@@ -20,7 +20,7 @@ from emojistream.delivery.connections import Connections, peer
 from emojistream.delivery.dedup import WindowDeduplicator
 from emojistream.delivery.metrics import WsMetrics
 from emojistream.delivery.settings import DeliverySettings
-from emojistream.delivery.stream import Stream
+from emojistream.delivery.stream import Stream, with_watching
 
 log = logging.getLogger("ws_server")
 
@@ -109,15 +109,17 @@ class Hub:
             await connection.close(closecodes.TOO_MANY, "too many connections from your address")
             return
         try:
-            since = since_of(path)
+            since, presence = since_of(path), presence_of(path)
         except ValueError as err:  # refused before the handshake already (routes.py)
             await connection.close(closecodes.BAD_REQUEST, str(err)[:120])
             return
-        await self._serve_viewer(connection, client_id, session, self._stream(stream_id), since)
+        await self._serve_viewer(connection, client_id, session, self._stream(stream_id), since,
+                                 presence)
 
     async def _serve_viewer(self, connection: ServerConnection, client_id: str,
                             session: str | None, stream: Stream,
-                            since: tuple[str, float] | None = None) -> None:
+                            since: tuple[str, float] | None = None,
+                            presence: bool = False) -> None:
         """One live connection per viewing session (the session id signed into the token): a
         newer one of the same session replaces the older; another session of the same client
         id is served alongside, never evicting it. The viewer gets its stream's snapshot first,
@@ -139,11 +141,16 @@ class Hub:
             broadcast([connection], json.dumps(
                 {"type": "recovery", "since": since[0], "complete": complete,
                  "windows": len(backlog)}, separators=(",", ":")), text=True)
+        watching = stream.watching() + 1  # with this one, which joins below
         for data in backlog:
-            broadcast([connection], data, text=True)
+            broadcast([connection], with_watching(data, watching) if presence else data,
+                      text=True)
+        groups: tuple[set, ...] = (self.viewers, stream.viewers)
+        if presence:
+            groups += (stream.presence,)
         try:
-            await self._serve(connection, (self.viewers, stream.viewers),
-                              f"viewer {client_id!r}", self._on_viewer_message, logging.DEBUG)
+            await self._serve(connection, groups, f"viewer {client_id!r}",
+                              self._on_viewer_message, logging.DEBUG)
         finally:
             self.connections.remove_viewer(connection, client_id, session)
 
@@ -216,6 +223,17 @@ def since_of(path: str) -> tuple[str, float] | None:
     except InvalidEvent:
         raise ValueError(f"since must be a window_start as updates carry it (ISO-8601, e.g. "
                          f"2026-12-05T08:42:26.000Z; URL-encoded), got {text[:64]!r}") from None
+
+
+def presence_of(path: str) -> bool:
+    """Whether the viewer asked for presence (presence=1: its updates carry "watching");
+    ValueError for a value other than 0 or 1."""
+    values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("presence")
+    if not values or values[0] == "0":
+        return False
+    if values[0] == "1":
+        return True
+    raise ValueError(f"presence must be 0 or 1, got {values[0][:16]!r}")
 
 
 def _token(path: str) -> str | None:

@@ -15,7 +15,7 @@ from websockets.http11 import Request, Response
 from emojistream.common import metrics
 from emojistream.common.auth import bearer_matches
 from emojistream.delivery.connections import address_of, peer
-from emojistream.delivery.hub import PUBLISH_PATH, VIEWER_PATH, Hub, since_of
+from emojistream.delivery.hub import PUBLISH_PATH, VIEWER_PATH, Hub, presence_of, since_of
 
 log = logging.getLogger("ws_server")
 
@@ -53,8 +53,9 @@ def process_request(hub: Hub, connection: ServerConnection, request: Request,
                                   f"{VIEWER_PATH}, subscribers to {PUBLISH_PATH})\n")
     try:
         since_of(request.path)
+        presence_of(request.path)
     except ValueError as err:
-        hub.refusals.refused("malformed since", peer(connection))
+        hub.refusals.refused("malformed since or presence", peer(connection))
         response = connection.respond(http.HTTPStatus.BAD_REQUEST,
                                       json.dumps({"error": str(err)}) + "\n")
         del response.headers["Content-Type"]

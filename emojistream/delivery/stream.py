@@ -16,6 +16,8 @@ SNAPSHOT_WINDOWS = 2
 class Stream:
     def __init__(self, dedup_windows: int, recovery_windows: int = SNAPSHOT_WINDOWS):
         self.viewers: set[ServerConnection] = set()
+        # The viewers that asked for presence (presence=1): their updates carry "watching".
+        self.presence: set[ServerConnection] = set()
         self.dedup = WindowDeduplicator(dedup_windows)
         self.capacity = max(SNAPSHOT_WINDOWS, recovery_windows)
         self.recent: dict[float, tuple[str, bytes, int]] = {}  # start -> (window, data, total)
@@ -51,8 +53,20 @@ class Stream:
         complete = self.complete_from is not None and since >= self.complete_from
         return [self.recent[start][1] for start in sorted(self.recent) if start > since], complete
 
+    def watching(self) -> int:
+        """Presence: this stream's live viewer connections on this server."""
+        return len(self.viewers)
+
     def health(self) -> dict:
         latest = max(self.recent) if self.recent else None
         window, _, total = self.recent[latest] if latest is not None else (None, b"", 0)
         return {"viewers": len(self.viewers), "last_window": window,
                 "last_window_total": total}
+
+
+def with_watching(data: bytes, watching: int) -> bytes:
+    """An update (a JSON object's text) with "watching": N added as its last member."""
+    body = data.rstrip()
+    if not body.endswith(b"}"):
+        return data
+    return body[:-1] + b',"watching":' + str(watching).encode() + b"}"
