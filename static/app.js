@@ -6,7 +6,7 @@
 
 import {Sender} from "./sender.js";
 import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
-  showViewersOnline} from "./view.js";
+  showViewersOnline, showWatching} from "./view.js";
 import {DEFAULT_STREAM, Viewer, register} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
@@ -153,6 +153,9 @@ async function main() {
                                    Number(config.stats_interval_s) || 5, () => streamId);
 
   function onUpdate(update) {
+    if (update.watching !== null) {
+      showWatching(update.watching);
+    }
     swarm.show(update);
     history.show(update);
     const windowMs = Date.parse(update.window_start);

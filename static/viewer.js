@@ -122,6 +122,8 @@ export function parseUpdate(text) {
     a && typeof a.emoji_type === "string" && Number.isFinite(a.count) && a.count >= 0
     && Number.isFinite(a.normalized_count) && a.normalized_count >= 0);
   return {
+    // Presence: the stream's live viewers on the viewer's server (null if not carried).
+    watching: Number.isInteger(update.watching) && update.watching >= 0 ? update.watching : null,
     stream_id: typeof update.stream_id === "string" ? update.stream_id : DEFAULT_STREAM,
     window_start: update.window_start,
     window_end: typeof update.window_end === "string" ? update.window_end : "",
@@ -132,6 +134,29 @@ export function parseUpdate(text) {
       unique_users: Number.isFinite(a.unique_users) ? Math.floor(a.unique_users) : null,
     })),
   };
+}
+
+/** The WebSocket URL a viewer connects to: its endpoint (with its token), asking for presence
+ *  ("watching" in every update) and, with since (the newest window_start received), for
+ *  recovery: every window after it that the server holds, then live ones (docs/delivery.md). */
+export function viewerEndpoint(endpoint, since = null) {
+  const url = new URL(endpoint);
+  url.searchParams.set("presence", "1");
+  if (since) {
+    url.searchParams.set("since", since);
+  }
+  return url.toString();
+}
+
+/** The server's messages that are not window updates (they carry a "type"): null if none. */
+function controlMessage(text) {
+  try {
+    const message = JSON.parse(text);
+    return message && typeof message === "object" && typeof message.type === "string"
+      ? message : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -154,6 +179,9 @@ export class Viewer {
     this.token = storedToken(clientId);
     this.socket = null;
     this.wake = null; // ends the current wait between attempts early
+    // The newest window received: each reconnection recovers the windows after it.
+    this.newest = null;
+    this.newestMs = -Infinity;
   }
 
   start() {
@@ -229,7 +257,7 @@ export class Viewer {
       const where = typeof assignment.cluster_id === "string" ? assignment.cluster_id : "cluster";
       let socket;
       try {
-        socket = new WebSocket(assignment.subscriber_endpoint);
+        socket = new WebSocket(viewerEndpoint(assignment.subscriber_endpoint, this.newest));
       } catch (err) {
         resolve(`cannot connect to ${where} (${err.name})`);
         return;
@@ -247,8 +275,16 @@ export class Viewer {
         if (typeof event.data !== "string") {
           return;
         }
+        if (controlMessage(event.data)) {
+          return; // {"type": "recovery", ...} and any type this page does not know
+        }
         const update = parseUpdate(event.data);
         if (update && update.stream_id === this.streamId) {
+          const startMs = Date.parse(update.window_start);
+          if (startMs > this.newestMs) {
+            this.newestMs = startMs;
+            this.newest = update.window_start;
+          }
           this.onUpdate(update);
         }
       });
