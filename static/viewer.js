@@ -163,7 +163,9 @@ function controlMessage(text) {
  * Keeps one viewer of one stream connected. Callbacks:
  *   onState(state, detail)    "connecting" | "live" | "reconnecting" | "replaced" (stopped)
  *   onAssignment(answer)      each successful registration
- *   onUpdate(update)          each window update of the stream received (parsed)
+ *   onUpdate(update, {recovered})
+ *                             each window update of the stream received (parsed); recovered:
+ *                             it is one of the windows missed while disconnected
  */
 export class Viewer {
   constructor({registrationUrl, clientId, streamId, retryInitialS, retryMaxS, onState,
@@ -264,6 +266,7 @@ export class Viewer {
       }
       this.socket = socket;
       let opened = false;
+      let backlog = 0; // updates still to come of the recovery's backlog
       const timeout = setTimeout(() => socket.close(), CONNECT_TIMEOUT_MS);
       socket.addEventListener("open", () => {
         clearTimeout(timeout);
@@ -275,8 +278,12 @@ export class Viewer {
         if (typeof event.data !== "string") {
           return;
         }
-        if (controlMessage(event.data)) {
-          return; // {"type": "recovery", ...} and any type this page does not know
+        const control = controlMessage(event.data);
+        if (control) { // {"type": "recovery", ...}; types this page does not know are skipped
+          if (control.type === "recovery" && Number.isInteger(control.windows)) {
+            backlog = control.windows; // the next updates are missed windows, oldest first
+          }
+          return;
         }
         const update = parseUpdate(event.data);
         if (update && update.stream_id === this.streamId) {
@@ -285,7 +292,10 @@ export class Viewer {
             this.newestMs = startMs;
             this.newest = update.window_start;
           }
-          this.onUpdate(update);
+          this.onUpdate(update, {recovered: backlog > 0});
+        }
+        if (backlog > 0) {
+          backlog -= 1;
         }
       });
       socket.addEventListener("close", (event) => {
