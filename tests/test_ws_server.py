@@ -853,6 +853,26 @@ def test_a_since_older_than_the_bound_gets_what_the_server_holds_and_complete_fa
     assert metric(server, 'emojistream_ws_recoveries_total{result="partial"}') == 4
 
 
+def test_a_late_window_the_bound_leaves_out_makes_recovery_before_it_incomplete(start_server):
+    server = start_server(RECOVERY_MAX_WINDOWS=3)
+    stream = f"late-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(7)
+    sent = {i: of_stream(stream, w[i], fire=i + 1) for i in (0, 1, 2, 4, 5, 6)}
+    late = of_stream(stream, w[3], fire=40)  # its first update, after w6's: older than all held
+    with server.publisher() as publisher:
+        server.wait_for_counts(viewers=0, subscribers=1)
+        for message in [*sent.values(), late]:
+            publisher.send(text(message))
+        wait_until(lambda: metric(server, "emojistream_ws_updates_accepted_total") == 7)
+    # The late one is not held (w4, w5, w6 are): a since before it cannot be complete.
+    held = [text(sent[i]) for i in (4, 5, 6)]
+    for since, complete in ((w[2], False), (w[3], True)):
+        with recovering_viewer(server, "back", stream, since) as viewer:
+            assert [viewer.recv(timeout=5) for _ in range(4)] == [recovery(since, complete, 3),
+                                                                  *held]
+            assert_nothing_arrives(viewer)
+
+
 @pytest.mark.parametrize("since", ["yesterday", "", "2026-13-01T00:00:00Z", "1733400000"])
 def test_a_malformed_since_is_refused_with_400_before_the_handshake(server, since):
     issued = token("confused")

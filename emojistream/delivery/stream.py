@@ -35,7 +35,10 @@ class Stream:
         if self.complete_from is None:
             self.complete_from = start
         if len(self.recent) >= self.capacity and start < min(self.recent):
-            return  # a late update of a window older than all held
+            # A late update of a window older than all held: not kept, so a since before it
+            # is no longer complete.
+            self.complete_from = max(self.complete_from, start)
+            return
         self.recent[start] = (window, data, total)
         while len(self.recent) > self.capacity:
             oldest = min(self.recent)
