@@ -6,7 +6,7 @@
 
 import {Sender} from "./sender.js";
 import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
-  showViewersOnline} from "./view.js";
+  showViewersOnline, showWatching} from "./view.js";
 import {DEFAULT_STREAM, Viewer, register} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
@@ -152,8 +152,13 @@ async function main() {
   const pollStreams = watchStreams(String(config.registration_url),
                                    Number(config.stats_interval_s) || 5, () => streamId);
 
-  function onUpdate(update) {
-    swarm.show(update);
+  function onUpdate(update, recovered) {
+    if (update.watching !== null) {
+      showWatching(update.watching);
+    }
+    if (!recovered) { // missed windows fill the chart and history; only live ones swarm
+      swarm.show(update);
+    }
     history.show(update);
     const windowMs = Date.parse(update.window_start);
     // The chart shows the newest window; an update for an older one (late events) only swarms.
@@ -198,9 +203,9 @@ async function main() {
           showCluster(typeof answer.cluster_id === "string" ? answer.cluster_id : "?");
         }
       },
-      onUpdate: (update) => {
+      onUpdate: (update, {recovered}) => {
         if (viewer === current) {
-          onUpdate(update);
+          onUpdate(update, recovered);
         }
       },
     });

@@ -38,6 +38,11 @@ export function showViewersOnline(count) {
   byTestId("viewers-online").textContent = count === null ? "–" : String(count);
 }
 
+/** Presence: the chosen stream's viewers, as the latest update says (null: not known). */
+export function showWatching(count) {
+  byTestId("watching").textContent = count === null ? "–" : String(count);
+}
+
 export function showSent(total, error) {
   byTestId("sent-count").textContent = String(total);
   byTestId("send-error").textContent = error ? ` · ${error}` : "";
@@ -52,7 +57,9 @@ export function showStreams(streams, chosen) {
     known.set(chosen, {stream_id: chosen, viewers: null});
   }
   const options = [...known.values()].map((stream) => {
-    const viewers = Number.isFinite(stream.viewers) ? ` · ${stream.viewers} watching` : "";
+    // The chosen stream's count is the live one of its updates (showWatching), not this one.
+    const viewers = Number.isFinite(stream.viewers) && stream.stream_id !== chosen
+      ? ` · ${stream.viewers} watching` : "";
     const option = element("option", "", `${stream.stream_id}${viewers}`);
     option.value = stream.stream_id;
     return option;

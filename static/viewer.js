@@ -122,6 +122,8 @@ export function parseUpdate(text) {
     a && typeof a.emoji_type === "string" && Number.isFinite(a.count) && a.count >= 0
     && Number.isFinite(a.normalized_count) && a.normalized_count >= 0);
   return {
+    // Presence: the stream's live viewers on the viewer's server (null if not carried).
+    watching: Number.isInteger(update.watching) && update.watching >= 0 ? update.watching : null,
     stream_id: typeof update.stream_id === "string" ? update.stream_id : DEFAULT_STREAM,
     window_start: update.window_start,
     window_end: typeof update.window_end === "string" ? update.window_end : "",
@@ -134,11 +136,36 @@ export function parseUpdate(text) {
   };
 }
 
+/** The WebSocket URL a viewer connects to: its endpoint (with its token), asking for presence
+ *  ("watching" in every update) and, with since (the newest window_start received), for
+ *  recovery: every window after it that the server holds, then live ones (docs/delivery.md). */
+export function viewerEndpoint(endpoint, since = null) {
+  const url = new URL(endpoint);
+  url.searchParams.set("presence", "1");
+  if (since) {
+    url.searchParams.set("since", since);
+  }
+  return url.toString();
+}
+
+/** The server's messages that are not window updates (they carry a "type"): null if none. */
+function controlMessage(text) {
+  try {
+    const message = JSON.parse(text);
+    return message && typeof message === "object" && typeof message.type === "string"
+      ? message : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Keeps one viewer of one stream connected. Callbacks:
  *   onState(state, detail)    "connecting" | "live" | "reconnecting" | "replaced" (stopped)
  *   onAssignment(answer)      each successful registration
- *   onUpdate(update)          each window update of the stream received (parsed)
+ *   onUpdate(update, {recovered})
+ *                             each window update of the stream received (parsed); recovered:
+ *                             it is one of the windows missed while disconnected
  */
 export class Viewer {
   constructor({registrationUrl, clientId, streamId, retryInitialS, retryMaxS, onState,
@@ -154,6 +181,9 @@ export class Viewer {
     this.token = storedToken(clientId);
     this.socket = null;
     this.wake = null; // ends the current wait between attempts early
+    // The newest window received: each reconnection recovers the windows after it.
+    this.newest = null;
+    this.newestMs = -Infinity;
   }
 
   start() {
@@ -229,13 +259,14 @@ export class Viewer {
       const where = typeof assignment.cluster_id === "string" ? assignment.cluster_id : "cluster";
       let socket;
       try {
-        socket = new WebSocket(assignment.subscriber_endpoint);
+        socket = new WebSocket(viewerEndpoint(assignment.subscriber_endpoint, this.newest));
       } catch (err) {
         resolve(`cannot connect to ${where} (${err.name})`);
         return;
       }
       this.socket = socket;
       let opened = false;
+      let backlog = 0; // updates still to come of the recovery's backlog
       const timeout = setTimeout(() => socket.close(), CONNECT_TIMEOUT_MS);
       socket.addEventListener("open", () => {
         clearTimeout(timeout);
@@ -247,9 +278,24 @@ export class Viewer {
         if (typeof event.data !== "string") {
           return;
         }
+        const control = controlMessage(event.data);
+        if (control) { // {"type": "recovery", ...}; types this page does not know are skipped
+          if (control.type === "recovery" && Number.isInteger(control.windows)) {
+            backlog = control.windows; // the next updates are missed windows, oldest first
+          }
+          return;
+        }
         const update = parseUpdate(event.data);
         if (update && update.stream_id === this.streamId) {
-          this.onUpdate(update);
+          const startMs = Date.parse(update.window_start);
+          if (startMs > this.newestMs) {
+            this.newestMs = startMs;
+            this.newest = update.window_start;
+          }
+          this.onUpdate(update, {recovered: backlog > 0});
+        }
+        if (backlog > 0) {
+          backlog -= 1;
         }
       });
       socket.addEventListener("close", (event) => {

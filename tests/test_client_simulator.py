@@ -430,3 +430,49 @@ def test_emojis_are_sent_at_the_rate_and_a_503_does_not_stop_it(services, ingest
         assert scheme == "Bearer"
         admission = tokens.verify(services.env["TOKEN_SECRET"], token, 1, time.time())
         assert (admission.client_id, admission.stream_id) == ("sim-sender", "main")
+
+
+def window_update(start: datetime, fire: int) -> dict:
+    return {"window_start": start.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "window_end": (start + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "aggregates": [{"emoji_type": "🔥", "count": fire, "normalized_count": 0,
+                            "unique_users": 1}]}
+
+
+def test_since_recovers_and_every_reconnection_passes_the_newest_window_seen(services):
+    base = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    w = [window_update(base + timedelta(seconds=2 * i), i + 1) for i in range(5)]
+    services.publish(*w[:4])  # nobody watches yet: the server holds them
+    simulator = services.simulator("sim-since", "--print-json", "--rate", "0", "--since",
+                                   w[1]["window_start"])
+    services.wait_for_viewer()
+
+    def recovery(since: dict, complete: bool, windows: int) -> str:
+        return text({"type": "recovery", "since": since["window_start"], "complete": complete,
+                     "windows": windows})
+
+    first = [recovery(w[1], True, 2), text(w[2]), text(w[3])]
+    wait_until(lambda: services.output().splitlines() == first, timeout_s=10,
+               message=f"not {first}: {services.output()!r}")
+    # Its server restarts (holding nothing): the reconnection asks for what came after w3.
+    assert services.ws_server.stop() == 0
+    services.ws_server = services.start_ws_server()
+    services.wait_for_viewer()
+    services.publish(w[4])
+    expected = [*first, recovery(w[3], False, 0), text(w[4])]
+    wait_until(lambda: services.output().splitlines() == expected, timeout_s=10,
+               message=f"not {expected}: {services.output()!r}")
+    assert simulator.stop() == 0
+    log = simulator.log()
+    assert_clean_log(log)
+    assert f"INFO    client_simulator: recovery after {w[1]['window_start']}: 2 window(s), " \
+           "complete" in log
+    assert f"INFO    client_simulator: recovery after {w[3]['window_start']}: 0 window(s), " \
+           "incomplete" in log
+    assert "token=" not in log
+
+
+def test_a_malformed_since_option_is_a_usage_error():
+    result = run("client_simulator.py", "sim", "--since", "yesterday", env=dict(os.environ))
+    assert result.returncode == 2
+    assert "argument --since: timestamp 'yesterday' is not ISO-8601" in result.stderr

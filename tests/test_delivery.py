@@ -429,7 +429,14 @@ class FakePublisher(threading.Thread):
 
 
 def windows_printed(output: str) -> list[str]:
-    return [json.loads(line)["window_start"] for line in output.splitlines() if line]
+    """The window starts of the updates printed (not the server's recovery messages)."""
+    messages = [json.loads(line) for line in output.splitlines() if line]
+    return [message["window_start"] for message in messages if "type" not in message]
+
+
+def recoveries_printed(output: str) -> list[dict]:
+    return [message for message in map(json.loads, filter(None, output.splitlines()))
+            if message.get("type") == "recovery"]
 
 
 def test_viewers_of_a_dead_server_receive_again_from_another_cluster_within_10_s(delivery):
@@ -476,6 +483,52 @@ def test_viewers_of_a_dead_server_receive_again_from_another_cluster_within_10_s
     printed = windows_printed(out_path.read_text())
     assert len(printed) == len(set(printed))
     assert simulator.stop() == 0
+
+
+def test_a_viewer_whose_server_is_killed_recovers_on_another_cluster_with_no_gap(delivery):
+    """Every cluster's server has every update; the simulator's reconnection passes since=the
+    newest window it printed, so the windows published while it was away come first."""
+    delivery.env["VIEWER_RETRY_INITIAL_S"] = "1.5"  # away for 2 windows at least (0.5 s each)
+    delivery.start()
+    out_path = delivery.log_dir / "simulator.out"
+    stdout = open(out_path, "w")
+    delivery.stack.callback(stdout.close)
+    simulator = delivery.start_service(
+        "simulator", "client_simulator.py", "sim-gap", "--print-json", "--rate", "0",
+        "--registration-url", delivery.registration_url, stdout=stdout)
+    publisher = FakePublisher(delivery)
+    publisher.start()
+    delivery.stack.callback(publisher.join, 10)
+    delivery.stack.callback(publisher.stop.set)
+    wait_until(lambda: len(windows_printed(out_path.read_text())) >= 2, timeout_s=20,
+               message="the simulator printed no updates")
+    cluster = next(line.split(": ")[2].split(" ")[0] for line in simulator.log().splitlines()
+                   if "registered 'sim-gap': " in line)
+    delivery.ws_servers[int(cluster.removeprefix("cluster"))].kill()  # SIGKILL
+    before = len(windows_printed(out_path.read_text()))
+    wait_until(lambda: len(recoveries_printed(out_path.read_text())) == 1
+               and len(windows_printed(out_path.read_text())) >= before + 6, timeout_s=20,
+               message="the simulator did not recover on another cluster")
+    publisher.stop.set()
+    publisher.join(10)
+    assert simulator.stop() == 0
+    printed = windows_printed(out_path.read_text())
+    numbers = {json.loads(update_text(n))["window_start"]: n for n in publisher.sent_at}
+    # Every window from the first printed to the last, each once, in order: no gap.
+    first = numbers[printed[0]]
+    assert [numbers[w] for w in printed] == list(range(first, first + len(printed)))
+    (recovery,) = recoveries_printed(out_path.read_text())
+    lines = [json.loads(line) for line in out_path.read_text().splitlines()]
+    at = lines.index(recovery)
+    # It asked for what came after the last window it printed, and got it all from the backlog.
+    assert recovery["since"] == lines[at - 1]["window_start"]
+    assert recovery["complete"] is True
+    assert recovery["windows"] >= 2
+    assert [line["window_start"] for line in lines[at + 1:at + 1 + recovery["windows"]]] == \
+        printed[at:at + recovery["windows"]]
+    log = simulator.log()
+    assert f"(was {cluster})" in [line for line in log.splitlines()
+                                  if "registered again: " in line][-1]
 
 
 # --- 5. 1,000 viewers -------------------------------------------------------------------------

@@ -136,6 +136,19 @@ def wait_live(page, timeout_s=60):
                    .dataset.state === "live" """, timeout=timeout_s * 1000)
 
 
+def assert_connected_to(url: str, endpoint: str, recovering: bool = False) -> str | None:
+    """The page's WebSocket URL is the endpoint /register answered, asking for presence, and,
+    reconnecting, for recovery: its since, if any."""
+    connected, answered = urlsplit(url), urlsplit(endpoint)
+    assert (connected.scheme, connected.netloc, connected.path) == \
+        (answered.scheme, answered.netloc, answered.path)
+    query = parse_qs(connected.query)
+    since = query.pop("since", [None])[0]
+    assert query == {**parse_qs(answered.query), "presence": ["1"]}
+    assert (since is not None) is recovering, url
+    return since
+
+
 def test_the_page_registers_and_goes_live(system, page):
     wait_live(page)
     assert by_testid(page, "connection-state").text_content() == "live"
@@ -160,7 +173,7 @@ def test_the_page_registers_and_goes_live(system, page):
     assert hosts == {PAGE_HOST}, recorder.requests
     assignment = recorder.register_answers[-1].json()
     assert assignment["cluster_id"] == cluster
-    assert recorder.websockets[-1] == assignment["subscriber_endpoint"]
+    assert_connected_to(recorder.websockets[-1], assignment["subscriber_endpoint"])
     assert recorder.errors == []
 
 
@@ -275,6 +288,11 @@ def test_25_clicks_on_fire_show_count_25_and_normalized_1(system, page):
         (CLICKS, 1, str(CLICKS), str(CLICKS))
     # normalized_count 1: one 🔥 floats up the screen for this window.
     assert int(by_testid(page, "swarm").get_attribute("data-spawned")) >= swarm_before + 1
+    # Presence: the stream's viewers on the page's server, as that server counts them.
+    endpoint = urlsplit(page.recorder.register_answers[-1].json()["subscriber_endpoint"])
+    health = requests.get(f"http://localhost:{endpoint.port}/health", timeout=5).json()
+    assert by_testid(page, "watching").text_content() == \
+        str(health["streams"]["main"]["viewers"])
     time.sleep(1.0)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
@@ -465,8 +483,11 @@ def test_losing_its_websocket_server_makes_it_reconnect_to_another_cluster(syste
         assert seen[0] == "live" and "reconnecting" in seen and seen[-1] == "live", seen
         after = by_testid(page, "cluster").text_content()
         assert re.fullmatch(r"cluster\d+", after) and after != before
-        assert page.recorder.websockets[-1] == page.recorder.register_answers[-1].json()[
-            "subscriber_endpoint"]
+        # Where /register said, asking for the windows after the newest it had received.
+        since = assert_connected_to(page.recorder.websockets[-1],
+                                    page.recorder.register_answers[-1].json()[
+                                        "subscriber_endpoint"], recovering=True)
+        assert datetime.fromisoformat(since) <= datetime.now(UTC)
         # It presented its token: the same session, moved to another cluster.
         assert page.recorder.register_answers[-1].json()["session"] == "resumed"
 

@@ -11,9 +11,11 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 from urllib.request import urlopen
 
@@ -364,7 +366,7 @@ def test_compression_is_off_unless_configured(start_server, setting, negotiated)
 
 def test_an_unknown_compression_is_a_one_line_error(test_env):
     result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, free_port(), WS_COMPRESSION="gzip"))
+                 env=server_env(test_env, free_port(), free_port(), WS_COMPRESSION="gzip"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -725,6 +727,216 @@ def test_a_new_viewer_gets_the_latest_update_of_its_streams_two_newest_windows(s
     # others cost no broadcast.
     assert "stopped: 7 update(s) broadcast, 0 repeated, 0 stale and 0 invalid dropped, 6 of a " \
            "stream nobody watched here" in server.service.log()
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+def two_second_windows(count: int) -> list[str]:
+    """``count`` consecutive 2-s window starts in an hour no other test uses."""
+    base = datetime(2026, 11, 10 + uuid.uuid4().int % 18, uuid.uuid4().int % 24, tzinfo=UTC)
+    return [(base + timedelta(seconds=2 * i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            for i in range(count)]
+
+
+def recovering_viewer(server: Server, client_id: str, stream_id: str, since: str | None,
+                      session: str | None = None):
+    issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id,
+                          session=session or tokens.new_session())
+    query = f"token={quote(issued)}" + (f"&since={quote(since)}" if since is not None else "")
+    return connect(f"{server.url}/?{query}", open_timeout=5)
+
+
+def recovery(since: str, complete: bool, windows: int) -> str:
+    return text({"type": "recovery", "since": since, "complete": complete, "windows": windows})
+
+
+def of_stream(stream_id: str, window: str, **counts) -> dict:
+    return dict(update(window, **counts), stream_id=stream_id)
+
+
+def wait_for_last_window(server: Server, stream_id: str, window: str) -> None:
+    wait_until(lambda: server.health()["streams"].get(stream_id, {}).get("last_window")
+               == window, message=f"{stream_id} never had {window} as its last window")
+
+
+def test_a_viewer_reconnecting_with_since_gets_each_missed_window_once_then_live_ones(server):
+    stream = f"rec-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(7)
+    session = tokens.new_session()
+    seen = [of_stream(stream, w[0], fire=1), of_stream(stream, w[1], fire=2),
+            of_stream(stream, w[2], fire=3)]
+    missed = [of_stream(stream, w[3], fire=4), of_stream(stream, w[3], fire=5),  # 2 versions
+              of_stream(stream, w[4], laugh=6), of_stream(stream, w[5], clap=7)]
+    with server.publisher() as publisher:
+        with recovering_viewer(server, "tunnel", stream, None, session) as viewer:
+            server.wait_for_counts(viewers=1, subscribers=1)
+            for message in seen:
+                publisher.send(text(message))
+            assert [viewer.recv(timeout=5) for _ in seen] == [text(m) for m in seen]
+        server.wait_for_counts(viewers=0, subscribers=1)
+        for message in missed:  # while the viewer is away
+            publisher.send(text(message))
+        wait_for_last_window(server, stream, w[5])
+        with recovering_viewer(server, "tunnel", stream, w[2], session) as viewer:
+            # The latest version of each missed window, oldest first, after the verdict.
+            assert [viewer.recv(timeout=5) for _ in range(4)] == [
+                recovery(w[2], True, 3), text(missed[1]), text(missed[2]), text(missed[3])]
+            assert_nothing_arrives(viewer)
+            live = of_stream(stream, w[6], fire=8)
+            publisher.send(text(live))
+            assert viewer.recv(timeout=5) == text(live)
+            assert_nothing_arrives(viewer)
+    assert metric(server, 'emojistream_ws_recoveries_total{result="complete"}') == 1
+    assert metric(server, 'emojistream_ws_recoveries_total{result="partial"}') == 0
+
+
+def test_recovery_while_updates_stream_in_has_no_gap_and_no_duplicate(server):
+    """The backlog and the broadcasts meet without a hole or a repeat, whatever the moment
+    the viewer connects (updates are published all along, every 5 ms)."""
+    stream = f"race-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(120)
+    published = [text(of_stream(stream, window, fire=i + 1)) for i, window in enumerate(w)]
+    with server.publisher() as publisher, \
+            recovering_viewer(server, "early", stream, None) as early:
+        # The early viewer keeps the stream watched: updates go through the broadcaster.
+        server.wait_for_counts(viewers=1, subscribers=1)
+        for message in published[:10]:
+            publisher.send(message)
+        wait_for_last_window(server, stream, w[9])
+
+        def publish_the_rest():
+            for message in published[10:]:
+                publisher.send(message)
+                time.sleep(0.005)
+
+        sender = threading.Thread(target=publish_the_rest)
+        sender.start()
+        time.sleep(0.2)  # some 40 windows in
+        with recovering_viewer(server, "late", stream, w[4]) as late:
+            first = json.loads(late.recv(timeout=5))
+            assert first["type"] == "recovery" and first["complete"] is True
+            got = [late.recv(timeout=5) for _ in range(len(published) - 5)]
+            sender.join()
+            assert got == published[5:]
+            assert_nothing_arrives(late)
+        assert 5 < first["windows"] < len(published) - 5  # it did join mid-stream
+        assert [early.recv(timeout=5) for _ in published] == published
+
+
+def test_a_since_older_than_the_bound_gets_what_the_server_holds_and_complete_false(
+        start_server):
+    server = start_server(RECOVERY_MAX_WINDOWS=3)
+    stream = f"bound-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(6)
+    sent = [of_stream(stream, window, fire=i + 1) for i, window in enumerate(w)]
+    with server.publisher() as publisher:
+        server.wait_for_counts(viewers=0, subscribers=1)
+        for message in sent:
+            publisher.send(text(message))
+        wait_for_last_window(server, stream, w[5])
+    held = [text(m) for m in sent[3:]]
+    expected = {w[0]: [recovery(w[0], False, 3), *held],      # w1 and w2 were forgotten
+                w[1]: [recovery(w[1], False, 3), *held],      # w2 was forgotten
+                w[2]: [recovery(w[2], True, 3), *held],       # all after w2 is held
+                w[4]: [recovery(w[4], True, 1), held[2]],
+                w[5]: [recovery(w[5], True, 0)],
+                "2026-11-01T00:00:00Z": [recovery("2026-11-01T00:00:00Z", False, 3), *held]}
+    for since, messages in expected.items():
+        with recovering_viewer(server, "back", stream, since) as viewer:
+            assert [viewer.recv(timeout=5) for _ in messages] == messages
+            assert_nothing_arrives(viewer)
+    # A stream this server has had no update of: it cannot know what was missed.
+    with recovering_viewer(server, "back", "never-here", w[0]) as viewer:
+        assert viewer.recv(timeout=5) == recovery(w[0], False, 0)
+        assert_nothing_arrives(viewer)
+    assert metric(server, 'emojistream_ws_recoveries_total{result="complete"}') == 3
+    assert metric(server, 'emojistream_ws_recoveries_total{result="partial"}') == 4
+
+
+def test_a_late_window_the_bound_leaves_out_makes_recovery_before_it_incomplete(start_server):
+    server = start_server(RECOVERY_MAX_WINDOWS=3)
+    stream = f"late-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(7)
+    sent = {i: of_stream(stream, w[i], fire=i + 1) for i in (0, 1, 2, 4, 5, 6)}
+    late = of_stream(stream, w[3], fire=40)  # its first update, after w6's: older than all held
+    with server.publisher() as publisher:
+        server.wait_for_counts(viewers=0, subscribers=1)
+        for message in [*sent.values(), late]:
+            publisher.send(text(message))
+        wait_until(lambda: metric(server, "emojistream_ws_updates_accepted_total") == 7)
+    # The late one is not held (w4, w5, w6 are): a since before it cannot be complete.
+    held = [text(sent[i]) for i in (4, 5, 6)]
+    for since, complete in ((w[2], False), (w[3], True)):
+        with recovering_viewer(server, "back", stream, since) as viewer:
+            assert [viewer.recv(timeout=5) for _ in range(4)] == [recovery(since, complete, 3),
+                                                                  *held]
+            assert_nothing_arrives(viewer)
+
+
+@pytest.mark.parametrize("since", ["yesterday", "", "2026-13-01T00:00:00Z", "1733400000"])
+def test_a_malformed_since_is_refused_with_400_before_the_handshake(server, since):
+    issued = token("confused")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{server.url}/?token={quote(issued)}&since={quote(since)}", open_timeout=5)
+    response = refused.value.response
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.body) == {
+        "error": "since must be a window_start as updates carry it (ISO-8601, e.g. "
+                 "2026-12-05T08:42:26.000Z; URL-encoded), got " + repr(since)}
+    server.wait_for_counts(viewers=0, subscribers=0)
+
+
+# --- presence ---------------------------------------------------------------------------------
+
+def presence_viewer(server: Server, client_id: str, stream_id: str, since: str | None = None):
+    issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id,
+                          session=tokens.new_session())
+    query = f"token={quote(issued)}&presence=1" + (f"&since={quote(since)}" if since else "")
+    return connect(f"{server.url}/?{query}", open_timeout=5)
+
+
+def watching(message: dict, count: int) -> str:
+    return text(dict(message, watching=count))
+
+
+def test_presence_viewers_get_the_streams_live_viewers_on_this_server_in_each_update(server):
+    stream = f"pres-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(4)
+    first, second, third = (of_stream(stream, w[i], fire=i + 1) for i in range(3))
+    with server.publisher() as publisher, presence_viewer(server, "p1", stream) as p1, \
+            recovering_viewer(server, "plain", stream, None) as plain, \
+            stream_viewer(server, "other-stream", "elsewhere"):
+        with presence_viewer(server, "p2", stream) as p2:
+            server.wait_for_counts(viewers=4, subscribers=1)
+            publisher.send(text(first))
+            assert p1.recv(timeout=5) == watching(first, 3)
+            assert p2.recv(timeout=5) == watching(first, 3)
+            assert plain.recv(timeout=5) == text(first)  # it did not ask: unchanged
+        server.wait_for_counts(viewers=3, subscribers=1)
+        publisher.send(text(second))
+        assert p1.recv(timeout=5) == watching(second, 2)
+        assert plain.recv(timeout=5) == text(second)
+        # A viewer connecting is counted in its snapshot's and its recovery's updates.
+        with presence_viewer(server, "p3", stream) as p3:
+            assert [p3.recv(timeout=5), p3.recv(timeout=5)] == [watching(first, 3),
+                                                                 watching(second, 3)]
+            with presence_viewer(server, "p4", stream, since=w[0]) as p4:
+                assert [p4.recv(timeout=5), p4.recv(timeout=5)] == [
+                    recovery(w[0], True, 1), watching(second, 4)]
+                publisher.send(text(third))
+                for viewer in (p1, p3, p4):
+                    assert viewer.recv(timeout=5) == watching(third, 4)
+                    assert_nothing_arrives(viewer)
+                assert plain.recv(timeout=5) == text(third)
+
+
+def test_a_presence_other_than_0_or_1_is_refused_with_400(server):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{server.url}/?token={quote(token('x'))}&presence=yes", open_timeout=5)
+    assert refused.value.response.status_code == 400
+    assert json.loads(refused.value.response.body) == {
+        "error": "presence must be 0 or 1, got 'yes'"}
 
 
 # --- limits -------------------------------------------------------------------------------------

@@ -20,6 +20,11 @@ party registering the same CLIENT_ID gets a session of its own and cannot close 
 connection; only a connection of this same session (this process's token) replaces it (close
 code 4409), and then it stops and exits 1.
 
+Recovery. Each reconnection passes since=<the newest window_start received>: the new server
+(the same cluster's or another's) first sends {"type": "recovery", ...} (logged, not shown) and
+then the latest update of every window after it that it holds, so the printed windows have no
+gap; --since WINDOW_START does the same for the first connection.
+
 Log lines go to stderr, window updates to stdout; --quiet prints none, --print-json prints each
 message as received, one JSON document per line. An update received again unchanged (after a
 reconnection, the new server sends its stream's latest updates) is not shown twice.
@@ -39,6 +44,7 @@ from emojistream.client.settings import ViewerSettings
 from emojistream.client.viewer import RegistrationClient, RegistrationError
 from emojistream.client.watcher import Display, Watcher, token_of, without_token
 from emojistream.common.backoff import Backoff
+from emojistream.common.events import InvalidEvent, parse_timestamp
 from emojistream.common.lifecycle import load_settings
 from emojistream.common.logs import setup_logging
 
@@ -60,7 +66,7 @@ async def simulate(args: argparse.Namespace, settings: ViewerSettings) -> int:
              assignment.get("cluster_id"), without_token(assignment["subscriber_endpoint"]),
              assignment.get("stream_id"))
     display = Display("quiet" if args.quiet else "json" if args.print_json else "lines")
-    watcher = Watcher(registration, args.client_id, display, settings)
+    watcher = Watcher(registration, args.client_id, display, settings, since=args.since)
     watcher.assignment = assignment  # the sender's token from the start
     watching = asyncio.create_task(watcher.run(assignment))
     sender = sending = None
@@ -154,6 +160,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def window_start(text: str) -> str:
+    try:
+        parse_timestamp(text)
+    except InvalidEvent as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def parse_args(argv, settings: ViewerSettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="client_simulator.py",
@@ -178,6 +192,11 @@ def parse_args(argv, settings: ViewerSettings) -> argparse.Namespace:
     parser.add_argument("--api-url", default=topology.api_url(settings),
                         help="ingest API (default from API_PUBLIC_URL, or API_HOST and "
                              "API_PORT: %(default)s)")
+    parser.add_argument("--since", type=window_start, default=None, metavar="WINDOW_START",
+                        help="recover from this window: the first connection gets the latest "
+                             "update of every window after it (as far as its server holds), "
+                             "e.g. 2026-12-05T08:42:26.000Z; reconnections always pass the "
+                             "newest window received")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--quiet", action="store_true", help="print no window updates")
     output.add_argument("--print-json", action="store_true",

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -15,7 +15,7 @@ from emojistream.client.settings import ViewerSettings
 from emojistream.client.viewer import RegistrationClient, RegistrationError, format_window
 from emojistream.common import closecodes
 from emojistream.common.backoff import Backoff
-from emojistream.common.events import InvalidEvent, decode_window_update
+from emojistream.common.events import InvalidEvent, decode_window_update, parse_timestamp
 
 log = logging.getLogger("client_simulator")
 
@@ -36,6 +36,9 @@ class Display:
         self.received = 0
         self._windows: deque[str] = deque(maxlen=REMEMBERED_WINDOWS)
         self._recent: deque = deque(maxlen=REMEMBERED_WINDOWS)
+        # The newest window start received (what a reconnection passes as since), and when.
+        self.newest: str | None = None
+        self._newest_at: float | None = None
 
     def show(self, message) -> None:
         self.received += 1
@@ -46,8 +49,9 @@ class Display:
             log.debug("skipped a repeat of an update already shown")
             return
         self._recent.append(message)
-        if self.mode == "json":
-            _print(_one_line(message))
+        if _control(message):
+            if self.mode == "json":
+                _print(_one_line(message))
             return
         try:
             update = decode_window_update(message)
@@ -55,11 +59,43 @@ class Display:
             log.warning("received a message that is not a window update (%s)", err)
             return
         window = update["window_start"]
+        self._note_newest(window)
+        if self.mode == "json":
+            _print(_one_line(message))
+            return
         seen = window in self._windows
         if not seen:
             self._windows.append(window)
         if self.mode == "lines":
             _print(format_window(update, replaces_earlier=seen))
+
+
+    def _note_newest(self, window: str) -> None:
+        try:
+            start = parse_timestamp(window).timestamp()
+        except InvalidEvent:
+            return
+        if self._newest_at is None or start > self._newest_at:
+            self.newest, self._newest_at = window, start
+
+
+def _control(message) -> bool:
+    """Whether a message is not a window update but a message of the server's (it has a
+    "type": "recovery" comes first after connecting with since); logged, never shown as an
+    update. Types this client does not know are skipped the same way."""
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return False
+    if not isinstance(parsed, dict) or "type" not in parsed:
+        return False
+    if parsed["type"] == "recovery":
+        log.info("recovery after %s: %s window(s), %s", parsed.get("since"),
+                 parsed.get("windows"), "complete" if parsed.get("complete") is True else
+                 "incomplete (the server no longer or never held some windows after it)")
+    else:
+        log.debug("skipped a message of unknown type %r", parsed["type"])
+    return True
 
 
 def _one_line(message) -> str:
@@ -82,12 +118,13 @@ class Watcher:
     backoff whenever it drops or is refused."""
 
     def __init__(self, registration: RegistrationClient, client_id: str, display: Display,
-                 settings: ViewerSettings):
+                 settings: ViewerSettings, since: str | None = None):
         self.registration = registration
         self.client_id = client_id
         self.display = display
         self.settings = settings
         self._backoff = Backoff(settings.viewer_retry_initial_s, settings.viewer_retry_max_s)
+        self.since = since  # the first connection's since (--since); then the newest seen
         self.cluster: str | None = None
         self.assignment: dict | None = None  # the latest registration's answer
         # Another connection of this session (this viewer's token) took this one's place: it
@@ -117,7 +154,8 @@ class Watcher:
     async def _watch(self, assignment: dict) -> tuple[str, bool]:
         """Receive until the connection ends: why it ended, and whether it was stable (it
         delivered an update or lasted STABLE_S)."""
-        endpoint = assignment["subscriber_endpoint"]
+        since = self.display.newest or self.since
+        endpoint = with_since(assignment["subscriber_endpoint"], since)
         shown = without_token(endpoint)
         received = self.display.received
         loop = asyncio.get_running_loop()
@@ -174,6 +212,13 @@ def token_of(assignment: dict | None) -> str | None:
         return None
     values = parse_qs(urlsplit(assignment["subscriber_endpoint"]).query).get("token")
     return values[0] if values else None
+
+
+def with_since(endpoint: str, since: str | None) -> str:
+    """The endpoint asking for recovery after window ``since`` (none: the snapshot)."""
+    if since is None:
+        return endpoint
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}since={quote(since, safe='')}"
 
 
 def without_token(endpoint: str) -> str:

@@ -1,5 +1,7 @@
 """The WebSocket close codes the WebSocket servers send viewers, each with its reason.
 
+    4400  a malformed since=<window_start> (refused with HTTP 400 before the handshake;
+          this code only if a request got past that)   fix the URL
     4401  missing, invalid or expired token      register again: a fresh token
     4403  a token for another cluster            register again
     4408  too slow: more unsent data than WS_MAX_VIEWER_BUFFER_BYTES
@@ -10,9 +12,10 @@
     4429  too many connections from this address (WS_MAX_CONNECTIONS_PER_ADDRESS)
                                                  reconnect later (with backoff)
 
-Like HTTP's 401, 403, 408, 409 and 429, plus 4000 (the range RFC 6455 leaves to applications).
+Like HTTP's 400, 401, 403, 408, 409 and 429, plus 4000 (the range RFC 6455 leaves to applications).
 """
 
+BAD_REQUEST = 4400
 UNAUTHORIZED = 4401
 FORBIDDEN = 4403
 TOO_SLOW = 4408

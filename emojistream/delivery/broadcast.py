@@ -22,7 +22,7 @@ from websockets.protocol import State
 from emojistream.common import closecodes
 from emojistream.delivery.connections import peer
 from emojistream.delivery.metrics import WsMetrics
-from emojistream.delivery.stream import Stream
+from emojistream.delivery.stream import Stream, with_watching
 
 log = logging.getLogger("ws_server")
 
@@ -40,8 +40,8 @@ class Broadcaster:
         self.metrics = metrics
         self._close_later = close_later
         self._leaving = leaving  # viewers closed by the server, not gone yet
-        # Queued updates, oldest first: [stream, window, data]; with conflation, the queued
-        # entry of each (stream, window), whose data a newer version replaces.
+        # Queued updates, oldest first: [stream, window, data, total]; with conflation, the
+        # queued entry of each (stream, window), whose data a newer version replaces.
         self._outbox: deque[list] = deque()
         self._queued: dict[tuple[Stream, str], list] = {}
         self._ready: asyncio.Event | None = None
@@ -60,24 +60,29 @@ class Broadcaster:
             except asyncio.CancelledError:
                 pass
 
-    def enqueue(self, stream: Stream, window: str, data: bytes) -> None:
+    def enqueue(self, stream: Stream, window: str, data: bytes, total: int = 0) -> None:
+        """Queue an update; the stream remembers it (for the viewers connecting later) when it
+        is broadcast, so a connecting viewer gets each version either in its snapshot or
+        live, never both."""
         assert self._ready is not None, "start() first"
         if self.conflate:
             queued = self._queued.get((stream, window))
             if queued is not None:  # behind: the newer version takes the older one's place
-                queued[2] = data
+                queued[2], queued[3] = data, total
                 self.metrics.conflated.inc()
                 return
-        entry = [stream, window, data]
+        entry = [stream, window, data, total]
+        stream.pending += 1
         self._outbox.append(entry)
         if self.conflate:
             self._queued[(stream, window)] = entry
         self._ready.set()
 
-    def _next(self) -> tuple[Stream, str, bytes]:
-        stream, window, data = self._outbox.popleft()
+    def _next(self) -> tuple[Stream, str, bytes, int]:
+        stream, window, data, total = self._outbox.popleft()
         self._queued.pop((stream, window), None)
-        return stream, window, data
+        stream.pending -= 1
+        return stream, window, data, total
 
     def _superseded(self, stream: Stream, window: str) -> bool:
         """Whether the next queued update is a newer version of this window (conflation)."""
@@ -93,11 +98,15 @@ class Broadcaster:
             await self._broadcast(*self._next())
             await asyncio.sleep(0)  # let the connections' tasks run between broadcasts
 
-    async def _broadcast(self, stream: Stream, window: str, data: bytes) -> None:
+    async def _broadcast(self, stream: Stream, window: str, data: bytes, total: int) -> None:
         """``data`` (encoded once) to every viewer of the stream connected now, a batch at a
-        time, letting the event loop run (health checks, pings, new connections) in between."""
+        time, letting the event loop run (health checks, pings, new connections) in between.
+        The stream remembers it in the same step: a viewer connecting later gets it from
+        there (its snapshot or recovery), not from this broadcast."""
         started = time.perf_counter()
         viewers = list(stream.viewers)
+        stream.remember(window, data, total)
+        counted = with_watching(data, stream.watching()) if stream.presence else data
         for first in range(0, len(viewers), self.batch):
             if first:
                 await asyncio.sleep(0)
@@ -106,7 +115,11 @@ class Broadcaster:
                     break
             # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
             batch = self._keeping_up(viewers[first:first + self.batch])
-            broadcast(batch, data, text=True)
+            if stream.presence:  # the viewers that asked for presence get "watching" too
+                broadcast([v for v in batch if v not in stream.presence], data, text=True)
+                broadcast([v for v in batch if v in stream.presence], counted, text=True)
+            else:
+                broadcast(batch, data, text=True)
             self.metrics.messages.inc(len(batch))
         self.metrics.broadcasts.inc()
         self.metrics.duration.observe(time.perf_counter() - started)

@@ -4,6 +4,7 @@ from the subscribers deduplicated and broadcast to their stream's viewers (docs/
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -12,14 +13,14 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from emojistream.common import closecodes, tokens
-from emojistream.common.events import InvalidEvent, decode_window_update
+from emojistream.common.events import InvalidEvent, decode_window_update, parse_timestamp
 from emojistream.common.refusals import RefusalLog
 from emojistream.delivery.broadcast import Broadcaster
 from emojistream.delivery.connections import Connections, peer
 from emojistream.delivery.dedup import WindowDeduplicator
 from emojistream.delivery.metrics import WsMetrics
 from emojistream.delivery.settings import DeliverySettings
-from emojistream.delivery.stream import Stream
+from emojistream.delivery.stream import Stream, with_watching
 
 log = logging.getLogger("ws_server")
 
@@ -36,6 +37,7 @@ class Hub:
         self.subscriber_key = subscriber_key
         self._token_secret = token_secret
         self._dedup_windows = settings.ws_dedup_windows
+        self._recovery_windows = settings.recovery_max_windows
         self.connections = Connections(settings.ws_max_connections_per_address,
                                        settings.ws_close_timeout_s)
         self.streams: dict[str, Stream] = {}
@@ -83,7 +85,7 @@ class Hub:
     def _stream(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            stream = self.streams[stream_id] = Stream(self._dedup_windows)
+            stream = self.streams[stream_id] = Stream(self._dedup_windows, self._recovery_windows)
         return stream
 
     # --- WebSocket connections ---
@@ -106,15 +108,24 @@ class Hub:
         if self.too_many(connection):  # handshakes that were under way together
             await connection.close(closecodes.TOO_MANY, "too many connections from your address")
             return
-        await self._serve_viewer(connection, client_id, session, self._stream(stream_id))
+        try:
+            since, presence = since_of(path), presence_of(path)
+        except ValueError as err:  # refused before the handshake already (routes.py)
+            await connection.close(closecodes.BAD_REQUEST, str(err)[:120])
+            return
+        await self._serve_viewer(connection, client_id, session, self._stream(stream_id), since,
+                                 presence)
 
     async def _serve_viewer(self, connection: ServerConnection, client_id: str,
-                            session: str | None, stream: Stream) -> None:
+                            session: str | None, stream: Stream,
+                            since: tuple[str, float] | None = None,
+                            presence: bool = False) -> None:
         """One live connection per viewing session (the session id signed into the token): a
         newer one of the same session replaces the older; another session of the same client
         id is served alongside, never evicting it. The viewer gets its stream's snapshot first,
         written before it joins the broadcasts (no await between), so no update can come
-        between them or before them."""
+        between them or before them. With ``since`` (recovery), it gets a "recovery" message
+        and the latest update of every held window after that one instead of the snapshot."""
         previous = self.connections.add_viewer(connection, client_id, session)
         if previous is not None:
             self.metrics.replaced.inc()
@@ -122,11 +133,24 @@ class Hub:
                      client_id, peer(connection), peer(previous))
             self.connections.close_later(previous, closecodes.REPLACED,
                                          "replaced by a newer connection of this session")
-        for data in stream.snapshot():
-            broadcast([connection], data, text=True)
+        if since is None:
+            backlog = stream.snapshot()
+        else:
+            backlog, complete = stream.since(since[1])
+            self.metrics.recoveries.labels("complete" if complete else "partial").inc()
+            broadcast([connection], json.dumps(
+                {"type": "recovery", "since": since[0], "complete": complete,
+                 "windows": len(backlog)}, separators=(",", ":")), text=True)
+        watching = stream.watching() + 1  # with this one, which joins below
+        for data in backlog:
+            broadcast([connection], with_watching(data, watching) if presence else data,
+                      text=True)
+        groups: tuple[set, ...] = (self.viewers, stream.viewers)
+        if presence:
+            groups += (stream.presence,)
         try:
-            await self._serve(connection, (self.viewers, stream.viewers),
-                              f"viewer {client_id!r}", self._on_viewer_message, logging.DEBUG)
+            await self._serve(connection, groups, f"viewer {client_id!r}",
+                              self._on_viewer_message, logging.DEBUG)
         finally:
             self.connections.remove_viewer(connection, client_id, session)
 
@@ -173,12 +197,43 @@ class Hub:
                       update["window_start"], update["stream_id"])
             return
         data = message.encode("utf-8")
-        stream.remember(update, data)
+        total = sum(a["count"] for a in update["aggregates"])
         self.metrics.accepted.inc()
-        if stream.viewers:  # a stream nobody watches here costs nothing more
-            self.broadcaster.enqueue(stream, update["window_start"], data)
+        # A stream nobody watches here costs nothing more; it is remembered at once, unless
+        # updates of it are still queued (then it keeps their order, behind them).
+        if stream.viewers or stream.pending:
+            self.broadcaster.enqueue(stream, update["window_start"], data, total)
         else:
+            stream.remember(update["window_start"], data, total)
             self.metrics.unwatched.inc()
+
+
+def since_of(path: str) -> tuple[str, float] | None:
+    """The ``since`` of a viewer's query string (the window start it saw last, as updates
+    carry it) and that start in epoch seconds; None without one. ValueError (its reason) when
+    it is not an ISO-8601 timestamp."""
+    values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("since")
+    if not values:
+        return None
+    text = values[0]
+    try:
+        if not text:
+            raise InvalidEvent("empty")
+        return text, parse_timestamp(text).timestamp()
+    except InvalidEvent:
+        raise ValueError(f"since must be a window_start as updates carry it (ISO-8601, e.g. "
+                         f"2026-12-05T08:42:26.000Z; URL-encoded), got {text[:64]!r}") from None
+
+
+def presence_of(path: str) -> bool:
+    """Whether the viewer asked for presence (presence=1: its updates carry "watching");
+    ValueError for a value other than 0 or 1."""
+    values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("presence")
+    if not values or values[0] == "0":
+        return False
+    if values[0] == "1":
+        return True
+    raise ValueError(f"presence must be 0 or 1, got {values[0][:16]!r}")
 
 
 def _token(path: str) -> str | None:

@@ -53,6 +53,12 @@ class WsMetrics:
                                 registry=r)
         self.slow_dropped = Counter("emojistream_ws_slow_viewers_dropped",
                                     "Viewers closed for not reading (4408)", registry=r)
+        self.recoveries = Counter("emojistream_ws_recoveries",
+                                  "Viewers that connected with since=<window_start>, by whether "
+                                  "the server held every window after it", ["result"],
+                                  registry=r)
+        for result in ("complete", "partial"):
+            self.recoveries.labels(result)
         self.from_viewers = Counter("emojistream_ws_viewer_messages_discarded",
                                     "Messages viewers sent (never forwarded)", registry=r)
 

@@ -15,7 +15,7 @@ from websockets.http11 import Request, Response
 from emojistream.common import metrics
 from emojistream.common.auth import bearer_matches
 from emojistream.delivery.connections import address_of, peer
-from emojistream.delivery.hub import PUBLISH_PATH, VIEWER_PATH, Hub
+from emojistream.delivery.hub import PUBLISH_PATH, VIEWER_PATH, Hub, presence_of, since_of
 
 log = logging.getLogger("ws_server")
 
@@ -51,6 +51,16 @@ def process_request(hub: Hub, connection: ServerConnection, request: Request,
         return connection.respond(http.HTTPStatus.NOT_FOUND,
                                   f"no such endpoint: {path} (viewers connect to "
                                   f"{VIEWER_PATH}, subscribers to {PUBLISH_PATH})\n")
+    try:
+        since_of(request.path)
+        presence_of(request.path)
+    except ValueError as err:
+        hub.refusals.refused("malformed since or presence", peer(connection))
+        response = connection.respond(http.HTTPStatus.BAD_REQUEST,
+                                      json.dumps({"error": str(err)}) + "\n")
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        return response
     if path == VIEWER_PATH and hub.too_many(connection):
         return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
                                   f"too many connections from {address_of(connection)}: at "

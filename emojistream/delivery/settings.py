@@ -13,6 +13,9 @@ class DeliverySettings(SharedSettings):
     ws_max_connections_per_address: int = 10_000
     ws_max_viewer_buffer_bytes: int = 1024 * 1024
     ws_dedup_windows: int = 64
+    # The windows of each stream whose latest update a server keeps for viewers that reconnect
+    # with since=<window_start> (150 two-second windows: 5 minutes; docs/delivery.md#recovery).
+    recovery_max_windows: int = 150
     ws_broadcast_batch: int = 250
     ws_conflate: bool = True       # send only the latest queued version of a window when behind
     ws_compression: str = "none"   # "none" or "deflate" (permessage-deflate, per connection)
@@ -27,6 +30,9 @@ class DeliverySettings(SharedSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.recovery_max_windows < 1:
+            raise ConfigError(f"RECOVERY_MAX_WINDOWS must be at least 1, got "
+                              f"{self.recovery_max_windows}")
         if bool(self.ws_tls_cert) != bool(self.ws_tls_key):
             raise ConfigError("WS_TLS_CERT and WS_TLS_KEY go together (the viewers' listener's "
                               "certificate chain and its private key, PEM files)")

@@ -1,5 +1,6 @@
 """One live stream on one WebSocket server: its viewers here, its deduplication, and the latest
-update of its two newest windows (what a viewer gets as it connects)."""
+update of each of its RECOVERY_MAX_WINDOWS newest windows: a connecting viewer gets the two
+newest (its snapshot), or with ``since`` every one after the window it saw last (recovery)."""
 
 from __future__ import annotations
 
@@ -8,31 +9,67 @@ from websockets.asyncio.server import ServerConnection
 from emojistream.common.events import parse_timestamp
 from emojistream.delivery.dedup import WindowDeduplicator
 
-# The windows of a stream whose latest update a viewer gets as it connects.
+# The windows of a stream whose latest update a viewer without ``since`` gets as it connects.
 SNAPSHOT_WINDOWS = 2
 
 
 class Stream:
-    def __init__(self, dedup_windows: int):
+    def __init__(self, dedup_windows: int, recovery_windows: int = SNAPSHOT_WINDOWS):
         self.viewers: set[ServerConnection] = set()
+        # The viewers that asked for presence (presence=1): their updates carry "watching".
+        self.presence: set[ServerConnection] = set()
         self.dedup = WindowDeduplicator(dedup_windows)
+        self.capacity = max(SNAPSHOT_WINDOWS, recovery_windows)
         self.recent: dict[float, tuple[str, bytes, int]] = {}  # start -> (window, data, total)
+        # Recovery is complete for a ``since`` at or after this window start: every window
+        # after it that reached this server is held. None until the first update: the server
+        # cannot know what came before it started (or before the stream's first update here).
+        self.complete_from: float | None = None
+        # Updates queued in the broadcaster and not yet broadcast (they reach the viewers
+        # connected when they are; a connecting viewer's snapshot must not hold them too).
+        self.pending = 0
 
-    def remember(self, update: dict, data: bytes) -> None:
-        start = parse_timestamp(update["window_start"]).timestamp()
-        if len(self.recent) >= SNAPSHOT_WINDOWS and start < min(self.recent):
-            return  # a late update of an older window
-        total = sum(a["count"] for a in update["aggregates"])
-        self.recent[start] = (update["window_start"], data, total)
-        while len(self.recent) > SNAPSHOT_WINDOWS:
-            del self.recent[min(self.recent)]
+    def remember(self, window: str, data: bytes, total: int) -> None:
+        """The latest update of ``window``, as it is broadcast (or, nobody watching, at once)."""
+        start = parse_timestamp(window).timestamp()
+        if self.complete_from is None:
+            self.complete_from = start
+        if len(self.recent) >= self.capacity and start < min(self.recent):
+            # A late update of a window older than all held: not kept, so a since before it
+            # is no longer complete.
+            self.complete_from = max(self.complete_from, start)
+            return
+        self.recent[start] = (window, data, total)
+        while len(self.recent) > self.capacity:
+            oldest = min(self.recent)
+            del self.recent[oldest]
+            self.complete_from = max(self.complete_from, oldest)
 
     def snapshot(self) -> list[bytes]:
-        """The latest update of each recent window, oldest window first."""
-        return [self.recent[start][1] for start in sorted(self.recent)]
+        """The latest update of each of the two newest windows, oldest window first."""
+        return [self.recent[start][1] for start in sorted(self.recent)[-SNAPSHOT_WINDOWS:]]
+
+    def since(self, since: float) -> tuple[list[bytes], bool]:
+        """The latest update of every held window after ``since`` (a window start, epoch
+        seconds), oldest first, and whether that is all of them (no window after ``since``
+        was forgotten or came before this server held the stream)."""
+        complete = self.complete_from is not None and since >= self.complete_from
+        return [self.recent[start][1] for start in sorted(self.recent) if start > since], complete
+
+    def watching(self) -> int:
+        """Presence: this stream's live viewer connections on this server."""
+        return len(self.viewers)
 
     def health(self) -> dict:
         latest = max(self.recent) if self.recent else None
         window, _, total = self.recent[latest] if latest is not None else (None, b"", 0)
         return {"viewers": len(self.viewers), "last_window": window,
                 "last_window_total": total}
+
+
+def with_watching(data: bytes, watching: int) -> bytes:
+    """An update (a JSON object's text) with "watching": N added as its last member."""
+    body = data.rstrip()
+    if not body.endswith(b"}"):
+        return data
+    return body[:-1] + b',"watching":' + str(watching).encode() + b"}"
