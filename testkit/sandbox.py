@@ -14,14 +14,11 @@ from pathlib import Path
 # Below Linux's range of ephemeral ports (32768-60999), so that no outgoing connection takes a
 # port between the moment it is chosen here and the moment its server binds it.
 PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()  # a port is free until its server binds it: never give it twice
 
 
 def free_port() -> int:
-    for _ in range(1000):
-        port = random.randint(*PORT_RANGE)
-        if _port_is_free(port):
-            return port
-    raise RuntimeError(f"no free port in {PORT_RANGE}")
+    return free_port_run(1)
 
 
 def _port_is_free(port: int) -> bool:
@@ -36,11 +33,13 @@ def _port_is_free(port: int) -> bool:
 def free_port_run(count: int) -> int:
     """The first of ``count`` consecutive free ports (cluster N's WebSocket server listens on
     WS_FIRST_PORT + N - 1)."""
-    for _ in range(100):
-        first = free_port()
-        if all(_port_is_free(first + i) for i in range(1, count)):
+    for _ in range(1000):
+        first = random.randint(PORT_RANGE[0], PORT_RANGE[1] - count + 1)
+        run = range(first, first + count)
+        if _handed_out.isdisjoint(run) and all(map(_port_is_free, run)):
+            _handed_out.update(run)
             return first
-    raise RuntimeError(f"no run of {count} free ports found")
+    raise RuntimeError(f"no run of {count} free ports in {PORT_RANGE}")
 
 
 def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:

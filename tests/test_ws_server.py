@@ -27,7 +27,7 @@ from emojistream.common import tokens
 from tests.services import (
     Service,
     assert_clean_log,
-    free_port,
+    free_port_run,
     get_json,
     run,
     running,
@@ -107,6 +107,12 @@ def without_streams(health: dict) -> dict:
     return {name: value for name, value in health.items() if name != "streams"}
 
 
+def server_ports() -> tuple[int, int]:
+    """Cluster CLUSTER's viewers' and publishers' ports, each range (FIRST_PORT + N - 1 for the
+    three clusters) free and apart from the other: the server refuses ranges that overlap."""
+    return free_port_run(3) + CLUSTER - 1, free_port_run(3) + CLUSTER - 1
+
+
 def server_env(test_env: dict, port: int, publish_port: int, **extra) -> dict:
     return dict(test_env, WS_FIRST_PORT=str(port - CLUSTER + 1),
                 WS_PUBLISH_FIRST_PORT=str(publish_port - CLUSTER + 1), SUBSCRIBER_KEY=KEY,
@@ -120,7 +126,7 @@ def start_server(test_env, tmp_path):
     started = []
 
     def start(**extra) -> Server:
-        port, publish_port = free_port(), free_port()
+        port, publish_port = server_ports()
         service = Service(tmp_path, f"ws_server_{len(started)}", "ws_server.py", "--cluster",
                           str(CLUSTER), env=server_env(test_env, port, publish_port, **extra))
         started.append(service)
@@ -366,7 +372,7 @@ def test_compression_is_off_unless_configured(start_server, setting, negotiated)
 
 def test_an_unknown_compression_is_a_one_line_error(test_env):
     result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, free_port(), free_port(), WS_COMPRESSION="gzip"))
+                 env=server_env(test_env, *server_ports(), WS_COMPRESSION="gzip"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -564,7 +570,7 @@ def test_viewers_connect_over_tls_when_the_server_has_a_certificate(start_server
 def test_an_unreadable_certificate_is_a_one_line_error(test_env, tmp_path):
     missing = tmp_path / "missing.pem"
     result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, free_port(), free_port(), WS_TLS_CERT=missing,
+                 env=server_env(test_env, *server_ports(), WS_TLS_CERT=missing,
                                 WS_TLS_KEY=missing))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -577,7 +583,7 @@ def test_the_secrets_are_generated_once_in_var_dir_when_not_configured(test_env,
     env = dict(test_env, VAR_DIR=str(tmp_path / "var"))
     env.pop("SUBSCRIBER_KEY", None)
     env.pop("TOKEN_SECRET", None)
-    port, publish_port = free_port(), free_port()
+    port, publish_port = server_ports()
     env["WS_FIRST_PORT"] = str(port - CLUSTER + 1)
     env["WS_PUBLISH_FIRST_PORT"] = str(publish_port - CLUSTER + 1)
     with running(tmp_path, "ws_server", "ws_server.py", "--cluster", str(CLUSTER),
