@@ -16,10 +16,19 @@ esac
 cd "$REPO_ROOT"
 .venv/bin/ruff check .
 .venv/bin/mypy  # over emojistream/ (pyproject.toml)
+UNIT_TIER="not (kafka or spark or stack or browser)"  # the markers of tests/conftest.py
 if [ "${1:-}" = "--fast" ]; then
   shift
-  # Markers of tests/conftest.py; the unit tests mostly wait on their own processes, so four
-  # pytest workers share the two cores well.
-  exec .venv/bin/python -m pytest -m "not (kafka or spark or stack or browser)" -n 4 "$@"
+  # The unit tests mostly wait on their own processes, so four pytest workers share the two
+  # cores well.
+  exec .venv/bin/python -m pytest -m "$UNIT_TIER" -n 4 "$@"
 fi
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+# Every test: the unit tier in four workers as above, then the integration tier one test at a
+# time (each starts its own JVMs, which need the two cores); the run fails if either fails.
+status=0
+.venv/bin/python -m pytest -m "$UNIT_TIER" -n 4 || status=$?
+.venv/bin/python -m pytest -m "not ($UNIT_TIER)" || status=$?
+exit "$status"
