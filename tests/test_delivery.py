@@ -439,13 +439,15 @@ def recoveries_printed(output: str) -> list[dict]:
             if message.get("type") == "recovery"]
 
 
-def test_viewers_of_a_dead_server_receive_again_from_another_cluster_within_10_s(delivery):
+def printing_simulator(delivery, client_id: str):
+    """client_simulator.py printing the updates as JSON while a publisher sends an update
+    every 0.5 s, once it has printed two: (simulator, its output file, publisher, cluster)."""
     delivery.start()
     out_path = delivery.log_dir / "simulator.out"
     stdout = open(out_path, "w")
     delivery.stack.callback(stdout.close)
     simulator = delivery.start_service(
-        "simulator", "client_simulator.py", "sim-1", "--print-json", "--rate", "0",
+        "simulator", "client_simulator.py", client_id, "--print-json", "--rate", "0",
         "--registration-url", delivery.registration_url, stdout=stdout)
     publisher = FakePublisher(delivery)
     publisher.start()
@@ -454,7 +456,12 @@ def test_viewers_of_a_dead_server_receive_again_from_another_cluster_within_10_s
     wait_until(lambda: len(windows_printed(out_path.read_text())) >= 2, timeout_s=20,
                message="the simulator printed no updates")
     cluster = next(line.split(": ")[2].split(" ")[0] for line in simulator.log().splitlines()
-                   if "registered 'sim-1': " in line)
+                   if f"registered '{client_id}': " in line)
+    return simulator, out_path, publisher, cluster
+
+
+def test_viewers_of_a_dead_server_receive_again_from_another_cluster_within_10_s(delivery):
+    simulator, out_path, publisher, cluster = printing_simulator(delivery, "sim-1")
     dead = int(cluster.removeprefix("cluster"))
 
     delivery.ws_servers[dead].kill()  # SIGKILL
@@ -489,21 +496,7 @@ def test_a_viewer_whose_server_is_killed_recovers_on_another_cluster_with_no_gap
     """Every cluster's server has every update; the simulator's reconnection passes since=the
     newest window it printed, so the windows published while it was away come first."""
     delivery.env["VIEWER_RETRY_INITIAL_S"] = "1.5"  # away for 2 windows at least (0.5 s each)
-    delivery.start()
-    out_path = delivery.log_dir / "simulator.out"
-    stdout = open(out_path, "w")
-    delivery.stack.callback(stdout.close)
-    simulator = delivery.start_service(
-        "simulator", "client_simulator.py", "sim-gap", "--print-json", "--rate", "0",
-        "--registration-url", delivery.registration_url, stdout=stdout)
-    publisher = FakePublisher(delivery)
-    publisher.start()
-    delivery.stack.callback(publisher.join, 10)
-    delivery.stack.callback(publisher.stop.set)
-    wait_until(lambda: len(windows_printed(out_path.read_text())) >= 2, timeout_s=20,
-               message="the simulator printed no updates")
-    cluster = next(line.split(": ")[2].split(" ")[0] for line in simulator.log().splitlines()
-                   if "registered 'sim-gap': " in line)
+    simulator, out_path, publisher, cluster = printing_simulator(delivery, "sim-gap")
     delivery.ws_servers[int(cluster.removeprefix("cluster"))].kill()  # SIGKILL
     before = len(windows_printed(out_path.read_text()))
     wait_until(lambda: len(recoveries_printed(out_path.read_text())) == 1
