@@ -95,9 +95,8 @@ class Supervisor:
 
     def start(self, components: list[Component], timeout_s: float,
               say=lambda *args: None) -> None:
-        """Start the components in order, each order's together, an order once the one before
-        is ready; return when every one is ready and supervisord counts it as started (RUNNING:
-        up for START_SECONDS). SupervisorError naming the one that is not (with its log's end)."""
+        """Start the components in order, each order's together, and wait until each is
+        ready; SupervisorError naming the one that is not (with the end of its log)."""
         for batch in _by_order(components):
             for component in batch:
                 if self.info().get(component.name, {}).get("statename") in (RUNNING, STARTING,
@@ -105,25 +104,23 @@ class Supervisor:
                     continue
                 self.rpc().startProcess(component.name, False)
             for component in batch:
-                self._wait_ready(component, timeout_s, (RUNNING, STARTING))
+                self._wait_ready(component, timeout_s)
                 say("%s is ready", component.name)
-        for component in components:
-            self._wait_ready(component, timeout_s, (RUNNING,))
 
-    def _wait_ready(self, component: Component, timeout_s: float, states: tuple[str, ...]) -> None:
-        """Until it is ready in one of ``states``; SupervisorError when supervisord gave up on
-        it or the time is out."""
+    def _wait_ready(self, component: Component, timeout_s: float) -> None:
+        """Until it is ready and supervisord counts it as started (RUNNING: up for START_SECONDS);
+        SupervisorError when supervisord gave up on it or the time is out."""
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.info().get(component.name, {}).get("statename")
-            if state in states and is_ready(component.ready):
+            if state == RUNNING and is_ready(component.ready):
                 return
             if state in GAVE_UP or time.monotonic() > deadline:
                 why = "gave up" if state in GAVE_UP else f"is not ready after {timeout_s:.0f} s"
                 raise SupervisorError(f"{component.name} {why} ({state}); the end of "
                                       f"{self.log(component.name)}:\n"
                                       f"{self.tail(component.name)}")
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def stop(self, components: list[Component]) -> None:
         """Stop the components, the latest to start first, each order's together."""
