@@ -95,9 +95,11 @@ class HistoryReader:
             self._idle.put(consumer)
             consumer = None
             return found
-        except (KafkaError, kafka_clients.KafkaUnavailable) as err:
+        except kafka_clients.KafkaUnavailable as err:
+            raise HistoryUnavailable(str(err)) from None
+        except KafkaError as err:
             raise HistoryUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} could not "
-                                     f"be read ({type(err).__name__}: {err})") from None
+                                     f"be read ({type(err).__name__})") from None
         finally:
             if consumer is not None:  # failed: it is not reused
                 consumer.close()

@@ -41,19 +41,20 @@ def parse_time(name: str, text: str) -> float:
 
 def history_query(args, settings: RegistrationSettings, now: float) -> tuple[float, float, int]:
     """(from, to, limit) of a history request's query string, defaults applied: to now, from
-    HISTORY_DEFAULT_RANGE_S before to, limit HISTORY_MAX_LIMIT; ApiError 400 naming the bad
-    parameter."""
+    HISTORY_DEFAULT_RANGE_S (at most HISTORY_MAX_RANGE_S) before to, limit HISTORY_MAX_LIMIT;
+    ApiError 400 naming the bad parameter."""
     unknown = sorted(set(args) - set(PARAMETERS))
     if unknown:
         raise ApiError(400, f"unknown parameter {unknown[0][:32]!r} (there are from, to and "
                             "limit)")
     end = parse_time("to", args["to"]) if "to" in args else now
     start = (parse_time("from", args["from"]) if "from" in args
-             else end - settings.history_default_range_s)
+             else end - min(settings.history_default_range_s, settings.history_max_range_s))
     if start >= end:
         raise ApiError(400, f"from ({_iso(start)}) must be before to ({_iso(end)})")
     if end - start > settings.history_max_range_s:
-        raise ApiError(400, f"from {_iso(start)} to {_iso(end)} is {end - start:g} s; at most "
+        length = f"{end - start:.3f}".rstrip("0").rstrip(".")
+        raise ApiError(400, f"from {_iso(start)} to {_iso(end)} is {length} s; at most "
                             f"{settings.history_max_range_s:g} s (HISTORY_MAX_RANGE_S)")
     limit = settings.history_max_limit
     if "limit" in args:
