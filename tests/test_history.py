@@ -249,17 +249,18 @@ def test_create_topics_makes_the_aggregates_topic_compacted_with_its_retention(k
     admin = kafka_clients.admin_client(kafka)
     try:  # an older installation's topic, without the configs: they are set on it
         admin.create_topics([NewTopic(name, 1, 1)])
-        env = dict(test_env, AGGREGATED_TOPIC=name, AGGREGATED_RETENTION_S="86400",
+        env = dict(test_env, AGGREGATED_TOPIC=name, AGGREGATED_RETENTION_S="259200",
                    AGGREGATED_RETENTION_BYTES="5000000", AGGREGATED_SEGMENT_S="600")
         created = run_script("create_topics.sh", env=env)
-        assert (f"{name}: cleanup.policy set to compact,delete, retention.ms set to 86400000, "
-                "retention.bytes set to 5000000, segment.ms set to 600000") in created.stderr
+        assert (f"{name}: cleanup.policy set to compact,delete, retention.ms set to 259200000, "
+                "retention.bytes set to 5000000, segment.ms set to 600000") in created.stderr, \
+            created.stderr[-3000:]
         keys = ["cleanup.policy", "retention.ms", "retention.bytes", "segment.ms",
                 "min.insync.replicas"]
         configs = admin.describe_configs([ConfigResource("TOPIC", name, keys)],
                                          config_filter="all")["topic"][name]
         assert {k: configs[k]["value"] for k in keys} == {
-            "cleanup.policy": "compact,delete", "retention.ms": "86400000",
+            "cleanup.policy": "compact,delete", "retention.ms": "259200000",
             "retention.bytes": "5000000", "segment.ms": "600000", "min.insync.replicas": "1"}
         again = run_script("create_topics.sh", env=env)
         assert " set to " not in again.stderr
