@@ -54,7 +54,7 @@ def test_the_mark_is_the_last_member_of_the_update():
 
 def history_app(**extra):
     settings = config.load({**ENV, "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{free_port()}",
-                            "HISTORY_KAFKA_TIMEOUT_S": "1", **extra})
+                            "HISTORY_KAFKA_TIMEOUT_S": "0.5", **extra})
     app = create_app(settings, poll=False, streams=StreamCatalog(settings), probe=FakeHealth())
     return app.test_client()
 
