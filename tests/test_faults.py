@@ -629,7 +629,7 @@ def test_a_burst_of_ten_times_the_background_is_a_moment_and_its_neighbours_are_
                                 stream_id=stream_id) for n in settings.clusters]
     try:
         assert wait_for(lambda: all(v.connected for v in watchers), 30)
-        assert sorted(v.cluster for v in watchers) == [f"cluster{n}" for n in settings.clusters]
+        # (Spread by the balancer over the clusters' loads: after other tests, not one each.)
         now = datetime.now(UTC)
         first = window_bounds(now, settings.window_seconds)[1] + timedelta(
             seconds=settings.window_seconds)
