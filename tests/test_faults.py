@@ -318,6 +318,9 @@ def system(tmp_path_factory):
     # One registration worker: one balancer spreads the viewers one per cluster exactly (two
     # workers each spread their own: tests/test_delivery.py measures that).
     env["REGISTRATION_WORKERS"] = "1"
+    # Every version of every window to every viewer that stays connected, even while a server
+    # catches up on a backlog (which conflation would thin out: tests/test_ws_server.py).
+    env["WS_CONFLATE"] = "false"
     processes = Processes(env)
     try:
         processes.start_all()
