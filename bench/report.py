@@ -344,6 +344,12 @@ def others(runs: list[dict]) -> list[tuple[str, str, dict]]:
                  f"{s['b']['median_us']:.1f} with {s['b']['variant']} ({s['ratio']:.2f}x)"
                  for s in steps]
         out.append(("ingest CORS", "; ".join(parts), run))
+    steps, run = latest(runs, "history", lambda res: res["steps"] or None)
+    if steps:
+        parts = [f"{s['streams']} stream(s), {n(s['records_read'])} records read: "
+                 f"{s['median_s']:.2f} s (first read {s['first_read_s']:.2f} s)" for s in steps]
+        out.append(("history: one read of an hour of one stream's windows", "; ".join(parts),
+                    run))
     layouts, run = latest(runs, "viewers_load", lambda res: res["layouts"] or None)
     if layouts:
         parts = [f"{x['layout']}: {n(x['deliveries'])}/{n(x['expected_deliveries'])} "

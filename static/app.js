@@ -5,9 +5,9 @@
 // where the ingest API and the registration API are, and POST /register where to connect.
 
 import {Sender} from "./sender.js";
-import {Chart, History, Swarm, buildButtons, showCluster, showSent, showState, showStreams,
-  showViewersOnline, showWatching} from "./view.js";
-import {DEFAULT_STREAM, Viewer, register} from "./viewer.js";
+import {Chart, History, Swarm, Timeline, buildButtons, showCluster, showSent, showState,
+  showStreams, showViewersOnline, showWatching} from "./view.js";
+import {DEFAULT_STREAM, Viewer, checkedUpdate, register} from "./viewer.js";
 
 const CLIENT_ID_KEY = "emojiswarm.client_id";
 const MAX_CLIENT_ID_LENGTH = 64;
@@ -123,6 +123,23 @@ function watchViewersOnline(registrationUrl, intervalS) {
   return poll;
 }
 
+/** The stream's windows of the last minutes from the registration API's history (GET
+ *  /streams/ID/windows), checked, oldest first; [] when it cannot answer (the timeline then
+ *  fills from the live updates alone). */
+async function recentWindows(registrationUrl, streamId) {
+  try {
+    const answer = await fetch(`${registrationUrl}/streams/${encodeURIComponent(streamId)}/windows`,
+                               {cache: "no-store"});
+    if (!answer.ok) {
+      return [];
+    }
+    const body = await answer.json();
+    return Array.isArray(body.windows) ? body.windows.map(checkedUpdate).filter(Boolean) : [];
+  } catch {
+    return [];
+  }
+}
+
 async function main() {
   let config;
   try {
@@ -136,6 +153,7 @@ async function main() {
   const windowSeconds = Number(config.window_seconds) || 2;
   let chart = new Chart(emojis);
   let history = new History(emojis);
+  let timeline = new Timeline();
   const swarm = new Swarm(windowSeconds);
   let latestWindowMs = -Infinity;
   let streamId = initialStreamId();
@@ -160,6 +178,7 @@ async function main() {
       swarm.show(update);
     }
     history.show(update);
+    timeline.show(update);
     const windowMs = Date.parse(update.window_start);
     // The chart shows the newest window; an update for an older one (late events) only swarms.
     if (windowMs >= latestWindowMs) {
@@ -211,6 +230,12 @@ async function main() {
     });
     viewer = current;
     viewer.start();
+    const shown = timeline;
+    recentWindows(String(config.registration_url), streamId).then((windows) => {
+      if (timeline === shown) {
+        timeline.load(windows);
+      }
+    });
   }
 
   let clientId = initialClientId();
@@ -243,6 +268,7 @@ async function main() {
     rememberStreamInAddress(streamId);
     chart = new Chart(emojis);
     history = new History(emojis);
+    timeline = new Timeline();
     swarm.forgetWindows();
     latestWindowMs = -Infinity;
     connect(clientId); // registering again switches the stream

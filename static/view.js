@@ -6,6 +6,7 @@ const REMEMBERED_WINDOWS = 64;
 const MAX_PARTICLES = 400;       // on screen at once; more would only slow the page down
 const MAX_PER_UPDATE = 150;      // copies of one emoji started by one update
 const HISTORY_WINDOWS = 30;      // windows in the history chart
+const TIMELINE_WINDOWS = 150;    // windows in the timeline: 5 minutes of 2-second windows
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -183,6 +184,87 @@ export class History {
     const highest = Math.max(1, ...series.flatMap(([, counts]) => counts));
     this.list.replaceChildren(...series.map(([emoji, counts]) => row(emoji, counts, highest)));
     this.list.dataset.windows = String(starts.length);
+  }
+}
+
+/** The stream's last minutes, a bar per window (its total), the moments marked: a moment is a
+ *  button that shows its window's emoji counts. */
+export class Timeline {
+  constructor() {
+    this.strip = byTestId("timeline");
+    this.detail = byTestId("moment-detail");
+    this.windows = new Map(); // window_start -> {total, moment, aggregates}
+    this.strip.replaceChildren();
+    this.strip.dataset.windows = "0";
+    this.strip.dataset.moments = "0";
+    this.detail.textContent = "";
+    delete this.detail.dataset.windowStart;
+  }
+
+  /** A live (or recovered) update: it replaces its window's earlier version. */
+  show(update) {
+    this.keep(update);
+    this.draw();
+  }
+
+  /** Windows from the history (GET /streams/ID/windows), older than or as old as the live
+   *  ones: a window already shown keeps its live version. */
+  load(updates) {
+    for (const update of updates) {
+      if (!this.windows.has(update.window_start)) {
+        this.keep(update);
+      }
+    }
+    this.draw();
+  }
+
+  keep(update) {
+    this.windows.set(update.window_start, {
+      total: update.aggregates.reduce((sum, a) => sum + a.count, 0),
+      moment: update.moment,
+      aggregates: update.aggregates,
+    });
+  }
+
+  draw() {
+    const starts = [...this.windows.keys()].sort((a, b) => Date.parse(a) - Date.parse(b));
+    for (const start of starts.slice(0, -TIMELINE_WINDOWS)) {
+      this.windows.delete(start);
+    }
+    const shown = starts.slice(-TIMELINE_WINDOWS);
+    const highest = Math.max(1, ...shown.map((start) => this.windows.get(start).total));
+    let moments = 0;
+    this.strip.replaceChildren(...shown.map((start) => {
+      const window = this.windows.get(start);
+      const tick = element(window.moment ? "button" : "span",
+                           window.moment ? "tick moment" : "tick");
+      tick.style.setProperty("--level", String(window.total / highest));
+      tick.dataset.windowStart = start;
+      tick.dataset.total = String(window.total);
+      tick.title = `${clock(start)}: ${window.total} reactions` +
+        (window.moment ? " — a moment: click for its emojis" : "");
+      if (window.moment) {
+        moments += 1;
+        tick.type = "button";
+        tick.dataset.testid = "moment";
+        tick.addEventListener("click", () => this.select(start));
+      }
+      return tick;
+    }));
+    this.strip.dataset.windows = String(shown.length);
+    this.strip.dataset.moments = String(moments);
+  }
+
+  /** The window's emojis, most first, in the detail line. */
+  select(start) {
+    const window = this.windows.get(start);
+    if (!window) {
+      return;
+    }
+    const counts = [...window.aggregates].sort((a, b) => b.count - a.count)
+      .map((a) => `${a.emoji_type} ${a.count}`);
+    this.detail.textContent = `${clock(start)} · ${window.total} reactions: ${counts.join(" · ")}`;
+    this.detail.dataset.windowStart = start;
   }
 }
 

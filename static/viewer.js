@@ -114,6 +114,12 @@ export function parseUpdate(text) {
   } catch {
     return null;
   }
+  return checkedUpdate(update);
+}
+
+/** A parsed window update (a message, or a window of GET /streams/ID/windows) with only what the
+ *  page uses, checked; null if it is not one. */
+export function checkedUpdate(update) {
   if (!update || typeof update !== "object" || typeof update.window_start !== "string"
       || Number.isNaN(Date.parse(update.window_start)) || !Array.isArray(update.aggregates)) {
     return null;
@@ -122,6 +128,8 @@ export function parseUpdate(text) {
     a && typeof a.emoji_type === "string" && Number.isFinite(a.count) && a.count >= 0
     && Number.isFinite(a.normalized_count) && a.normalized_count >= 0);
   return {
+    // A moment: the servers mark a window far above the stream's previous minute.
+    moment: update.moment === true,
     // Presence: the stream's live viewers on the viewer's server (null if not carried).
     watching: Number.isInteger(update.watching) && update.watching >= 0 ? update.watching : null,
     stream_id: typeof update.stream_id === "string" ? update.stream_id : DEFAULT_STREAM,

@@ -18,16 +18,17 @@ class RecordingViewer:
 
     RETRY_S = 0.3
 
-    def __init__(self, registration_url: str, client_id: str, keepalive: dict | None = None):
+    def __init__(self, registration_url: str, client_id: str, keepalive: dict | None = None,
+                 stream_id: str | None = None):
         """``keepalive``: websockets' ping_interval and ping_timeout (its defaults notice a
-        lost server after 40 s)."""
+        lost server after 40 s); ``stream_id``: the stream it watches (default: the API's)."""
         self.client_id = client_id
         self.messages: list[dict] = []
         self.connections = 0
         self.cluster: str | None = None
         self.clusters: list[str | None] = []  # every cluster it was connected to, in order
         self._keepalive = keepalive or {}
-        self._registration = RegistrationClient(registration_url)
+        self._registration = RegistrationClient(registration_url, stream_id)
         self._socket = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -53,6 +54,12 @@ class RecordingViewer:
     @property
     def connected(self) -> bool:
         return self._socket is not None
+
+    def last_updates(self) -> dict[str, dict]:
+        """window_start -> the last update received for that window (messages with a "type"
+        are not updates)."""
+        return {message["window_start"]: message for message in self.messages
+                if "window_start" in message}
 
     def last_counts(self) -> dict[str, dict[str, int]]:
         """window_start -> {emoji: count} of the last update received for that window."""

@@ -9,7 +9,7 @@ import re
 from bench import report
 
 BENCHMARKS = {"broker_ceiling", "ingest", "json_codec", "cors", "aggregation", "viewers_load",
-              "end_to_end", "soak", "registrations", "fleet"}
+              "end_to_end", "soak", "registrations", "fleet", "history"}
 KEYS = {"schema", "benchmark", "title", "command", "started_at", "finished_at", "machine",
         "versions", "environment", "parameters", "results", "notes"}
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.stack
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
 RESULTS = REPO_ROOT / "bench" / "results"
 BENCHMARKS = ["broker_ceiling", "ingest", "json_codec", "cors", "aggregation", "viewers_load",
-              "end_to_end", "soak", "registrations"]
+              "end_to_end", "soak", "registrations", "history"]
 KEYS = {"schema", "benchmark", "title", "command", "started_at", "finished_at", "machine",
         "versions", "environment", "parameters", "results", "notes"}
 
@@ -135,6 +135,15 @@ def test_cors_runs(tmp_path):
     assert [(s["a"]["variant"], s["b"]["variant"]) for s in steps] == [
         ("flask-cors", "hand-written")] * 2
     assert all(s["a"]["median_us"] > 0 and s["b"]["median_us"] > 0 for s in steps), steps
+
+
+def test_history_reads_every_window_of_the_hour(tmp_path):
+    _out, record = run_bench("history", "--streams", "2", "--versions", "2", "--trials", "2",
+                             results_dir=tmp_path)
+    [step] = record["results"]["steps"]
+    assert (step["streams"], step["records_written"], step["records_read"], step["windows"]) == (
+        2, 2 * 2 * 1800, 2 * 2 * 1800, 1800)
+    assert len(step["reads_s"]) == 2 and step["median_s"] > 0
 
 
 def test_aggregation_runs(tmp_path):

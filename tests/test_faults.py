@@ -31,7 +31,7 @@ from kafka import TopicPartition
 
 from emojistream import config, topology
 from emojistream.aggregator.checkpoints import Replay
-from emojistream.common import kafka_clients
+from emojistream.common import kafka_clients, secrets
 from emojistream.common.events import (
     InvalidEvent,
     decode_window_update,
@@ -571,6 +571,96 @@ def test_sparks_ui_listens_on_loopback_and_kills_no_job(system, viewers):
     assert_viewers_get(viewers, expected)
     assert processes.pid("spark_aggregator") == pid
     assert "killed via Web UI" not in log_text(processes, "spark_aggregator")
+
+
+# --- history and moments ------------------------------------------------------------------------
+
+def history(settings, stream_id: str, kind: str, start: str, end: str) -> dict:
+    answer = requests.get(f"{registration_url(settings)}/streams/{stream_id}/{kind}",
+                          params={"from": start, "to": end}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_history_has_the_final_counts_viewers_received_across_an_aggregator_restart(
+        system, viewers):
+    processes, settings = system
+
+    def crash(load):
+        wait_until_streaming(viewers, load)
+        time.sleep(4)
+        group = processes.pid("spark_aggregator")
+        sigkill_group(group)
+        assert processes.restarted("spark_aggregator", group), "not back within 30 s"
+        wait_until_streaming(viewers, load, beyond=set(load.windows))
+        time.sleep(4)
+
+    expected = run_load_and_accept_all(settings, "history", crash)
+    assert len(expected) >= 8, expected
+    assert_viewers_get(viewers, expected)
+    first, last = min(expected), max(expected)
+    end = format_timestamp(parse_timestamp(last) + timedelta(seconds=settings.window_seconds))
+    answer = history(settings, "main", "windows", first, end)
+    assert (answer["from"], answer["to"], answer["order"], answer["next_from"]) == (
+        first, end, "oldest first", None)
+    windows = answer["windows"]
+    assert [w["window_start"] for w in windows] == sorted(expected)  # every one, oldest first
+    assert {w["window_start"]: counts_of(w) for w in windows} == expected
+    for viewer in viewers:  # what each viewer received last of each window
+        assert {w: viewer.last_counts()[w] for w in expected} == expected
+
+
+def post_window(settings, stream_id: str, start: datetime, count: int) -> None:
+    """``count`` reactions into the window that starts at ``start``, waited for."""
+    time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()))
+    moment = format_timestamp(start + timedelta(milliseconds=500))
+    events = [{"user_id": f"m-{i}", "emoji_type": "🔥", "timestamp": moment,
+               "stream_id": stream_id} for i in range(count)]
+    answer = requests.post(f"http://{settings.api_host}:{settings.api_port}/emojis",
+                           json=events, timeout=30)
+    assert (answer.status_code, answer.json()["accepted"]) == (200, count), answer.text
+
+
+def test_a_burst_of_ten_times_the_background_is_a_moment_and_its_neighbours_are_not(system):
+    _, settings = system
+    stream_id = f"moments-{random.randrange(10**6)}"
+    admin_key = secrets.all_secrets(settings)[secrets.ADMIN_KEY]
+    added = requests.post(f"{registration_url(settings)}/streams", json={"stream_id": stream_id},
+                          headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
+    assert added.status_code == 201, added.text
+    watchers = [RecordingViewer(registration_url(settings), f"moment-viewer-{n}",
+                                stream_id=stream_id) for n in settings.clusters]
+    try:
+        assert wait_for(lambda: all(v.connected for v in watchers), 30)
+        # (Spread by the balancer over the clusters' loads: after other tests, not one each.)
+        now = datetime.now(UTC)
+        first = window_bounds(now, settings.window_seconds)[1] + timedelta(
+            seconds=settings.window_seconds)
+        # 8 windows of 10 reactions, one of 100, then 3 of 10 again.
+        counts = [10] * 8 + [100] + [10] * 3
+        starts = [first + timedelta(seconds=settings.window_seconds * i)
+                  for i in range(len(counts))]
+        for start, count in zip(starts, counts, strict=True):
+            post_window(settings, stream_id, start, count)
+        expected = {format_timestamp(s): {"🔥": c} for s, c in zip(starts, counts, strict=True)}
+        burst = format_timestamp(starts[8])
+        assert_viewers_get(watchers, expected)
+        for viewer in watchers:  # every server judged the same
+            marked = {w: u.get("moment") for w, u in viewer.last_updates().items()
+                      if w in expected}
+            assert marked == {w: (True if w == burst else None) for w in expected}, \
+                viewer.cluster
+        end = format_timestamp(starts[-1] + timedelta(seconds=settings.window_seconds))
+        windows = history(settings, stream_id, "windows", format_timestamp(first), end)
+        assert {w["window_start"]: (counts_of(w), w.get("moment"))
+                for w in windows["windows"]} == {
+            w: (c, True if w == burst else None) for w, c in expected.items()}
+        moments = history(settings, stream_id, "moments", format_timestamp(first), end)
+        assert [(m["window_start"], m["total"], m["previous_median"], m["moment"])
+                for m in moments["moments"]] == [(burst, 100, 10.0, True)]
+    finally:
+        for viewer in watchers:
+            viewer.close()
 
 
 def test_whole_stack_restart_resumes_without_counting_a_window_twice(system, viewers):

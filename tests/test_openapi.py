@@ -135,13 +135,15 @@ def test_the_live_apis_answer_as_documented_under_fuzzing(apis):
     # (schemathesis leaves out the document's own route: the first test checks it)
     assert set(ingest) == {"POST /emoji", "POST /emojis", "GET /health", "GET /metrics"}
     assert {"POST /register", "POST /deregister", "GET /clusters", "GET /streams",
-            "POST /streams", "DELETE /streams/{stream_id}", "GET /health", "GET /metrics",
+            "POST /streams", "DELETE /streams/{stream_id}", "GET /streams/{stream_id}/windows",
+            "GET /streams/{stream_id}/moments", "GET /health", "GET /metrics",
             "GET /", "GET /config.json"} == set(registration)
     # Both what succeeds and what fails was reached (a generated batch is rarely all valid:
     # other tests post valid ones).
     assert {200, 400} <= ingest["POST /emoji"] and 400 in ingest["POST /emojis"]
     assert {200, 400} <= registration["POST /register"]
     assert {201, 400} <= registration["POST /streams"]
+    assert {400, 404} <= registration["GET /streams/{stream_id}/windows"]
     assert 200 in with_token["POST /emoji"]
     assert 429 in with_token["POST /emoji"] | with_token["POST /emojis"]  # the viewer's burst
     assert without_token["POST /emoji"] == without_token["POST /emojis"] == {401}

@@ -440,8 +440,9 @@ def test_an_unknown_path_is_a_json_404(client):
     assert response.status_code == 404
     assert response.get_json() == {"error": "no such endpoint: /nope (there are POST /register, "
                                              "POST /deregister, GET /clusters, GET /streams, "
-                                             "POST /streams, DELETE /streams/ID, GET /health, "
-                                             "GET /metrics and GET /openapi.json)"}
+                                             "POST /streams, DELETE /streams/ID, "
+                                             "GET /streams/ID/windows, GET /streams/ID/moments, "
+                                             "GET /health, GET /metrics and GET /openapi.json)"}
 
 
 @pytest.mark.parametrize("method, path, allowed", [

@@ -35,6 +35,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PAGE_HOST = "emoji.test"      # the browser resolves both to this machine
 API_HOST = "emoji-api.test"
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
+MOMENTS_SCREENSHOT = REPO_ROOT / "docs" / "moments.png"
 CLICKS = 25
 CLICK_ATTEMPTS = 3
 OTHER_STREAM = "final-2026"
@@ -412,6 +413,63 @@ def test_picking_a_stream_shows_that_streams_reactions_only(system, page):
 
 
 HOSTILE_ID = '<img src=x onerror="window.pwned=1">'
+def test_a_burst_is_a_moment_on_the_timeline_and_a_click_shows_its_emojis(system, browser):
+    """Eight windows of 10 reactions, one of 100, two of 10: the timeline marks the burst's
+    window only; clicking it shows its emojis; a reload shows it again, from the history."""
+    stream_id = f"moments-{int(time.time())}"
+    admin_key = secrets.all_secrets(system)[secrets.ADMIN_KEY]
+    added = requests.post(f"http://localhost:{system.registration_port}/streams",
+                          json={"stream_id": stream_id},
+                          headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
+    assert added.status_code == 201, added.text
+    page = browser.new_page()
+    try:
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        url = (f"http://{PAGE_HOST}:{system.registration_port}/?client_id=moment-watcher"
+               f"&stream={stream_id}")
+        page.goto(url)
+        wait_live(page)
+        window_ms = system.window_seconds * 1000
+        first_ms = window_start_ms(int(time.time() * 1000), system.window_seconds) + 2 * window_ms
+        crowds = [{"🔥": 10}] * 8 + [{"🔥": 80, "😂": 20}] + [{"🔥": 10}] * 2
+        for i, counts in enumerate(crowds):
+            start_ms = first_ms + i * window_ms
+            time.sleep(max(0.0, start_ms / 1000 - time.time()))
+            post_crowd(system, start_ms, counts, stream_id)
+        burst = format_timestamp(datetime.fromtimestamp((first_ms + 8 * window_ms) / 1000, UTC))
+        last = format_timestamp(datetime.fromtimestamp((first_ms + 10 * window_ms) / 1000, UTC))
+        timeline = by_testid(page, "timeline")
+        assert wait_until(page, """(last) => {
+            const ticks = document.querySelectorAll('[data-testid="timeline"] .tick');
+            return [...ticks].some((t) => t.dataset.windowStart === last
+                                          && t.dataset.total === "10"); }""",
+                          UPDATE_TIMEOUT_S, arg=last), timeline.inner_html()[-2000:]
+        assert (timeline.get_attribute("data-windows"), timeline.get_attribute("data-moments")) \
+            == ("11", "1")
+        moment = by_testid(page, "moment")
+        assert (moment.get_attribute("data-window-start"), moment.get_attribute("data-total")) \
+            == (burst, "100")
+        moment.click()
+        detail = by_testid(page, "moment-detail")
+        assert detail.get_attribute("data-window-start") == burst
+        assert detail.text_content().endswith(" · 100 reactions: 🔥 80 · 😂 20"), \
+            detail.text_content()
+        time.sleep(0.5)
+        page.screenshot(path=str(MOMENTS_SCREENSHOT))
+        # Reloaded: the windows before it connected come from GET /streams/ID/windows.
+        with page.expect_response(lambda r: f"/streams/{stream_id}/windows" in r.url) as answer:
+            page.goto(url)
+        assert answer.value.status == 200
+        wait_live(page)
+        assert wait_until(page, """() => document.querySelector(
+            '[data-testid="timeline"]').dataset.windows === "11" """, 30)
+        assert by_testid(page, "moment").get_attribute("data-window-start") == burst
+        assert errors == []
+    finally:
+        page.close()
+
+
 HOSTILE_EMOJI = '<b onmouseover="window.pwned=2">🔥</b>'
 
 

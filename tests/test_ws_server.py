@@ -937,6 +937,54 @@ def test_presence_viewers_get_the_streams_live_viewers_on_this_server_in_each_up
                 assert plain.recv(timeout=5) == text(third)
 
 
+def moment(message: dict) -> str:
+    return text(dict(message, moment=True))
+
+
+def test_a_burst_window_is_marked_as_a_moment_and_its_neighbours_are_not(server):
+    """MOMENT_FACTOR 3 over the median of the previous minute's windows (at least
+    MOMENT_MIN_WINDOWS 5 of them): a window of 10 times the background is a moment, the windows
+    around it are not (the burst raises nobody's median past 3 times the background)."""
+    stream = f"mom-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(10)
+    background = [of_stream(stream, w[i], fire=10 + i % 2) for i in range(6)]  # median 10.5
+    burst = [of_stream(stream, w[6], fire=30), of_stream(stream, w[6], fire=105)]  # 2 versions
+    after = [of_stream(stream, w[7], fire=11), of_stream(stream, w[8], fire=32)]
+    with server.publisher() as publisher, presence_viewer(server, "p", stream) as p, \
+            recovering_viewer(server, "plain", stream, None) as plain:
+        server.wait_for_counts(viewers=2, subscribers=1)
+        expected = [text(m) for m in background] + [text(burst[0]), moment(burst[1])] + [
+            text(m) for m in after]
+        received, counted = [], []
+        for message in background + burst + after:  # one at a time: no conflation
+            publisher.send(text(message))
+            received.append(plain.recv(timeout=5))
+            counted.append(p.recv(timeout=5))
+        # 30 is not above 3 x 10.5, 105 is; 11 and 32 after the burst are not above 3 x 11 (the
+        # burst's window is one of the 7 or 8 before them).
+        assert received == expected
+        assert_nothing_arrives(plain)
+        # "watching" comes after "moment".
+        assert counted[7] == text(dict(burst[1], moment=True, watching=2))
+    # A viewer recovering gets the marked version too.
+    with recovering_viewer(server, "later", stream, w[5]) as viewer:
+        assert [viewer.recv(timeout=5) for _ in range(4)] == [
+            recovery(w[5], True, 3), moment(burst[1]), text(after[0]), text(after[1])]
+
+
+def test_the_first_windows_of_a_stream_are_never_moments(server):
+    """Fewer than MOMENT_MIN_WINDOWS (5) windows before it: no median to compare with."""
+    stream = f"mom-{uuid.uuid4().hex[:8]}"
+    w = two_second_windows(5)
+    sent = [of_stream(stream, w[0], fire=1)] + [of_stream(stream, w[i], fire=1000 * i)
+                                                for i in range(1, 5)]
+    with server.publisher() as publisher, recovering_viewer(server, "v", stream, None) as viewer:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        for message in sent:
+            publisher.send(text(message))
+        assert [viewer.recv(timeout=5) for _ in sent] == [text(m) for m in sent]
+
+
 def test_a_presence_other_than_0_or_1_is_refused_with_400(server):
     with pytest.raises(InvalidStatus) as refused:
         connect(f"{server.url}/?token={quote(token('x'))}&presence=yes", open_timeout=5)

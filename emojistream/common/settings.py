@@ -69,6 +69,13 @@ class SharedSettings:
     topic_partitions: int = 1
     replication_factor: int = 0  # 0: min(3, brokers)
     min_insync_replicas: int = 0  # 0: 2 with 3 or more replicas, else the broker's default
+    # aggregated-emoji-topic is the system of record of the windows (GET /streams/ID/windows):
+    # compacted on its STREAM/WINDOW_START key (each window's last update stays) and deleted
+    # past a week or 1 GiB per partition, whichever comes first; segments roll every hour,
+    # so compaction can drop the running versions of a window an hour on.
+    aggregated_retention_s: int = 7 * 24 * 3600
+    aggregated_retention_bytes: int = 1 << 30  # per partition; -1: no size limit
+    aggregated_segment_s: int = 3600
 
     # Where the servers listen (emojistream/topology.py derives their URLs).
     api_host: str = "localhost"
@@ -103,6 +110,12 @@ class SharedSettings:
     # receipt, or counted lost (emojistream_api_events_lost_total); it bounds the API's
     # producer retries (a broker failover), and the watermark must wait for it (below).
     ingest_delivery_timeout_s: float = 30.0
+    # Moments (common/moments.py): a window whose total exceeds MOMENT_FACTOR times the median
+    # total of the stream's windows of the MOMENT_LOOKBACK_S before it (at least
+    # MOMENT_MIN_WINDOWS of them with reactions).
+    moment_factor: float = 3.0
+    moment_lookback_s: int = 60
+    moment_min_windows: int = 5
 
     # Secrets (empty: the files generated in VAR_DIR/secrets) and the WebSocket keepalive.
     token_secret: str = ""
@@ -130,6 +143,7 @@ class SharedSettings:
                               f"vanished viewers), got {self.ws_ping_interval_s:g} and "
                               f"{self.ws_ping_timeout_s:g}")
         self._check_ws_ports()
+        self._check_history()
         if self.refusals_log_interval_s <= 0:
             raise ConfigError(f"REFUSALS_LOG_INTERVAL_S must be more than 0, got "
                               f"{self.refusals_log_interval_s:g}")
@@ -149,6 +163,18 @@ class SharedSettings:
                               f"KAFKA_PORT={self.kafka_port} + (N-1) * KAFKA_PORT_STEP={step}, "
                               f"controllers on KAFKA_CONTROLLER_PORT={self.kafka_controller_port} "
                               "+ (N-1) * KAFKA_PORT_STEP")
+
+    def _check_history(self) -> None:
+        if self.moment_factor <= 0 or self.moment_lookback_s < self.window_seconds \
+                or self.moment_min_windows < 1:
+            raise ConfigError(f"MOMENT_FACTOR must be more than 0, MOMENT_LOOKBACK_S at least "
+                              f"WINDOW_SECONDS ({self.window_seconds}) and MOMENT_MIN_WINDOWS at "
+                              f"least 1; got {self.moment_factor:g}, {self.moment_lookback_s} "
+                              f"and {self.moment_min_windows}")
+        if self.aggregated_retention_s <= 0 or self.aggregated_segment_s <= 0 \
+                or self.aggregated_retention_bytes == 0 or self.aggregated_retention_bytes < -1:
+            raise ConfigError("AGGREGATED_RETENTION_S and AGGREGATED_SEGMENT_S must be more than "
+                              "0, AGGREGATED_RETENTION_BYTES more than 0 or -1 (no size limit)")
 
     def _check_ws_ports(self) -> None:
         viewers = range(self.ws_first_port, self.ws_first_port + self.cluster_count)

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
-from emojistream.common import closecodes, tokens
+from emojistream.common import closecodes, moments, tokens
 from emojistream.common.events import InvalidEvent, decode_window_update, parse_timestamp
 from emojistream.common.refusals import RefusalLog
 from emojistream.delivery.broadcast import Broadcaster
@@ -20,7 +20,7 @@ from emojistream.delivery.connections import Connections, peer
 from emojistream.delivery.dedup import WindowDeduplicator
 from emojistream.delivery.metrics import WsMetrics
 from emojistream.delivery.settings import DeliverySettings
-from emojistream.delivery.stream import Stream, with_watching
+from emojistream.delivery.stream import MomentRule, Stream, with_watching
 
 log = logging.getLogger("ws_server")
 
@@ -38,6 +38,7 @@ class Hub:
         self._token_secret = token_secret
         self._dedup_windows = settings.ws_dedup_windows
         self._recovery_windows = settings.recovery_max_windows
+        self._moment_rule = MomentRule.from_settings(settings)
         self.connections = Connections(settings.ws_max_connections_per_address,
                                        settings.ws_close_timeout_s)
         self.streams: dict[str, Stream] = {}
@@ -85,7 +86,8 @@ class Hub:
     def _stream(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            stream = self.streams[stream_id] = Stream(self._dedup_windows, self._recovery_windows)
+            stream = self.streams[stream_id] = Stream(self._dedup_windows, self._recovery_windows,
+                                                        self._moment_rule)
         return stream
 
     # --- WebSocket connections ---
@@ -197,7 +199,9 @@ class Hub:
                       update["window_start"], update["stream_id"])
             return
         data = message.encode("utf-8")
-        total = sum(a["count"] for a in update["aggregates"])
+        total = moments.window_total(update)
+        if stream.moment(update["window_start"], total):
+            data = moments.with_moment(data)
         self.metrics.accepted.inc()
         # A stream nobody watches here costs nothing more; it is remembered at once, unless
         # updates of it are still queued (then it keeps their order, behind them).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from websockets.asyncio.server import ServerConnection
 
+from emojistream.common import moments
 from emojistream.common.events import parse_timestamp
 from emojistream.delivery.dedup import WindowDeduplicator
 
@@ -13,8 +14,21 @@ from emojistream.delivery.dedup import WindowDeduplicator
 SNAPSHOT_WINDOWS = 2
 
 
+class MomentRule:
+    """The settings of common/moments.py's rule."""
+
+    def __init__(self, factor: float = 3.0, lookback_s: float = 60.0, min_windows: int = 5):
+        self.factor, self.lookback_s, self.min_windows = factor, lookback_s, min_windows
+
+    @classmethod
+    def from_settings(cls, settings) -> MomentRule:
+        return cls(settings.moment_factor, settings.moment_lookback_s,
+                   settings.moment_min_windows)
+
+
 class Stream:
-    def __init__(self, dedup_windows: int, recovery_windows: int = SNAPSHOT_WINDOWS):
+    def __init__(self, dedup_windows: int, recovery_windows: int = SNAPSHOT_WINDOWS,
+                 rule: MomentRule | None = None):
         self.viewers: set[ServerConnection] = set()
         # The viewers that asked for presence (presence=1): their updates carry "watching".
         self.presence: set[ServerConnection] = set()
@@ -28,6 +42,25 @@ class Stream:
         # Updates queued in the broadcaster and not yet broadcast (they reach the viewers
         # connected when they are; a connecting viewer's snapshot must not hold them too).
         self.pending = 0
+        # Moments: the latest total of each window of the look-back period (and newer), as
+        # updates arrive (before their broadcast), whether or not anyone watches.
+        self.rule = rule if rule is not None else MomentRule()
+        self.totals: dict[float, int] = {}
+
+    def moment(self, window: str, total: int) -> bool:
+        """Whether this version of ``window`` (of ``total`` reactions) is a moment, after the
+        windows before it that reached this server (common/moments.py); it is then counted
+        for the windows after it."""
+        start = parse_timestamp(window).timestamp()
+        rule = self.rule
+        found = moments.is_moment(
+            total, moments.previous_totals(self.totals, start, rule.lookback_s), rule.factor,
+            rule.min_windows)
+        self.totals[start] = total
+        newest = max(self.totals)
+        for old in [s for s in self.totals if s < newest - 2 * rule.lookback_s]:
+            del self.totals[old]
+        return found
 
     def remember(self, window: str, data: bytes, total: int) -> None:
         """The latest update of ``window``, as it is broadcast (or, nobody watching, at once)."""

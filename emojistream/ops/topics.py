@@ -31,6 +31,19 @@ class TopicSpec:
     min_insync_replicas: int | None = None
     # A topic that keeps the last record of each key (the streams catalog).
     compacted: bool = False
+    # More topic configs (name, value), set at creation and on an existing topic.
+    configs: tuple[tuple[str, str], ...] = ()
+
+
+def aggregated_configs(settings: SharedSettings) -> tuple[tuple[str, str], ...]:
+    """aggregated-emoji-topic is the system of record of the windows (GET /streams/ID/windows):
+    compacted on its STREAM/WINDOW_START key, so each window's last update stays, and deleted
+    past AGGREGATED_RETENTION_S or AGGREGATED_RETENTION_BYTES (per partition); a segment is
+    closed (and so compactable) after AGGREGATED_SEGMENT_S."""
+    return (("cleanup.policy", "compact,delete"),
+            ("retention.ms", str(settings.aggregated_retention_s * 1000)),
+            ("retention.bytes", str(settings.aggregated_retention_bytes)),
+            ("segment.ms", str(settings.aggregated_segment_s * 1000)))
 
 
 def topic_specs(settings: SharedSettings, brokers: int = 1) -> list[TopicSpec]:
@@ -40,7 +53,8 @@ def topic_specs(settings: SharedSettings, brokers: int = 1) -> list[TopicSpec]:
     rf = topology.topic_replicas(settings, brokers)
     isr = topology.topic_min_insync(settings, rf)
     specs = [TopicSpec(settings.emoji_events_topic, settings.emoji_events_partitions, rf, isr),
-             TopicSpec(settings.aggregated_topic, settings.topic_partitions, rf, isr)]
+             TopicSpec(settings.aggregated_topic, settings.topic_partitions, rf, isr,
+                       configs=aggregated_configs(settings))]
     specs += [TopicSpec(settings.cluster_topic(n), settings.topic_partitions, rf)
               for n in settings.clusters]
     specs += [TopicSpec(settings.subscribers_topic(n), settings.topic_partitions, rf)
@@ -86,9 +100,29 @@ def _create_request(spec: TopicSpec) -> dict:
         configs[MIN_INSYNC] = str(spec.min_insync_replicas)
     if spec.compacted:
         configs["cleanup.policy"] = "compact"
+    configs.update(spec.configs)
     if configs:
         request["configs"] = configs
     return request
+
+
+def _set_configs(admin, spec: TopicSpec, log: logging.Logger) -> None:
+    """Give an existing topic the configs of its spec (those it does not have yet); the others
+    are left as they are."""
+    if not spec.configs:
+        return
+    wanted = dict(spec.configs)
+    current = admin.describe_configs([ConfigResource("TOPIC", spec.name, list(wanted))],
+                                     config_filter="all")["topic"][spec.name]
+    changes = {name: value for name, value in wanted.items()
+               if current.get(name, {}).get("value") != value}
+    if not changes:
+        return
+    result = admin.alter_configs([ConfigResource("TOPIC", spec.name, changes)])["topic"][spec.name]
+    if result != "OK":
+        raise RuntimeError(f"could not set {', '.join(changes)} of {spec.name}: {result}")
+    log.info("%s: %s", spec.name, ", ".join(f"{name} set to {value}"
+                                           for name, value in changes.items()))
 
 
 def _set_min_insync(admin, spec: TopicSpec, replicas: int, log: logging.Logger) -> None:
@@ -178,6 +212,7 @@ def create_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
                             "kafka-reassign-partitions can change them",
                             spec.name, replicas, spec.replication_factor)
             _set_min_insync(admin, spec, replicas, log)
+            _set_configs(admin, spec, log)
         return created
     finally:
         admin.close()

@@ -1,7 +1,7 @@
 """The registration API's Flask app: the routes of README.md#registration-tokens-and-reconnection
-and #live-streams (stream_routes.py), GET /health {"status": "ok", "live_viewers": N,
-"healthy_clusters": K}, GET /metrics, the live page at / (web.py), and GET /openapi.json
-(openapi.json beside this file: every route, its answers and errors).
+and #live-streams (stream_routes.py), a stream's history (history_routes.py), GET /health
+{"status": "ok", "live_viewers": N, "healthy_clusters": K}, GET /metrics, the live page at /
+(web.py), and GET /openapi.json (openapi.json beside this file: every route, answers, errors).
 
 Stateless: no viewer is remembered. A token carries everything (client id, cluster, stream,
 session); a viewer that registers again presents its previous token to keep its session and
@@ -42,6 +42,7 @@ from emojistream.registration.balancer import (
     Probe,
     cluster_id,
 )
+from emojistream.registration.history_routes import add_history_routes
 from emojistream.registration.metrics import RegistrationMetrics
 from emojistream.registration.settings import RegistrationSettings
 from emojistream.registration.stream_routes import add_stream_routes, known_stream
@@ -54,7 +55,8 @@ STREAMS = "streams"
 METRICS = "metrics"
 REFUSALS = "refusals"  # the refused clients' log lines (common/refusals.py)
 ENDPOINTS = ("POST /register, POST /deregister, GET /clusters, GET /streams, POST /streams, "
-             "DELETE /streams/ID, GET /health, GET /metrics and GET /openapi.json")
+             "DELETE /streams/ID, GET /streams/ID/windows, GET /streams/ID/moments, GET /health, "
+             "GET /metrics and GET /openapi.json")
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
 
@@ -116,6 +118,7 @@ def create_app(settings: RegistrationSettings | None = None, balancer: Balancer 
     refusals = app.extensions[REFUSALS] = RefusalLog(log, settings.refusals_log_interval_s)
     _add_routes(app, settings, balancer, monitor, token_secret, streams)
     add_stream_routes(app, settings, balancer, streams, admin_key)
+    add_history_routes(app, settings, streams)
     web.add_web_page(app, settings)
     add_openapi_route(app, OPENAPI_DOCUMENT)
     add_json_error_handlers(app, log, ENDPOINTS)
