@@ -40,6 +40,11 @@ def text(message: dict) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
+def seen(update: dict, watching: int = 1) -> str:
+    """An update as a viewer prints it: with its stream's viewers ("watching")."""
+    return text(dict(update, watching=watching))
+
+
 class Services:
     """A registration API and cluster 1's WebSocket server (the only cluster)."""
 
@@ -117,7 +122,7 @@ def test_print_json_prints_each_update_exactly_and_sigterm_closes_the_connection
     wait_until(lambda: services.output().count("\n") == 2, timeout_s=10,
                message="the updates were not printed")
     assert simulator.stop() == 0
-    assert services.output() == text(UPDATE) + "\n" + text(newer) + "\n"
+    assert services.output() == seen(UPDATE) + "\n" + seen(newer) + "\n"
     wait_until(lambda: services.viewers() == 0, message="the connection stayed open")
     log = simulator.log()
     assert_clean_log(log)
@@ -173,7 +178,8 @@ def test_a_second_simulator_with_the_same_client_id_cannot_evict_the_first(servi
     services.wait_for_viewer(2)
     services.publish(UPDATE)
     for name in ("first", "second"):
-        wait_until(lambda n=name: services.output(n) == text(UPDATE) + "\n", timeout_s=10)
+        wait_until(lambda n=name: services.output(n) == seen(UPDATE, watching=2) + "\n",
+                   timeout_s=10)
     assert first.process.poll() is None and second.process.poll() is None
     assert second.stop() == 0
     services.wait_for_viewer(1)
@@ -206,7 +212,7 @@ def test_a_dropped_connection_is_reestablished(services):
     services.ws_server = services.start_ws_server()
     services.wait_for_viewer()
     services.publish(UPDATE)
-    wait_until(lambda: services.output() == text(UPDATE) + "\n", timeout_s=10)
+    wait_until(lambda: services.output() == seen(UPDATE) + "\n", timeout_s=10)
     assert simulator.stop() == 0
     log = simulator.log()
     assert_clean_log(log)
@@ -233,7 +239,7 @@ def test_a_refused_token_makes_it_register_again(services):
     services.ws_server = services.start_ws_server()
     services.wait_for_viewer()
     services.publish(UPDATE)
-    wait_until(lambda: services.output() == text(UPDATE) + "\n", timeout_s=10)
+    wait_until(lambda: services.output() == seen(UPDATE) + "\n", timeout_s=10)
     assert simulator.stop() == 0
     assert_clean_log(simulator.log())
 
@@ -247,7 +253,7 @@ def test_it_waits_for_a_cluster_when_none_is_available_at_start(services):
     services.ws_server = services.start_ws_server()
     services.wait_for_viewer()
     services.publish(UPDATE)
-    wait_until(lambda: services.output() == text(UPDATE) + "\n", timeout_s=10)
+    wait_until(lambda: services.output() == seen(UPDATE) + "\n", timeout_s=10)
     assert simulator.stop() == 0
     assert_clean_log(simulator.log())
 
@@ -284,10 +290,10 @@ def test_stream_option_watches_and_reacts_to_that_stream_only(test_env, tmp_path
         final_update = dict(UPDATE, stream_id="final-2026",
                             aggregates=[dict(UPDATE["aggregates"][0], count=7)])
         services.publish(main_update, final_update)
-        wait_until(lambda: services.output() == text(final_update) + "\n", timeout_s=10)
+        wait_until(lambda: services.output() == seen(final_update) + "\n", timeout_s=10)
         wait_until(lambda: len(ingest.requests) >= 2, timeout_s=10)
         assert simulator.stop() == 0
-        assert services.output() == text(final_update) + "\n"  # never main's update
+        assert services.output() == seen(final_update) + "\n"  # never main's update
         events = [event for _, body in ingest.requests for event in body]
         assert {event["stream_id"] for event in events} == {"final-2026"}
         assert "stream final-2026" in next(line for line in simulator.log().splitlines()
@@ -451,7 +457,7 @@ def test_since_recovers_and_every_reconnection_passes_the_newest_window_seen(ser
         return text({"type": "recovery", "since": since["window_start"], "complete": complete,
                      "windows": windows})
 
-    first = [recovery(w[1], True, 2), text(w[2]), text(w[3])]
+    first = [recovery(w[1], True, 2), seen(w[2]), seen(w[3])]
     wait_until(lambda: services.output().splitlines() == first, timeout_s=10,
                message=f"not {first}: {services.output()!r}")
     # Its server restarts (holding nothing): the reconnection asks for what came after w3.
@@ -459,7 +465,7 @@ def test_since_recovers_and_every_reconnection_passes_the_newest_window_seen(ser
     services.ws_server = services.start_ws_server()
     services.wait_for_viewer()
     services.publish(w[4])
-    expected = [*first, recovery(w[3], False, 0), text(w[4])]
+    expected = [*first, recovery(w[3], False, 0), seen(w[4])]
     wait_until(lambda: services.output().splitlines() == expected, timeout_s=10,
                message=f"not {expected}: {services.output()!r}")
     assert simulator.stop() == 0

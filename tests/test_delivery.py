@@ -134,6 +134,12 @@ def delivery(test_env, tmp_path):
         yield Delivery(test_env, tmp_path, stack)
 
 
+def bare(endpoint: str) -> str:
+    """A viewer's endpoint asking for the updates as the aggregator wrote them (presence=0:
+    without "watching"), which these tests compare exactly."""
+    return f"{endpoint}&presence=0"
+
+
 def counts(assignments: list[str]) -> dict[str, int]:
     return {c: assignments.count(c) for c in sorted(set(assignments))}
 
@@ -185,7 +191,7 @@ def test_a_viewer_whose_cluster_is_down_is_moved_when_it_registers_again(deliver
     moved = delivery.register("mover", first["token"])
     assert (moved["cluster_id"] in ("cluster2", "cluster3"), moved["session"]) == (
         True, "resumed")
-    with connect(moved["subscriber_endpoint"], open_timeout=10) as viewer:
+    with connect(bare(moved["subscriber_endpoint"]), open_timeout=10) as viewer:
         with delivery.publisher(int(moved["cluster_id"][-1])) as publisher:
             publisher.send(update_text(1))
             assert viewer.recv(timeout=10) == update_text(1)
@@ -272,7 +278,7 @@ def test_a_connection_without_a_valid_token_is_closed_with_a_clear_code(one_serv
 def test_a_valid_token_connects_and_receives(one_server):
     port, _service = one_server
     token = tokens.issue(SECRET, "alice", 1, 60, time.time())
-    with connect(f"ws://localhost:{port}/?token={quote(token)}", open_timeout=5) as viewer:
+    with connect(bare(f"ws://localhost:{port}/?token={quote(token)}"), open_timeout=5) as viewer:
         wait_until(lambda: viewers_on(port) == 1)
         with connect(f"ws://127.0.0.1:{publish_port(port)}/publish",
                      additional_headers={"Authorization": f"Bearer {KEY}"},
@@ -286,7 +292,7 @@ def test_a_viewers_message_reaches_no_other_viewer(one_server):
 
     def viewer(client_id):
         token = tokens.issue(SECRET, client_id, 1, 60, time.time())
-        return connect(f"ws://localhost:{port}/?token={quote(token)}", open_timeout=5)
+        return connect(bare(f"ws://localhost:{port}/?token={quote(token)}"), open_timeout=5)
 
     with viewer("talker") as talker, viewer("listener") as listener:
         wait_until(lambda: viewers_on(port) == 2)
@@ -577,7 +583,8 @@ def test_a_second_party_cannot_evict_a_viewer_and_its_own_reconnect_and_failover
     victim = delivery.register("victim-1")
     cluster = int(victim["cluster_id"].removeprefix("cluster"))
     with ExitStack() as stack:
-        first = stack.enter_context(connect(victim["subscriber_endpoint"], open_timeout=10))
+        first = stack.enter_context(connect(bare(victim["subscriber_endpoint"]),
+                                            open_timeout=10))
         # The intruder registers victim-1 until it lands on the victim's server (a new session
         # each time: it cannot present the victim's token).
         for _ in range(6):
@@ -586,7 +593,8 @@ def test_a_second_party_cannot_evict_a_viewer_and_its_own_reconnect_and_failover
                 break
         assert (intruder["cluster_id"], intruder["session"]) == (victim["cluster_id"], "new")
         assert session_of(intruder) != session_of(victim)
-        second = stack.enter_context(connect(intruder["subscriber_endpoint"], open_timeout=10))
+        second = stack.enter_context(connect(bare(intruder["subscriber_endpoint"]),
+                                             open_timeout=10))
         wait_until(lambda: delivery.live()[cluster - 1] == 2, timeout_s=10,
                    message="the intruder was not served alongside the viewer")
         publisher = stack.enter_context(delivery.publisher(cluster))
@@ -598,7 +606,7 @@ def test_a_second_party_cannot_evict_a_viewer_and_its_own_reconnect_and_failover
         again = delivery.register("victim-1", victim["token"])
         assert (again["cluster_id"], again["session"]) == (victim["cluster_id"], "resumed")
         assert session_of(again) == session_of(victim)
-        reconnected = stack.enter_context(connect(again["subscriber_endpoint"],
+        reconnected = stack.enter_context(connect(bare(again["subscriber_endpoint"]),
                                                   open_timeout=10))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -625,7 +633,7 @@ def test_a_second_party_cannot_evict_a_viewer_and_its_own_reconnect_and_failover
         assert moved["cluster_id"] != victim["cluster_id"]
         assert (moved["session"], session_of(moved)) == ("resumed", session_of(victim))
         new_cluster = int(moved["cluster_id"].removeprefix("cluster"))
-        with connect(moved["subscriber_endpoint"], open_timeout=10) as failed_over, \
+        with connect(bare(moved["subscriber_endpoint"]), open_timeout=10) as failed_over, \
                 delivery.publisher(new_cluster) as other:
             skip_snapshot(failed_over)
             other.send(update_text(103))
@@ -740,3 +748,47 @@ def test_per_address_limits_still_answer_429_with_several_workers(delivery):
         assert connection.getresponse().status == 200
     finally:
         connection.close()
+
+
+# --- presence across servers ------------------------------------------------------------------
+
+def test_watching_counts_the_streams_viewers_on_every_server(test_env, tmp_path):
+    """Each server adds the other servers' viewers of the stream (their GET /health, polled
+    every WS_PRESENCE_POLL_S) to its own: two viewers on cluster 1 and one on cluster 2 are
+    3 watching in every update, on both servers; a server that dies counts for nothing."""
+    with ExitStack() as stack:
+        delivery = Delivery(test_env, tmp_path, stack, WS_PRESENCE_POLL_S="0.2").start()
+
+        def viewer(client_id: str, cluster: int):
+            token = tokens.issue(SECRET, client_id, cluster, 60, time.time())
+            return stack.enter_context(connect(
+                f"ws://localhost:{delivery.port(cluster)}/?token={quote(token)}",
+                open_timeout=5))
+
+        ones = [viewer("one-a", 1), viewer("one-b", 1)]
+        two = viewer("two", 2)
+        wait_until(lambda: delivery.live() == [2, 1, 0])
+        time.sleep(0.6)  # more than two polls
+
+        def watching_after(cluster: int, number: int, viewers) -> list[int]:
+            with delivery.publisher(cluster) as publisher:
+                publisher.send(update_text(number))
+            return [json.loads(v.recv(timeout=5))["watching"] for v in viewers]
+
+        assert watching_after(1, 2001, ones) == [3, 3]
+        assert watching_after(2, 2001, [two]) == [3]
+        two.close()
+        wait_until(lambda: delivery.live() == [2, 0, 0])
+        time.sleep(0.6)
+        assert watching_after(1, 2002, ones) == [2, 2]
+
+        replacement = viewer("two-again", 2)
+        wait_until(lambda: delivery.live() == [2, 1, 0])
+        time.sleep(0.6)
+        skip_snapshot(replacement)
+        assert watching_after(2, 2003, [replacement]) == [3]
+        delivery.ws_servers[1].kill()
+        time.sleep(0.6)
+        assert watching_after(2, 2004, [replacement]) == [1]
+        assert "presence: cluster 1's server does not answer at" in \
+            delivery.ws_servers[2].log()

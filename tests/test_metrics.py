@@ -292,7 +292,7 @@ async def exercise_ws_server(port: int, publish_port: int) -> tuple[str, str]:
             ws_serve(hub.handle, "127.0.0.1", publish_port,
                      process_request=partial(process_request, hub, publish=True)):
         good = tokens.issue(WS_SECRET, "viewer_1", 1, 60, time.time(), "main")
-        async with ws_connect(f"ws://localhost:{port}/?token={good}") as viewer, \
+        async with ws_connect(f"ws://localhost:{port}/?token={good}&presence=0") as viewer, \
                 ws_connect(f"ws://127.0.0.1:{publish_port}/publish",
                            additional_headers={"Authorization": f"Bearer {WS_KEY}"}) as pub:
             async with ws_connect(f"ws://localhost:{port}/?token=forged") as refused:

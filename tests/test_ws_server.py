@@ -84,7 +84,7 @@ class Server:
     def viewer(self, client_id: str = "viewer", session: str | None = None,
                token_text: str | None = None):
         token_text = token_text or token(client_id, session=session)
-        return connect(f"{self.url}/?token={quote(token_text)}", open_timeout=5)
+        return connect(f"{self.url}/?token={quote(token_text)}&presence=0", open_timeout=5)
 
     def publisher(self, key: str | None = KEY):
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
@@ -558,7 +558,7 @@ def test_viewers_connect_over_tls_when_the_server_has_a_certificate(start_server
         server.wait_for_counts(viewers=1, subscribers=1)
         message = update(unique_window(), fire=42)
         publisher.send(text(message))
-        assert viewer.recv(timeout=5) == text(message)
+        assert viewer.recv(timeout=5) == text(dict(message, watching=1))
     with pytest.raises(ssl.SSLCertVerificationError):  # an untrusted certificate is refused
         connect(url, ssl=ssl.create_default_context(), open_timeout=5)
     with pytest.raises((InvalidMessage, ConnectionError)):  # plain ws:// gets no WebSocket
@@ -678,7 +678,7 @@ def test_a_viewer_that_stops_answering_pings_is_dropped(start_server):
 
 def stream_viewer(server: Server, client_id: str, stream_id: str):
     issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id)
-    return connect(f"{server.url}/?token={quote(issued)}", open_timeout=5)
+    return connect(f"{server.url}/?token={quote(issued)}&presence=0", open_timeout=5)
 
 
 def test_each_viewer_gets_only_the_updates_of_its_own_stream(server):
@@ -748,7 +748,8 @@ def recovering_viewer(server: Server, client_id: str, stream_id: str, since: str
                       session: str | None = None):
     issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id,
                           session=session or tokens.new_session())
-    query = f"token={quote(issued)}" + (f"&since={quote(since)}" if since is not None else "")
+    query = f"token={quote(issued)}&presence=0" + (f"&since={quote(since)}" if since is not None
+                                                   else "")
     return connect(f"{server.url}/?{query}", open_timeout=5)
 
 
@@ -1068,9 +1069,9 @@ def test_a_viewer_that_stops_reading_is_closed_once_its_unsent_data_passes_the_c
     updates = [dict(update(window, fire=n), padding=padding) for n in range(1, 81)]
     # A client whose queue holds one message stops reading the socket once it is full; one
     # with no limit reads everything as it comes.
-    with connect(f"{server.url}/?token={quote(token('slow'))}", open_timeout=5,
+    with connect(f"{server.url}/?token={quote(token('slow'))}&presence=0", open_timeout=5,
                  max_queue=1) as slow, \
-            connect(f"{server.url}/?token={quote(token('fast'))}", open_timeout=5,
+            connect(f"{server.url}/?token={quote(token('fast'))}&presence=0", open_timeout=5,
                     max_queue=None) as fast, \
             server.publisher() as publisher:
         server.wait_for_counts(viewers=2, subscribers=1)

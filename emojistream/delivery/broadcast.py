@@ -106,7 +106,7 @@ class Broadcaster:
         started = time.perf_counter()
         viewers = list(stream.viewers)
         stream.remember(window, data, total)
-        counted = with_watching(data, stream.watching()) if stream.presence else data
+        counted = with_watching(data, stream.watching())
         for first in range(0, len(viewers), self.batch):
             if first:
                 await asyncio.sleep(0)
@@ -115,11 +115,11 @@ class Broadcaster:
                     break
             # Viewers that left meanwhile are skipped: broadcast() writes to open ones only.
             batch = self._keeping_up(viewers[first:first + self.batch])
-            if stream.presence:  # the viewers that asked for presence get "watching" too
-                broadcast([v for v in batch if v not in stream.presence], data, text=True)
-                broadcast([v for v in batch if v in stream.presence], counted, text=True)
+            if stream.bare:  # the viewers that asked for no presence get the update as it is
+                broadcast([v for v in batch if v in stream.bare], data, text=True)
+                broadcast([v for v in batch if v not in stream.bare], counted, text=True)
             else:
-                broadcast(batch, data, text=True)
+                broadcast(batch, counted, text=True)
             self.metrics.messages.inc(len(batch))
         self.metrics.broadcasts.inc()
         self.metrics.duration.observe(time.perf_counter() - started)

@@ -19,6 +19,7 @@ from emojistream.delivery.broadcast import Broadcaster
 from emojistream.delivery.connections import Connections, peer
 from emojistream.delivery.dedup import WindowDeduplicator
 from emojistream.delivery.metrics import WsMetrics
+from emojistream.delivery.presence import PeerViewers
 from emojistream.delivery.settings import DeliverySettings
 from emojistream.delivery.stream import MomentRule, Stream, with_watching
 
@@ -48,7 +49,8 @@ class Hub:
                                        self.connections.close_later, self.connections.leaving,
                                        settings.ws_conflate)
         self.refusals = RefusalLog(log, settings.refusals_log_interval_s)
-        self._refusal_task: asyncio.Task | None = None
+        self.peers = PeerViewers(settings, cluster)
+        self._tasks: list[asyncio.Task] = []
 
     @property
     def viewers(self) -> set[ServerConnection]:
@@ -59,15 +61,17 @@ class Hub:
         return self.connections.subscribers
 
     def start(self) -> None:
-        """Start broadcasting and logging the refusals (in the running event loop)."""
+        """Start broadcasting, logging the refusals and polling the peers' viewers (in the
+        running event loop)."""
         self.broadcaster.start()
-        self._refusal_task = asyncio.get_running_loop().create_task(self.refusals.run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.refusals.run()), loop.create_task(self.peers.run())]
 
     async def stop(self) -> None:
         await self.broadcaster.stop()
-        if self._refusal_task is not None:
-            self._refusal_task.cancel()
-            await asyncio.gather(self._refusal_task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def health(self) -> dict:
         return {"cluster": self.cluster, "status": "ok", "viewers": len(self.viewers),
@@ -86,8 +90,9 @@ class Hub:
     def _stream(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            stream = self.streams[stream_id] = Stream(self._dedup_windows, self._recovery_windows,
-                                                        self._moment_rule)
+            stream = self.streams[stream_id] = Stream(
+                self._dedup_windows, self._recovery_windows, self._moment_rule,
+                elsewhere=lambda: self.peers.count(stream_id))
         return stream
 
     # --- WebSocket connections ---
@@ -121,7 +126,7 @@ class Hub:
     async def _serve_viewer(self, connection: ServerConnection, client_id: str,
                             session: str | None, stream: Stream,
                             since: tuple[str, float] | None = None,
-                            presence: bool = False) -> None:
+                            presence: bool = True) -> None:
         """One live connection per viewing session (the session id signed into the token): a
         newer one of the same session replaces the older; another session of the same client
         id is served alongside, never evicting it. The viewer gets its stream's snapshot first,
@@ -148,8 +153,8 @@ class Hub:
             broadcast([connection], with_watching(data, watching) if presence else data,
                       text=True)
         groups: tuple[set, ...] = (self.viewers, stream.viewers)
-        if presence:
-            groups += (stream.presence,)
+        if not presence:
+            groups += (stream.bare,)
         try:
             await self._serve(connection, groups, f"viewer {client_id!r}",
                               self._on_viewer_message, logging.DEBUG)
@@ -230,13 +235,13 @@ def since_of(path: str) -> tuple[str, float] | None:
 
 
 def presence_of(path: str) -> bool:
-    """Whether the viewer asked for presence (presence=1: its updates carry "watching");
+    """Whether the viewer's updates carry "watching": yes unless it asked for presence=0;
     ValueError for a value other than 0 or 1."""
     values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("presence")
-    if not values or values[0] == "0":
-        return False
-    if values[0] == "1":
+    if not values or values[0] == "1":
         return True
+    if values[0] == "0":
+        return False
     raise ValueError(f"presence must be 0 or 1, got {values[0][:16]!r}")
 
 

@@ -20,6 +20,9 @@ class DeliverySettings(SharedSettings):
     ws_conflate: bool = True       # send only the latest queued version of a window when behind
     ws_compression: str = "none"   # "none" or "deflate" (permessage-deflate, per connection)
     ws_listen_backlog: int = 4096
+    # How often a server asks the other clusters' servers for their viewers of each stream
+    # (the "watching" of each update counts every server's; docs/delivery.md#presence).
+    ws_presence_poll_s: float = 1.0
     # The viewers' listener over TLS (wss://): a PEM certificate chain and its key; empty: ws://
     # (TLS terminated in front of the server, if at all: docs/operations.md#tls-for-viewers).
     ws_tls_cert: str = ""

@@ -4,6 +4,8 @@ newest (its snapshot), or with ``since`` every one after the window it saw last 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from websockets.asyncio.server import ServerConnection
 
 from emojistream.common import moments
@@ -28,10 +30,12 @@ class MomentRule:
 
 class Stream:
     def __init__(self, dedup_windows: int, recovery_windows: int = SNAPSHOT_WINDOWS,
-                 rule: MomentRule | None = None):
+                 rule: MomentRule | None = None, elsewhere: Callable[[], int] = lambda: 0):
         self.viewers: set[ServerConnection] = set()
-        # The viewers that asked for presence (presence=1): their updates carry "watching".
-        self.presence: set[ServerConnection] = set()
+        # The viewers that asked for no presence (presence=0): their updates are the
+        # aggregator's as they are, without "watching".
+        self.bare: set[ServerConnection] = set()
+        self._elsewhere = elsewhere  # the stream's viewers on the other servers (presence.py)
         self.dedup = WindowDeduplicator(dedup_windows)
         self.capacity = max(SNAPSHOT_WINDOWS, recovery_windows)
         self.recent: dict[float, tuple[str, bytes, int]] = {}  # start -> (window, data, total)
@@ -90,8 +94,8 @@ class Stream:
         return [self.recent[start][1] for start in sorted(self.recent) if start > since], complete
 
     def watching(self) -> int:
-        """Presence: this stream's live viewer connections on this server."""
-        return len(self.viewers)
+        """Presence: this stream's live viewer connections here and on the other servers."""
+        return len(self.viewers) + self._elsewhere()
 
     def health(self) -> dict:
         latest = max(self.recent) if self.recent else None
