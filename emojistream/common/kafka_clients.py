@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
+from kafka.structs import MemberState
 
 from emojistream.common.settings import SharedSettings as Settings
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# How long a consumer may stay rebalancing with a generation the coordinator has already given it
+# before GroupWatch takes the rebalance for abandoned (a sound one completes in milliseconds).
+REJOIN_STALL_S = 5.0
 
 
 class KafkaUnavailable(RuntimeError):
@@ -84,9 +89,9 @@ def require_topics(settings: Settings, topics: list[str],
                    client: KafkaConsumer | None = None) -> None:
     """MissingTopic unless every topic exists (KafkaUnavailable when Kafka does not answer).
 
-    A consumer about to join a group should be the ``client``: it then knows the topics'
-    partitions when it joins (one that joins before knowing a topic is assigned nothing until
-    its next metadata refresh, minutes later). Without one, a consumer is opened for the check.
+    With a ``client``, its metadata is fetched afresh first, so that a consumer subscribed just
+    before joins its group knowing the topics' partitions: see ``subscribe``. Without one, a
+    consumer is opened for the check.
     """
     if client is None:
         client = consumer(settings)
@@ -95,12 +100,31 @@ def require_topics(settings: Settings, topics: list[str],
         finally:
             client.close()
     try:
+        client.topics()  # a metadata request, even when the topics are known already
         missing = [topic for topic in topics if not client.partitions_for_topic(topic)]
     except KafkaError as err:
         raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} did not list its "
                                f"topics ({type(err).__name__})") from None
     if missing:
         raise MissingTopic(settings, missing)
+
+
+def subscribe(settings: Settings, client: KafkaConsumer, topics: list[str],
+              listener: ConsumerRebalanceListener, required: list[str] | None = None,
+              log: logging.Logger | None = None) -> GroupWatch:
+    """Subscribe a group's consumer to ``topics``, then check that ``required`` (default: the
+    topics) exist (MissingTopic, KafkaUnavailable; the caller closes the consumer). The poll loop
+    calls the returned watch's ``check()`` after each poll.
+
+    Subscribe first, metadata second: kafka-python 3.0.12's consumer notes the partitions of its
+    subscribed topics only when metadata arrives after the subscription. Checked the other way
+    round, the group's first assignment was made on no partitions at all; the next metadata
+    refresh (about 0.5 s later) then differed, and the consumer rebalanced, every time it
+    started: a rebalance that could hang for good (GroupWatch).
+    """
+    client.subscribe(topics, listener=listener)
+    require_topics(settings, required if required is not None else topics, client)
+    return GroupWatch(client, topics, listener, log or logging.getLogger(__name__))
 
 
 def delivery_options(settings: Settings, linger_ms: int,
@@ -146,6 +170,54 @@ class ReadyLog(ConsumerRebalanceListener):
         if revoked:
             self.log.info("partition(s) %s of %s revoked",
                           sorted(tp.partition for tp in revoked), self.topic)
+
+
+class GroupWatch:
+    """Rejoins the group when kafka-python abandoned a rebalance, which it does not notice itself.
+
+    kafka-python 3.0.12 rebalances when the metadata of a subscribed topic changed, without
+    noting that a rejoin is needed (the flag Kafka's Java client sets since KAFKA-9815). When the
+    poll's time runs out while that JoinGroup/SyncGroup is in flight, the next poll no longer sees
+    a reason to rejoin (the assignment was already made on the new metadata), so the completed
+    join is never applied: the consumer has given up its partitions, sends no heartbeat, fetches
+    nothing, and stays so for good. Its signature: rebalancing, with a generation that the
+    coordinator gave it and that it never held stable. After REJOIN_STALL_S of that, check()
+    leaves the group and subscribes again, which joins afresh.
+    """
+
+    def __init__(self, client: KafkaConsumer, topics: list[str],
+                 listener: ConsumerRebalanceListener, log: logging.Logger,
+                 stall_s: float = REJOIN_STALL_S, clock=time.monotonic):
+        self.client, self.topics, self.listener, self.log = client, topics, listener, log
+        self.stall_s, self.clock = stall_s, clock
+        self.rejoins = 0
+        self._stable_generation: int | None = None
+        self._stalled: tuple[int, float] | None = None  # (generation, since)
+
+    def check(self) -> bool:
+        """True when it found the consumer's rebalance abandoned and subscribed again."""
+        group = self.client.group_metadata()
+        if group.state == MemberState.STABLE:
+            self._stable_generation, self._stalled = group.generation_id, None
+            return False
+        if (group.state != MemberState.REBALANCING or group.generation_id < 0
+                or group.generation_id == self._stable_generation):
+            self._stalled = None  # not joined yet, or waiting for the coordinator
+            return False
+        now = self.clock()
+        if self._stalled is None or self._stalled[0] != group.generation_id:
+            self._stalled = (group.generation_id, now)
+            return False
+        if now - self._stalled[1] < self.stall_s:
+            return False
+        self.rejoins += 1
+        self.log.warning("group %s: generation %d was never applied after %.0f s of "
+                         "rebalancing; leaving the group and joining again", group.group_id,
+                         group.generation_id, now - self._stalled[1])
+        self._stalled = None
+        self.client.unsubscribe()
+        self.client.subscribe(self.topics, listener=self.listener)
+        return True
 
 
 # kafka-python has no public call for the two below; they are the project's only uses of its

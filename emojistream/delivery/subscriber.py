@@ -84,8 +84,10 @@ class Subscriber:
     """Polls a batch, hands its valid updates over, commits; repeats until stopped."""
 
     def __init__(self, consumer: KafkaConsumer, outlet: Outlet, stop: threading.Event,
-                 backoff: Backoff, counters: metrics.RelayMetrics | None = None):
+                 backoff: Backoff, counters: metrics.RelayMetrics | None = None,
+                 group: kafka_clients.GroupWatch | None = None):
         self.consumer = consumer
+        self.group = group
         self.outlet = outlet
         self.stop = stop
         self.backoff = backoff
@@ -115,6 +117,8 @@ class Subscriber:
             if connection.state is not State.OPEN:
                 raise HandOverFailed("the server closed the connection")
             batches = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            if self.group is not None:
+                self.group.check()
             self.metrics.observe_lag(self.consumer)
             self._log_new_partitions(batches)
             self._forward(connection, batches)
@@ -188,9 +192,10 @@ def describe(err: Exception) -> str:
 
 
 def open_consumer(settings: DeliverySettings, cluster: int, member: int,
-                  ready=None) -> KafkaConsumer:
+                  ready=None) -> tuple[KafkaConsumer, kafka_clients.GroupWatch]:
     """This subscriber's consumer, in its own group, subscribed (``ready`` is set once it has
-    joined); KafkaUnavailable (or its MissingTopic) when Kafka or the topic is not there."""
+    joined), and the watch of its group (Subscriber's ``group``); KafkaUnavailable (or its
+    MissingTopic) when Kafka or the topic is not there."""
     topic = settings.subscribers_topic(cluster)
     group = settings.subscriber_group(cluster, member)
     consumer = kafka_clients.consumer(
@@ -198,15 +203,15 @@ def open_consumer(settings: DeliverySettings, cluster: int, member: int,
         auto_offset_reset="latest", allow_auto_create_topics=False,
         session_timeout_ms=settings.subscriber_session_timeout_ms,
         heartbeat_interval_ms=settings.subscriber_heartbeat_ms)
+    listener = kafka_clients.ReadyLog(
+        log, topic, group, f"handing over to {topology.ws_publish_url(settings, cluster)}",
+        ready)
     try:
-        kafka_clients.require_topics(settings, [topic], consumer)
+        watch = kafka_clients.subscribe(settings, consumer, [topic], listener, log=log)
     except kafka_clients.KafkaUnavailable:
         consumer.close()
         raise
-    consumer.subscribe([topic], listener=kafka_clients.ReadyLog(
-        log, topic, group, f"handing over to {topology.ws_publish_url(settings, cluster)}",
-        ready))
-    return consumer
+    return consumer, watch
 
 
 def parse_args(argv, settings: DeliverySettings) -> argparse.Namespace:
@@ -232,13 +237,14 @@ def main(argv=None) -> int:
     counters = metrics.RelayMetrics(prefix="subscriber")
     try:
         _, key = secrets.token_secret_and_subscriber_key(settings)
-        consumer = open_consumer(settings, args.cluster, args.member, counters.ready)
+        consumer, group = open_consumer(settings, args.cluster, args.member, counters.ready)
     except (OSError, secrets.SecretError, kafka_clients.KafkaUnavailable) as err:
         log.error("%s", err)
         return 1
     outlet = Outlet(topology.ws_publish_url(settings, args.cluster), key, settings)
     subscriber = Subscriber(consumer, outlet, stop,
-                            Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s), counters)
+                            Backoff(RETRY_INITIAL_S, settings.subscriber_retry_max_s), counters,
+                            group)
     metrics.serve(subscriber.metrics.registry, settings.metrics_host,
                   topology.subscriber_metrics_port(settings, args.cluster, args.member), log.name)
     log.info("cluster %d subscriber %d: %s -> %s", args.cluster, args.member,

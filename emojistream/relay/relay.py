@@ -59,18 +59,21 @@ class Relay:
         self.producer = self._new_producer()
         self.metrics = metrics.RelayMetrics()
         self._backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
+        listener = kafka_clients.ReadyLog(log, source, group_id,
+                                          "forwarding to " + ", ".join(targets),
+                                          self.metrics.ready)
         try:
-            kafka_clients.require_topics(settings, [source, *targets], self.consumer)
+            self.group = kafka_clients.subscribe(settings, self.consumer, [source], listener,
+                                                 required=[source, *targets], log=log)
         except kafka_clients.KafkaUnavailable:
             self.close()
             raise
-        self.consumer.subscribe([source], listener=kafka_clients.ReadyLog(
-            log, source, group_id, "forwarding to " + ", ".join(targets), self.metrics.ready))
 
     def run(self, stop: threading.Event) -> None:
         """Forward until ``stop`` is set."""
         while not stop.is_set():
             polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            self.group.check()
             self.metrics.observe_lag(self.consumer)
             if not polled:
                 continue
