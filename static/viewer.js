@@ -144,12 +144,11 @@ export function checkedUpdate(update) {
   };
 }
 
-/** The WebSocket URL a viewer connects to: its endpoint (with its token), asking for presence
- *  ("watching" in every update) and, with since (the newest window_start received), for
- *  recovery: every window after it that the server holds, then live ones (docs/delivery.md). */
+/** The WebSocket URL a viewer connects to: its endpoint (with its token) and, with since (the
+ *  newest window_start received), asking for recovery: every window after it that the server
+ *  holds, then live ones (docs/delivery.md). */
 export function viewerEndpoint(endpoint, since = null) {
   const url = new URL(endpoint);
-  url.searchParams.set("presence", "1");
   if (since) {
     url.searchParams.set("since", since);
   }

@@ -179,6 +179,8 @@ def test_viewers_receive_exact_window_counts(system):
             for emoji, users in distinct_users.items():
                 assert abs(by_emoji[emoji]["unique_users"] - users) <= math.ceil(
                     users * UNIQUE_USERS_TOLERANCE), (emoji, by_emoji[emoji])
+            # Presence: one viewer on each cluster's server, each counting the others'.
+            assert final["watching"] == len(viewers), final
     finally:
         for viewer in viewers:
             viewer.close()

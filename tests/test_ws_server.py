@@ -897,9 +897,10 @@ def test_a_malformed_since_is_refused_with_400_before_the_handshake(server, sinc
 # --- presence ---------------------------------------------------------------------------------
 
 def presence_viewer(server: Server, client_id: str, stream_id: str, since: str | None = None):
+    """A viewer as the page and the simulator connect: its updates carry "watching"."""
     issued = tokens.issue(TOKEN_SECRET, client_id, CLUSTER, 60, time.time(), stream_id=stream_id,
                           session=tokens.new_session())
-    query = f"token={quote(issued)}&presence=1" + (f"&since={quote(since)}" if since else "")
+    query = f"token={quote(issued)}" + (f"&since={quote(since)}" if since else "")
     return connect(f"{server.url}/?{query}", open_timeout=5)
 
 
@@ -907,7 +908,7 @@ def watching(message: dict, count: int) -> str:
     return text(dict(message, watching=count))
 
 
-def test_presence_viewers_get_the_streams_live_viewers_on_this_server_in_each_update(server):
+def test_every_update_carries_the_streams_live_viewers_on_this_server(server):
     stream = f"pres-{uuid.uuid4().hex[:8]}"
     w = two_second_windows(4)
     first, second, third = (of_stream(stream, w[i], fire=i + 1) for i in range(3))

@@ -6,10 +6,11 @@
                                  with 4401 (missing, invalid or expired token) or 4403 (a token
                                  for another cluster). What viewers send is discarded. /publish
                                  is refused here (HTTP 403)
-    ws://HOST:PORT/?token=T&since=S&presence=1
+    ws://HOST:PORT/?token=T&since=S&presence=0
                                  recovery: {"type": "recovery", ...}, then every held window
-                                 after S; presence: "watching" in each update (docs/delivery.md;
-                                 a malformed since or presence: HTTP 400)
+                                 after S; presence=0: no "watching" in the updates (every server's
+                                 viewers of the stream; docs/delivery.md; a malformed since or
+                                 presence: HTTP 400)
     ws://PUBLISH_HOST:PUBLISH_PORT/publish
                                  the cluster's subscribers, with "Authorization: Bearer <key>"
                                  (HTTP 401 otherwise); every text message is a window update
