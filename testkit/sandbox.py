@@ -14,6 +14,19 @@ from pathlib import Path
 # Below Linux's range of ephemeral ports (32768-60999), so that no outgoing connection takes a
 # port between the moment it is chosen here and the moment its server binds it.
 PORT_RANGE = (20000, 32767)
+
+
+def _my_ports(whole: tuple[int, int] = PORT_RANGE) -> tuple[int, int]:
+    """This process's share of the range: pytest-xdist's workers (PYTEST_XDIST_WORKER gwN of
+    PYTEST_XDIST_WORKER_COUNT) each take ports from a slice of their own, so two workers never
+    choose the same port before either has bound it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get(
+        "PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return whole
+    size = (whole[1] - whole[0] + 1) // int(count)
+    first = whole[0] + int(worker[2:]) % int(count) * size
+    return first, first + size - 1
 _handed_out: set[int] = set()  # a port is free until its server binds it: never give it twice
 
 
@@ -33,13 +46,14 @@ def _port_is_free(port: int) -> bool:
 def free_port_run(count: int) -> int:
     """The first of ``count`` consecutive free ports (cluster N's WebSocket server listens on
     WS_FIRST_PORT + N - 1)."""
+    low, high = _my_ports()
     for _ in range(1000):
-        first = random.randint(PORT_RANGE[0], PORT_RANGE[1] - count + 1)
+        first = random.randint(low, high - count + 1)
         run = range(first, first + count)
         if _handed_out.isdisjoint(run) and all(map(_port_is_free, run)):
             _handed_out.update(run)
             return first
-    raise RuntimeError(f"no run of {count} free ports in {PORT_RANGE}")
+    raise RuntimeError(f"no run of {count} free ports in {low}-{high}")
 
 
 def isolated_env(var_dir: Path, cluster_count: int = 3) -> dict:
