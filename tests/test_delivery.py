@@ -366,7 +366,7 @@ def test_killing_one_of_two_subscribers_leaves_no_gap_and_no_duplicate(kafka, te
         for subscriber in subscribers.values():
             subscriber.wait_for_log(f"owns {topic} partition 0 from offset 0", timeout_s=60)
         token = tokens.issue(SECRET, "watcher", 1, 600, time.time())
-        viewer = stack.enter_context(connect(f"ws://localhost:{port}/?token={quote(token)}",
+        viewer = stack.enter_context(connect(bare(f"ws://localhost:{port}/?token={quote(token)}"),
                                              open_timeout=5))
         wait_until(lambda: get_json(f"http://localhost:{port}/health")[1]["subscribers"] == 2
                    and get_json(f"http://localhost:{port}/health")[1]["viewers"] == 1,

@@ -105,7 +105,8 @@ class Cluster:
 
     def viewer(self):
         token = tokens.issue(TOKEN_SECRET, "test", CLUSTER, 60, time.time())
-        return connect(f"ws://localhost:{self.port}/?token={token}", open_timeout=5)
+        # presence=0: the updates byte for byte as the subscribers hand them over.
+        return connect(f"ws://localhost:{self.port}/?token={token}&presence=0", open_timeout=5)
 
     def committed_offset(self, member: int) -> int | None:
         """The committed offset of the partition in ``member``'s own group."""
