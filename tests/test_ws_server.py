@@ -380,6 +380,35 @@ def test_an_unknown_compression_is_a_one_line_error(test_env):
                              "got 'gzip'")
 
 
+@pytest.mark.parametrize("setting, loop", [
+    ({}, "asyncio"),
+    ({"WS_EVENT_LOOP": "asyncio"}, "asyncio"),
+    ({"WS_EVENT_LOOP": "uvloop"}, "uvloop"),
+])
+def test_the_event_loop_is_asyncio_unless_configured(start_server, setting, loop):
+    server = start_server(**setting)
+    message = text(update(unique_window(), fire=1234, laugh=5))
+    with server.viewer() as viewer, server.publisher() as publisher:
+        server.wait_for_counts(viewers=1, subscribers=1)
+        publisher.send(message)
+        assert viewer.recv(timeout=5) == message
+        assert_nothing_arrives(viewer)
+    ready = [line for line in server.service.log().splitlines() if "ws_server: ready:" in line]
+    assert len(ready) == 1, ready
+    assert ready[0].endswith(f"(one per connection); event loop {loop}"), ready[0]
+    assert server.service.stop() == 0
+
+
+def test_an_unknown_event_loop_is_a_one_line_error(test_env):
+    result = run("ws_server.py", "--cluster", str(CLUSTER),
+                 env=server_env(test_env, *server_ports(), WS_EVENT_LOOP="trio"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("ERROR   ws_server: WS_EVENT_LOOP must be one of asyncio, uvloop, "
+                             "got 'trio'")
+
+
 def test_what_a_viewer_sends_reaches_nobody(server):
     message = update(unique_window(), clap=7)
     with server.viewer("talker") as talker, server.viewer("listener") as listener, \

@@ -32,6 +32,7 @@ import errno
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from functools import partial
 
 from websockets.asyncio.server import serve
@@ -71,9 +72,9 @@ async def run(settings: DeliverySettings, cluster: int, key: str, token_secret: 
                   compression=None, **options):
         log.info("ready: cluster %d serving viewers at %s://%s:%d%s, subscribers at "
                  "ws://%s:%d%s, health at %s, metrics at %s; open-file limit %d (one per "
-                 "connection)", cluster, "wss" if tls else "ws", settings.ws_host, port,
-                 VIEWER_PATH, settings.ws_publish_host, publish_port, PUBLISH_PATH, HEALTH_PATH,
-                 METRICS_PATH, open_files)
+                 "connection); event loop %s", cluster, "wss" if tls else "ws", settings.ws_host,
+                 port, VIEWER_PATH, settings.ws_publish_host, publish_port, PUBLISH_PATH,
+                 HEALTH_PATH, METRICS_PATH, open_files, settings.ws_event_loop)
         await stop.wait()
         log.info("stopping: closing %d viewer and %d subscriber connection(s)",
                  len(hub.viewers), len(hub.subscribers))
@@ -88,6 +89,15 @@ def tls_context(settings: DeliverySettings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.ws_tls_cert, settings.ws_tls_key)
     return context
+
+
+def loop_factory(settings: DeliverySettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """WS_EVENT_LOOP's loop: uvloop's, or None (asyncio's default loop)."""
+    if settings.ws_event_loop == "uvloop":
+        import uvloop  # only with WS_EVENT_LOOP=uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def main(argv=None) -> int:
@@ -124,7 +134,9 @@ def main(argv=None) -> int:
                   settings.ws_tls_key, err)
         return 1
     try:
-        asyncio.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit(), tls))
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            runner.run(run(settings, args.cluster, key, token_secret, raise_open_file_limit(),
+                           tls))
     except OSError as err:
         if err.errno != errno.EADDRINUSE:
             raise

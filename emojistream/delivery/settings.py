@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from emojistream.common.settings import ConfigError, SharedSettings
 
+EVENT_LOOPS = ("asyncio", "uvloop")  # WS_EVENT_LOOP's values
+
 
 @dataclass(frozen=True)
 class DeliverySettings(SharedSettings):
@@ -20,6 +22,9 @@ class DeliverySettings(SharedSettings):
     ws_conflate: bool = True       # send only the latest queued version of a window when behind
     ws_compression: str = "none"   # "none" or "deflate" (permessage-deflate, per connection)
     ws_listen_backlog: int = 4096
+    # The server's event loop: "asyncio" (the standard library's) or "uvloop" (libuv's; opt-in,
+    # measured beside asyncio in docs/benchmarks.md).
+    ws_event_loop: str = "asyncio"
     # How often a server asks the other clusters' servers for their viewers of each stream
     # (the "watching" of each update counts every server's; docs/delivery.md#presence).
     ws_presence_poll_s: float = 1.0
@@ -36,6 +41,9 @@ class DeliverySettings(SharedSettings):
         if self.recovery_max_windows < 1:
             raise ConfigError(f"RECOVERY_MAX_WINDOWS must be at least 1, got "
                               f"{self.recovery_max_windows}")
+        if self.ws_event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"WS_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got "
+                              f"{self.ws_event_loop!r}")
         if bool(self.ws_tls_cert) != bool(self.ws_tls_key):
             raise ConfigError("WS_TLS_CERT and WS_TLS_KEY go together (the viewers' listener's "
                               "certificate chain and its private key, PEM files)")
