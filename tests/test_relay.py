@@ -44,20 +44,28 @@ def end_offset(settings, topic: str) -> int:
         reader.close()
 
 
+def one_cluster_topics(test_env: dict, prefix: str, target_configs: dict | None = None):
+    """One cluster's publisher topics of their own (PREFIX-src-1 -> PREFIX-dst-1), created: the
+    environment, its settings, the source and the target."""
+    env = dict(test_env, CLUSTER_COUNT="1", CLUSTER_TOPIC_TEMPLATE=f"{prefix}-src-{{n}}",
+               SUBSCRIBERS_TOPIC_TEMPLATE=f"{prefix}-dst-{{n}}")
+    settings = config.load(env)
+    source, target = settings.cluster_topic(1), settings.subscribers_topic(1)
+    admin = kafka_clients.admin_client(settings)
+    try:
+        admin.create_topics([NewTopic(source, 1, 1),
+                             NewTopic(target, 1, 1, topic_configs=target_configs or {})])
+    finally:
+        admin.close()
+    return env, settings, source, target
+
 def test_a_publisher_refused_for_good_stops_without_committing_past_the_update(kafka, test_env,
                                                                              tmp_path):
     suffix = uuid.uuid4().hex[:10]
-    env = dict(test_env, CLUSTER_COUNT="1", CLUSTER_TOPIC_TEMPLATE=f"refused-src-{suffix}-{{n}}",
-               SUBSCRIBERS_TOPIC_TEMPLATE=f"refused-dst-{suffix}-{{n}}")
-    settings = config.load(env)
-    source, target = settings.cluster_topic(1), settings.subscribers_topic(1)
+    # A compacted target refuses a record without a key: INVALID_RECORD, not retriable.
+    env, settings, source, target = one_cluster_topics(
+        test_env, f"refused-{suffix}", {"cleanup.policy": "compact"})
     group = "cluster1-publisher"
-    admin = kafka_clients.admin_client(settings)
-    try:  # A compacted target refuses a record without a key: INVALID_RECORD, not retriable.
-        admin.create_topics([NewTopic(source, 1, 1),
-                             NewTopic(target, 1, 1, topic_configs={"cleanup.policy": "compact"})])
-    finally:
-        admin.close()
     producer = kafka_clients.producer(settings)
     try:
         with running(tmp_path, "cluster_publisher", "cluster_publisher.py", "--cluster", "1",
@@ -93,15 +101,7 @@ def test_a_publisher_joins_its_group_once_and_keeps_its_partition(kafka, test_en
     stack, seldom on an idle machine, where this test passed too; kafka-python could abandon
     that rebalance, leaving the publisher without its partition for good.)"""
     suffix = uuid.uuid4().hex[:10]
-    env = dict(test_env, CLUSTER_COUNT="1", CLUSTER_TOPIC_TEMPLATE=f"once-src-{suffix}-{{n}}",
-               SUBSCRIBERS_TOPIC_TEMPLATE=f"once-dst-{suffix}-{{n}}")
-    settings = config.load(env)
-    source, target = settings.cluster_topic(1), settings.subscribers_topic(1)
-    admin = kafka_clients.admin_client(settings)
-    try:
-        admin.create_topics([NewTopic(source, 1, 1), NewTopic(target, 1, 1)])
-    finally:
-        admin.close()
+    env, settings, source, target = one_cluster_topics(test_env, f"once-{suffix}")
     producer = kafka_clients.producer(settings)
     try:
         with running(tmp_path, "cluster_publisher", "cluster_publisher.py", "--cluster", "1",

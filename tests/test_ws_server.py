@@ -370,14 +370,18 @@ def test_compression_is_off_unless_configured(start_server, setting, negotiated)
         assert viewer.recv(timeout=5) == message
 
 
-def test_an_unknown_compression_is_a_one_line_error(test_env):
+@pytest.mark.parametrize("name, value, allowed", [
+    ("WS_COMPRESSION", "gzip", "none, deflate"),
+    ("WS_EVENT_LOOP", "trio", "asyncio, uvloop"),
+])
+def test_an_unknown_choice_is_a_one_line_error(test_env, name, value, allowed):
     result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, *server_ports(), WS_COMPRESSION="gzip"))
+                 env=server_env(test_env, *server_ports(), **{name: value}))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].endswith("ERROR   ws_server: WS_COMPRESSION must be one of none, deflate, "
-                             "got 'gzip'")
+    assert lines[0].endswith(f"ERROR   ws_server: {name} must be one of {allowed}, "
+                             f"got {value!r}")
 
 
 @pytest.mark.parametrize("setting, loop", [
@@ -397,16 +401,6 @@ def test_the_event_loop_is_asyncio_unless_configured(start_server, setting, loop
     assert len(ready) == 1, ready
     assert ready[0].endswith(f"(one per connection); event loop {loop}"), ready[0]
     assert server.service.stop() == 0
-
-
-def test_an_unknown_event_loop_is_a_one_line_error(test_env):
-    result = run("ws_server.py", "--cluster", str(CLUSTER),
-                 env=server_env(test_env, *server_ports(), WS_EVENT_LOOP="trio"))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].endswith("ERROR   ws_server: WS_EVENT_LOOP must be one of asyncio, uvloop, "
-                             "got 'trio'")
 
 
 def test_what_a_viewer_sends_reaches_nobody(server):
