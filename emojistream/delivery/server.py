@@ -8,9 +8,9 @@
                                  is refused here (HTTP 403)
     ws://HOST:PORT/?token=T&since=S&presence=0
                                  recovery: {"type": "recovery", ...}, then every held window
-                                 after S; presence=0: no "watching" in the updates (every server's
-                                 viewers of the stream; docs/delivery.md; a malformed since or
-                                 presence: HTTP 400)
+                                 after S. Every update carries "watching" (the stream's viewers
+                                 on every server) unless presence=0 (docs/delivery.md; a
+                                 malformed since or presence: HTTP 400)
     ws://PUBLISH_HOST:PUBLISH_PORT/publish
                                  the cluster's subscribers, with "Authorization: Bearer <key>"
                                  (HTTP 401 otherwise); every text message is a window update
