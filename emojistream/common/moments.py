@@ -41,9 +41,14 @@ def window_total(update: dict) -> int:
     return sum(a["count"] for a in update["aggregates"])
 
 
-def with_moment(data: bytes) -> bytes:
-    """An update (a JSON object's text) with "moment": true added as its last member."""
+def with_member(data: bytes, name: str, value: str) -> bytes:
+    """An update (a JSON object's text) with ``"name": value`` (``value`` already JSON) added as
+    its last member, without decoding it again."""
     body = data.rstrip()
     if not body.endswith(b"}"):
         return data
-    return body[:-1] + b',"moment":true}'
+    return body[:-1] + f',"{name}":{value}}}'.encode()
+
+
+def with_moment(data: bytes) -> bytes:
+    return with_member(data, "moment", "true")

@@ -105,8 +105,4 @@ class Stream:
 
 
 def with_watching(data: bytes, watching: int) -> bytes:
-    """An update (a JSON object's text) with "watching": N added as its last member."""
-    body = data.rstrip()
-    if not body.endswith(b"}"):
-        return data
-    return body[:-1] + b',"watching":' + str(watching).encode() + b"}"
+    return moments.with_member(data, "watching", str(watching))
