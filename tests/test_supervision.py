@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def test_supervisord_restarts_every_component_and_rotates_its_log():
         assert line in section.splitlines(), line
     assert 'VAR_DIR="/v%%r"' in section  # supervisord interpolates %
     assert "[eventlistener:crashes]" in text
+
+
+def test_the_control_socket_moves_to_the_temporary_folder_when_var_dir_is_too_deep():
+    shallow = Path("/srv/emojistream/var/supervisor")
+    assert conf.socket_path(shallow) == shallow / "supervisor.sock"
+    deep = Path("/srv/" + "nested/" * 14 + "var/supervisor")
+    short = conf.socket_path(deep)
+    assert short.parent == Path(tempfile.gettempdir()) and len(str(short)) < 108, short
+    assert conf.socket_path(deep) == short  # the scripts find the one supervisord started
+    assert conf.socket_path(deep.parent / "other" / "supervisor") != short
+    assert f"file={short}" in conf.render(config.load({}), [], deep).splitlines()
 
 
 def write_topology(tmp_path: Path, text: str = TOPOLOGY) -> str:

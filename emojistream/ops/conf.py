@@ -4,7 +4,10 @@ environment, so a changed setting restarts exactly the components it concerns.""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from emojistream.common.settings import REPO_ROOT, to_environment
@@ -17,12 +20,25 @@ START_SECONDS = 3
 START_RETRIES = 100
 STOP_WAIT_SECONDS = {"kafka": 40, "spark_aggregator": 30}
 STOP_WAIT_DEFAULT_S = 20
+UNIX_PATH_MAX = 108  # sockaddr_un.sun_path, with the terminating NUL
 # Passed on from the environment of the command that (re)configures supervisord.
 PASSED_ON = ("PATH", "HOME", "JAVA_HOME", "LOG_LEVEL", "TMPDIR", "LANG")
 
 
+def socket_path(run_dir: Path) -> Path:
+    """supervisord's control socket: in ``run_dir``, unless that path is too long for a Unix
+    socket (108 bytes with its NUL), as under a deep VAR_DIR; then a short one in the temporary
+    folder, named after ``run_dir``."""
+    in_run_dir = run_dir / "supervisor.sock"
+    if len(os.fsencode(in_run_dir)) < UNIX_PATH_MAX:
+        return in_run_dir
+    digest = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"emojistream-supervisor-{digest}.sock"
+
+
 def render(settings: Settings, components: list[Component], run_dir: Path) -> str:
     logs = settings.var_path / "logs"
+    socket = socket_path(run_dir)
     sections = [
         "; Written by emojistream.ops.supervise from the settings and the topology: edit those.",
         "[supervisord]",
@@ -34,14 +50,14 @@ def render(settings: Settings, components: list[Component], run_dir: Path) -> st
         f"directory={REPO_ROOT}",
         "",
         "[unix_http_server]",
-        f"file={run_dir / 'supervisor.sock'}",
+        f"file={socket}",
         "chmod=0700",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "",
         "[supervisorctl]",
-        f"serverurl=unix://{run_dir / 'supervisor.sock'}",
+        f"serverurl=unix://{socket}",
         "",
         "[eventlistener:crashes]",
         f"command={sys.executable} -m emojistream.ops.crashes {run_dir / 'crashes.json'}",

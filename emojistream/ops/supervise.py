@@ -41,7 +41,7 @@ class Supervisor:
         self.components = components
         self.dir = settings.var_path / "supervisor"
         self.conf = self.dir / "supervisord.conf"
-        self.socket = self.dir / "supervisor.sock"
+        self.socket = conf.socket_path(self.dir)
 
     def rpc(self):
         transport = SupervisorTransport(None, None, f"unix://{self.socket}")
