@@ -20,7 +20,9 @@ note the arrival time (time.time(), same clock) and total count of every window 
 Per run, for each window (floor(event time / WINDOW_SECONDS)) and viewer, the last update
 received is the delivery: each event's latency is that arrival minus its acceptance time (the
 window length is reported beside, not subtracted), and the window counts as exact when the last
-update's total equals the events accepted for it, for every viewer. Each run starts at a window
+update's total equals the events accepted for it, for every viewer. Beside it, the delay a viewer
+sees after the window: for each window and viewer, the last update's arrival minus the window's
+end ("after the end"). Each run starts at a window
 boundary and waits until every window is delivered exactly (or --drain-seconds pass), then
 until no update came for 3 s (no backlog left). All runs share one system, after an unmeasured
 warm-up (--warmup-seconds at 500/s: Spark's first micro-batches compile code). An event the API
@@ -276,6 +278,7 @@ class RunFigures:
     windows: int
     exact: int
     latencies_ms: dict[str, float]     # p50, p95, p99, max
+    after_end_ms: dict[str, float]     # the same, of the final update after the window's end
     drift_ms: float
     generator_cpu: float
     send_lag_s: float
@@ -348,6 +351,22 @@ def latencies(windows: dict[int, list], watchers: list[Watcher]):
     return sorted(s for samples in by_window.values() for s in samples), by_window
 
 
+def after_end(windows: dict[int, list], watchers: list[Watcher], window_ms: int) -> list[float]:
+    """For each window and viewer, its last update's arrival after the window's end (ms)."""
+    return sorted(last[0] * 1000 - (window + 1) * window_ms
+                  for window in windows for watcher in watchers
+                  if (last := watcher.last(window)) is not None)
+
+
+def percentiles(samples: list[tuple[float, int]]) -> dict[str, float]:
+    """p50, p95, p99 and max of sorted (value, weight) samples; {} without samples."""
+    if not samples:
+        return {}
+    return {**{name: weighted_percentile(samples, f)
+               for name, f in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+            "max": samples[-1][0]}
+
+
 def drift(by_window: dict[int, list]) -> float:
     """Median latency of the last third of the windows minus that of the first third (ms)."""
     ordered = [samples for _, samples in sorted(by_window.items()) if samples]
@@ -371,13 +390,11 @@ def figures(label: str, plan: LoadPlan, load: LoadResult, watchers, window_ms: i
     windows = per_window(load.sent, window_ms)
     samples, by_window = latencies(windows, watchers)
     accepted = sum(n for _, _, n in load.sent)
-    pct = ({name: weighted_percentile(samples, f) for name, f in
-            (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))} if samples else {})
-    if samples:
-        pct["max"] = samples[-1][0]
     run = RunFigures(label, plan.rate, plan.seconds, accepted / max(load.elapsed_s, 1e-9),
                      accepted, load.refused, len(windows), exact_windows(windows, watchers),
-                     pct, drift(by_window), load.cpu_s / max(load.elapsed_s, 1e-9),
+                     percentiles(samples),
+                     percentiles([(ms, 1) for ms in after_end(windows, watchers, window_ms)]),
+                     drift(by_window), load.cpu_s / max(load.elapsed_s, 1e-9),
                      load.max_send_lag_s, load.errors, samples=samples)
     run.failures = failures(run, limits)
     return run
@@ -482,7 +499,8 @@ class Bench:
 
 RUN_HEADERS = ["run", "events/s target", "events/s achieved", "events accepted",
                "events refused", "windows", "exact-count windows", "p50 ms", "p95 ms",
-               "p99 ms", "max ms", "window s", "load generator CPU (cores)", "held"]
+               "p99 ms", "max ms", "after the end p50 / p95 / p99 ms", "window s",
+               "load generator CPU (cores)", "held"]
 
 
 def run_result(run: RunFigures, window_s: int) -> dict:
@@ -491,7 +509,8 @@ def run_result(run: RunFigures, window_s: int) -> dict:
             "achieved_per_s": run.achieved, "accepted": run.accepted, "refused": run.refused,
             "windows": run.windows, "exact_windows": run.exact,
             **{f"{k}_ms": run.latencies_ms.get(k) for k in ("p50", "p95", "p99", "max")},
-            "window_s": window_s, "load_generator_cores": run.generator_cpu,
+            "after_end_ms": run.after_end_ms, "window_s": window_s,
+            "load_generator_cores": run.generator_cpu,
             "held": run.held, "failures": run.failures, "highest_sustainable": run.highest,
             "drift_ms": run.drift_ms, "send_lag_s": run.send_lag_s, "errors": run.errors,
             "latency_percentiles_ms": [weighted_percentile(run.samples, q / 100)
@@ -501,10 +520,12 @@ def run_result(run: RunFigures, window_s: int) -> dict:
 def run_row(run: dict) -> list:
     ms = ["" if run[k] is None else f"{run[k]:,.0f}"
           for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+    after = run["after_end_ms"]
+    after_end = " / ".join(f"{after[k]:,.0f}" for k in ("p50", "p95", "p99")) if after else ""
     label = run["label"] + (" = highest sustainable" if run["highest_sustainable"] else "")
     return [label, f"{run['target_per_s']:,}", f"{run['achieved_per_s']:,.0f}",
             f"{run['accepted']:,}", f"{run['refused']:,}", run["windows"], run["exact_windows"],
-            *ms, run["window_s"], f"{run['load_generator_cores']:.2f}",
+            *ms, after_end, run["window_s"], f"{run['load_generator_cores']:.2f}",
             "yes" if run["held"] else "no: " + "; ".join(run["failures"])]
 
 

@@ -190,6 +190,8 @@ def test_end_to_end_counts_every_window_exactly(tmp_path):
     assert run["windows"] >= 3 and run["exact_windows"] == run["windows"], run
     assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"] <= run["max_ms"], run
     assert len(run["latency_percentiles_ms"]) == 101
+    after = run["after_end_ms"]  # the last update of a window holds events of its last moments
+    assert 0 < after["p50"] <= after["p95"] <= after["p99"] <= after["max"], after
     [phase] = record["results"]["memory"]
     memory = {c["component"]: c["peak_mib"] for c in phase["components"]}
     for component in ("kafka", "spark_aggregator (JVM)", "emoji_api", "ws_server_1"):
