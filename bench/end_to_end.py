@@ -4,11 +4,14 @@ peak resident memory of every component meanwhile.
 
     .venv/bin/python -m bench.end_to_end [--rates 1000,10000,max] [--seconds 60]
         [--plot docs/end_to_end_latency.png] [--plot-rates docs/end_to_end_rates.png]
-        [--results-dir bench/results]
+        [--variants 'before:;after:SPARK_TRIGGER_SECONDS=0.1'] [--results-dir bench/results]
 
 The whole system runs as scripts/start_all.sh starts it, on free ports with a temporary VAR_DIR
 (its configured sizes: Kafka heap, Spark driver memory and shuffle partitions as by default or
-as set in the environment), and is stopped by scripts/stop_all.sh (by pid) at the end.
+as set in the environment), and is stopped by scripts/stop_all.sh (by pid) at the end. With
+--variants (NAME:SETTING=VALUE,...; an empty list is the defaults), each variant in turn gets a
+system of its own started with its settings, and the same runs; their rows are side by side in
+the one result file, labelled with the variant's name.
 
 Load: a process of its own sends POST /emojis at a steady rate over --connections keep-alive
 connections, --requests-per-second requests of rate / requests-per-second events each (at
@@ -416,13 +419,15 @@ def failures(run: RunFigures, limits) -> list[str]:
 
 
 class Bench:
-    """The system's endpoints, the viewers, the load process and the memory sampler."""
+    """The system's endpoints, the viewers, the load process and the memory sampler; ``name``
+    (a variant's) prefixes the labels of its runs and phases."""
 
-    def __init__(self, settings, args, watchers, loader, sampler):
-        self.settings, self.args = settings, args
+    def __init__(self, settings, args, watchers, loader, sampler, name: str = ""):
+        self.settings, self.args, self.name = settings, args, name
         self.watchers, self.loader, self.sampler = watchers, loader, sampler
         self.window_ms = settings.window_seconds * 1000
         self.runs: list[RunFigures] = []
+        self.phases: list[tuple[str, int | None]] = []  # (label, rate; None for the probes)
         self.best: RunFigures | None = None
         self.load_before = os.getloadavg()[0]
 
@@ -449,7 +454,11 @@ class Bench:
             log.info("warming up (not measured)")
             self.load(WARMUP_RATE, self.args.warmup_seconds)
 
+    def labelled(self, label: str) -> str:
+        return f"{self.name}, {label}" if self.name else label
+
     def run(self, label: str, rate: int, seconds: float, phase: str) -> RunFigures:
+        label, phase = self.labelled(label), self.labelled(phase)
         with self.sampler.phase(phase):
             plan, result = self.load(rate, seconds)
         run = figures(label, plan, result, self.watchers, self.window_ms, self.args)
@@ -563,45 +572,59 @@ def mib(value: float | None) -> str:
     return "" if value is None else f"{value:,.0f}"
 
 
-def publish(bench: Bench, record: harness.Run, best: RunFigures | None,
-            phases: list[tuple[str, int | None]]) -> None:
-    settings, args = bench.settings, bench.args
-    highest = (f"Highest sustainable rate found: {best.target:,} events/s. " if best
-               else "No rate held. " if args.probe else "")
-    foreign = sum(w.foreign for w in bench.watchers)
+def setup(bench: Bench) -> dict:
+    settings = bench.settings
+    return {"requests_per_second": bench.args.requests_per_second,
+            "connections": bench.args.connections, "kafka_heap": settings.kafka_heap,
+            "spark_driver_memory": settings.spark_driver_memory,
+            "shuffle_partitions": settings.spark_shuffle_partitions,
+            "trigger_s": settings.spark_trigger_seconds, "spark_master": settings.spark_master}
+
+
+def setup_text(bench: Bench) -> str:
+    s = setup(bench)
+    return (f"{bench.name + ': ' if bench.name else ''}Kafka heap {s['kafka_heap']}, Spark "
+            f"driver memory {s['spark_driver_memory']}, {s['shuffle_partitions']} shuffle "
+            f"partitions, trigger {s['trigger_s']} s, SPARK_MASTER {s['spark_master']}, load "
+            f"average (1 min) {bench.load_before:.1f} before its runs.")
+
+
+def publish(benches: list[Bench], record: harness.Run) -> None:
+    """One result file and one table of every variant's runs and memory."""
+    first, args = benches[0], benches[0].args
+    window_s = first.settings.window_seconds
+    bests = [b.best for b in benches if b.best]
+    highest = ("Highest sustainable rate found: " + ", ".join(
+        f"{b.label} at {b.target:,} events/s" for b in bests) + ". " if bests
+        else "No rate held. " if args.probe else "")
+    foreign = sum(w.foreign for b in benches for w in b.watchers)
     notes = (f"{highest}Latency: from the API's 200 reply to a viewer receiving the last "
-             f"update of the event's window (the window, {settings.window_seconds} s, is not "
-             f"subtracted), over {len(bench.watchers)} viewer(s), one per cluster, of the "
-             f"stream main (updates of other streams they received: {foreign}). Load: "
+             f"update of the event's window (the window, {window_s} s, is not subtracted), "
+             f"over {len(first.watchers)} viewer(s), one per cluster, of the stream main "
+             f"(updates of other streams they received: {foreign}). Load: "
              f"{args.requests_per_second} POST /emojis per second over {args.connections} "
-             f"keep-alive connections, from a process of its own. Kafka heap "
-             f"{settings.kafka_heap}, Spark driver memory {settings.spark_driver_memory}, "
-             f"{settings.spark_shuffle_partitions} shuffle partitions, trigger "
-             f"{settings.spark_trigger_seconds} s, SPARK_MASTER {settings.spark_master}. "
-             f"Load average (1 min) {bench.load_before:.1f} before the runs, "
-             f"{os.getloadavg()[0]:.1f} at the end, other work included.")
-    runs = [run_result(r, settings.window_seconds) for r in bench.runs]
-    memory = memory_result(bench.sampler, phases)
+             f"keep-alive connections, from a process of its own. "
+             + " ".join(setup_text(b) for b in benches)
+             + f" Load average (1 min) {os.getloadavg()[0]:.1f} at the end, other work "
+               "included.")
+    runs = [dict(run_result(r, window_s), variant=b.name) for b in benches for r in b.runs]
+    memory = [dict(m, variant=b.name) for b in benches for m in memory_result(b.sampler, b.phases)]
     title = "End to end: API acceptance to a viewer's last update of the window"
     harness.print_table(title, RUN_HEADERS, [run_row(r) for r in runs])
     print(notes)
     harness.print_table("End to end: peak resident memory (MiB)",
-                        ["component", "processes"] + [f"peak at {p}" for p, _ in phases],
+                        ["component", "processes"] + [f"peak at {m['phase']}" for m in memory],
                         memory_rows(memory))
     print(MEMORY_NOTES)
     record.save(title, {
         "runs": runs, "probed": args.probe,
-        "highest_sustainable_per_s": best.target if best else None,
-        "window_s": settings.window_seconds, "viewers": len(bench.watchers),
+        "highest_sustainable_per_s": bests[-1].target if bests else None,
+        "window_s": window_s, "viewers": len(first.watchers),
         "other_streams_updates": foreign, "memory": memory,
-        "setup": {"requests_per_second": args.requests_per_second,
-                  "connections": args.connections, "kafka_heap": settings.kafka_heap,
-                  "spark_driver_memory": settings.spark_driver_memory,
-                  "shuffle_partitions": settings.spark_shuffle_partitions,
-                  "trigger_s": settings.spark_trigger_seconds,
-                  "spark_master": settings.spark_master}},
+        "variants": {b.name: setup(b) for b in benches} if first.name else {},
+        "setup": setup(benches[-1])},
         notes + " " + MEMORY_NOTES)
-    draw(bench.runs, args)
+    draw([r for b in benches for r in b.runs], args)
 
 
 def draw(runs: list[RunFigures], args) -> None:
@@ -670,8 +693,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plot-rates", default=None,
                         help="write a PNG of p50/p95/p99 against the accepted rate here (e.g. "
                              "docs/end_to_end_rates.png)")
+    parser.add_argument("--variants", default="defaults:",
+                        help="NAME:SETTING=VALUE,...;NAME:... each a system of its own, in turn "
+                             "(default: the defaults)")
     args = parser.parse_args(argv)
     args.fixed_rates, args.probe = rates(parser, args.rates)
+    args.variant_list = harness.variants(args.variants)
     if args.probe_factor <= 1:
         parser.error("--probe-factor must be above 1")
     if args.var_dir and args.var_dir.exists() and any(args.var_dir.iterdir()):
@@ -690,23 +717,24 @@ def rates(parser, text: str) -> tuple[list[int], bool]:
     return fixed, "max" in items
 
 
-def measure(settings, args, record: harness.Run) -> None:
+def measure(settings, args, name: str = "") -> Bench:
+    """Every run of --rates on one system; the Bench holds their figures."""
     watchers = [Watcher(settings, f"bench-viewer-{n}") for n in settings.clusters]
     log.info("viewers on %s", ", ".join(w.assignment["cluster_id"] for w in watchers))
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(1, mp_context=context, initializer=quiet_worker) as loader, \
                 RssSampler(system_pids(settings)) as sampler:
-            bench = Bench(settings, args, watchers, loader, sampler)
+            bench = Bench(settings, args, watchers, loader, sampler, name)
             bench.warm_up()
-            phases: list[tuple[str, int | None]] = [(f"{rate:,}/s", rate)
-                                                    for rate in args.fixed_rates]
-            for phase, rate in phases:
-                bench.run(phase, rate, args.seconds, phase)
-            best = bench.probe_max() if args.probe else None
-            if args.probe and "probes" in sampler.peaks:
-                phases.append(("probes", None))
-            publish(bench, record, best, phases)
+            for rate in args.fixed_rates:
+                bench.run(f"{rate:,}/s", rate, args.seconds, f"{rate:,}/s")
+                bench.phases.append((bench.labelled(f"{rate:,}/s"), rate))
+            if args.probe:
+                bench.probe_max()
+                if bench.labelled("probes") in sampler.peaks:
+                    bench.phases.append((bench.labelled("probes"), None))
+            return bench
     finally:
         for watcher in watchers:
             watcher.close()
@@ -723,11 +751,18 @@ def main(argv=None) -> None:
                                                    "%(message)s")
     signal.signal(signal.SIGTERM, interrupt)
     record = harness.Run("end_to_end", args)
-    log.info("starting the whole system (scripts/start_all.sh)")
+    named = len(args.variant_list) > 1
+    benches = []
     try:
-        with whole_system(args.var_dir) as (_env, settings):
-            log.info("system up: ingest %s:%s", settings.api_host, settings.api_port)
-            measure(settings, args, record)
+        for name, overrides in args.variant_list:
+            log.info("starting the whole system (scripts/start_all.sh)%s",
+                     f" for {name}: {overrides or 'defaults'}" if named else "")
+            var_dir = args.var_dir / name if args.var_dir and named else args.var_dir
+            with harness.overridden_environment(overrides), \
+                    whole_system(var_dir) as (_env, settings):
+                log.info("system up: ingest %s:%s", settings.api_host, settings.api_port)
+                benches.append(measure(settings, args, name if named else ""))
+        publish(benches, record)
     except (SystemFailed, RegistrationError, WebSocketException) as err:
         log.error("%s", err)
         raise SystemExit(1) from None

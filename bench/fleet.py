@@ -288,10 +288,8 @@ def run_variant(args, variant: str, overrides: dict[str, str]) -> list[dict]:
     clusters = int(overrides.pop("CLUSTERS", "3"))
     storm = int(overrides.pop("STORM", "0"))
     compression = overrides.get("WS_COMPRESSION", "none") != "none"
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
     context = multiprocessing.get_context("spawn")
-    try:
+    with harness.overridden_environment(overrides):
         with whole_system(clusters=clusters) as (_env, settings), \
                 ProcessPoolExecutor(1, mp_context=context, initializer=quiet_worker) as loader:
             log.info("%s (%s): system up", variant, overrides or "defaults")
@@ -304,12 +302,6 @@ def run_variant(args, variant: str, overrides: dict[str, str]) -> list[dict]:
                 time.sleep(args.drain_seconds)
             return [measure_count(args, settings, loader, viewers, variant, compression, storm)
                     for viewers in counts]
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 HEADERS = ["variant", "viewers", "final p50 ms", "final p95 ms", "final p99 ms",
@@ -326,15 +318,6 @@ def row(run: dict) -> list:
             "-" if run["delivered_fraction"] is None else f"{run['delivered_fraction']:.4f}",
             f"{run['messages_per_s'] or 0:,.0f}", f"{run['fleet_cpu_share']:.2f}",
             f"{sum(run['server_cpu_share'].values()):.2f}", f"{run['join_seconds']:.1f}"]
-
-
-def variants(text: str) -> list[tuple[str, dict[str, str]]]:
-    out = []
-    for item in text.split(";"):
-        name, _, settings = item.strip().partition(":")
-        overrides = dict(s.split("=", 1) for s in settings.split(",") if s.strip())
-        out.append((name, {k.strip(): v.strip() for k, v in overrides.items()}))
-    return out
 
 
 def parse_args(argv=None):
@@ -360,7 +343,7 @@ def parse_args(argv=None):
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args(argv)
     args.viewer_counts = [int(v) for v in args.viewers.split(",")]
-    args.variant_list = variants(args.variants)
+    args.variant_list = harness.variants(args.variants)
     if not FLEET.exists():
         parser.error(f"{FLEET} is missing: run scripts/setup.sh (it needs Go)")
     return args

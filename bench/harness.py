@@ -273,6 +273,33 @@ def whole_system(var_dir: Path | None = None, ready_timeout_s: int = 300, cluste
                 raise SystemFailed("supervisord still runs after scripts/stop_all.sh")
 
 
+def variants(text: str) -> list[tuple[str, dict[str, str]]]:
+    """--variants 'NAME:SETTING=VALUE,SETTING=VALUE;NAME:...' as [(name, {setting: value})];
+    an empty list of settings is the defaults."""
+    out = []
+    for item in text.split(";"):
+        name, _, settings = item.strip().partition(":")
+        overrides = dict(s.split("=", 1) for s in settings.split(",") if s.strip())
+        out.append((name, {k.strip(): v.strip() for k, v in overrides.items()}))
+    return out
+
+
+@contextmanager
+def overridden_environment(overrides: dict[str, str]):
+    """os.environ with ``overrides`` (which whole_system passes on to the system it starts),
+    restored afterwards."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @contextmanager
 def _var_dir(path: Path | None):
     if path is None:

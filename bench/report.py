@@ -97,9 +97,16 @@ def aggregation_at(rate: int) -> Callable[[dict], dict | None]:
     return pick
 
 
+def candidate(results: dict, key: str = "runs") -> list[dict]:
+    """An end-to-end file's runs (or memory phases) of its last variant: the one measured
+    against the others (all of them when the file has no variants)."""
+    last = list(results.get("variants") or {"": None})[-1]
+    return [r for r in results[key] if r.get("variant", "") == last]
+
+
 def e2e_at(rate: int) -> Callable[[dict], dict | None]:
     def pick(results: dict) -> dict | None:
-        return next((r for r in results["runs"] if r["target_per_s"] == rate
+        return next((r for r in candidate(results) if r["target_per_s"] == rate
                      and r["p95_ms"] is not None), None)
     return pick
 
@@ -107,14 +114,15 @@ def e2e_at(rate: int) -> Callable[[dict], dict | None]:
 def e2e_probe(results: dict) -> dict | None:
     if not results["probed"]:
         return None
-    best = next((r for r in results["runs"] if r["highest_sustainable"]), None)
-    tried = [r["target_per_s"] for r in results["runs"] if r["label"].startswith("probe")]
+    runs = candidate(results)
+    best = next((r for r in runs if r["highest_sustainable"]), None)
+    tried = [r["target_per_s"] for r in runs if "probe" in r["label"]]
     return {"best": best, "tried": tried}
 
 
 def memory_at(rate: int) -> Callable[[dict], dict | None]:
     def pick(results: dict) -> dict | None:
-        return next((m for m in results["memory"] if m["rate_per_s"] == rate
+        return next((m for m in candidate(results, "memory") if m["rate_per_s"] == rate
                      and m["whole_stack_mib"] is not None), None)
     return pick
 
@@ -175,7 +183,7 @@ def e2e_latency(runs, rate: int, p95_ms: float, p99_ms: float) -> Figure:
 def e2e_after_end(runs, p95_ms: float) -> Figure:
     """The final update's delay after the window's end, at the highest rate measured with it."""
     def pick(results: dict) -> dict | None:
-        measured = [r for r in results["runs"] if r.get("after_end_ms")]
+        measured = [r for r in candidate(results) if r.get("after_end_ms")]
         return max(measured, key=lambda r: r["target_per_s"], default=None)
     row, run = latest(runs, "end_to_end", pick)
     if row is None:

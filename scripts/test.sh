@@ -26,11 +26,9 @@ fi
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-# Every test: the unit tier in four workers as above, then the integration tier in two workers,
-# each taking a whole test file at a time (a file's services are shared by its tests), the
-# longest files first (tests/conftest.py); the run fails if either tier fails.
+# Every test: the unit tier in four workers as above, then the integration tier one test at a
+# time (each starts its own JVMs, which need the two cores); the run fails if either fails.
 status=0
 .venv/bin/python -m pytest -m "$UNIT_TIER" -n 4 || status=$?
-.venv/bin/python -m pytest -m "not ($UNIT_TIER)" -n 2 --dist loadfile --no-loadscopereorder \
-  || status=$?
+.venv/bin/python -m pytest -m "not ($UNIT_TIER)" || status=$?
 exit "$status"

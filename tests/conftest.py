@@ -20,11 +20,6 @@ from testkit.sandbox import isolated_env
 from tests.services import run_script
 
 HEAVY_MARKERS = {"kafka", "spark", "stack", "browser"}
-# The modules that take longest (minutes each), longest first. scripts/test.sh runs the
-# integration tier in two pytest-xdist workers, a whole file at a time in collection order: with
-# these first, no long module starts last and ends the run alone.
-LONGEST_FIRST = ["test_faults", "test_multihost", "test_bench_smoke", "test_web_page",
-                 "test_pipeline", "test_kafka_cluster", "test_prometheus", "test_emoji_api"]
 
 
 def pytest_collection_modifyitems(items):
@@ -33,12 +28,6 @@ def pytest_collection_modifyitems(items):
                 mark.name for mark in item.iter_markers()}:
             raise pytest.UsageError(f"{item.nodeid} uses the kafka fixture without a "
                                     "kafka, spark or stack marker")
-    items.sort(key=_longest_first)  # stable: each module keeps its own order
-
-
-def _longest_first(item) -> int:
-    module = item.path.stem
-    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 @pytest.fixture(scope="session")
