@@ -7,12 +7,14 @@ GET /openapi.json. Browsers may call it from the pages of API_CORS_ORIGINS (docs
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Flask, request
+from prometheus_client import Counter
 
 from emojistream import topology
 from emojistream.common import metrics, secrets
@@ -232,10 +234,15 @@ def _add_metrics(app: Flask) -> None:
     """GET /metrics, and every answer counted by endpoint and status."""
     counters = app.extensions[METRICS]
 
+    @functools.cache
+    def answered(endpoint: str, status: int) -> Counter:
+        """The requests counter of an endpoint and status, looked up once (both are few)."""
+        return counters.requests.labels(endpoint, str(status))
+
     @app.after_request
     def count(response):
-        endpoint = request.url_rule.rule if request.url_rule is not None else "other"
-        counters.requests.labels(endpoint, str(response.status_code)).inc()
+        rule = request.url_rule
+        answered(rule.rule if rule is not None else "other", response.status_code).inc()
         return response
 
     @app.get(metrics.PATH)
