@@ -136,6 +136,8 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
     sink = app.extensions[SINK]
     streams = app.extensions[STREAMS]
     refused = app.extensions[METRICS].refused
+    # POST /emoji's answer, encoded once: the bytes that returning {"status": "success"} gives.
+    success = app.json.response({"status": "success"}).get_data()
 
     def accept(item, received_at: datetime, viewer: str | None) -> dict:
         if viewer is not None and isinstance(item, dict):
@@ -174,7 +176,7 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
             refused.labels("unknown_stream").inc()
             raise
         _send(app, [event], received_at)
-        return {"status": "success"}
+        return app.response_class(success, mimetype=app.json.mimetype)
 
     @app.post("/emojis")
     def post_emojis():
