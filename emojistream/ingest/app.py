@@ -44,6 +44,9 @@ CORS_ALLOW_HEADERS = "Content-Type, Authorization"
 CORS_EXPOSE_HEADERS = "Retry-After"
 CORS_MAX_AGE_S = "600"  # how long a browser may reuse a preflight answer
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
+# POST /emoji's answer, encoded once: what Flask's JSON answer of {"status": "success"} is.
+SUCCESS = b'{"status":"success"}\n'
+JSON_TYPE = "application/json"
 
 
 def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | None = None,
@@ -136,8 +139,6 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
     sink = app.extensions[SINK]
     streams = app.extensions[STREAMS]
     refused = app.extensions[METRICS].refused
-    # POST /emoji's answer, encoded once: the bytes that returning {"status": "success"} gives.
-    success = app.json.response({"status": "success"}).get_data()
 
     def accept(item, received_at: datetime, viewer: str | None) -> dict:
         if viewer is not None and isinstance(item, dict):
@@ -176,7 +177,7 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
             refused.labels("unknown_stream").inc()
             raise
         _send(app, [event], received_at)
-        return app.response_class(success, mimetype=app.json.mimetype)
+        return app.response_class(SUCCESS, mimetype=JSON_TYPE)
 
     @app.post("/emojis")
     def post_emojis():
