@@ -13,7 +13,13 @@ slows every configuration alike. Each row gives the median of --trials trials an
 - today's emoji_api.py served by each HTTP server of --servers: granian (what it ships), and
   gunicorn and uWSGI from their own command lines (2 workers x 4 threads each): orjson, events
   coalesced into records of up to PRODUCER_EVENTS_PER_RECORD (500);
-- granian with PRODUCER_EVENTS_PER_RECORD=1: today's code with one record per event.
+- granian with PRODUCER_EVENTS_PER_RECORD=1: today's code with one record per event;
+- with --flask-floor, the floor of single POSTs (issue 22): granian with the same workers and
+  threads serving bench/flask_floor.py, a Flask route that reads the body and answers the same
+  JSON (it sends nothing to Kafka: compare its requests/s).
+
+--before REF serves another commit's emoji_api.py as "before" (e.g. main, to measure a branch
+against it); --batches 1 measures single POSTs only.
 
 Also in the run, once: kafka-python producing directly with one event and with 500 events a
 record, and the broker ceiling (Kafka's own ProducerPerformance). HTTP load comes from wrk
@@ -22,6 +28,7 @@ answers are counted by status.
 
     .venv/bin/python -m bench.ingest [--seconds 10] [--trials 3] [--connections 64]
                                      [--servers granian,gunicorn,uwsgi] [--no-before]
+                                     [--before REF] [--flask-floor] [--batches 1,100,1000]
                                      [--plot docs/ingest.png] [--results-dir bench/results]
 """
 
@@ -75,6 +82,7 @@ function done(summary, latency, requests)
 end
 """
 
+FLASK_FLOOR = "granian: a bare Flask route"  # --flask-floor
 PATHS = [("single POST /emoji", "/emoji", 1), ("POST /emojis, 100 per request", "/emojis", 100),
          ("POST /emojis, 1,000 per request", "/emojis", 1000)]
 
@@ -156,11 +164,11 @@ def server_command(server: str, env: dict, port: int) -> tuple[str, ...]:
     raise ValueError(f"unknown server {server!r}")
 
 
-def before_tree(tmp: Path) -> Path:
-    """The repository as of BEFORE_COMMIT, in a folder of ``tmp``."""
-    tree = tmp / f"before-{BEFORE_COMMIT}"
+def before_tree(tmp: Path, commit: str) -> Path:
+    """The repository as of ``commit``, in a folder of ``tmp``."""
+    tree = tmp / f"before-{commit}"
     tree.mkdir()
-    archive = subprocess.run(["git", "archive", BEFORE_COMMIT], cwd=REPO_ROOT,
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO_ROOT,
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
@@ -180,18 +188,25 @@ def start(label: str, env: dict, tmp: Path, command, paths=PATHS) -> Config:
 
 
 def start_configs(env: dict, args, tmp: Path) -> list[Config]:
+    paths = [p for p in PATHS if p[2] in args.batches]
     configs = []
     if args.before:
-        tree = before_tree(tmp)
-        configs.append(start(f"before ({BEFORE_COMMIT}): gunicorn 2x8, stdlib json, one record "
-                             f"per event", dict(env, PYTHONPATH=str(tree)), tmp,
-                             lambda _env, _port: (str(tree / "emoji_api.py"),)))
+        commit = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=REPO_ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        tree = before_tree(tmp, commit)
+        what = ("gunicorn 2x8, stdlib json, one record per event"
+                if args.before == BEFORE_COMMIT else "its emoji_api.py")
+        configs.append(start(f"before ({commit}): {what}", dict(env, PYTHONPATH=str(tree)), tmp,
+                             lambda _env, _port: (str(tree / "emoji_api.py"),), paths))
     for server in args.servers.split(","):
         configs.append(start(f"{server}: today's app", env, tmp,
-                             lambda e, p, s=server: server_command(s, e, p)))
+                             lambda e, p, s=server: server_command(s, e, p), paths))
     configs.append(start("granian, one record per event: today's app",
                          dict(env, PRODUCER_EVENTS_PER_RECORD="1"), tmp,
-                         lambda e, p: server_command("granian", e, p)))
+                         lambda e, p: server_command("granian", e, p), paths))
+    if args.flask_floor:
+        configs.append(start(FLASK_FLOOR, dict(env, PYTHONPATH=str(REPO_ROOT)), tmp,
+                             lambda _env, _port: ("bench/flask_floor.py",), PATHS[:1]))
     return configs
 
 
@@ -329,8 +344,16 @@ def parse_args(argv=None):
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--servers", default="granian,gunicorn,uwsgi",
                         help="HTTP servers to serve today's app (default: %(default)s)")
-    parser.add_argument("--no-before", dest="before", action="store_false",
-                        help=f"leave out the API of commit {BEFORE_COMMIT}")
+    parser.add_argument("--before", default=BEFORE_COMMIT, metavar="REF",
+                        help="the commit whose emoji_api.py serves as before (default: "
+                             "%(default)s, the last before issue 11)")
+    parser.add_argument("--no-before", dest="before", action="store_const", const=None,
+                        help="leave out the before configuration")
+    parser.add_argument("--flask-floor", action="store_true",
+                        help="also serve bench/flask_floor.py (a bare Flask route) the same way")
+    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")],
+                        default=[batch for _, _, batch in PATHS],
+                        help="events per request to measure (default: 1,100,1000)")
     parser.add_argument("--direct-events", type=int, default=500_000)
     parser.add_argument("--ceiling-records", type=int, default=1_000_000)
     parser.add_argument("--plot", default=None,

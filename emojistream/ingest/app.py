@@ -7,12 +7,16 @@ GET /openapi.json. Browsers may call it from the pages of API_CORS_ORIGINS (docs
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from flask import Flask, request
+from prometheus_client import Counter
 
 from emojistream import topology
 from emojistream.common import metrics, secrets
@@ -42,6 +46,11 @@ CORS_ALLOW_HEADERS = "Content-Type, Authorization"
 CORS_EXPOSE_HEADERS = "Retry-After"
 CORS_MAX_AGE_S = "600"  # how long a browser may reuse a preflight answer
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
+# POST /emoji's answer, encoded once: what Flask's JSON answer of {"status": "success"} is.
+SUCCESS = b'{"status":"success"}\n'
+JSON_TYPE = "application/json"
+# In a request's WSGI environ: its events were charged to the client's limits already.
+CHARGED = "emojistream.charged"
 
 
 def create_app(settings: IngestSettings, sink=None, streams: StreamCatalog | None = None,
@@ -88,7 +97,7 @@ def _add_cors(app: Flask, settings: IngestSettings) -> None:
     simulator, servers) is not concerned. Written here rather than with flask-cors, which cost a
     browser's request 13% more (bench/cors.py, docs/benchmarks.md)."""
     origins = topology.cors_origins(settings, settings.api_cors_origins)
-    any_origin = "*" in origins
+    any_origin = _any_origin(settings)
 
     def allowed(origin: str) -> bool:
         return any_origin or origin.rstrip("/") in origins
@@ -116,8 +125,21 @@ def _add_cors(app: Flask, settings: IngestSettings) -> None:
             response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
             response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
         if not any_origin:
-            response.vary.add("Origin")
+            _vary_on_origin(response)
         return response
+
+
+def _any_origin(settings: IngestSettings) -> bool:
+    return "*" in topology.cors_origins(settings, settings.api_cors_origins)
+
+
+def _vary_on_origin(response) -> None:
+    """Vary: Origin on ``response``, set directly when it has no Vary yet (most answers):
+    parsing the absent header into a set cost more than the rest of the request's CORS work."""
+    if "Vary" in response.headers:
+        response.vary.add("Origin")
+    else:
+        response.headers["Vary"] = "Origin"
 
 
 def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> None:
@@ -143,8 +165,10 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
 
     def charge(events: int, viewer: str | None) -> None:
         """``events`` taken from the address's bucket and the viewer's; counted if refused."""
+        if request.environ.get(CHARGED):
+            return
         try:
-            limits.charge(events, viewer)
+            limits.charge(events, viewer, request.remote_addr)
         except ApiError as err:
             refused.labels("too_large" if err.status == 413 else "rate_limited").inc(events)
             raise
@@ -163,7 +187,7 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
             refused.labels("unknown_stream").inc()
             raise
         _send(app, [event], received_at)
-        return {"status": "success"}
+        return app.response_class(SUCCESS, mimetype=JSON_TYPE)
 
     @app.post("/emojis")
     def post_emojis():
@@ -198,6 +222,51 @@ def _add_routes(app: Flask, settings: IngestSettings, limits: ClientLimits) -> N
             raise _unavailable(problem)
         return {"status": "ok"}
 
+    if not settings.api_require_token:
+        _serve_plain_single_posts(app, accept, limits, vary=not _any_origin(settings))
+
+
+def _serve_plain_single_posts(app: Flask, accept, limits: ClientLimits, vary: bool) -> None:
+    """Answer the usual POST /emoji before Flask makes a request of it: Flask's request context,
+    routing and hooks cost more than all the API does with the event (docs/benchmarks.md, issue
+    22). Usual: no Origin header (a browser's request goes through the CORS checks), a body of
+    Content-Length bytes within MAX_CONTENT_LENGTH holding one valid event of a known stream,
+    within the client address's limit, that the sink takes. Anything else goes to the Flask app
+    with the body read here, and is answered and counted there as before (the events of a
+    request the sink refused are not charged twice)."""
+    flask_app = app.wsgi_app
+    counters = app.extensions[METRICS]
+    sink = app.extensions[SINK]
+    answered = counters.requests.labels("/emoji", "200")
+    headers = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(SUCCESS)))]
+    if vary:
+        headers.append(("Vary", "Origin"))
+
+    def wsgi_app(environ, start_response):
+        length = environ.get("CONTENT_LENGTH", "")
+        if (environ.get("PATH_INFO") != "/emoji" or environ.get("REQUEST_METHOD") != "POST"
+                or "HTTP_ORIGIN" in environ or "HTTP_TRANSFER_ENCODING" in environ
+                or not (length.isascii() and length.isdigit())
+                or int(length) > app.config["MAX_CONTENT_LENGTH"]):
+            return flask_app(environ, start_response)
+        body = environ["wsgi.input"].read(int(length))
+        environ["wsgi.input"] = io.BytesIO(body)  # for Flask, should it answer after all
+        received_at = datetime.now(UTC)
+        try:
+            event = accept(orjson.loads(body), received_at, None)
+            limits.charge(1, None, environ.get("REMOTE_ADDR"))
+            environ[CHARGED] = True
+            sink.send([event], received_at.timestamp())
+        except Exception:  # not JSON, invalid, refused, Kafka away...: Flask answers as before
+            return flask_app(environ, start_response)
+        counters.accepted.inc()
+        answered.inc()
+        start_response("200 OK", headers)
+        return [SUCCESS]
+
+    # Flask's documented way to wrap its WSGI app:
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+
 
 def _check_batch(items, max_batch: int, refused) -> None:
     if not isinstance(items, list):
@@ -223,10 +292,15 @@ def _add_metrics(app: Flask) -> None:
     """GET /metrics, and every answer counted by endpoint and status."""
     counters = app.extensions[METRICS]
 
+    @functools.cache
+    def answered(endpoint: str, status: int) -> Counter:
+        """The requests counter of an endpoint and status, looked up once (both are few)."""
+        return counters.requests.labels(endpoint, str(status))
+
     @app.after_request
     def count(response):
-        endpoint = request.url_rule.rule if request.url_rule is not None else "other"
-        counters.requests.labels(endpoint, str(response.status_code)).inc()
+        rule = request.url_rule
+        answered(rule.rule if rule is not None else "other", response.status_code).inc()
         return response
 
     @app.get(metrics.PATH)

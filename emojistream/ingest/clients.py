@@ -70,10 +70,10 @@ class ClientLimits:
                     break
         raise _unauthorized(refusal)
 
-    def charge(self, events: int, viewer: str | None) -> None:
-        """Take ``events`` tokens of the client address's bucket and the viewer's (when
+    def charge(self, events: int, viewer: str | None, address: str | None) -> None:
+        """Take ``events`` tokens of the client ``address``'s bucket and the viewer's (when
         ``viewer``); ApiError 429 (413 for more than a burst) when either has too few."""
-        address = request.remote_addr or "?"
+        address = address or "?"
         if self._per_address is not None:
             self._take(self._per_address, address, events, f"client address {address}",
                        "API_EVENTS_BURST_PER_ADDRESS", "API_EVENTS_PER_S_PER_ADDRESS")
