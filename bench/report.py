@@ -203,7 +203,8 @@ def e2e_after_end(runs, p95_ms: float) -> Figure:
         return max(measured, key=lambda r: r["target_per_s"], default=None)
     row, run = latest(runs, "end_to_end", pick)
     if row is None:
-        return Figure(NOT_MEASURED, None)
+        return Figure("not measured yet: bench.end_to_end records it (after_end_ms) from "
+                      "2026-12-06 on", None)
     after = row["after_end_ms"]
     return Figure(f"at {n(row['target_per_s'])} events/s: p50 {n(after['p50'])} ms, "
                   f"p95 {n(after['p95'])} ms, p99 {n(after['p99'])} ms",
