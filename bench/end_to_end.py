@@ -728,8 +728,9 @@ def measure(settings, args, name: str = "") -> Bench:
             bench = Bench(settings, args, watchers, loader, sampler, name)
             bench.warm_up()
             for rate in args.fixed_rates:
-                bench.run(f"{rate:,}/s", rate, args.seconds, f"{rate:,}/s")
-                bench.phases.append((bench.labelled(f"{rate:,}/s"), rate))
+                label = f"{rate:,}/s"
+                bench.run(label, rate, args.seconds, label)
+                bench.phases.append((bench.labelled(label), rate))
             if args.probe:
                 bench.probe_max()
                 if bench.labelled("probes") in sampler.peaks:
