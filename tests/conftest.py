@@ -16,10 +16,12 @@ import uuid
 import pytest
 
 from emojistream import config
+from testkit.processes import supervisor_runs
 from testkit.sandbox import isolated_env
-from tests.services import run_script
+from tests.services import API_HOST, OTHER_STREAM, PAGE_HOST, run_script
 
 HEAVY_MARKERS = {"kafka", "spark", "stack", "browser"}
+WHOLE_SYSTEM_START_ATTEMPTS = 2
 
 
 def pytest_collection_modifyitems(items):
@@ -28,6 +30,10 @@ def pytest_collection_modifyitems(items):
                 mark.name for mark in item.iter_markers()}:
             raise pytest.UsageError(f"{item.nodeid} uses the kafka fixture without a "
                                     "kafka, spark or stack marker")
+    # The tests sharing whole_system run last, together: the system is stopped with the
+    # session, so no other test runs beside it.
+    items[:] = ([i for i in items if "whole_system" not in i.fixturenames]
+                + [i for i in items if "whole_system" in i.fixturenames])
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +70,35 @@ def unrelated_process():
 @pytest.fixture
 def topic_name() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def whole_system(tmp_path_factory):
+    """The whole system as scripts/start_all.sh starts it, on its own Kafka and ports, shared
+    by the modules that only watch it (test_pipeline, test_prometheus, test_web_page): its
+    environment and settings. Two streams; one registration worker, so one balancer spreads
+    the first viewers one per cluster; browsers reach the ingest API under another host name,
+    and the page's origin is another still.
+
+    The free ports of isolated_env are free when chosen, but on a busy machine one of them may
+    be taken (as the local port of some connection) before its server binds it: then the
+    system is stopped and started once more on other ports."""
+    failures = []
+    for _attempt in range(WHOLE_SYSTEM_START_ATTEMPTS):
+        env = isolated_env(tmp_path_factory.mktemp("whole-system"))
+        env["STREAMS"] = f"main,{OTHER_STREAM}"
+        env["REGISTRATION_WORKERS"] = "1"
+        env["API_PUBLIC_URL"] = f"http://{API_HOST}:{env['API_PORT']}"
+        env["REGISTRATION_PUBLIC_URL"] = f"http://{PAGE_HOST}:{env['REGISTRATION_PORT']}"
+        env["READY_TIMEOUT"] = "300"  # Spark takes minutes on a busy 2-core machine
+        try:
+            started = run_script("start_all.sh", env=env, timeout=400, check=False)
+            if started.returncode == 0:
+                yield env, config.load(env)
+                return
+            failures.append(started.stdout + started.stderr)
+        finally:
+            stopped = run_script("stop_all.sh", env=env, timeout=300, check=False)
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            assert not supervisor_runs(env)
+    pytest.fail("scripts/start_all.sh failed:\n" + "\n".join(failures))

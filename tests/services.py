@@ -20,6 +20,11 @@ from testkit.processes import (  # noqa: F401
 )
 from testkit.sandbox import free_port, free_port_run, isolated_env  # noqa: F401
 
+# The whole system the tests share (tests/conftest.py: whole_system) has a second stream, and a
+# browser is told these names resolve to this machine: the page's and the ingest API's.
+OTHER_STREAM = "final-2026"
+PAGE_HOST = "emoji.test"
+API_HOST = "emoji-api.test"
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL)"
                       r" +[\w.]+: ")
 

@@ -24,30 +24,17 @@ from websockets.sync.client import connect
 from emojistream import config
 from emojistream.common import kafka_clients
 from emojistream.common.events import encode, format_timestamp, window_bounds
-from testkit.processes import component_status, supervisor_runs
-from tests.services import isolated_env, run_script
+from testkit.processes import component_status
+from tests.services import OTHER_STREAM
 
 pytestmark = pytest.mark.stack
 
 UNIQUE_USERS_TOLERANCE = 0.02
-OTHER_STREAM = "final-2026"
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    env = isolated_env(tmp_path_factory.mktemp("system"))
-    env["STREAMS"] = f"main,{OTHER_STREAM}"
-    # One registration worker: one balancer spreads the first viewers one per cluster exactly
-    # (two workers each spread their own: tests/test_delivery.py measures that).
-    env["REGISTRATION_WORKERS"] = "1"
-    try:
-        started = run_script("start_all.sh", env=env, timeout=400, check=False)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield config.load(env)
-    finally:
-        stopped = run_script("stop_all.sh", env=env, timeout=180, check=False)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert not supervisor_runs(env)
+def system(whole_system):
+    return whole_system[1]
 
 
 class Viewer:

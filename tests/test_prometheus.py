@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from emojistream import config
 from emojistream.common.events import format_timestamp
-from tests.services import REPO_ROOT, free_port, isolated_env, run_script, wait_until
+from tests.services import REPO_ROOT, free_port, run_script, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -28,17 +27,8 @@ REFUSED_INVALID = 'sum(emojistream_api_events_refused_total{reason="invalid"})'
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    """The whole system, stopped by stop_all.sh (by its pid files) even when a test fails."""
-    env = isolated_env(tmp_path_factory.mktemp("prometheus-system"))
-    env.setdefault("READY_TIMEOUT", "300")  # Spark takes minutes on a busy 2-core machine
-    try:
-        started = run_script("start_all.sh", env=env, timeout=400, check=False)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield env, config.load(env)
-    finally:
-        stopped = run_script("stop_all.sh", env=env, timeout=300, check=False)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+def system(whole_system):
+    return whole_system
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,7 @@ import requests
 from emojistream import config
 from emojistream.common import secrets, tokens
 from emojistream.common.events import format_timestamp
-from testkit.processes import supervisor_runs
-from tests.services import REPO_ROOT, isolated_env, run_script
+from tests.services import API_HOST, OTHER_STREAM, PAGE_HOST, REPO_ROOT, run_script
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
@@ -32,47 +31,18 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-quic", "--no-first-run", "--disable-component-update",
                  "--disable-sync"]
-PAGE_HOST = "emoji.test"      # the browser resolves both to this machine
-API_HOST = "emoji-api.test"
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
 MOMENTS_SCREENSHOT = REPO_ROOT / "docs" / "moments.png"
 CLICKS = 25
 CLICK_ATTEMPTS = 3
-OTHER_STREAM = "final-2026"
 UPDATE_TIMEOUT_S = 90         # Kafka, Spark and the delivery tier, on a busy 2-core machine
 
 
 # --- in a real browser, against the whole system --------------------------------------------
 
-START_ATTEMPTS = 2
-
-
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    """The whole system, started as scripts/start_all.sh starts it, on its own Kafka and ports;
-    browsers are sent to the ingest API under another host name.
-
-    The free ports of isolated_env are free when chosen, but on a busy machine one of them may be
-    taken (as the local port of some connection) before its server binds it: then the system
-    is stopped and started once more on other ports."""
-    failures = []
-    for _attempt in range(START_ATTEMPTS):
-        env = isolated_env(tmp_path_factory.mktemp("web"))
-        env["API_PUBLIC_URL"] = f"http://{API_HOST}:{env['API_PORT']}"
-        # Where the page is, as a deployment says: the ingest API takes posts from its origin.
-        env["REGISTRATION_PUBLIC_URL"] = f"http://{PAGE_HOST}:{env['REGISTRATION_PORT']}"
-        env["STREAMS"] = f"main,{OTHER_STREAM}"
-        try:
-            started = run_script("start_all.sh", env=env, timeout=400, check=False)
-            if started.returncode == 0:
-                yield config.load(env)
-                return
-            failures.append(started.stdout + started.stderr)
-        finally:
-            stopped = run_script("stop_all.sh", env=env, timeout=180, check=False)
-            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-            assert not supervisor_runs(env)
-    pytest.fail("scripts/start_all.sh failed:\n" + "\n".join(failures))
+def system(whole_system):
+    return whole_system[1]
 
 
 class Recorder:
