@@ -23,14 +23,17 @@ note the arrival time (time.time(), same clock) and total count of every window 
 Per run, for each window (floor(event time / WINDOW_SECONDS)) and viewer, the last update
 received is the delivery: each event's latency is that arrival minus its acceptance time (the
 window length is reported beside, not subtracted), and the window counts as exact when the last
-update's total equals the events accepted for it, for every viewer. Beside it, the delay a viewer
-sees after the window: for each window and viewer, the last update's arrival minus the window's
-end ("after the end"). Each run starts at a window
-boundary and waits until every window is delivered exactly (or --drain-seconds pass), then
-until no update came for 3 s (no backlog left). All runs share one system, after an unmeasured
-warm-up (--warmup-seconds at 500/s: Spark's first micro-batches compile code). An event the API
-reads more than MAX_EVENT_AGE_S after it was sent gets the API's time instead, hence possibly
-another window: under overload, windows then stop matching.
+update's total equals the events accepted for it, for every viewer. Beside it, the delay a
+viewer sees after the window: for each window and viewer, the last update's arrival minus the
+window's end ("after the end"). Where that time goes ("hops"): per window, the last accepted
+request's reply, then the time Kafka stamped on the window's last update in aggregated-emoji-
+topic (the aggregator's output), in cluster1-topic (the main publisher's) and in cluster1-topic-
+subscribers (the cluster publisher's), then the viewers' arrival, each after the window's end.
+Each run starts at a window boundary and waits until every window is delivered exactly (or
+--drain-seconds pass), then until no update came for 3 s (no backlog left). All runs share one
+system, after an unmeasured warm-up (--warmup-seconds at 500/s: Spark's first micro-batches
+compile code). An event the API reads more than MAX_EVENT_AGE_S after it was sent gets the API's
+time instead, hence possibly another window: under overload, windows then stop matching.
 
 "max" probes rates from --probe-start up, times --probe-factor, in runs of --probe-seconds,
 until one does not hold (or starts below the lowest given rate that did not hold), then bisects
@@ -62,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kafka import TopicPartition
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
@@ -69,6 +73,7 @@ from bench import harness, plots
 from bench.harness import RssSampler, SystemFailed, system_pids, whole_system
 from emojistream import topology
 from emojistream.client.viewer import RegistrationClient, RegistrationError
+from emojistream.common import kafka_clients
 from emojistream.common.events import DEFAULT_STREAM, parse_timestamp
 
 log = logging.getLogger("end_to_end")
@@ -289,6 +294,7 @@ class RunFigures:
     failures: list[str] = field(default_factory=list)
     samples: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (ms, events)
     highest: bool = False              # the highest rate that held, found by 'max'
+    hops_ms: dict[str, dict] = field(default_factory=dict)  # stage -> p50, p95 after the end
 
     @property
     def held(self) -> bool:
@@ -403,6 +409,54 @@ def figures(label: str, plan: LoadPlan, load: LoadResult, watchers, window_ms: i
     return run
 
 
+def update_times(settings, topic: str, since_s: float, windows: set[int]) -> dict[int, int]:
+    """window -> the time (epoch ms) Kafka stamped on its last update of the stream main in
+    ``topic``, read from ``since_s`` on."""
+    window_ms = settings.window_seconds * 1000
+    consumer = kafka_clients.consumer(settings, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        firsts = consumer.offsets_for_times({tp: int(since_s * 1000) for tp in partitions})
+        ends = consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, firsts[tp].offset if firsts.get(tp) else ends[tp])
+        last: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while (any(consumer.position(tp) < ends[tp] for tp in partitions)
+               and time.monotonic() < deadline):
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    update = json.loads(record.value)
+                    if update.get("stream_id", DEFAULT_STREAM) != DEFAULT_STREAM:
+                        continue
+                    start = parse_timestamp(update["window_start"]).timestamp() * 1000
+                    window = round(start) // window_ms
+                    if window in windows:
+                        last[window] = max(last.get(window, 0), record.timestamp)
+        return last
+    finally:
+        consumer.close()
+
+
+def hops(settings, start_s: float, windows: dict[int, list], watchers) -> dict[str, dict]:
+    """Each stage's p50 and p95 over the windows of the time after the window's end (ms)."""
+    window_ms = settings.window_seconds * 1000
+
+    def after(times: dict[int, float]) -> dict[str, float]:
+        return percentiles(sorted((t - (w + 1) * window_ms, 1) for w, t in times.items()))
+
+    stages = {"last accepted": after({w: max(t for t, _ in batches) * 1000
+                                      for w, batches in windows.items()})}
+    for stage, topic in ((settings.aggregated_topic, settings.aggregated_topic),
+                         (settings.cluster_topic(1), settings.cluster_topic(1)),
+                         (settings.subscribers_topic(1), settings.subscribers_topic(1))):
+        stages[stage] = after(update_times(settings, topic, start_s - 1, set(windows)))
+    stages["viewers"] = percentiles([(ms, 1) for ms in after_end(windows, watchers, window_ms)])
+    return stages
+
+
 def failures(run: RunFigures, limits) -> list[str]:
     found = []
     if run.refused:
@@ -462,6 +516,8 @@ class Bench:
         with self.sampler.phase(phase):
             plan, result = self.load(rate, seconds)
         run = figures(label, plan, result, self.watchers, self.window_ms, self.args)
+        run.hops_ms = hops(self.settings, plan.start,
+                           per_window(result.sent, self.window_ms), self.watchers)
         log.info("%s: %s (latency p50 %s ms, requests sent up to %.2f s behind schedule)",
                  label, "held" if run.held else "did not hold: " + "; ".join(run.failures),
                  f"{run.latencies_ms.get('p50', math.nan):,.0f}", run.send_lag_s)
@@ -518,7 +574,7 @@ def run_result(run: RunFigures, window_s: int) -> dict:
             "achieved_per_s": run.achieved, "accepted": run.accepted, "refused": run.refused,
             "windows": run.windows, "exact_windows": run.exact,
             **{f"{k}_ms": run.latencies_ms.get(k) for k in ("p50", "p95", "p99", "max")},
-            "after_end_ms": run.after_end_ms, "window_s": window_s,
+            "after_end_ms": run.after_end_ms, "hops_ms": run.hops_ms, "window_s": window_s,
             "load_generator_cores": run.generator_cpu,
             "held": run.held, "failures": run.failures, "highest_sustainable": run.highest,
             "drift_ms": run.drift_ms, "send_lag_s": run.send_lag_s, "errors": run.errors,
@@ -536,6 +592,15 @@ def run_row(run: dict) -> list:
             f"{run['accepted']:,}", f"{run['refused']:,}", run["windows"], run["exact_windows"],
             *ms, after_end, run["window_s"], f"{run['load_generator_cores']:.2f}",
             "yes" if run["held"] else "no: " + "; ".join(run["failures"])]
+
+
+def hop_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
+    """Where the time after a window's end goes: one row per run, one column per stage."""
+    stages = list(next((r["hops_ms"] for r in runs if r.get("hops_ms")), {}))
+    return (["run", *stages], [
+        [r["label"], *(" / ".join(f"{r['hops_ms'][s][k]:,.0f}" for k in ("p50", "p95"))
+                       if r["hops_ms"].get(s) else "" for s in stages)]
+        for r in runs if r.get("hops_ms")])
 
 
 def memory_result(sampler: RssSampler, phases: list[tuple[str, int | None]]) -> list[dict]:
@@ -612,6 +677,8 @@ def publish(benches: list[Bench], record: harness.Run) -> None:
     title = "End to end: API acceptance to a viewer's last update of the window"
     harness.print_table(title, RUN_HEADERS, [run_row(r) for r in runs])
     print(notes)
+    harness.print_table("End to end: after a window's end, p50 / p95 ms of each stage's last "
+                        "update of the window", *hop_rows(runs))
     harness.print_table("End to end: peak resident memory (MiB)",
                         ["component", "processes"] + [f"peak at {m['phase']}" for m in memory],
                         memory_rows(memory))

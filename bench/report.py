@@ -92,15 +92,15 @@ def best_batched(results: dict) -> dict | None:
 
 def aggregation_at(rate: int) -> Callable[[dict], dict | None]:
     def pick(results: dict) -> dict | None:
-        rows = sorted((r for r in results["rates"] if r["rate_per_s"] >= rate),
+        rows = sorted((r for r in candidate(results, "rates") if r["rate_per_s"] >= rate),
                       key=lambda r: r["rate_per_s"])
         return dict(rows[0], trigger_s=results["trigger_s"]) if rows else None
     return pick
 
 
 def candidate(results: dict, key: str = "runs") -> list[dict]:
-    """An end-to-end file's runs (or memory phases) of its last variant: the one measured
-    against the others (all of them when the file has no variants)."""
+    """A file's runs (or memory phases, or aggregation rates) of its last variant: the one
+    measured against the others (all of them when the file has no variants)."""
     last = list(results.get("variants") or {"": None})[-1]
     return [r for r in results[key] if r.get("variant", "") == last]
 

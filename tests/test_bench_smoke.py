@@ -192,6 +192,12 @@ def test_end_to_end_counts_every_window_exactly(tmp_path):
     assert len(run["latency_percentiles_ms"]) == 101
     after = run["after_end_ms"]  # the last update of a window holds events of its last moments
     assert 0 < after["p50"] <= after["p95"] <= after["p99"] <= after["max"], after
+    hops = run["hops_ms"]  # each relay writes a window's last update after it read it
+    assert list(hops) == ["last accepted", "aggregated-emoji-topic", "cluster1-topic",
+                          "cluster1-topic-subscribers", "viewers"], hops
+    relayed = [hops[stage]["p50"] for stage in list(hops)[1:4]]
+    assert 0 < relayed[0] <= relayed[1] <= relayed[2], hops
+    assert hops["viewers"] == after, hops
     [phase] = record["results"]["memory"]
     memory = {c["component"]: c["peak_mib"] for c in phase["components"]}
     for component in ("kafka", "spark_aggregator (JVM)", "emoji_api", "ws_server_1"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from emojistream import config, topology
-from emojistream.aggregator.spark import cluster_conf, kafka_options
+from emojistream.aggregator.spark import cluster_conf, kafka_options, streaming_conf
 from emojistream.common import kafka_clients
 from emojistream.ingest.settings import IngestSettings
 from emojistream.ingest.sink import KafkaEventSink
@@ -141,6 +141,19 @@ def test_executor_size_and_driver_address_from_settings():
         "SPARK_DRIVER_HOST": "driver.internal"})) == {
         "spark.executor.memory": "3g", "spark.executor.cores": "2", "spark.cores.max": "6",
         "spark.driver.host": "driver.internal", "spark.driver.bindAddress": "driver.internal"}
+
+
+def test_the_state_store_is_chosen_by_name():
+    assert streaming_conf(config.load({})) == {
+        "spark.sql.shuffle.partitions": "1",
+        "spark.sql.streaming.stateStore.providerClass":
+            "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"}
+    rocksdb = streaming_conf(config.load({"SPARK_STATE_STORE": "rocksdb"}))
+    assert rocksdb["spark.sql.streaming.stateStore.providerClass"] == (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+    with pytest.raises(config.ConfigError,
+                       match="SPARK_STATE_STORE must be one of hdfs, rocksdb, got 'memory'"):
+        config.load({"SPARK_STATE_STORE": "memory"})
 
 
 def test_subscribers_publish_on_a_loopback_listener_after_the_viewers_ports_by_default():

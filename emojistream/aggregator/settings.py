@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emojistream.common.settings import REPO_ROOT, SharedSettings
+from emojistream.common.settings import REPO_ROOT, ConfigError, SharedSettings
+
+# Spark's state store providers, by the name SPARK_STATE_STORE takes.
+STATE_STORE_PROVIDERS = {
+    "hdfs": "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
+    "rocksdb": "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,13 @@ class AggregatorSettings(SharedSettings):
     spark_log_level: str = "WARN"
     spark_trigger_seconds: float = 0.5
     spark_max_offsets_per_trigger: int = 1_000_000
+    spark_state_store: str = "hdfs"  # a key of STATE_STORE_PROVIDERS
     normalize_threshold: int = 20
     normalize_divisor: int = 100
     unique_users_lg_k: int = 14  # HLL sketch of 2^k buckets
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.spark_state_store not in STATE_STORE_PROVIDERS:
+            raise ConfigError(f"SPARK_STATE_STORE must be one of "
+                              f"{', '.join(STATE_STORE_PROVIDERS)}, got {self.spark_state_store!r}")

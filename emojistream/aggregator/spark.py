@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from emojistream.aggregator.settings import STATE_STORE_PROVIDERS
 from emojistream.aggregator.settings import AggregatorSettings as Settings
 from emojistream.common.settings import REPO_ROOT, ConfigError
 
@@ -107,6 +108,14 @@ def cluster_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+def streaming_conf(settings: Settings) -> dict[str, str]:
+    """The query's shuffle partitions and state store. Spark keeps both in the checkpoint: a
+    query restarted from one keeps what it was started with."""
+    return {"spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+            "spark.sql.streaming.stateStore.providerClass":
+                STATE_STORE_PROVIDERS[settings.spark_state_store]}
+
+
 def log4j_conf() -> dict[str, str]:
     """One Log4j for the driver and the executors: the project's jars (lib/log4j) first on
     their classpath, and its configuration (config/spark-log4j2.properties)."""
@@ -129,14 +138,14 @@ def spark_session(settings: Settings, app_name: str, extra_conf: dict | None = N
                .appName(app_name)
                .master(settings.spark_master)
                .config("spark.jars", ",".join(connector_jars(settings)))
-               .config("spark.sql.shuffle.partitions", settings.spark_shuffle_partitions)
                .config("spark.ui.enabled", str(settings.spark_ui_enabled).lower())
                .config("spark.ui.port", str(settings.spark_ui_port))
                .config("spark.ui.killEnabled", str(settings.spark_ui_kill_enabled).lower())
                .config("spark.driver.memory", settings.spark_driver_memory)
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.showConsoleProgress", "false"))
-    for key, value in {**log4j_conf(), **cluster_conf(settings), **(extra_conf or {})}.items():
+    for key, value in {**log4j_conf(), **cluster_conf(settings), **streaming_conf(settings),
+                       **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(settings.spark_log_level)
