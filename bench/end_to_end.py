@@ -31,9 +31,11 @@ topic (the aggregator's output), in cluster1-topic (the main publisher's) and in
 subscribers (the cluster publisher's), then the viewers' arrival, each after the window's end.
 Each run starts at a window boundary and waits until every window is delivered exactly (or
 --drain-seconds pass), then until no update came for 3 s (no backlog left). All runs share one
-system, after an unmeasured warm-up (--warmup-seconds at 500/s: Spark's first micro-batches
-compile code). An event the API reads more than MAX_EVENT_AGE_S after it was sent gets the API's
-time instead, hence possibly another window: under overload, windows then stop matching.
+system, after an unmeasured warm-up (--warmup-seconds at 500/s, 60 by default: the JVM's
+compiler is still at work on the aggregator's first minute of micro-batches, which then take two
+to four times as long as later ones). An event the API reads more than MAX_EVENT_AGE_S after it
+was sent gets the API's time instead, hence possibly another window: under overload, windows
+then stop matching.
 
 "max" probes rates from --probe-start up, times --probe-factor, in runs of --probe-seconds,
 until one does not hold (or starts below the lowest given rate that did not hold), then bisects
@@ -735,7 +737,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="keep-alive connections of the load process")
     parser.add_argument("--drain-seconds", type=float, default=60,
                         help="how long to wait after a run for its windows' last updates")
-    parser.add_argument("--warmup-seconds", type=float, default=10,
+    parser.add_argument("--warmup-seconds", type=float, default=60,
                         help=f"an unmeasured run at {WARMUP_RATE}/s first (0: none)")
     parser.add_argument("--probe-start", type=int, default=20_000,
                         help="first rate 'max' tries (default: 20000)")
