@@ -17,8 +17,9 @@ Load: a process of its own sends POST /emojis at a steady rate over --connection
 connections, --requests-per-second requests of rate / requests-per-second events each (at
 1,000/s: 10 events every 10 ms). Every event's timestamp is the moment its request is sent; the
 moment the 200 reply arrives is its acceptance time, and the reply's "accepted" its count.
-Viewers: one per cluster, registered through POST /register and connected with their token,
-note the arrival time (time.time(), same clock) and total count of every window update.
+Viewers: as many as clusters, registered through POST /register (which picks their clusters) and
+connected with their token, note the arrival time (time.time(), same clock) and total count of
+every window update.
 
 Per run, for each window (floor(event time / WINDOW_SECONDS)) and viewer, the last update
 received is the delivery: each event's latency is that arrival minus its acceptance time (the
@@ -667,7 +668,9 @@ def publish(benches: list[Bench], record: harness.Run) -> None:
     foreign = sum(w.foreign for b in benches for w in b.watchers)
     notes = (f"{highest}Latency: from the API's 200 reply to a viewer receiving the last "
              f"update of the event's window (the window, {window_s} s, is not subtracted), "
-             f"over {len(first.watchers)} viewer(s), one per cluster, of the stream main "
+             f"over {len(first.watchers)} viewer(s) of the stream main, registered as any "
+             f"viewer is (the first variant's on "
+             f"{', '.join(w.assignment['cluster_id'] for w in first.watchers)}) "
              f"(updates of other streams they received: {foreign}). Load: "
              f"{args.requests_per_second} POST /emojis per second over {args.connections} "
              f"keep-alive connections, from a process of its own. "
