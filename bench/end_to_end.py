@@ -73,7 +73,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
 from bench import harness, plots
-from bench.harness import RssSampler, SystemFailed, system_pids, whole_system
+from bench.harness import WHOLE_MACHINE, RssSampler, SystemFailed, system_pids, whole_system
 from emojistream import topology
 from emojistream.client.viewer import RegistrationClient, RegistrationError
 from emojistream.common import kafka_clients
@@ -614,11 +614,14 @@ def memory_result(sampler: RssSampler, phases: list[tuple[str, int | None]]) -> 
         peaks = sampler.peaks.get(phase, {})
         labels = sorted(peaks, key=lambda s: (not s.startswith("kafka"), s))
         whole = sampler.sum_peaks.get(phase)
+        cores = sampler.cpu_cores(phase)
         out.append({"phase": phase, "rate_per_s": rate,
                     "whole_stack_mib": None if whole is None else whole / 1024,
+                    "machine_cpu_cores": cores.get(WHOLE_MACHINE),
                     "components": [{"component": label,
                                     "processes": sampler.processes.get(phase, {}).get(label, 0),
-                                    "peak_mib": peaks[label] / 1024} for label in labels]})
+                                    "peak_mib": peaks[label] / 1024,
+                                    "cpu_cores": cores.get(label)} for label in labels]})
     return out
 
 
@@ -634,6 +637,19 @@ def memory_rows(memory: list[dict]) -> list[list]:
     rows.append(["whole stack (peak of the sum)", ""] + [mib(m["whole_stack_mib"])
                                                          for m in memory])
     return rows
+
+
+def cpu_rows(memory: list[dict]) -> list[list]:
+    """Cores each component used per phase, then the whole machine's busy cores."""
+    labels = sorted({c["component"] for m in memory for c in m["components"]},
+                    key=lambda s: (not s.startswith("kafka"), s))
+    by_phase = [{c["component"]: c.get("cpu_cores") for c in m["components"]} for m in memory]
+    return ([[label, *(cores(p.get(label)) for p in by_phase)] for label in labels]
+            + [[WHOLE_MACHINE, *(cores(m.get("machine_cpu_cores")) for m in memory)]])
+
+
+def cores(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def mib(value: float | None) -> str:
@@ -688,6 +704,8 @@ def publish(benches: list[Bench], record: harness.Run) -> None:
                         ["component", "processes"] + [f"peak at {m['phase']}" for m in memory],
                         memory_rows(memory))
     print(MEMORY_NOTES)
+    harness.print_table("End to end: CPU of each component (cores, averaged over the run)",
+                        ["component"] + [m["phase"] for m in memory], cpu_rows(memory))
     record.save(title, {
         "runs": runs, "probed": args.probe,
         "highest_sustainable_per_s": bests[-1].target if bests else None,
@@ -720,7 +738,10 @@ MEMORY_NOTES = (
     "VmRSS of each component's processes, sampled every 0.5 s during each run (load and "
     "delivery); a component's row is the peak of the sum over its processes (the API's granian "
     "worker processes count pages shared with their parent once each). The last row is the "
-    "peak of the simultaneous sum over all components; target: within 6 GB at 10,000 events/s.")
+    "peak of the simultaneous sum over all components; targets: within 6 GB at 10,000 events/s "
+    "and 4 GB at 50,000. CPU: the same processes' user and system time between consecutive "
+    "samples over the time sampled; the whole machine's row is every process's (/proc/stat), "
+    f"out of {os.cpu_count()} cores.")
 
 
 # --- main --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -346,6 +347,22 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_ticks(pid: int) -> int:
+    """User plus system CPU time of ``pid`` so far, in clock ticks (0 once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _machine_busy_ticks() -> int:
+    """The machine's CPU ticks so far, all cores, not idle or waiting for I/O."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
 def _tree(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid, (ppid, _comm) in table.items():
@@ -373,6 +390,9 @@ def _forking_jvm(pid: int, table: dict[int, tuple[int, str]]) -> bool:
     return parent in table and table[parent][1] == "java" and _exe(pid) == _exe(parent)
 
 
+WHOLE_MACHINE = "the whole machine"  # RssSampler.cpu_cores: every process, ours or not
+
+
 class RssSampler:
     """Samples VmRSS (/proc/PID/status) of each component's process tree every ``interval_s``.
 
@@ -380,7 +400,8 @@ class RssSampler:
     a component that is not itself Java (the Spark driver below spark_aggregator.py) counts as a
     component of its own, "NAME (JVM)"; its children between fork and exec, which share its
     memory, are left out. Per phase (see ``phase``): each component's peak RSS and
-    largest process count, and the peak of the simultaneous sum over all components (kB).
+    largest process count, and the peak of the simultaneous sum over all components (kB); and
+    the CPU each component used while the phase lasted, in cores (``cpu_cores``).
     """
 
     def __init__(self, pids, interval_s: float = 0.5):
@@ -389,6 +410,11 @@ class RssSampler:
         self.peaks: dict[str, dict[str, int]] = {}
         self.processes: dict[str, dict[str, int]] = {}
         self.sum_peaks: dict[str, int] = {}
+        # CPU: per phase, the ticks each component used and the seconds sampled, summed over
+        # consecutive samples inside the phase
+        self._used: dict[str, dict[str, int]] = {}
+        self._sampled_s: dict[str, float] = {}
+        self._previous: tuple[str | None, float, dict[tuple[str, int], int]] = (None, 0.0, {})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -411,28 +437,55 @@ class RssSampler:
 
     def sample(self) -> dict[str, tuple[int, int]]:
         """Component -> (RSS kB of its processes, number of processes), now."""
+        return {label: (rss, len(pids)) for label, (rss, pids) in self._sample().items()}
+
+    def _sample(self) -> dict[str, tuple[int, list[int]]]:
+        """Component -> (RSS kB of its processes, their pids), now."""
         table = _proc_table()
-        found: dict[str, tuple[int, int]] = {}
+        found: dict[str, tuple[int, list[int]]] = {}
         for name, root in self.pids().items():
             for pid in _tree(root, table):
                 if _forking_jvm(pid, table):
                     continue
                 java_below = table[pid][1] == "java" and table[root][1] != "java"
                 label = f"{name} (JVM)" if java_below else name
-                rss, count = found.get(label, (0, 0))
-                found[label] = (rss + _rss_kb(pid), count + 1)
+                rss, pids = found.get(label, (0, []))
+                found[label] = (rss + _rss_kb(pid), [*pids, pid])
         return found
+
+    def cpu_cores(self, phase: str) -> dict[str, float]:
+        """Component -> the cores it used on average during ``phase``."""
+        seconds = self._sampled_s.get(phase, 0.0)
+        hz = os.sysconf("SC_CLK_TCK")
+        return {label: ticks / hz / seconds
+                for label, ticks in self._used.get(phase, {}).items()} if seconds else {}
+
+    def _count_cpu(self, phase: str, found: dict[str, tuple[int, list[int]]]) -> None:
+        now = time.monotonic()
+        ticks = {(label, pid): _cpu_ticks(pid) for label, (_, pids) in found.items()
+                 for pid in pids}
+        ticks[(WHOLE_MACHINE, 0)] = _machine_busy_ticks()
+        previous_phase, previous_time, previous_ticks = self._previous
+        if previous_phase == phase:
+            self._sampled_s[phase] = self._sampled_s.get(phase, 0.0) + now - previous_time
+            used = self._used.setdefault(phase, {})
+            for (label, pid), value in ticks.items():
+                if (label, pid) in previous_ticks:
+                    used[label] = used.get(label, 0) + value - previous_ticks[(label, pid)]
+        self._previous = (phase, now, ticks)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             phase = self.current
             if phase is None:
+                self._previous = (None, 0.0, {})
                 continue
-            found = self.sample()
+            found = self._sample()
             peaks = self.peaks.setdefault(phase, {})
             counts = self.processes.setdefault(phase, {})
-            for label, (rss, count) in found.items():
+            for label, (rss, pids) in found.items():
                 peaks[label] = max(peaks.get(label, 0), rss)
-                counts[label] = max(counts.get(label, 0), count)
+                counts[label] = max(counts.get(label, 0), len(pids))
+            self._count_cpu(phase, found)
             total = sum(rss for rss, _ in found.values())
             self.sum_peaks[phase] = max(self.sum_peaks.get(phase, 0), total)

@@ -203,6 +203,9 @@ def test_end_to_end_counts_every_window_exactly(tmp_path):
     for component in ("kafka", "spark_aggregator (JVM)", "emoji_api", "ws_server_1"):
         assert memory[component] > 0, memory
     assert phase["rate_per_s"] == 200 and phase["whole_stack_mib"] > memory["kafka"], phase
+    cpu = {c["component"]: c["cpu_cores"] for c in phase["components"]}
+    assert cpu["spark_aggregator (JVM)"] > 0 and cpu["kafka"] > 0, cpu
+    assert phase["machine_cpu_cores"] >= max(cpu.values()), (phase["machine_cpu_cores"], cpu)
 
 
 def test_soak_loses_nothing(tmp_path):
