@@ -196,19 +196,19 @@ def e2e_latency(runs, rate: int, p95_ms: float, p99_ms: float) -> Figure:
                   exact and row["p95_ms"] <= p95_ms and row["p99_ms"] <= p99_ms, run)
 
 
-def e2e_after_end(runs, p95_ms: float) -> Figure:
-    """The final update's delay after the window's end, at the highest rate measured with it."""
-    def pick(results: dict) -> dict | None:
-        measured = [r for r in candidate(results) if r.get("after_end_ms")]
-        return max(measured, key=lambda r: r["target_per_s"], default=None)
-    row, run = latest(runs, "end_to_end", pick)
-    if row is None:
-        return Figure("not measured yet: bench.end_to_end records it (after_end_ms) from "
-                      "2026-12-06 on", None)
-    after = row["after_end_ms"]
-    return Figure(f"at {n(row['target_per_s'])} events/s: p50 {n(after['p50'])} ms, "
-                  f"p95 {n(after['p95'])} ms, p99 {n(after['p99'])} ms",
-                  after["p95"] <= p95_ms, run)
+def e2e_after_end(runs, p95_ms: float, rates=(10_000, 50_000)) -> Figure:
+    """The final update's delay after the window's end, at the rates of the latency targets."""
+    def pick(results: dict) -> list[dict] | None:
+        measured = [r for r in candidate(results)
+                    if r.get("after_end_ms") and r["target_per_s"] in rates]
+        return sorted(measured, key=lambda r: r["target_per_s"]) or None
+    rows, run = latest(runs, "end_to_end", pick)
+    if rows is None:
+        return Figure("not measured", None)
+    return Figure("; ".join(
+        f"at {n(row['target_per_s'])} events/s: p50 {n(row['after_end_ms']['p50'])} ms, "
+        f"p95 {n(row['after_end_ms']['p95'])} ms, p99 {n(row['after_end_ms']['p99'])} ms"
+        for row in rows), all(row["after_end_ms"]["p95"] <= p95_ms for row in rows), run)
 
 
 def e2e_highest(runs, floor: int, p99_ms: float | None = None,
@@ -314,7 +314,16 @@ def registrations_per_process(runs) -> Figure:
                   f"{n(refused)} not answered 200", None, run)
 
 
+def probed_end_to_end(runs: list[dict]) -> list[dict]:
+    """The newest end-to-end run that probed for the highest rate: issue 22's end-to-end
+    targets are read from that one run (a shorter run of variants made after it measures
+    levers, not the targets). Every run when none probed."""
+    probed = [r for r in runs if r["benchmark"] == "end_to_end" and r["results"]["probed"]]
+    return probed[:1] or runs
+
+
 def targets(runs: list[dict]) -> list[tuple[str, list[tuple[str, Figure]]]]:
+    probed = probed_end_to_end(runs)
     return [
         ("Issue 11", [
             ("single POSTs: 5,000 events/s landed (64 keep-alive connections)",
@@ -330,17 +339,18 @@ def targets(runs: list[dict]) -> list[tuple[str, list[tuple[str, Figure]]]]:
         ]),
         ("Issue 22", [
             ("end to end at 10,000 events/s: p95 ≤ 2.5 s, p99 ≤ 3 s",
-             e2e_latency(runs, 10_000, 2_500, 3_000)),
+             e2e_latency(probed, 10_000, 2_500, 3_000)),
             ("end to end at 50,000 events/s: p95 ≤ 2.5 s, p99 ≤ 3 s",
-             e2e_latency(runs, 50_000, 2_500, 3_000)),
+             e2e_latency(probed, 50_000, 2_500, 3_000)),
             ("from a window's end to the viewers' final update: p95 ≤ 0.5 s",
-             e2e_after_end(runs, 500)),
+             e2e_after_end(probed, 500)),
             ("highest sustainable end-to-end rate, every window exact, p99 ≤ 4 s, held 60 s: "
-             "250,000 events/s", e2e_highest(runs, 250_000, p99_ms=4_000, seconds=60)),
+             "250,000 events/s", e2e_highest(probed, 250_000, p99_ms=4_000, seconds=60)),
             ("single POSTs: 15,000 requests/s landed (0.75 of a bare Flask app in the same "
              "run)", single_posts_to_floor(runs, 0.75)),
             ("batched POSTs: 400,000 events/s landed, every window exact", batched_best(runs)),
-            ("whole stack within 4 GB at 50,000 events/s", whole_stack(runs, 50_000, 4 * 1024)),
+            ("whole stack within 4 GB at 50,000 events/s",
+             whole_stack(probed, 50_000, 4 * 1024)),
         ]),
         ("Issue 18", [
             ("50,000 viewers on the real pipeline, reactions flowing: every viewer gets every "
