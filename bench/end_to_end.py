@@ -535,6 +535,7 @@ class Bench:
         low = self.best.target if self.best else 0
         failed = [r.target for r in self.runs if not r.held and r.target > low]
         high = min(failed) if failed else self._step_up(low)
+        low = self.best.target if self.best else 0  # the step-up may have raised it
         for _ in range(self.args.probe_refinements if high else 0):
             rate = int(round((low + high) / 2, -2))
             if rate in (low, high):

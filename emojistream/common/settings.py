@@ -65,7 +65,7 @@ class SharedSettings:
     streams_topic: str = "streams"  # the catalog of streams added at run time (compacted)
     cluster_count: int = 3
     subscribers_per_cluster: int = 2
-    emoji_events_partitions: int = 4
+    emoji_events_partitions: int = 2  # as many as the aggregator's cores (README: Kafka topics)
     topic_partitions: int = 1
     replication_factor: int = 0  # 0: min(3, brokers)
     min_insync_replicas: int = 0  # 0: 2 with 3 or more replicas, else the broker's default

@@ -203,10 +203,14 @@ def create_topics(settings: SharedSettings, log: logging.Logger) -> list[str]:
             state = "created" if spec.name in created else "exists"
             log.info("%-32s %s, %d partition(s), %d replica(s)", spec.name, state,
                      len(partitions), replicas)
-            if len(partitions) != spec.partitions:
+            if len(partitions) < spec.partitions:
                 log.warning("%s has %d partitions where %d are configured; "
                             "kafka-topics.sh --alter can add partitions",
                             spec.name, len(partitions), spec.partitions)
+            elif len(partitions) > spec.partitions:
+                log.warning("%s has %d partitions where %d are configured; Kafka cannot "
+                            "remove partitions: it keeps them (a new topic gets %d)",
+                            spec.name, len(partitions), spec.partitions, spec.partitions)
             if replicas != spec.replication_factor:
                 log.warning("%s has %d replica(s) where %d are configured; "
                             "kafka-reassign-partitions can change them",
