@@ -34,6 +34,7 @@ answers are counted by status.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import shutil
@@ -85,6 +86,15 @@ end
 FLASK_FLOOR = "granian: a bare Flask route"  # --flask-floor
 PATHS = [("single POST /emoji", "/emoji", 1), ("POST /emojis, 100 per request", "/emojis", 100),
          ("POST /emojis, 1,000 per request", "/emojis", 1000)]
+
+
+def batch_sizes(text: str) -> list[int]:
+    """--batches: sizes of PATHS only."""
+    sizes = [int(b) for b in text.split(",")]
+    known = [batch for _, _, batch in PATHS]
+    if not set(sizes) <= set(known):
+        raise argparse.ArgumentTypeError(f"sizes among {known}, got {text!r}")
+    return sizes
 
 
 def ensure_wrk() -> str:
@@ -351,9 +361,9 @@ def parse_args(argv=None):
                         help="leave out the before configuration")
     parser.add_argument("--flask-floor", action="store_true",
                         help="also serve bench/flask_floor.py (a bare Flask route) the same way")
-    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")],
-                        default=[batch for _, _, batch in PATHS],
-                        help="events per request to measure (default: 1,100,1000)")
+    parser.add_argument("--batches", type=batch_sizes, default=[batch for _, _, batch in PATHS],
+                        help="events per request to measure, among 1, 100 and 1000 (default: "
+                             "all three)")
     parser.add_argument("--direct-events", type=int, default=500_000)
     parser.add_argument("--ceiling-records", type=int, default=1_000_000)
     parser.add_argument("--plot", default=None,
