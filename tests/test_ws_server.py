@@ -577,7 +577,7 @@ def test_viewers_connect_over_tls_when_the_server_has_a_certificate(start_server
     server = start_server(WS_TLS_CERT=cert, WS_TLS_KEY=key)
     trusted = ssl.create_default_context(cafile=cert)
     url = f"wss://localhost:{server.port}/?token={quote(token('secure'))}"
-    with connect(url, ssl=trusted, open_timeout=5) as viewer, server.publisher() as publisher:
+    with connect(url, ssl=trusted, open_timeout=10) as viewer, server.publisher() as publisher:
         server.wait_for_counts(viewers=1, subscribers=1)
         message = update(unique_window(), fire=42)
         publisher.send(text(message))
