@@ -452,10 +452,9 @@ def hops(settings, start_s: float, windows: dict[int, list], watchers) -> dict[s
 
     stages = {"last accepted": after({w: max(t for t, _ in batches) * 1000
                                       for w, batches in windows.items()})}
-    for stage, topic in ((settings.aggregated_topic, settings.aggregated_topic),
-                         (settings.cluster_topic(1), settings.cluster_topic(1)),
-                         (settings.subscribers_topic(1), settings.subscribers_topic(1))):
-        stages[stage] = after(update_times(settings, topic, start_s - 1, set(windows)))
+    for topic in (settings.aggregated_topic, settings.cluster_topic(1),
+                  settings.subscribers_topic(1)):
+        stages[topic] = after(update_times(settings, topic, start_s - 1, set(windows)))
     stages["viewers"] = percentiles([(ms, 1) for ms in after_end(windows, watchers, window_ms)])
     return stages
 
@@ -607,13 +606,18 @@ def hop_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
         for r in runs if r.get("hops_ms")])
 
 
+def in_table_order(components) -> list[str]:
+    """Kafka first, then the others by name."""
+    return sorted(components, key=lambda s: (not s.startswith("kafka"), s))
+
+
 def memory_result(sampler: RssSampler, phases: list[tuple[str, int | None]]) -> list[dict]:
     """Per phase (its label and rate; None for the probes): each component's peak RSS (MiB)
     and process count, and the peak of the whole stack's sum."""
     out = []
     for phase, rate in phases:
         peaks = sampler.peaks.get(phase, {})
-        labels = sorted(peaks, key=lambda s: (not s.startswith("kafka"), s))
+        labels = in_table_order(peaks)
         whole = sampler.sum_peaks.get(phase)
         cores = sampler.cpu_cores(phase)
         out.append({"phase": phase, "rate_per_s": rate,
@@ -627,8 +631,7 @@ def memory_result(sampler: RssSampler, phases: list[tuple[str, int | None]]) -> 
 
 
 def memory_rows(memory: list[dict]) -> list[list]:
-    labels = sorted({c["component"] for m in memory for c in m["components"]},
-                    key=lambda s: (not s.startswith("kafka"), s))
+    labels = in_table_order({c["component"] for m in memory for c in m["components"]})
     by_phase = [{c["component"]: c for c in m["components"]} for m in memory]
     rows = []
     for label in labels:
@@ -642,8 +645,7 @@ def memory_rows(memory: list[dict]) -> list[list]:
 
 def cpu_rows(memory: list[dict]) -> list[list]:
     """Cores each component used per phase, then the whole machine's busy cores."""
-    labels = sorted({c["component"] for m in memory for c in m["components"]},
-                    key=lambda s: (not s.startswith("kafka"), s))
+    labels = in_table_order({c["component"] for m in memory for c in m["components"]})
     by_phase = [{c["component"]: c.get("cpu_cores") for c in m["components"]} for m in memory]
     return ([[label, *(cores(p.get(label)) for p in by_phase)] for label in labels]
             + [[WHOLE_MACHINE, *(cores(m.get("machine_cpu_cores")) for m in memory)]])
