@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     if args.plot:
         plots.curves(args.plot, {"events/s processed while busy":
                                  [(r["rate_per_s"], r["processed_per_s"]) for r in measured
-                                  if r["variant"] == variants[0][0]]},
+                                  if r["variant"] == variants[-1][0]]},
                      f"Aggregation: capacity against the offered rate (trigger "
                      f"{trigger_s} s); above y = x it keeps up",
                      xlabel="offered events/s", ylabel="events/s", diagonal=True)
